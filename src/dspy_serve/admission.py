@@ -1,0 +1,41 @@
+"""Bound the work in flight, and refuse early instead of letting latency explode.
+
+Up to ``limit`` program calls run at once; up to ``queue`` more wait for a slot. Beyond that a
+request is refused at once with 503 and ``Retry-After``: a fast, honest "not now" is better
+for callers and load balancers than a queue whose wait exceeds every client's timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from dspy_serve.errors import Overloaded
+
+__all__ = ["Admission"]
+
+
+class Admission:
+    def __init__(self, limit: int, queue: int) -> None:
+        self.limit = limit
+        self.queue = queue
+        self._slots = asyncio.Semaphore(limit)
+        self.running = 0
+        self.waiting = 0
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self._slots.locked() and self.waiting >= self.queue:
+            raise Overloaded("The server is at capacity; retry shortly.", retry_after=1)
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        self.running += 1
+        try:
+            yield
+        finally:
+            self.running -= 1
+            self._slots.release()

@@ -1,0 +1,129 @@
+"""Build the ASGI app: ``create_app`` for a whole server, ``router`` to mount into your own."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import dspy
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from dspy_serve.errors import PROBLEM_CONTENT_TYPE, HTTPProblem, InvalidInput, ServeError, from_exception
+from dspy_serve.middleware import RequestIdMiddleware
+from dspy_serve.routes import build_router
+from dspy_serve.service import Service
+from dspy_serve.settings import ServeSettings
+
+__all__ = ["create_app", "router"]
+
+logger = logging.getLogger("dspy_serve")
+
+ProgramsArg = Mapping[str, "dspy.Module | str | type[dspy.Signature]"]
+
+
+def create_app(
+    settings: ServeSettings | None = None,
+    *,
+    programs: ProgramsArg | None = None,
+    lm: dspy.BaseLM | None = None,
+) -> FastAPI:
+    """A FastAPI app serving ``programs`` (objects) and ``settings.programs`` (TARGETs).
+
+    ``lm`` replaces the default LM built from ``settings.model`` with your own instance.
+    """
+    settings = settings or ServeSettings()
+    service = Service(settings, programs, lm)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(
+        title=settings.title,
+        version=_version(),
+        description="DSPy programs served by dspy-serve. Errors are RFC 9457 problem+json.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.include_router(build_router(service))
+    install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def router(
+    settings: ServeSettings | None = None,
+    *,
+    programs: ProgramsArg | None = None,
+    lm: dspy.BaseLM | None = None,
+) -> APIRouter:
+    """The same routes as an ``APIRouter`` with its own lifespan, to include in an existing app.
+
+    Call :func:`install_error_handlers` on that app too, for problem+json errors.
+    """
+    service = Service(settings or ServeSettings(), programs, lm)
+
+    @asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    api = build_router(service)
+    api.lifespan_context = lifespan
+    return api
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Render every error as problem+json, mapped in one place (``errors.from_exception``)."""
+
+    def render(request: Request, error: ServeError) -> JSONResponse:
+        request_id = getattr(request.state, "request_id", None)
+        return JSONResponse(
+            error.problem(request_id=request_id, instance=request.url.path),
+            status_code=error.status,
+            headers=error.headers(),
+            media_type=PROBLEM_CONTENT_TYPE,
+        )
+
+    async def on_serve_error(request: Request, exc: Exception) -> JSONResponse:
+        return render(request, from_exception(exc))
+
+    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = [
+            {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
+            for err in exc.errors()
+        ]
+        return render(request, InvalidInput("The request does not match the program's input schema.", errors=errors))
+
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        response = render(request, HTTPProblem(exc.status_code, str(exc.detail)))
+        response.headers.update(exc.headers or {})
+        return response
+
+    app.add_exception_handler(ServeError, on_serve_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_serve_error)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dspy-serve")
+    except PackageNotFoundError:
+        return "0.0.0"

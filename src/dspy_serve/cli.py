@@ -1,0 +1,158 @@
+"""``dspy-serve``: the command line, generated from the settings.
+
+Each option of ``dspy-serve run`` is made from a field of :class:`ServeSettings` (its flag,
+help text and environment variable), so a setting is declared once. Values given on the
+command line are handed to the settings as overrides; pydantic validates everything, so a
+bad value gets the same message whether it came from a flag, the environment or a file.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import click
+import dotenv
+from pydantic import ValidationError
+from pydantic.fields import FieldInfo
+
+from dspy_serve.settings import ENV_PREFIX, ServeSettings, load_settings
+
+__all__ = ["main"]
+
+
+def _flag(name: str, info: FieldInfo) -> str:
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    return str(extra.get("cli") or "--" + name.replace("_", "-"))
+
+
+def _is_list(annotation: Any) -> bool:
+    return typing.get_origin(annotation) is list or (
+        typing.get_origin(annotation) is typing.Annotated and _is_list(typing.get_args(annotation)[0])
+    )
+
+
+def _choices(annotation: Any) -> list[str] | None:
+    if typing.get_origin(annotation) is Literal:
+        return [str(arg) for arg in typing.get_args(annotation)]
+    return None
+
+
+def _is_bool(annotation: Any) -> bool:
+    return annotation is bool
+
+
+def _settings_params() -> list[click.Parameter]:
+    params: list[click.Parameter] = []
+    for name, info in ServeSettings.model_fields.items():
+        annotation, flag = info.annotation, _flag(name, info)
+        envvar = f"{ENV_PREFIX}{name.upper()}"
+        help_text = f"{info.description or ''} [env: {envvar}]"
+        if flag == "positional":
+            params.append(click.Argument([name], nargs=-1, required=False))
+            continue
+        default_note = "" if info.default in (None, ...) or _is_list(annotation) else f" [default: {info.default}]"
+        if _is_bool(annotation):
+            params.append(click.Option([f"{flag}/--no-{flag[2:]}", name], default=None, help=help_text + default_note))
+        elif _is_list(annotation):
+            params.append(click.Option([flag, name], multiple=True, help=help_text + " (repeatable)"))
+        else:
+            choices = _choices(annotation)
+            kind: click.ParamType = click.Choice(choices) if choices else click.STRING
+            params.append(click.Option([flag, name], type=kind, default=None, help=help_text + default_note))
+    return params
+
+
+def _overrides(values: dict[str, Any]) -> dict[str, Any]:
+    """Only what was given on the command line: everything else falls through to env and files."""
+    given: dict[str, Any] = {}
+    for name, value in values.items():
+        if value is None or value == ():
+            continue
+        given[name] = list(value) if isinstance(value, tuple) else value
+    return given
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="dspy-serve")
+def main() -> None:
+    """Serve DSPy programs as typed, async HTTP APIs.
+
+    \b
+    dspy-serve run examples/qa.py:program
+    dspy-serve run qa=examples/qa.py:program --model openai/gpt-4o-mini --artifact qa.json
+
+    Every option of `run` can also be set as an environment variable (DSPY_SERVE_<NAME>),
+    in a .env file, or in a TOML file given with --config (keys are the option names with
+    underscores). Provider credentials come only from the provider's own variables
+    (OPENAI_API_KEY, ...).
+    """
+
+
+@click.pass_context
+def _run(ctx: click.Context, config: Path | None, **values: Any) -> None:
+    # Provider credentials (OPENAI_API_KEY, ...) may live in .env, as users expect.
+    dotenv.load_dotenv(override=False)
+    try:
+        settings = load_settings(config, **_overrides(values))
+    except (ValidationError, FileNotFoundError, ValueError) as exc:
+        raise click.UsageError(_friendly(exc)) from None
+    if not settings.programs:
+        raise click.UsageError("give at least one TARGET, e.g. examples/qa.py:program")
+    serve(settings)
+
+
+def serve(settings: ServeSettings) -> None:
+    """Run a server until interrupted: build the app (programs load now), then uvicorn."""
+    import uvicorn
+
+    from dspy_serve.app import create_app
+    from dspy_serve.loader import ArtifactError, TargetError
+    from dspy_serve.schema import SchemaError
+
+    _setup_logging(settings.log_level)
+    try:
+        app = create_app(settings)
+    except (ArtifactError, TargetError, SchemaError, ValueError, ImportError) as exc:
+        click.echo(f"dspy-serve: cannot start: {exc}", err=True)
+        sys.exit(3)
+    click.echo(f"dspy-serve: serving on http://{settings.host}:{settings.port}  (docs: /docs)", err=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, lifespan="on")
+
+
+def _friendly(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(part) for part in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors(include_url=False)
+        )
+    return str(exc)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+run_command = click.Command(
+    "run",
+    callback=_run,
+    params=[
+        click.Option(
+            ["--config", "config"],
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            envvar=f"{ENV_PREFIX}CONFIG",
+            help=f"TOML file with settings (lowest precedence after defaults). [env: {ENV_PREFIX}CONFIG]",
+        ),
+        *_settings_params(),
+    ],
+    help="Serve one or more programs. TARGET is path/file.py:NAME or package.module:NAME, "
+    "optionally alias=TARGET.",
+    context_settings={"max_content_width": 110},
+)
+main.add_command(run_command)

@@ -1,0 +1,189 @@
+"""Errors, and their one mapping to HTTP.
+
+Every error a caller can see is a :class:`ServeError` carrying its HTTP status and a stable
+``code``; :func:`from_exception` turns anything raised while serving (DSPy's typed exceptions
+included) into one, by type, never by matching message text. The HTTP layer renders them all
+as RFC 9457 ``application/problem+json``::
+
+    ServeError (500 internal)
+    ├── InvalidInput (422)             request body or field failed validation
+    ├── BadOverride (400)              options out of range
+    ├── ModelNotAllowed (403)          options.model outside the allow-list
+    ├── ProgramNotFound (404)
+    ├── ContextTooLong (413)           the prompt exceeds the model's context window
+    ├── UpstreamRateLimited (429)      the LM provider said 429; Retry-After passed on
+    ├── UpstreamError (502)            LM server/transport failure, unparseable LM output
+    ├── ServiceUnavailable (503)       not ready, shutting down, LM auth/billing/config
+    │   └── Overloaded (503)           in-flight limit and queue full; Retry-After
+    ├── RequestTimeout (504)           the request's deadline passed
+    └── ClientCancelled (499)          the client went away (only logged)
+
+Messages are written for the caller: no stack traces, provider payloads or secrets.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import dspy
+
+__all__ = [
+    "BadOverride",
+    "ClientCancelled",
+    "ContextTooLong",
+    "InvalidInput",
+    "ModelNotAllowed",
+    "Overloaded",
+    "ProgramNotFound",
+    "RequestTimeout",
+    "ServeError",
+    "ServiceUnavailable",
+    "UpstreamError",
+    "UpstreamRateLimited",
+    "from_exception",
+]
+
+logger = logging.getLogger("dspy_serve.errors")
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+
+class ServeError(Exception):
+    """Base of every error a caller can see."""
+
+    status: int = 500
+    code: str = "internal"
+    title: str = "Internal error"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        errors: list[dict[str, Any]] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.detail = detail or self.title
+        self.errors = errors
+        self.retry_after = retry_after
+        super().__init__(self.detail)
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, round(self.retry_after)))}
+
+    def problem(self, *, request_id: str | None = None, instance: str | None = None) -> dict[str, Any]:
+        """The RFC 9457 body; ``code`` and ``request_id`` are extension members."""
+        body: dict[str, Any] = {
+            "type": f"urn:dspy-serve:error:{self.code}",
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "code": self.code,
+        }
+        if instance is not None:
+            body["instance"] = instance
+        if request_id is not None:
+            body["request_id"] = request_id
+        if self.errors is not None:
+            body["errors"] = self.errors
+        if self.retry_after is not None:
+            body["retry_after"] = self.retry_after
+        return body
+
+
+class InvalidInput(ServeError):
+    status, code, title = 422, "invalid_input", "Invalid input"
+
+
+class BadOverride(ServeError):
+    status, code, title = 400, "bad_override", "Invalid request options"
+
+
+class ModelNotAllowed(ServeError):
+    status, code, title = 403, "model_not_allowed", "Model not allowed"
+
+
+class ProgramNotFound(ServeError):
+    status, code, title = 404, "program_not_found", "Program not found"
+
+
+class ContextTooLong(ServeError):
+    status, code, title = 413, "context_window_exceeded", "Input too long for the model's context window"
+
+
+class UpstreamRateLimited(ServeError):
+    status, code, title = 429, "upstream_rate_limited", "The LM provider is rate limiting"
+
+
+class UpstreamError(ServeError):
+    status, code, title = 502, "upstream_error", "The LM provider failed"
+
+
+class ServiceUnavailable(ServeError):
+    status, code, title = 503, "unavailable", "Service unavailable"
+
+
+class Overloaded(ServiceUnavailable):
+    code, title = "overloaded", "Too many requests in flight"
+
+
+class RequestTimeout(ServeError):
+    status, code, title = 504, "timeout", "The request timed out"
+
+
+class HTTPProblem(ServeError):
+    """A routing error from Starlette (404, 405, ...) in the common shape."""
+
+    code = "http_error"
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = detail
+
+
+class ClientCancelled(ServeError):
+    status, code, title = 499, "client_cancelled", "The client closed the request"
+
+
+def from_exception(exc: BaseException) -> ServeError:
+    """Classify anything raised while serving a call, by exception type."""
+    if isinstance(exc, ServeError):
+        return exc
+    if isinstance(exc, dspy.LMRateLimitError):
+        return UpstreamRateLimited(
+            "The LM provider is rate limiting requests; retry later.", retry_after=exc.retry_after
+        )
+    if isinstance(exc, dspy.LMTimeoutError):
+        return RequestTimeout("The LM provider did not answer in time.")
+    if isinstance(exc, dspy.ContextWindowExceededError):
+        return ContextTooLong("The input is too long for the model's context window; shorten it.")
+    if isinstance(exc, (dspy.LMAuthError, dspy.LMBillingError, dspy.LMConfigurationError)):
+        # The operator must act; the caller learns nothing about credentials or accounts.
+        logger.error("LM is misconfigured or unauthorised: %s (%s)", type(exc).__name__, exc.code)
+        return ServiceUnavailable("The language model is not available; the operator has been notified.")
+    if isinstance(exc, (dspy.LMServerError, dspy.LMTransportError, dspy.LMUnexpectedError)):
+        return UpstreamError(f"The LM provider failed ({exc.code}).")
+    if isinstance(exc, dspy.AdapterParseError):
+        return UpstreamError(
+            "The LM's answer could not be parsed into the program's output fields.",
+            errors=_parse_error_fields(exc),
+        )
+    if isinstance(exc, dspy.LMError):
+        return UpstreamError(f"The LM call failed ({exc.code}).")
+    if isinstance(exc, TimeoutError):
+        return RequestTimeout()
+    logger.error("unhandled error while serving a program", exc_info=exc)
+    return ServeError()
+
+
+def _parse_error_fields(exc: dspy.AdapterParseError) -> list[dict[str, Any]] | None:
+    """Which output fields were missing, without echoing the LM's text (it may hold prompt data)."""
+    signature = getattr(exc, "signature", None)
+    parsed = getattr(exc, "parsed_result", None) or {}
+    if signature is None:
+        return None
+    missing = [name for name in signature.output_fields if name not in parsed]
+    return [{"loc": ["outputs", name], "msg": "missing from the LM's answer"} for name in missing] or None

@@ -1,0 +1,163 @@
+"""The LMs a server may use, created once at startup and closed at shutdown.
+
+Callers never name a provider model directly: a per-request ``model`` must be on the
+operator's allow-list, and only the instances built here are ever used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import dspy
+
+from dspy_serve.errors import BadOverride, ModelNotAllowed, UpstreamRateLimited
+from dspy_serve.scope import current_scope
+from dspy_serve.settings import ServeSettings
+
+__all__ = ["LanguageModels", "ServingLM", "is_local_model"]
+
+logger = logging.getLogger("dspy_serve.lm")
+
+# Errors a provider reports before any output streams: safe to retry even when streaming.
+_RETRYABLE_WHILE_STREAMING = (dspy.LMRateLimitError, dspy.LMServerError)
+
+
+class ServingLM(dspy.LM):
+    """A ``dspy.LM`` whose retries respect the request: never sleep past its deadline, and no
+    new attempt once the client has gone.
+
+    DSPy's own retry loop sleeps whatever the provider asks (a 429 with retry-after 7 s
+    surfaces after 21 s), so it is switched off (``num_retries=0``) and done here instead.
+    """
+
+    def __init__(self, model: str, *, retries: int = 3, **kwargs: Any) -> None:
+        super().__init__(model, num_retries=0, **kwargs)
+        self.serve_retries = retries
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        for attempt in range(self.serve_retries + 1):
+            _check_scope()
+            try:
+                return super().__call__(*args, **kwargs)
+            except Exception as exc:
+                delay = self._retry_delay(exc, attempt)
+                if delay is None:
+                    raise
+            time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def acall(self, *args: Any, **kwargs: Any) -> Any:
+        for attempt in range(self.serve_retries + 1):
+            _check_scope()
+            try:
+                return await super().acall(*args, **kwargs)
+            except Exception as exc:
+                delay = self._retry_delay(exc, attempt)
+                if delay is None:
+                    raise
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _retry_delay(self, exc: Exception, attempt: int) -> float | None:
+        """Seconds to wait before the next attempt, or None to give up now."""
+        if attempt >= self.serve_retries or not dspy.is_retryable_lm_error(exc):
+            return None
+        if dspy.settings.send_stream is not None and not isinstance(exc, _RETRYABLE_WHILE_STREAMING):
+            return None  # output may already have reached the client
+        hint = getattr(exc, "retry_after", None)
+        delay = float(hint) if isinstance(hint, (int, float)) and hint >= 0 else min(0.5 * 2**attempt, 8.0)
+        scope = current_scope()
+        if scope is not None and delay >= scope.remaining():
+            if isinstance(exc, dspy.LMRateLimitError):
+                # Waiting would outlive the request: tell the caller when to come back instead.
+                raise UpstreamRateLimited(
+                    "The LM provider is rate limiting requests; retry later.", retry_after=delay
+                ) from exc
+            return None
+        return delay
+
+    def copy(self, **kwargs: Any) -> ServingLM:
+        copied = super().copy(**kwargs)
+        copied.serve_retries = self.serve_retries
+        return copied  # type: ignore[no-any-return]
+
+
+def _check_scope() -> None:
+    scope = current_scope()
+    if scope is not None:
+        scope.check()
+
+
+def is_local_model(model: str | None) -> bool:
+    return model is None or model == "local" or model.startswith("local/") or model.endswith(".gguf")
+
+
+class LanguageModels:
+    """The default LM and the allow-listed alternatives, one instance each."""
+
+    def __init__(self, settings: ServeSettings, default: dspy.BaseLM | None = None) -> None:
+        self._settings = settings
+        self.default_name = default.model if default is not None else settings.model or "local"
+        self._lms: dict[str, dspy.BaseLM] = {}
+        if default is not None:
+            self._lms[self.default_name] = default  # the caller's own instance, used as given
+        for name in [self.default_name, *settings.allow_models]:
+            if name not in self._lms:
+                self._lms[name] = self._build(name)
+
+    @property
+    def default(self) -> dspy.BaseLM:
+        return self._lms[self.default_name]
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._lms)
+
+    @property
+    def uses_local_model(self) -> bool:
+        return any(is_local_model(name) for name in self._lms)
+
+    def select(
+        self, model: str | None = None, *, temperature: float | None = None, max_tokens: int | None = None
+    ) -> dspy.BaseLM:
+        """The LM for one request; options only ever choose among the instances built at startup."""
+        if model is not None and model not in self._lms:
+            raise ModelNotAllowed(
+                f"model {model!r} is not allowed here; allowed: {', '.join(sorted(self._lms))}"
+            )
+        lm = self._lms[model or self.default_name]
+        if max_tokens is not None and max_tokens > self._settings.max_tokens_limit:
+            raise BadOverride(f"max_tokens may be at most {self._settings.max_tokens_limit}")
+        changes = {k: v for k, v in (("temperature", temperature), ("max_tokens", max_tokens)) if v is not None}
+        # A shallow copy: it shares the connection pools, only the request parameters differ.
+        return lm.copy(**changes) if changes else lm
+
+    def _build(self, name: str) -> dspy.BaseLM:
+        settings = self._settings
+        common: dict[str, Any] = {"cache": settings.cache}
+        if settings.temperature is not None:
+            common["temperature"] = settings.temperature
+        if is_local_model(name):
+            from dspy_serve.local_lm import build_local_lm
+
+            return build_local_lm(
+                None if name == "local" else name, max_tokens=settings.max_tokens or 256, **common
+            )
+        if settings.max_tokens is not None:
+            common["max_tokens"] = settings.max_tokens
+        if settings.api_base is not None:
+            common["api_base"] = settings.api_base
+        return ServingLM(name, retries=settings.lm_retries, timeout=settings.timeout, **common)
+
+    async def aclose(self) -> None:
+        for lm in self._lms.values():
+            closer = getattr(lm, "aclose", None)
+            try:
+                if closer is not None:
+                    await closer()
+            except Exception:  # a failed close must not hide the others
+                logger.warning("closing LM %s failed", lm.model, exc_info=True)
+        self._lms.clear()

@@ -1,0 +1,223 @@
+"""Turn TARGET strings and artifacts into ready-to-serve DSPy programs.
+
+A TARGET names something importable (``path/to/file.py:NAME`` or ``package.module:NAME``);
+NAME may be a Module instance, a Module subclass, a zero-argument factory, or a Signature
+(class or string), served as ``dspy.Predict`` of it. Optimized state is loaded strictly: a
+missing or incompatible artifact stops the start-up unless the operator opted out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+__all__ = ["ArtifactError", "LoadedProgram", "TargetError", "load_program", "parse_target"]
+
+
+class TargetError(ValueError):
+    """A TARGET cannot be imported or is not a program."""
+
+
+class ArtifactError(ValueError):
+    """An artifact is missing, unsafe to load without consent, or does not fit its program."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class LoadedProgram:
+    name: str
+    target: str
+    module: dspy.Module
+    artifact: Artifact | None
+
+    @property
+    def optimized(self) -> bool:
+        return self.artifact is not None
+
+
+def parse_target(spec: str) -> tuple[str, str]:
+    """``[alias=]TARGET`` -> (name, target); the name defaults to the object's NAME."""
+    alias, sep, target = spec.partition("=")
+    if not sep:
+        alias, target = "", spec
+    _, colon, attr = target.rpartition(":")
+    if not colon or not attr:
+        raise TargetError(f"{spec!r}: expected 'path/to/file.py:NAME' or 'package.module:NAME'")
+    name = alias or attr
+    if not name.replace("-", "_").isidentifier():
+        raise TargetError(f"{spec!r}: program name {name!r} must be letters, digits, '_' or '-'")
+    return name, target
+
+
+def load_program(
+    name: str,
+    target: str | dspy.Module,
+    *,
+    artifact: str | Path | None = None,
+    artifact_optional: bool = False,
+    allow_pickle: bool = False,
+) -> LoadedProgram:
+    """Import (or accept) a program and load its optimized state."""
+    if isinstance(target, dspy.Module):
+        module, label = target, f"<{type(target).__name__} instance>"
+    elif isinstance(artifact, (str, Path)) and Path(artifact).is_dir():
+        module, label = _program_from_directory(Path(artifact), allow_pickle), str(target)
+    else:
+        module, label = as_module(_import_object(str(target)), str(target)), str(target)
+
+    loaded: Artifact | None = None
+    if artifact is not None:
+        path = Path(artifact)
+        if not path.exists():
+            if not artifact_optional:
+                raise ArtifactError(
+                    f"artifact for {name!r} not found: {path} (pass --artifact-optional to serve unoptimized)"
+                )
+        elif path.is_dir():
+            loaded = Artifact(str(path), _sha256_dir(path))
+        else:
+            loaded = _load_state(module, path, name, allow_pickle=allow_pickle)
+    return LoadedProgram(name=name, target=label, module=module, artifact=loaded)
+
+
+def as_module(obj: Any, label: str) -> dspy.Module:
+    """Accept the shapes of program a user is likely to point at."""
+    if isinstance(obj, dspy.Module):
+        return obj
+    if isinstance(obj, str) or (inspect.isclass(obj) and issubclass(obj, dspy.Signature)):
+        return dspy.Predict(obj)
+    if inspect.isclass(obj) and issubclass(obj, dspy.Module):
+        return _call_without_arguments(obj, label)
+    if callable(obj):
+        made = _call_without_arguments(obj, label)
+        if isinstance(made, dspy.Module):
+            return made
+        raise TargetError(f"{label}: the factory returned {type(made).__name__}, not a dspy.Module")
+    raise TargetError(
+        f"{label}: {type(obj).__name__} is not a dspy.Module, Module class, factory or Signature"
+    )
+
+
+def _call_without_arguments(factory: Any, label: str) -> Any:
+    try:
+        return factory()
+    except TypeError as exc:
+        raise TargetError(f"{label}: cannot be built without arguments ({exc})") from exc
+
+
+def _import_object(target: str) -> Any:
+    location, _, attr = target.rpartition(":")
+    if location.endswith(".py") or "/" in location or "\\" in location:
+        module = _import_file(Path(location))
+    else:
+        try:
+            module = importlib.import_module(location)
+        except ImportError as exc:
+            raise TargetError(f"{target}: cannot import {location!r} ({exc})") from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise TargetError(f"{target}: {location!r} has no attribute {attr!r}") from None
+
+
+def _import_file(path: Path) -> Any:
+    if not path.is_file():
+        raise TargetError(f"program file not found: {path}")
+    resolved = path.resolve()
+    # A stable, unique module name keeps pickled/saved state and tracebacks meaningful.
+    module_name = f"dspy_serve_program_{hashlib.sha1(str(resolved).encode()).hexdigest()[:12]}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, resolved)
+    if spec is None or spec.loader is None:
+        raise TargetError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    # Let the program import its sibling modules, as `python file.py` would.
+    parent = str(resolved.parent)
+    if parent not in sys.path:
+        sys.path.insert(0, parent)
+    try:
+        spec.loader.exec_module(module)
+    except Exception:
+        del sys.modules[module_name]
+        raise
+    return module
+
+
+def _program_from_directory(path: Path, allow_pickle: bool) -> dspy.Module:
+    if not allow_pickle:
+        raise ArtifactError(f"{path} is a save_program=True directory (pickle); pass --allow-pickle to load it")
+    program = dspy.load(str(path), allow_pickle=True)
+    if not isinstance(program, dspy.Module):
+        raise ArtifactError(f"{path} does not hold a dspy.Module")
+    return program
+
+
+def _load_state(module: dspy.Module, path: Path, name: str, *, allow_pickle: bool) -> Artifact:
+    if path.suffix == ".pkl" and not allow_pickle:
+        raise ArtifactError(f"{path}: .pkl artifacts can run code; pass --allow-pickle to load them")
+    if path.suffix not in (".json", ".pkl"):
+        raise ArtifactError(f"{path}: an artifact must be a .json or .pkl file or a save_program directory")
+    if path.suffix == ".json":
+        _check_state_fits(module, path, name)
+    try:
+        module.load(str(path), allow_pickle=allow_pickle)
+    except (KeyError, ValueError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path} does not fit program {name!r}: {type(exc).__name__}: {exc}") from exc
+    return Artifact(str(path), _sha256_file(path))
+
+
+def _check_state_fits(module: dspy.Module, path: Path, name: str) -> None:
+    """Refuse state saved from a different program: DSPy ignores extra predictors silently."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path} is not readable JSON: {exc}") from exc
+    if not isinstance(state, dict):
+        raise ArtifactError(f"{path} is not a saved DSPy program state")
+    saved = {key for key in state if key != "metadata"}
+    expected = {param_name for param_name, _ in module.named_parameters()}
+    if saved != expected:
+        missing, unexpected = sorted(expected - saved), sorted(saved - expected)
+        raise ArtifactError(
+            f"{path} does not fit program {name!r}: "
+            f"missing predictors {missing or 'none'}, unexpected predictors {unexpected or 'none'}"
+        )
+    for param_name, predictor in module.named_predictors():
+        saved_fields = state[param_name].get("signature", {}).get("fields", [])
+        if len(saved_fields) != len(predictor.signature.fields):
+            raise ArtifactError(
+                f"{path} does not fit program {name!r}: predictor {param_name!r} was saved with "
+                f"{len(saved_fields)} fields, the program has {len(predictor.signature.fields)}"
+            )
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 16), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _sha256_dir(path: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode())
+        digest.update(_sha256_file(file).encode())
+    return digest.hexdigest()

@@ -1,0 +1,125 @@
+"""The HTTP envelope around a program's own inputs and outputs.
+
+A request is ``{"inputs": {...}, "options": {...}}``: the program's fields live alone in
+``inputs``, so per-request options can never collide with a field of the same name.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator, create_model
+from pydantic_core.core_schema import ValidatorFunctionWrapHandler
+
+from dspy_serve.schema import ProgramInterface
+
+__all__ = [
+    "InvalidItem",
+    "Problem",
+    "TokenUsage",
+    "envelope_models",
+    "options_model",
+]
+
+
+class TokenUsage(BaseModel):
+    """Tokens one model spent on a request, as the provider reported them."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+
+
+Usage = dict[str, TokenUsage]
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, the shape of every error."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(examples=["urn:dspy-serve:error:invalid_input"])
+    title: str
+    status: int
+    detail: str
+    code: str = Field(description="Stable machine-readable error code.")
+    request_id: str | None = None
+    errors: list[dict[str, Any]] | None = Field(
+        default=None, description="Per-field problems: loc (path), msg, type."
+    )
+    retry_after: float | None = None
+
+
+class InvalidItem:
+    """A batch item that failed validation; kept so the other items still run."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        self.errors = errors
+
+
+def _keep_invalid(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    try:
+        return handler(value)
+    except ValidationError as exc:
+        return InvalidItem([dict(err) for err in exc.errors(include_url=False, include_input=False)])
+
+
+def options_model(max_tokens_limit: int) -> type[BaseModel]:
+    return create_model(
+        "CallOptions",
+        __config__=ConfigDict(extra="forbid"),
+        __doc__="Per-request LM options. `model` must be on the server's allow-list.",
+        model=(str | None, Field(default=None, description="One of the allowed models (see GET /programs).")),
+        temperature=(float | None, Field(default=None, ge=0, le=2)),
+        max_tokens=(int | None, Field(default=None, gt=0, le=max_tokens_limit)),
+    )
+
+
+def envelope_models(
+    prefix: str, interface: ProgramInterface, options: type[BaseModel], max_batch: int, example: dict[str, Any] | None
+) -> dict[str, type[BaseModel]]:
+    """Request/response models of one program's invoke and batch operations."""
+    inputs, outputs = interface.inputs, interface.outputs
+    examples = [{"inputs": example}] if example else None
+    invoke_request = create_model(
+        f"{prefix}InvokeRequest",
+        __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": examples} if examples else None),
+        inputs=(inputs, ...),
+        options=(options | None, None),
+    )
+    invoke_response = create_model(
+        f"{prefix}InvokeResponse",
+        outputs=(outputs, ...),
+        usage=(Usage, Field(description="Tokens spent by this request, per model.")),
+        model=(str, Field(description="The LM that served the request.")),
+    )
+    lenient_item = Annotated[inputs, WrapValidator(_keep_invalid)]  # type: ignore[valid-type]
+    batch_request = create_model(
+        f"{prefix}BatchRequest",
+        __config__=ConfigDict(
+            extra="forbid", json_schema_extra={"examples": [{"items": [example]}]} if example else None
+        ),
+        items=(list[lenient_item], Field(min_length=1, max_length=max_batch)),  # type: ignore[valid-type]
+        options=(options | None, None),
+    )
+    batch_item = create_model(
+        f"{prefix}BatchItem",
+        index=(int, ...),
+        outputs=(outputs | None, None),
+        error=(Problem | None, None),
+        usage=(Usage, Field(default_factory=dict)),
+    )
+    batch_response = create_model(
+        f"{prefix}BatchResponse",
+        items=(list[batch_item], Field(description="One result per input, in input order.")),  # type: ignore[valid-type]
+        usage=(Usage, Field(description="Tokens spent by the whole batch, per model.")),
+        model=(str, ...),
+    )
+    return {
+        "invoke_request": invoke_request,
+        "invoke_response": invoke_response,
+        "batch_request": batch_request,
+        "batch_response": batch_response,
+    }

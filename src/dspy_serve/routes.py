@@ -1,0 +1,174 @@
+"""HTTP routes: one invoke and one batch operation per program, plus discovery and health.
+
+(No ``from __future__ import annotations`` here: FastAPI reads the per-program models from
+the handlers' annotations at runtime.)
+"""
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from dspy_serve.errors import (
+    PROBLEM_CONTENT_TYPE,
+    InvalidInput,
+    ProgramNotFound,
+    ServiceUnavailable,
+    from_exception,
+)
+from dspy_serve.models import InvalidItem, Problem, envelope_models, options_model
+from dspy_serve.runner import CallResult
+from dspy_serve.schema import example_inputs
+from dspy_serve.service import Program, Service
+
+__all__ = ["build_router"]
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": Problem, "description": description, "content": {PROBLEM_CONTENT_TYPE: {}}}
+    for status, description in {
+        400: "Invalid options",
+        403: "Model not on the allow-list",
+        413: "Input too long for the model",
+        422: "Invalid input (field paths in `errors`)",
+        429: "The LM provider is rate limiting (see Retry-After)",
+        502: "The LM provider failed or answered unparseably",
+        503: "Not ready, shutting down, or at capacity (see Retry-After)",
+        504: "The request's deadline passed",
+    }.items()
+}
+
+
+def build_router(service: Service) -> APIRouter:
+    router = APIRouter()
+    options = options_model(service.settings.max_tokens_limit)
+    for program in service.programs.values():
+        _add_program_routes(router, service, program, options)
+    _add_discovery_routes(router, service)
+    return router
+
+
+def _add_program_routes(router: APIRouter, service: Service, program: Program, options: type[BaseModel]) -> None:
+    name = program.name
+    prefix = program.interface.inputs.__name__.removesuffix("Inputs")
+    models = envelope_models(
+        prefix, program.interface, options, service.settings.batch_max_items,
+        example_inputs(program.interface, program.loaded.module),
+    )
+    InvokeRequest, InvokeResponse = models["invoke_request"], models["invoke_response"]
+    BatchRequest, BatchResponse = models["batch_request"], models["batch_response"]
+    description = program.interface.instructions or f"Run the DSPy program `{name}`."
+
+    async def invoke(body: InvokeRequest) -> Any:  # type: ignore[valid-type]
+        opts = _options(body.options)  # type: ignore[attr-defined]
+        result = await service.call(program, _field_values(body.inputs), **opts)  # type: ignore[attr-defined]
+        return {"outputs": result.outputs, "usage": result.usage, "model": _served_model(service, opts)}
+
+    async def batch(body: BatchRequest) -> Any:  # type: ignore[valid-type]
+        opts = _options(body.options)  # type: ignore[attr-defined]
+        items: list[Any] = body.items  # type: ignore[attr-defined]
+        gate = asyncio.Semaphore(service.settings.batch_concurrency)
+
+        async def run_one(index: int, item: Any) -> dict[str, Any]:
+            if isinstance(item, InvalidItem):
+                errors = [{**err, "loc": ["items", index, *err["loc"]]} for err in item.errors]
+                return {"index": index, "error": InvalidInput("Invalid input", errors=errors).problem()}
+            async with gate:
+                try:
+                    result: CallResult = await service.call(program, _field_values(item), **opts)
+                except Exception as exc:  # each item owns its error; the others go on
+                    return {"index": index, "error": from_exception(exc).problem()}
+            return {"index": index, "outputs": result.outputs, "usage": result.usage}
+
+        results = await asyncio.gather(*(run_one(i, item) for i, item in enumerate(items)))
+        return {"items": results, "usage": _total_usage(results), "model": _served_model(service, opts)}
+
+    router.add_api_route(
+        f"/{name}/invoke", invoke, methods=["POST"], response_model=InvokeResponse, responses=_ERRORS,
+        summary=f"Run {name}", description=description, operation_id=f"{name}_invoke", tags=[name],
+    )
+    router.add_api_route(
+        f"/{name}/batch", batch, methods=["POST"], response_model=BatchResponse, responses=_ERRORS,
+        summary=f"Run {name} on many inputs",
+        description=f"{description}\n\nItems run concurrently; each result is its outputs or its own error.",
+        operation_id=f"{name}_batch", tags=[name],
+    )
+
+
+def _add_discovery_routes(router: APIRouter, service: Service) -> None:
+    @router.get("/programs", tags=["discovery"], summary="The programs served here")
+    async def list_programs() -> list[dict[str, Any]]:
+        return [_describe(service, program) for program in service.programs.values()]
+
+    @router.get("/programs/{name}", tags=["discovery"], summary="One program", responses={404: {**_ERRORS[422], "description": "No such program"}})
+    async def get_program(name: str) -> dict[str, Any]:
+        program = service.programs.get(name)
+        if program is None:
+            raise ProgramNotFound(f"no program named {name!r}; see GET /programs")
+        return _describe(service, program)
+
+    @router.get("/health/live", tags=["health"], summary="The process is up")
+    async def live() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/health/ready", tags=["health"], summary="Programs loaded and LMs configured",
+                responses={503: _ERRORS[503]})
+    async def ready(request: Request) -> Any:
+        if not service.ready:
+            problem = ServiceUnavailable(f"The service is {service.state.value}.", retry_after=1)
+            return JSONResponse(
+                problem.problem(request_id=request.state.request_id),
+                status_code=problem.status, headers=problem.headers(), media_type=PROBLEM_CONTENT_TYPE,
+            )
+        return {
+            "status": "ready",
+            "programs": {
+                name: {"optimized": p.loaded.optimized,
+                       "artifact_sha256": p.loaded.artifact.sha256 if p.loaded.artifact else None}
+                for name, p in service.programs.items()
+            },
+        }
+
+
+def _describe(service: Service, program: Program) -> dict[str, Any]:
+    artifact = program.loaded.artifact
+    lms = service.lms
+    return {
+        "name": program.name,
+        "target": program.loaded.target,
+        "signature": program.interface.signature,
+        "instructions": program.interface.instructions,
+        "input_schema": program.interface.input_schema(),
+        "output_schema": program.interface.output_schema(),
+        "model": lms.default_name if lms else service.settings.model or "local",
+        "allowed_models": lms.names if lms else None,
+        "optimized": program.loaded.optimized,
+        "artifact": {"path": artifact.path, "sha256": artifact.sha256} if artifact else None,
+        "execution": "async" if program.runner is None or program.runner.native_async else "thread",
+        "endpoints": {"invoke": f"/{program.name}/invoke", "batch": f"/{program.name}/batch"},
+    }
+
+
+def _options(options: BaseModel | None) -> dict[str, Any]:
+    return options.model_dump(exclude_none=True) if options is not None else {}
+
+
+def _field_values(inputs: BaseModel) -> dict[str, Any]:
+    """The validated fields, as objects (nested models stay models, as DSPy expects)."""
+    return {name: getattr(inputs, name) for name in type(inputs).model_fields}
+
+
+def _served_model(service: Service, options: dict[str, Any]) -> str:
+    return options.get("model") or (service.lms.default_name if service.lms else "")
+
+
+def _total_usage(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    total: dict[str, dict[str, Any]] = {}
+    for result in results:
+        for model, usage in result.get("usage", {}).items():
+            into = total.setdefault(model, {})
+            for key, value in usage.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    into[key] = into.get(key, 0) + value
+    return total

@@ -1,0 +1,218 @@
+"""What one server process holds, and the one path every program call takes.
+
+Programs are imported and their interfaces derived when the service is built (so routes and
+OpenAPI exist before the first request); LMs, the thread pool and the admission gate are
+created at startup and released at shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import anyio
+import dspy
+from pydantic import ValidationError
+
+from dspy_serve.admission import Admission
+from dspy_serve.errors import RequestTimeout, ServiceUnavailable, UpstreamError
+from dspy_serve.lm import LanguageModels
+from dspy_serve.loader import LoadedProgram, load_program, parse_target
+from dspy_serve.runner import SERVER_SAFE_DSPY_SETTINGS, CallResult, ProgramRunner
+from dspy_serve.schema import ProgramInterface, derive_interface
+from dspy_serve.scope import CallScope
+from dspy_serve.settings import ServeSettings
+
+__all__ = ["Program", "Service", "ServiceState"]
+
+logger = logging.getLogger("dspy_serve")
+
+
+class ServiceState(str, Enum):
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+@dataclass
+class Program:
+    loaded: LoadedProgram
+    interface: ProgramInterface
+    runner: ProgramRunner | None = None
+
+    @property
+    def name(self) -> str:
+        return self.loaded.name
+
+
+class Service:
+    def __init__(
+        self,
+        settings: ServeSettings,
+        programs: Mapping[str, dspy.Module | str | type[dspy.Signature]] | None = None,
+        lm: dspy.BaseLM | None = None,
+    ) -> None:
+        self.settings = settings
+        self._given_lm = lm
+        self.programs: dict[str, Program] = {}
+        for loaded in _load_all(settings, programs or {}):
+            declared = _declared_signatures(settings).get(loaded.name)
+            self.programs[loaded.name] = Program(loaded, derive_interface(loaded.name, loaded.module, declared))
+        if not self.programs:
+            raise ValueError("no programs to serve: pass at least one TARGET")
+        self.state = ServiceState.STARTING
+        self.lms: LanguageModels | None = None
+        self.admission: Admission | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        _configure_dspy(self.settings)
+        # Loading a local model reads ~100 MB: keep it off the event loop.
+        self.lms = await anyio.to_thread.run_sync(LanguageModels, self.settings, self._given_lm)
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.settings.sync_thread_count, thread_name_prefix="dspy-serve-program"
+        )
+        self.admission = Admission(self.settings.max_in_flight, self.settings.max_queue)
+        adapter = _adapter(self.settings, self.lms)
+        for program in self.programs.values():
+            program.runner = ProgramRunner(program.loaded, program.interface, self._executor, adapter)
+        self.state = ServiceState.READY
+        logger.info(
+            "serving %s on model %s%s",
+            ", ".join(self.programs),
+            self.lms.default_name,
+            " (embedded local model)" if self.lms.uses_local_model else "",
+        )
+
+    async def stop(self) -> None:
+        self.state = ServiceState.STOPPING
+        if self.lms is not None:
+            await self.lms.aclose()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self.state = ServiceState.STOPPED
+
+    @property
+    def ready(self) -> bool:
+        return self.state is ServiceState.READY
+
+    # --- calls ----------------------------------------------------------------------------------
+    async def call(
+        self,
+        program: Program,
+        inputs: dict[str, Any],
+        *,
+        model: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> CallResult:
+        """Run one validated call: allow-listed LM, admission, deadline; errors stay typed."""
+        if not self.ready or self.lms is None or self.admission is None or program.runner is None:
+            raise ServiceUnavailable("The service is not ready.", retry_after=1)
+        lm = self.lms.select(model, temperature=temperature, max_tokens=max_tokens)
+        scope = CallScope.starting_now(self.settings.timeout)
+        try:
+            with anyio.fail_after(self.settings.timeout):
+                async with self.admission.slot():
+                    result = await program.runner.call(inputs, lm=lm, scope=scope)
+        except TimeoutError:
+            scope.cancel()
+            raise RequestTimeout(f"The program did not finish within {self.settings.timeout:g} s.") from None
+        return _checked(program, result)
+
+
+def _checked(program: Program, result: CallResult) -> CallResult:
+    """Never return what the program did not declare: validate outputs against the schema."""
+    try:
+        validated = program.interface.outputs.model_validate(result.outputs)
+    except ValidationError as exc:
+        errors = [{"loc": ["outputs", *err["loc"]], "msg": err["msg"], "type": err["type"]}
+                  for err in exc.errors(include_url=False, include_input=False)]
+        raise UpstreamError("The program's outputs do not match its declared output types.", errors=errors) from exc
+    return CallResult(validated.model_dump(mode="json"), result.usage)
+
+
+def _load_all(
+    settings: ServeSettings, given: Mapping[str, dspy.Module | str | type[dspy.Signature]]
+) -> list[LoadedProgram]:
+    targets: dict[str, str | dspy.Module] = {}
+    for spec in settings.programs:
+        name, target = parse_target(spec)
+        if name in targets:
+            raise ValueError(f"two programs are named {name!r}; rename one with 'alias=TARGET'")
+        targets[name] = target
+    for name, obj in given.items():
+        if name in targets:
+            raise ValueError(f"two programs are named {name!r}")
+        targets[name] = obj if isinstance(obj, dspy.Module) else dspy.Predict(obj)
+    artifacts = _artifacts_by_program(settings.artifacts, list(targets))
+    return [
+        load_program(
+            name,
+            target,
+            artifact=artifacts.get(name),
+            artifact_optional=settings.artifact_optional,
+            allow_pickle=settings.allow_pickle,
+        )
+        for name, target in targets.items()
+    ]
+
+
+def _artifacts_by_program(specs: list[str], names: list[str]) -> dict[str, str]:
+    by_name: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if sep and name in names:
+            by_name[name] = path
+        elif len(names) == 1:
+            by_name[names[0]] = spec
+        else:
+            raise ValueError(f"artifact {spec!r}: with several programs, write NAME=PATH (programs: {names})")
+    return by_name
+
+
+def _declared_signatures(settings: ServeSettings) -> dict[str, str]:
+    declared: dict[str, str] = {}
+    for spec in settings.signatures:
+        name, sep, signature = spec.partition("=")
+        if not sep:
+            raise ValueError(f"signature {spec!r}: write NAME=SIGNATURE, e.g. rag='question -> answer'")
+        declared[name.strip()] = signature.strip()
+    return declared
+
+
+def _adapter(settings: ServeSettings, lms: LanguageModels) -> dspy.Adapter | None:
+    if settings.adapter == "json" or (settings.adapter == "auto" and lms.uses_local_model):
+        return dspy.JSONAdapter()
+    if settings.adapter == "chat":
+        return dspy.ChatAdapter()
+    return None
+
+
+def _configure_dspy(settings: ServeSettings) -> None:
+    """Process-wide DSPy settings, once, at startup; per-request ones go through dspy.context."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    if settings.cache:
+        dspy.configure_cache(
+            enable_disk_cache=settings.cache_dir is not None,
+            enable_memory_cache=True,
+            disk_cache_dir=str(settings.cache_dir) if settings.cache_dir else None,
+            memory_max_entries=settings.cache_memory_entries,
+        )
+    wanted = {key: value for key, value in SERVER_SAFE_DSPY_SETTINGS.items() if dspy.settings.get(key) != value}
+    if not wanted:
+        return
+    try:
+        dspy.configure(**wanted)
+    except RuntimeError:
+        # Another thread or task owns dspy.configure (several apps in one process): every call
+        # sets the same values through dspy.context, so the server stays safe without it.
+        logger.debug("dspy.configure is owned elsewhere; relying on per-request dspy.context")
+

@@ -1,0 +1,173 @@
+"""The one settings object, declared once.
+
+Every setting is a field here. Its environment variable (``DSPY_SERVE_<NAME>``), its ``.env``
+entry, its TOML key and its CLI flag are all derived from the field, so the four can never
+drift apart. Precedence, highest first: CLI flags, environment, ``.env``, the TOML config
+file, defaults. Unknown keys in ``.env`` or TOML are errors, not silently ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = ["ServeSettings", "load_settings"]
+
+ENV_PREFIX = "DSPY_SERVE_"
+
+
+class ServeSettings(BaseSettings):
+    """How a dspy-serve process serves its programs. Immutable once built."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="forbid",
+        frozen=True,
+        env_parse_none_str="",
+    )
+
+    # --- programs -------------------------------------------------------------------------------
+    programs: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Programs to serve: 'path/file.py:NAME' or 'pkg.module:NAME', optionally 'alias=TARGET'.",
+        json_schema_extra={"cli": "positional"},
+    )
+    artifacts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Optimized state saved with program.save(): 'PATH' for a single program, or "
+        "'NAME=PATH' per program. A .json file; .pkl or a save_program directory need --allow-pickle.",
+        json_schema_extra={"cli": "--artifact"},
+    )
+    signatures: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Declare a program's interface when it cannot be derived: 'NAME=question -> answer: int'.",
+        json_schema_extra={"cli": "--signature"},
+    )
+    artifact_optional: bool = Field(
+        default=False, description="Serve the unoptimized program when an artifact is missing, instead of failing."
+    )
+    allow_pickle: bool = Field(
+        default=False, description="Allow .pkl artifacts and save_program directories (they can run code)."
+    )
+
+    # --- language model -------------------------------------------------------------------------
+    model: str | None = Field(
+        default=None,
+        description="Default LM for every program, e.g. 'openai/gpt-4o-mini'. Unset: the embedded local model. "
+        "Credentials come from the provider's usual environment variables (OPENAI_API_KEY, ...).",
+    )
+    api_base: str | None = Field(default=None, description="Base URL of the LM provider (OpenAI-compatible servers).")
+    allow_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Models a caller may pick per request (options.model). Nothing else is ever forwarded.",
+        json_schema_extra={"cli": "--allow-model"},
+    )
+    adapter: Literal["auto", "chat", "json"] = Field(
+        default="auto", description="DSPy adapter: 'auto' is JSON for the embedded model, DSPy's default otherwise."
+    )
+    temperature: float | None = Field(default=None, ge=0, le=2, description="Default sampling temperature.")
+    max_tokens: int | None = Field(default=None, gt=0, description="Default maximum output tokens per LM call.")
+    max_tokens_limit: int = Field(
+        default=4096, gt=0, description="The largest max_tokens a caller may ask for per request."
+    )
+    lm_retries: int = Field(
+        default=3, ge=0, le=10, description="Retries of a transient LM failure, always within the request's deadline."
+    )
+    lm_connections: int | None = Field(
+        default=None, gt=0, description="LM connection pool size. Unset: sized from max_in_flight."
+    )
+
+    # --- DSPy response cache --------------------------------------------------------------------
+    cache: bool = Field(
+        default=False,
+        description="DSPy's response cache. Off by default: a server's callers expect a fresh answer, and a "
+        "cached answer at temperature > 0 repeats one sample forever.",
+    )
+    cache_memory_entries: int = Field(default=10_000, ge=0, description="In-memory cache entries (when cache is on).")
+    cache_dir: Path | None = Field(
+        default=None, description="On-disk cache directory (when cache is on). Unset: memory only."
+    )
+
+    # --- execution ------------------------------------------------------------------------------
+    timeout: float = Field(default=60.0, gt=0, description="Per-request deadline in seconds (504 past it).")
+    max_in_flight: int = Field(
+        default=256, gt=0, description="Program calls running at once, across all programs of this process."
+    )
+    max_queue: int = Field(
+        default=512, ge=0, description="Calls waiting for a slot; beyond it requests get 503 with Retry-After."
+    )
+    sync_workers: int | None = Field(
+        default=None, gt=0, description="Threads for sync-only programs. Unset: max_in_flight."
+    )
+    batch_max_items: int = Field(default=64, gt=0, description="Most inputs one /batch request may carry.")
+    batch_concurrency: int = Field(default=16, gt=0, description="Items of one batch request run at once.")
+
+    # --- HTTP -----------------------------------------------------------------------------------
+    host: str = Field(default="127.0.0.1", description="Interface to bind.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
+    title: str = Field(default="dspy-serve", description="Title of the OpenAPI document.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, dotenv_settings, TomlConfigSettingsSource(settings_cls))
+
+    @field_validator("programs", "artifacts", "allow_models", "signatures", mode="before")
+    @classmethod
+    def _split_lists(cls, value: Any, info: ValidationInfo) -> Any:
+        # Environment variables carry lists as JSON, or as "a,b" (signatures, which hold
+        # commas themselves, as "a;b").
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            separator = ";" if info.field_name == "signatures" else ","
+            return [item.strip() for item in value.split(separator) if item.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> ServeSettings:
+        if self.max_tokens is not None and self.max_tokens > self.max_tokens_limit:
+            raise ValueError("max_tokens cannot exceed max_tokens_limit")
+        return self
+
+    @property
+    def connection_pool_size(self) -> int:
+        """Never let the LM pool be the hidden cap: at least one connection per running call."""
+        return self.lm_connections or max(self.max_in_flight, 1)
+
+    @property
+    def sync_thread_count(self) -> int:
+        return self.sync_workers or self.max_in_flight
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> ServeSettings:
+    """Build the settings once: ``overrides`` (CLI flags) win over env, ``.env`` and the TOML file."""
+    if config_file is None:
+        return ServeSettings(**overrides)
+    if not Path(config_file).is_file():
+        raise FileNotFoundError(f"config file not found: {config_file}")
+
+    class _FromFile(ServeSettings):
+        model_config = SettingsConfigDict(toml_file=config_file)
+
+    settings = _FromFile(**overrides)
+    return ServeSettings.model_construct(**settings.model_dump())
