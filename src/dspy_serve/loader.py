@@ -190,16 +190,23 @@ def _check_state_fits(module: dspy.Module, path: Path, name: str) -> None:
         raise ArtifactError(f"{path} is not readable JSON: {exc}") from exc
     if not isinstance(state, dict):
         raise ArtifactError(f"{path} is not a saved DSPy program state")
-    saved = {key for key in state if key != "metadata"}
-    expected = {param_name for param_name, _ in module.named_parameters()}
-    if saved != expected:
-        missing, unexpected = sorted(expected - saved), sorted(saved - expected)
-        raise ArtifactError(
-            f"{path} does not fit program {name!r}: "
-            f"missing predictors {missing or 'none'}, unexpected predictors {unexpected or 'none'}"
-        )
+    if isinstance(module, dspy.Predict):
+        by_predictor = {"self": state}  # a bare Predict saves its own state, unnested
+    else:
+        saved = {key for key in state if key != "metadata"}
+        expected = {param_name for param_name, _ in module.named_parameters()}
+        if saved != expected:
+            missing, unexpected = sorted(expected - saved), sorted(saved - expected)
+            raise ArtifactError(
+                f"{path} does not fit program {name!r}: "
+                f"missing predictors {missing or 'none'}, unexpected predictors {unexpected or 'none'}"
+            )
+        by_predictor = state
     for param_name, predictor in module.named_predictors():
-        saved_fields = state[param_name].get("signature", {}).get("fields", [])
+        saved_state = by_predictor.get(param_name)
+        saved_fields = saved_state.get("signature", {}).get("fields") if isinstance(saved_state, dict) else None
+        if not isinstance(saved_fields, list):
+            raise ArtifactError(f"{path} does not fit program {name!r}: no saved signature for {param_name!r}")
         if len(saved_fields) != len(predictor.signature.fields):
             raise ArtifactError(
                 f"{path} does not fit program {name!r}: predictor {param_name!r} was saved with "

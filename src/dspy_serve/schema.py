@@ -168,10 +168,12 @@ def _outputs_from_forward(name: str, module: dspy.Module, predictors: list[dspy.
     return {field_name: known.get(field_name, (Any, Field())) for field_name in names}
 
 
-def _returned_names(module: dspy.Module) -> list[str] | None:
+def _returned_names(module: dspy.Module, owner: type | None = None) -> list[str] | None:
     """Read forward()'s source for what it returns; None when it is not statically clear."""
+    mro = type(module).__mro__
+    owner = owner or next(cls for cls in mro if "forward" in vars(cls))
     try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(type(module).forward)))
+        tree = ast.parse(textwrap.dedent(inspect.getsource(vars(owner)["forward"])))
     except (OSError, TypeError, SyntaxError):
         return None
     function = tree.body[0]
@@ -187,11 +189,24 @@ def _returned_names(module: dspy.Module) -> list[str] | None:
         value = node.value
         if isinstance(value, ast.Name) and value.id in assigned:
             value = assigned[value.id]
-        found = _names_of(module, value)
+        if _is_super_forward(value):
+            parent = next((cls for cls in mro[mro.index(owner) + 1:] if "forward" in vars(cls)), None)
+            found = _returned_names(module, parent) if parent not in (None, dspy.Module) else None
+        else:
+            found = _names_of(module, value)
         if found is None:
             return None
         names.extend(n for n in found if n not in names)
     return names or None
+
+
+def _is_super_forward(value: ast.expr) -> bool:
+    """``super().forward(...)``: the parent's return statements decide."""
+    return (
+        isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) and value.func.attr == "forward"
+        and isinstance(value.func.value, ast.Call) and isinstance(value.func.value.func, ast.Name)
+        and value.func.value.func.id == "super"
+    )
 
 
 def _names_of(module: dspy.Module, value: ast.expr) -> list[str] | None:

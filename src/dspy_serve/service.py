@@ -20,7 +20,7 @@ import dspy
 from pydantic import ValidationError
 
 from dspy_serve.admission import Admission
-from dspy_serve.errors import RequestTimeout, ServiceUnavailable, UpstreamError
+from dspy_serve.errors import RequestTimeout, ServeError, ServiceUnavailable, UpstreamError, from_exception
 from dspy_serve.lm import LanguageModels
 from dspy_serve.loader import LoadedProgram, load_program, parse_target
 from dspy_serve.runner import SERVER_SAFE_DSPY_SETTINGS, CallResult, ProgramRunner
@@ -125,6 +125,10 @@ class Service:
         except TimeoutError:
             scope.cancel()
             raise RequestTimeout(f"The program did not finish within {self.settings.timeout:g} s.") from None
+        except ServeError:
+            raise
+        except Exception as exc:
+            raise from_exception(exc) from exc
         return _checked(program, result)
 
 

