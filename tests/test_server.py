@@ -236,3 +236,15 @@ def test_no_secret_in_logs_or_responses(
     for text in [*texts, caplog.text]:
         assert provider_key not in text
     assert json.loads(texts[0])["status"] == 503
+
+
+def test_lm_connection_pool_is_not_capped_at_dspys_default(fake_lm: FakeLM, provider_key: str) -> None:
+    """DSPy's native engine keeps 100 connections per LM; the server sizes the pool itself."""
+    fake_lm.latency = 1.5
+    items = [{"question": f"q{i}"} for i in range(140)]
+    app = create_app(fake_settings(fake_lm, programs=[target("qa")], batch_max_items=140, batch_concurrency=140))
+    with serving(app) as server:
+        response = post(server.base_url, "/qa/batch", {"items": items})
+    assert response.status_code == 200
+    assert all(item["error"] is None for item in response.json()["items"])
+    assert fake_lm.peak_in_flight > 100, fake_lm.peak_in_flight

@@ -7,6 +7,7 @@ operator's allow-list, and only the instances built here are ever used.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import dspy
 
 from dspy_serve.errors import BadOverride, ModelNotAllowed, UpstreamRateLimited
+from dspy_serve.pool import pooled_engines
 from dspy_serve.scope import current_scope
 from dspy_serve.settings import ServeSettings
 
@@ -148,16 +150,29 @@ class LanguageModels:
             )
         if settings.max_tokens is not None:
             common["max_tokens"] = settings.max_tokens
+        engines = pooled_engines(
+            name, max_connections=settings.connection_pool_size, api_base=settings.api_base, timeout=settings.timeout
+        )
+        if engines is not None:
+            engine, async_engine = engines
+            return ServingLM(name, retries=settings.lm_retries, engine=engine, async_engine=async_engine, **common)
+        logger.info("%s is not routed natively by DSPy; its connection pool keeps DSPy's default size", name)
         if settings.api_base is not None:
             common["api_base"] = settings.api_base
         return ServingLM(name, retries=settings.lm_retries, timeout=settings.timeout, **common)
 
     async def aclose(self) -> None:
         for lm in self._lms.values():
-            closer = getattr(lm, "aclose", None)
+            # A custom engine is borrowed by its LM: the owner (this registry) closes it.
+            engines = [getattr(lm, "engine", None), getattr(lm, "_async_engine_spec", None)]
+            closers = [getattr(e, "aclose", None) or getattr(e, "close", None) for e in engines if not isinstance(e, str)]
+            closers.append(getattr(lm, "aclose", None))
             try:
-                if closer is not None:
-                    await closer()
+                for closer in closers:
+                    if closer is not None:
+                        result = closer()
+                        if inspect.isawaitable(result):
+                            await result
             except Exception:  # a failed close must not hide the others
                 logger.warning("closing LM %s failed", lm.model, exc_info=True)
         self._lms.clear()
