@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,17 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 PROGRAMS = Path(__file__).parent / "programs"
 EXAMPLES = Path(__file__).parent.parent / "examples"
 FAKE_KEY = "sk-test-FAKE-KEY-must-never-leak"
+
+
+@pytest.fixture(autouse=True)
+def _isolate_dspy_settings() -> Iterator[None]:
+    """A served app sets process-wide DSPy settings at startup (history off, ...): undo them
+    after each test so tests that read DSPy's history see DSPy's defaults."""
+    config = sys.modules["dspy.dsp.utils.settings"].main_thread_config
+    saved = dict(config)
+    yield
+    config.clear()
+    config.update(saved)
 
 
 @pytest.fixture(scope="session")

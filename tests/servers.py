@@ -23,9 +23,7 @@ class ServerThread:
         self.base_url = f"http://127.0.0.1:{self.port}"
         config.setdefault("log_level", "warning")
         config.setdefault("lifespan", "on")
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, timeout_graceful_shutdown=grace, **config)
-        )
+        self.server = uvicorn.Server(uvicorn.Config(app, timeout_graceful_shutdown=grace, **config))
         self._thread = threading.Thread(target=self._run, name="uvicorn-test-server", daemon=True)
         self.error: BaseException | None = None
 

@@ -46,14 +46,22 @@ def test_invoke_through_the_real_lm_path(fake_lm: FakeLM, provider_key: str) -> 
 
 def test_every_output_type_round_trips(fake_lm: FakeLM, provider_key: str) -> None:
     fake_lm.answers = {
-        "label": "neg", "score": 0.25, "count": 7, "flag": False, "person": {"name": "Ada", "age": 36},
+        "label": "neg",
+        "score": 0.25,
+        "count": 7,
+        "flag": False,
+        "person": {"name": "Ada", "age": 36},
     }
     app = create_app(fake_settings(fake_lm, programs=[target("kitchen")]))
     with serving(app) as server:
         response = post(server.base_url, "/kitchen/invoke", {"inputs": {"text": "t", "tags": ["a", "b"]}})
     assert response.status_code == 200, response.text
     assert response.json()["outputs"] == {
-        "label": "neg", "score": 0.25, "count": 7, "flag": False, "person": {"name": "Ada", "age": 36},
+        "label": "neg",
+        "score": 0.25,
+        "count": 7,
+        "flag": False,
+        "person": {"name": "Ada", "age": 36},
     }
 
 
@@ -153,10 +161,16 @@ def test_overload_answers_503_with_retry_after(fake_lm: FakeLM, provider_key: st
 def test_model_outside_the_allow_list_is_never_forwarded(fake_lm: FakeLM, provider_key: str) -> None:
     app = create_app(fake_settings(fake_lm, programs=[target("qa")], allow_models=["openai/fake-small"]))
     with serving(app) as server:
-        refused = post(server.base_url, "/qa/invoke",
-                       {"inputs": {"question": "q"}, "options": {"model": "openai/gpt-4o"}})
-        allowed = post(server.base_url, "/qa/invoke",
-                       {"inputs": {"question": "q"}, "options": {"model": "openai/fake-small", "temperature": 0.5}})
+        refused = post(
+            server.base_url,
+            "/qa/invoke",
+            {"inputs": {"question": "q"}, "options": {"model": "openai/gpt-4o"}},
+        )
+        allowed = post(
+            server.base_url,
+            "/qa/invoke",
+            {"inputs": {"question": "q"}, "options": {"model": "openai/fake-small", "temperature": 0.5}},
+        )
     assert refused.status_code == 403 and refused.json()["code"] == "model_not_allowed"
     assert allowed.status_code == 200, allowed.text
     assert allowed.json()["model"] == "openai/fake-small"
@@ -167,8 +181,11 @@ def test_model_outside_the_allow_list_is_never_forwarded(fake_lm: FakeLM, provid
 def test_options_out_of_range_are_rejected(fake_lm: FakeLM, provider_key: str) -> None:
     app = create_app(fake_settings(fake_lm, programs=[target("qa")], max_tokens_limit=100))
     with serving(app) as server:
-        response = post(server.base_url, "/qa/invoke",
-                        {"inputs": {"question": "q"}, "options": {"temperature": 3, "max_tokens": 1000}})
+        response = post(
+            server.base_url,
+            "/qa/invoke",
+            {"inputs": {"question": "q"}, "options": {"temperature": 3, "max_tokens": 1000}},
+        )
     assert response.status_code == 422
     locs = {tuple(error["loc"]) for error in response.json()["errors"]}
     assert locs == {("body", "options", "temperature"), ("body", "options", "max_tokens")}
@@ -176,7 +193,9 @@ def test_options_out_of_range_are_rejected(fake_lm: FakeLM, provider_key: str) -
 
 
 @pytest.mark.parametrize("program", ["TwoStepSync", "TwoStepAsync"])
-def test_sync_and_async_programs_both_serve_concurrently(fake_lm: FakeLM, provider_key: str, program: str) -> None:
+def test_sync_and_async_programs_both_serve_concurrently(
+    fake_lm: FakeLM, provider_key: str, program: str
+) -> None:
     fake_lm.latency = 0.25
     fake_lm.answers = {"query": "q", "answer": "done"}
     app = create_app(fake_settings(fake_lm, programs=[f"two={target(program)}"]))
@@ -192,8 +211,14 @@ def test_sync_and_async_programs_both_serve_concurrently(fake_lm: FakeLM, provid
 
 
 def test_two_programs_in_one_server(fake_lm: FakeLM, provider_key: str) -> None:
-    fake_lm.answers = {"answer": "A", "label": "pos", "score": 1.0, "count": 1, "flag": True,
-                       "person": {"name": "x", "age": 1}}
+    fake_lm.answers = {
+        "answer": "A",
+        "label": "pos",
+        "score": 1.0,
+        "count": 1,
+        "flag": True,
+        "person": {"name": "x", "age": 1},
+    }
     app = create_app(fake_settings(fake_lm, programs=[target("qa"), target("kitchen")]))
     with serving(app) as server:
         names = [p["name"] for p in httpx.get(server.base_url + "/programs").json()]
@@ -242,7 +267,9 @@ def test_lm_connection_pool_is_not_capped_at_dspys_default(fake_lm: FakeLM, prov
     """DSPy's native engine keeps 100 connections per LM; the server sizes the pool itself."""
     fake_lm.latency = 1.5
     items = [{"question": f"q{i}"} for i in range(140)]
-    app = create_app(fake_settings(fake_lm, programs=[target("qa")], batch_max_items=140, batch_concurrency=140))
+    app = create_app(
+        fake_settings(fake_lm, programs=[target("qa")], batch_max_items=140, batch_concurrency=140)
+    )
     with serving(app) as server:
         response = post(server.base_url, "/qa/batch", {"items": items})
     assert response.status_code == 200

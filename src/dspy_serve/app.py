@@ -106,7 +106,9 @@ def install_error_handlers(app: FastAPI) -> None:
             {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
             for err in exc.errors()
         ]
-        return render(request, InvalidInput("The request does not match the program's input schema.", errors=errors))
+        return render(
+            request, InvalidInput("The request does not match the program's input schema.", errors=errors)
+        )
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)

@@ -54,14 +54,18 @@ def _settings_params() -> list[click.Parameter]:
         if flag == "positional":
             params.append(click.Argument([name], nargs=-1, required=False))
             continue
-        default_note = "" if info.default in (None, ...) or _is_list(annotation) else f" [default: {info.default}]"
+        default_note = (
+            "" if info.default in (None, ...) or _is_list(annotation) else f" [default: {info.default}]"
+        )
         if _is_bool(annotation):
-            params.append(click.Option([f"{flag}/--no-{flag[2:]}", name], default=None, help=help_text + default_note))
+            params.append(
+                click.Option([f"{flag}/--no-{flag[2:]}", name], default=None, help=help_text + default_note)
+            )
         elif _is_list(annotation):
             params.append(click.Option([flag, name], multiple=True, help=help_text + " (repeatable)"))
         else:
             choices = _choices(annotation)
-            kind: click.ParamType = click.Choice(choices) if choices else click.STRING
+            kind: Any = click.Choice(choices) if choices else click.STRING
             params.append(click.Option([flag, name], type=kind, default=None, help=help_text + default_note))
     return params
 
@@ -92,8 +96,7 @@ def main() -> None:
     """
 
 
-@click.pass_context
-def _run(ctx: click.Context, config: Path | None, **values: Any) -> None:
+def _run(config: Path | None, **values: Any) -> None:
     # Provider credentials (OPENAI_API_KEY, ...) may live in .env, as users expect.
     dotenv.load_dotenv(override=False)
     try:

@@ -24,6 +24,7 @@ Messages are written for the caller: no stack traces, provider payloads or secre
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import dspy
@@ -71,7 +72,8 @@ class ServeError(Exception):
     def headers(self) -> dict[str, str]:
         if self.retry_after is None:
             return {}
-        return {"Retry-After": str(max(1, round(self.retry_after)))}
+        # Round up: telling a client to come back before the provider allows it is worse.
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
 
     def problem(self, *, request_id: str | None = None, instance: str | None = None) -> dict[str, Any]:
         """The RFC 9457 body; ``code`` and ``request_id`` are extension members."""

@@ -133,7 +133,9 @@ class LanguageModels:
         lm = self._lms[model or self.default_name]
         if max_tokens is not None and max_tokens > self._settings.max_tokens_limit:
             raise BadOverride(f"max_tokens may be at most {self._settings.max_tokens_limit}")
-        changes = {k: v for k, v in (("temperature", temperature), ("max_tokens", max_tokens)) if v is not None}
+        changes = {
+            k: v for k, v in (("temperature", temperature), ("max_tokens", max_tokens)) if v is not None
+        }
         # A shallow copy: it shares the connection pools, only the request parameters differ.
         return lm.copy(**changes) if changes else lm
 
@@ -151,11 +153,16 @@ class LanguageModels:
         if settings.max_tokens is not None:
             common["max_tokens"] = settings.max_tokens
         engines = pooled_engines(
-            name, max_connections=settings.connection_pool_size, api_base=settings.api_base, timeout=settings.timeout
+            name,
+            max_connections=settings.connection_pool_size,
+            api_base=settings.api_base,
+            timeout=settings.timeout,
         )
         if engines is not None:
             engine, async_engine = engines
-            return ServingLM(name, retries=settings.lm_retries, engine=engine, async_engine=async_engine, **common)
+            return ServingLM(
+                name, retries=settings.lm_retries, engine=engine, async_engine=async_engine, **common
+            )
         logger.info("%s is not routed natively by DSPy; its connection pool keeps DSPy's default size", name)
         if settings.api_base is not None:
             common["api_base"] = settings.api_base
@@ -165,7 +172,11 @@ class LanguageModels:
         for lm in self._lms.values():
             # A custom engine is borrowed by its LM: the owner (this registry) closes it.
             engines = [getattr(lm, "engine", None), getattr(lm, "_async_engine_spec", None)]
-            closers = [getattr(e, "aclose", None) or getattr(e, "close", None) for e in engines if not isinstance(e, str)]
+            closers = [
+                getattr(e, "aclose", None) or getattr(e, "close", None)
+                for e in engines
+                if not isinstance(e, str)
+            ]
             closers.append(getattr(lm, "aclose", None))
             try:
                 for closer in closers:

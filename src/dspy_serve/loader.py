@@ -72,12 +72,14 @@ def load_program(
     allow_pickle: bool = False,
 ) -> LoadedProgram:
     """Import (or accept) a program and load its optimized state."""
-    if isinstance(target, dspy.Module):
-        module, label = target, f"<{type(target).__name__} instance>"
-    elif isinstance(artifact, (str, Path)) and Path(artifact).is_dir():
-        module, label = _program_from_directory(Path(artifact), allow_pickle), str(target)
+    label = f"<{type(target).__name__} instance>" if isinstance(target, dspy.Module) else str(target)
+    if artifact is not None and Path(artifact).is_dir():
+        # A save_program directory holds the whole program: it replaces the target's object.
+        module = _program_from_directory(Path(artifact), allow_pickle)
+    elif isinstance(target, dspy.Module):
+        module = target
     else:
-        module, label = as_module(_import_object(str(target)), str(target)), str(target)
+        module = as_module(_import_object(str(target)), label)
 
     loaded: Artifact | None = None
     if artifact is not None:
@@ -90,6 +92,8 @@ def load_program(
         elif path.is_dir():
             loaded = Artifact(str(path), _sha256_dir(path))
         else:
+            # Load into a copy: the imported object may serve another name with other state.
+            module = module.deepcopy()
             loaded = _load_state(module, path, name, allow_pickle=allow_pickle)
     return LoadedProgram(name=name, target=label, module=module, artifact=loaded)
 
@@ -161,8 +165,13 @@ def _import_file(path: Path) -> Any:
 
 def _program_from_directory(path: Path, allow_pickle: bool) -> dspy.Module:
     if not allow_pickle:
-        raise ArtifactError(f"{path} is a save_program=True directory (pickle); pass --allow-pickle to load it")
-    program = dspy.load(str(path), allow_pickle=True)
+        raise ArtifactError(
+            f"{path} is a save_program=True directory (pickle); pass --allow-pickle to load it"
+        )
+    try:
+        program = dspy.load(str(path), allow_pickle=True)
+    except Exception as exc:  # unpickling can raise almost anything
+        raise ArtifactError(f"{path} does not hold a program saved with save_program=True: {exc}") from exc
     if not isinstance(program, dspy.Module):
         raise ArtifactError(f"{path} does not hold a dspy.Module")
     return program
@@ -204,9 +213,13 @@ def _check_state_fits(module: dspy.Module, path: Path, name: str) -> None:
         by_predictor = state
     for param_name, predictor in module.named_predictors():
         saved_state = by_predictor.get(param_name)
-        saved_fields = saved_state.get("signature", {}).get("fields") if isinstance(saved_state, dict) else None
+        saved_fields = (
+            saved_state.get("signature", {}).get("fields") if isinstance(saved_state, dict) else None
+        )
         if not isinstance(saved_fields, list):
-            raise ArtifactError(f"{path} does not fit program {name!r}: no saved signature for {param_name!r}")
+            raise ArtifactError(
+                f"{path} does not fit program {name!r}: no saved signature for {param_name!r}"
+            )
         if len(saved_fields) != len(predictor.signature.fields):
             raise ArtifactError(
                 f"{path} does not fit program {name!r}: predictor {param_name!r} was saved with "

@@ -6,7 +6,7 @@ A request is ``{"inputs": {...}, "options": {...}}``: the program's fields live 
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator, create_model
 from pydantic_core.core_schema import ValidatorFunctionWrapHandler
@@ -78,16 +78,23 @@ def options_model(max_tokens_limit: int) -> type[BaseModel]:
 
 
 def envelope_models(
-    prefix: str, interface: ProgramInterface, options: type[BaseModel], max_batch: int, example: dict[str, Any] | None
+    prefix: str,
+    interface: ProgramInterface,
+    options: type[BaseModel],
+    max_batch: int,
+    example: dict[str, Any] | None,
 ) -> dict[str, type[BaseModel]]:
     """Request/response models of one program's invoke and batch operations."""
-    inputs, outputs = interface.inputs, interface.outputs
-    examples = [{"inputs": example}] if example else None
+    # Built at runtime from each program's signature: to the type checker these are plain values.
+    inputs: Any = interface.inputs
+    outputs: Any = interface.outputs
+    optional_options: Any = options | None
+    examples: Any = [{"inputs": example}] if example else None
     invoke_request = create_model(
         f"{prefix}InvokeRequest",
         __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": examples} if examples else None),
         inputs=(inputs, ...),
-        options=(options | None, None),
+        options=(optional_options, None),
     )
     invoke_response = create_model(
         f"{prefix}InvokeResponse",
@@ -95,19 +102,19 @@ def envelope_models(
         usage=(Usage, Field(description="Tokens spent by this request, per model.")),
         model=(str, Field(description="The LM that served the request.")),
     )
-    lenient_item = Annotated[inputs, WrapValidator(_keep_invalid)]  # type: ignore[valid-type]
+    lenient_item: Any = Annotated[inputs, WrapValidator(_keep_invalid)]
     batch_request = create_model(
         f"{prefix}BatchRequest",
         __config__=ConfigDict(
             extra="forbid", json_schema_extra={"examples": [{"items": [example]}]} if example else None
         ),
-        items=(list[lenient_item], Field(min_length=1, max_length=max_batch)),  # type: ignore[valid-type]
-        options=(options | None, None),
+        items=(list[lenient_item], Field(min_length=1, max_length=max_batch)),
+        options=(optional_options, None),
     )
     batch_item = create_model(
         f"{prefix}BatchItem",
         index=(int, ...),
-        outputs=(outputs | None, None),
+        outputs=(Optional[outputs], None),  # noqa: UP045 - a runtime type expression
         error=(Problem | None, None),
         usage=(Usage, Field(default_factory=dict)),
     )

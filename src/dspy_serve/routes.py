@@ -49,11 +49,16 @@ def build_router(service: Service) -> APIRouter:
     return router
 
 
-def _add_program_routes(router: APIRouter, service: Service, program: Program, options: type[BaseModel]) -> None:
+def _add_program_routes(
+    router: APIRouter, service: Service, program: Program, options: type[BaseModel]
+) -> None:
     name = program.name
     prefix = program.interface.inputs.__name__.removesuffix("Inputs")
     models = envelope_models(
-        prefix, program.interface, options, service.settings.batch_max_items,
+        prefix,
+        program.interface,
+        options,
+        service.settings.batch_max_items,
         example_inputs(program.interface, program.loaded.module),
     )
     InvokeRequest, InvokeResponse = models["invoke_request"], models["invoke_response"]
@@ -85,14 +90,26 @@ def _add_program_routes(router: APIRouter, service: Service, program: Program, o
         return {"items": results, "usage": _total_usage(results), "model": _served_model(service, opts)}
 
     router.add_api_route(
-        f"/{name}/invoke", invoke, methods=["POST"], response_model=InvokeResponse, responses=_ERRORS,
-        summary=f"Run {name}", description=description, operation_id=f"{name}_invoke", tags=[name],
+        f"/{name}/invoke",
+        invoke,
+        methods=["POST"],
+        response_model=InvokeResponse,
+        responses=_ERRORS,
+        summary=f"Run {name}",
+        description=description,
+        operation_id=f"{name}_invoke",
+        tags=[name],
     )
     router.add_api_route(
-        f"/{name}/batch", batch, methods=["POST"], response_model=BatchResponse, responses=_ERRORS,
+        f"/{name}/batch",
+        batch,
+        methods=["POST"],
+        response_model=BatchResponse,
+        responses=_ERRORS,
         summary=f"Run {name} on many inputs",
         description=f"{description}\n\nItems run concurrently; each result is its outputs or its own error.",
-        operation_id=f"{name}_batch", tags=[name],
+        operation_id=f"{name}_batch",
+        tags=[name],
     )
 
 
@@ -101,7 +118,12 @@ def _add_discovery_routes(router: APIRouter, service: Service) -> None:
     async def list_programs() -> list[dict[str, Any]]:
         return [_describe(service, program) for program in service.programs.values()]
 
-    @router.get("/programs/{name}", tags=["discovery"], summary="One program", responses={404: {**_ERRORS[422], "description": "No such program"}})
+    @router.get(
+        "/programs/{name}",
+        tags=["discovery"],
+        summary="One program",
+        responses={404: {**_ERRORS[422], "description": "No such program"}},
+    )
     async def get_program(name: str) -> dict[str, Any]:
         program = service.programs.get(name)
         if program is None:
@@ -112,20 +134,28 @@ def _add_discovery_routes(router: APIRouter, service: Service) -> None:
     async def live() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/health/ready", tags=["health"], summary="Programs loaded and LMs configured",
-                responses={503: _ERRORS[503]})
+    @router.get(
+        "/health/ready",
+        tags=["health"],
+        summary="Programs loaded and LMs configured",
+        responses={503: _ERRORS[503]},
+    )
     async def ready(request: Request) -> Any:
         if not service.ready:
             problem = ServiceUnavailable(f"The service is {service.state.value}.", retry_after=1)
             return JSONResponse(
                 problem.problem(request_id=request.state.request_id),
-                status_code=problem.status, headers=problem.headers(), media_type=PROBLEM_CONTENT_TYPE,
+                status_code=problem.status,
+                headers=problem.headers(),
+                media_type=PROBLEM_CONTENT_TYPE,
             )
         return {
             "status": "ready",
             "programs": {
-                name: {"optimized": p.loaded.optimized,
-                       "artifact_sha256": p.loaded.artifact.sha256 if p.loaded.artifact else None}
+                name: {
+                    "optimized": p.loaded.optimized,
+                    "artifact_sha256": p.loaded.artifact.sha256 if p.loaded.artifact else None,
+                }
                 for name, p in service.programs.items()
             },
         }

@@ -90,10 +90,10 @@ class ProgramRunner:
     def _outputs(self, prediction: Any) -> dict[str, Any]:
         fields = self.interface.outputs.model_fields
         if isinstance(prediction, dspy.Prediction):
-            values = {name: prediction.get(name) for name in fields if name in prediction.keys()}
+            present = prediction.keys()  # a Prediction is not a Mapping: `in` needs its keys
+            values = {name: prediction.get(name) for name in fields if name in present}
         elif isinstance(prediction, dict):
             values = {name: prediction[name] for name in fields if name in prediction}
         else:
             raise TypeError(f"program returned {type(prediction).__name__}, expected a dspy.Prediction")
         return values
-

@@ -19,9 +19,9 @@ from __future__ import annotations
 import ast
 import inspect
 import textwrap
-from dataclasses import dataclass
 import typing
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeGuard
 
 import dspy
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -52,14 +52,20 @@ class ProgramInterface:
         return self.outputs.model_json_schema()
 
 
-def derive_interface(name: str, module: dspy.Module, declared: str | type[dspy.Signature] | None = None) -> ProgramInterface:
+def derive_interface(
+    name: str, module: dspy.Module, declared: str | type[dspy.Signature] | None = None
+) -> ProgramInterface:
     declared = declared or getattr(module, "serve_signature", None)
     if declared is not None:
         signature = dspy.ensure_signature(declared)
-        return _build(name, signature.instructions, _fields(signature.input_fields), _fields(signature.output_fields))
+        return _build(
+            name, signature.instructions, _fields(signature.input_fields), _fields(signature.output_fields)
+        )
     if isinstance(module, dspy.Predict):
         signature = module.signature
-        return _build(name, signature.instructions, _fields(signature.input_fields), _fields(signature.output_fields))
+        return _build(
+            name, signature.instructions, _fields(signature.input_fields), _fields(signature.output_fields)
+        )
 
     predictors = [predictor for _, predictor in module.named_predictors()]
     parameters = _forward_parameters(module)
@@ -75,11 +81,13 @@ def derive_interface(name: str, module: dspy.Module, declared: str | type[dspy.S
     inputs = _inputs_from_parameters(name, module, parameters, predictors)
     outputs = _outputs_from_forward(name, module, predictors)
     own_doc = type(module).__dict__.get("__doc__")
-    instructions = inspect.cleandoc(own_doc) if own_doc else (predictors[0].signature.instructions if predictors else "")
+    instructions = (
+        inspect.cleandoc(own_doc) if own_doc else (predictors[0].signature.instructions if predictors else "")
+    )
     return _build(name, instructions, inputs, outputs)
 
 
-def _is_signature(obj: Any) -> bool:
+def _is_signature(obj: Any) -> TypeGuard[type[dspy.Signature]]:
     return inspect.isclass(obj) and issubclass(obj, dspy.Signature)
 
 
@@ -93,11 +101,13 @@ def _public_field(info: FieldInfo) -> FieldInfo:
     desc = extra.get("desc")
     description = None if not isinstance(desc, str) or desc.startswith("${") else desc
     kwargs: dict[str, Any] = {"description": description}
-    if not info.is_required():
+    if info.default_factory is not None:
+        kwargs["default_factory"] = info.default_factory
+    elif not info.is_required():
         kwargs["default"] = info.default
     elif _is_optional(info.annotation):
         kwargs["default"] = None
-    field = Field(**kwargs)
+    field: FieldInfo = Field(**kwargs)
     field.metadata = list(info.metadata)  # min_length, ge, ... from the signature
     return field
 
@@ -106,8 +116,13 @@ def _is_optional(annotation: Any) -> bool:
     return type(None) in getattr(annotation, "__args__", ())
 
 
+def _entry_name(module: dspy.Module) -> str:
+    """``forward``, or ``aforward`` for an async-only module (served through ``acall``)."""
+    return "forward" if callable(getattr(type(module), "forward", None)) else "aforward"
+
+
 def _forward_parameters(module: dspy.Module) -> list[inspect.Parameter] | None:
-    forward = type(module).forward
+    forward = getattr(type(module), _entry_name(module))
     params = list(inspect.signature(forward).parameters.values())[1:]
     named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     if not named and any(p.kind is p.VAR_KEYWORD for p in params):
@@ -121,8 +136,14 @@ def _inputs_from_parameters(
     hints = _resolved_hints(name, module)
     fields: dict[str, FieldSpec] = {}
     for param in parameters:
-        consumer = next((p.signature.input_fields[param.name] for p in predictors
-                         if param.name in p.signature.input_fields), None)
+        consumer = next(
+            (
+                p.signature.input_fields[param.name]
+                for p in predictors
+                if param.name in p.signature.input_fields
+            ),
+            None,
+        )
         if param.name in hints:
             annotation = hints[param.name]
             field = _public_field(consumer) if consumer is not None else Field()
@@ -142,7 +163,7 @@ def _inputs_from_parameters(
 def _resolved_hints(name: str, module: dspy.Module) -> dict[str, Any]:
     """forward()'s type hints, resolved even under ``from __future__ import annotations``."""
     try:
-        return typing.get_type_hints(type(module).forward)
+        return typing.get_type_hints(getattr(type(module), _entry_name(module)))
     except Exception as exc:
         raise SchemaError(
             f"{name}: cannot resolve the type hints of forward() ({exc}); "
@@ -150,13 +171,18 @@ def _resolved_hints(name: str, module: dspy.Module) -> dict[str, Any]:
         ) from exc
 
 
-def _outputs_from_forward(name: str, module: dspy.Module, predictors: list[dspy.Predict]) -> dict[str, FieldSpec]:
+def _outputs_from_forward(
+    name: str, module: dspy.Module, predictors: list[dspy.Predict]
+) -> dict[str, FieldSpec]:
     returned = _resolved_hints(name, module).get("return")
     if _is_signature(returned):
         return _fields(returned.output_fields)
     known: dict[str, FieldSpec] = {}
     for predictor in predictors:
-        for field_name, info in {**predictor.signature.input_fields, **predictor.signature.output_fields}.items():
+        for field_name, info in {
+            **predictor.signature.input_fields,
+            **predictor.signature.output_fields,
+        }.items():
             known.setdefault(field_name, (info.annotation, _public_field(info)))
     names = _returned_names(module)
     if names is None:
@@ -170,27 +196,33 @@ def _outputs_from_forward(name: str, module: dspy.Module, predictors: list[dspy.
 
 def _returned_names(module: dspy.Module, owner: type | None = None) -> list[str] | None:
     """Read forward()'s source for what it returns; None when it is not statically clear."""
-    mro = type(module).__mro__
-    owner = owner or next(cls for cls in mro if "forward" in vars(cls))
+    mro, entry = type(module).__mro__, _entry_name(module)
+    owner = owner or next(cls for cls in mro if entry in vars(cls))
     try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(vars(owner)["forward"])))
+        tree = ast.parse(textwrap.dedent(inspect.getsource(vars(owner)[entry])))
     except (OSError, TypeError, SyntaxError):
         return None
     function = tree.body[0]
     assigned = {
         target.id: node.value
-        for node in ast.walk(function) if isinstance(node, ast.Assign)
-        for target in node.targets if isinstance(target, ast.Name)
+        for node in ast.walk(function)
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Name)
     }
     names: list[str] = []
     for node in ast.walk(function):
         if not isinstance(node, ast.Return) or node.value is None:
             continue
         value = node.value
+        if isinstance(value, ast.Await):
+            value = value.value
         if isinstance(value, ast.Name) and value.id in assigned:
             value = assigned[value.id]
+        if isinstance(value, ast.Await):
+            value = value.value
         if _is_super_forward(value):
-            parent = next((cls for cls in mro[mro.index(owner) + 1:] if "forward" in vars(cls)), None)
+            parent = next((cls for cls in mro[mro.index(owner) + 1 :] if "forward" in vars(cls)), None)
             found = _returned_names(module, parent) if parent not in (None, dspy.Module) else None
         else:
             found = _names_of(module, value)
@@ -203,8 +235,11 @@ def _returned_names(module: dspy.Module, owner: type | None = None) -> list[str]
 def _is_super_forward(value: ast.expr) -> bool:
     """``super().forward(...)``: the parent's return statements decide."""
     return (
-        isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) and value.func.attr == "forward"
-        and isinstance(value.func.value, ast.Call) and isinstance(value.func.value.func, ast.Name)
+        isinstance(value, ast.Call)
+        and isinstance(value.func, ast.Attribute)
+        and value.func.attr == "forward"
+        and isinstance(value.func.value, ast.Call)
+        and isinstance(value.func.value.func, ast.Name)
         and value.func.value.func.id == "super"
     )
 
@@ -213,7 +248,9 @@ def _names_of(module: dspy.Module, value: ast.expr) -> list[str] | None:
     if not isinstance(value, ast.Call):
         return None
     func = value.func
-    if isinstance(func, ast.Attribute) and func.attr == "Prediction" or isinstance(func, ast.Name) and func.id == "Prediction":
+    if (isinstance(func, ast.Attribute) and func.attr == "Prediction") or (
+        isinstance(func, ast.Name) and func.id == "Prediction"
+    ):
         if any(keyword.arg is None for keyword in value.keywords):
             return None
         return [keyword.arg for keyword in value.keywords if keyword.arg]
@@ -229,16 +266,23 @@ def _names_of(module: dspy.Module, value: ast.expr) -> list[str] | None:
     return None
 
 
-def _build(name: str, instructions: str, inputs: dict[str, FieldSpec], outputs: dict[str, FieldSpec]) -> ProgramInterface:
+def _build(
+    name: str, instructions: str, inputs: dict[str, FieldSpec], outputs: dict[str, FieldSpec]
+) -> ProgramInterface:
     if not outputs:
         raise SchemaError(f"{name}: the program has no output fields")
     model_name = "".join(part.capitalize() for part in name.replace("-", "_").split("_")) or "Program"
     strict = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
-    input_model = create_model(f"{model_name}Inputs", __config__=strict, __doc__=instructions or None, **inputs)  # type: ignore[call-overload]
-    output_model = create_model(f"{model_name}Outputs", __config__=ConfigDict(arbitrary_types_allowed=True), **outputs)  # type: ignore[call-overload]
+    input_model = create_model(
+        f"{model_name}Inputs", __config__=strict, __doc__=instructions or None, **inputs
+    )  # type: ignore[call-overload]
+    output_model = create_model(
+        f"{model_name}Outputs", __config__=ConfigDict(arbitrary_types_allowed=True), **outputs
+    )  # type: ignore[call-overload]
     signature = ", ".join(inputs) + " -> " + ", ".join(outputs)
-    return ProgramInterface(instructions=instructions or "", inputs=input_model, outputs=output_model, signature=signature)
-
+    return ProgramInterface(
+        instructions=instructions or "", inputs=input_model, outputs=output_model, signature=signature
+    )
 
 
 def example_inputs(interface: ProgramInterface, module: dspy.Module) -> dict[str, Any] | None:

@@ -63,7 +63,9 @@ class Service:
         self.programs: dict[str, Program] = {}
         for loaded in _load_all(settings, programs or {}):
             declared = _declared_signatures(settings).get(loaded.name)
-            self.programs[loaded.name] = Program(loaded, derive_interface(loaded.name, loaded.module, declared))
+            self.programs[loaded.name] = Program(
+                loaded, derive_interface(loaded.name, loaded.module, declared)
+            )
         if not self.programs:
             raise ValueError("no programs to serve: pass at least one TARGET")
         self.state = ServiceState.STARTING
@@ -137,9 +139,13 @@ def _checked(program: Program, result: CallResult) -> CallResult:
     try:
         validated = program.interface.outputs.model_validate(result.outputs)
     except ValidationError as exc:
-        errors = [{"loc": ["outputs", *err["loc"]], "msg": err["msg"], "type": err["type"]}
-                  for err in exc.errors(include_url=False, include_input=False)]
-        raise UpstreamError("The program's outputs do not match its declared output types.", errors=errors) from exc
+        errors = [
+            {"loc": ["outputs", *err["loc"]], "msg": err["msg"], "type": err["type"]}
+            for err in exc.errors(include_url=False, include_input=False)
+        ]
+        raise UpstreamError(
+            "The program's outputs do not match its declared output types.", errors=errors
+        ) from exc
     return CallResult(validated.model_dump(mode="json"), result.usage)
 
 
@@ -210,7 +216,9 @@ def _configure_dspy(settings: ServeSettings) -> None:
             disk_cache_dir=str(settings.cache_dir) if settings.cache_dir else None,
             memory_max_entries=settings.cache_memory_entries,
         )
-    wanted = {key: value for key, value in SERVER_SAFE_DSPY_SETTINGS.items() if dspy.settings.get(key) != value}
+    wanted = {
+        key: value for key, value in SERVER_SAFE_DSPY_SETTINGS.items() if dspy.settings.get(key) != value
+    }
     if not wanted:
         return
     try:
@@ -219,4 +227,3 @@ def _configure_dspy(settings: ServeSettings) -> None:
         # Another thread or task owns dspy.configure (several apps in one process): every call
         # sets the same values through dspy.context, so the server stays safe without it.
         logger.debug("dspy.configure is owned elsewhere; relying on per-request dspy.context")
-

@@ -8,8 +8,8 @@ file, defaults. Unknown keys in ``.env`` or TOML are errors, not silently ignore
 
 from __future__ import annotations
 
-from pathlib import Path
 import json
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -36,6 +36,9 @@ class ServeSettings(BaseSettings):
         extra="forbid",
         frozen=True,
         env_parse_none_str="",
+        # .env also holds provider credentials (OPENAI_API_KEY, ...): only our prefix is ours,
+        # and an unknown DSPY_SERVE_ key there is still an error.
+        dotenv_filtering="match_prefix",
     )
 
     # --- programs -------------------------------------------------------------------------------
@@ -52,11 +55,13 @@ class ServeSettings(BaseSettings):
     )
     signatures: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Declare a program's interface when it cannot be derived: 'NAME=question -> answer: int'.",
+        description="Declare a program's interface when it cannot be derived: "
+        "'NAME=question -> answer: int'.",
         json_schema_extra={"cli": "--signature"},
     )
     artifact_optional: bool = Field(
-        default=False, description="Serve the unoptimized program when an artifact is missing, instead of failing."
+        default=False,
+        description="Serve the unoptimized program when an artifact is missing, instead of failing.",
     )
     allow_pickle: bool = Field(
         default=False, description="Allow .pkl artifacts and save_program directories (they can run code)."
@@ -65,25 +70,34 @@ class ServeSettings(BaseSettings):
     # --- language model -------------------------------------------------------------------------
     model: str | None = Field(
         default=None,
-        description="Default LM for every program, e.g. 'openai/gpt-4o-mini'. Unset: the embedded local model. "
-        "Credentials come from the provider's usual environment variables (OPENAI_API_KEY, ...).",
+        description="Default LM for every program, e.g. 'openai/gpt-4o-mini'. "
+        "Unset: the embedded local model. Credentials come from the provider's usual environment "
+        "variables (OPENAI_API_KEY, ...).",
     )
-    api_base: str | None = Field(default=None, description="Base URL of the LM provider (OpenAI-compatible servers).")
+    api_base: str | None = Field(
+        default=None, description="Base URL of the LM provider (OpenAI-compatible servers)."
+    )
     allow_models: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Models a caller may pick per request (options.model). Nothing else is ever forwarded.",
         json_schema_extra={"cli": "--allow-model"},
     )
     adapter: Literal["auto", "chat", "json"] = Field(
-        default="auto", description="DSPy adapter: 'auto' is JSON for the embedded model, DSPy's default otherwise."
+        default="auto",
+        description="DSPy adapter: 'auto' is JSON for the embedded model, DSPy's default otherwise.",
     )
     temperature: float | None = Field(default=None, ge=0, le=2, description="Default sampling temperature.")
-    max_tokens: int | None = Field(default=None, gt=0, description="Default maximum output tokens per LM call.")
+    max_tokens: int | None = Field(
+        default=None, gt=0, description="Default maximum output tokens per LM call."
+    )
     max_tokens_limit: int = Field(
         default=4096, gt=0, description="The largest max_tokens a caller may ask for per request."
     )
     lm_retries: int = Field(
-        default=3, ge=0, le=10, description="Retries of a transient LM failure, always within the request's deadline."
+        default=3,
+        ge=0,
+        le=10,
+        description="Retries of a transient LM failure, always within the request's deadline.",
     )
     lm_connections: int | None = Field(
         default=None, gt=0, description="LM connection pool size. Unset: sized from max_in_flight."
@@ -95,7 +109,9 @@ class ServeSettings(BaseSettings):
         description="DSPy's response cache. Off by default: a server's callers expect a fresh answer, and a "
         "cached answer at temperature > 0 repeats one sample forever.",
     )
-    cache_memory_entries: int = Field(default=10_000, ge=0, description="In-memory cache entries (when cache is on).")
+    cache_memory_entries: int = Field(
+        default=10_000, ge=0, description="In-memory cache entries (when cache is on)."
+    )
     cache_dir: Path | None = Field(
         default=None, description="On-disk cache directory (when cache is on). Unset: memory only."
     )
@@ -106,7 +122,9 @@ class ServeSettings(BaseSettings):
         default=256, gt=0, description="Program calls running at once, across all programs of this process."
     )
     max_queue: int = Field(
-        default=512, ge=0, description="Calls waiting for a slot; beyond it requests get 503 with Retry-After."
+        default=512,
+        ge=0,
+        description="Calls waiting for a slot; beyond it requests get 503 with Retry-After.",
     )
     sync_workers: int | None = Field(
         default=None, gt=0, description="Threads for sync-only programs. Unset: max_in_flight."
@@ -135,7 +153,9 @@ class ServeSettings(BaseSettings):
     @classmethod
     def _split_lists(cls, value: Any, info: ValidationInfo) -> Any:
         # Environment variables carry lists as JSON, or as "a,b" (signatures, which hold
-        # commas themselves, as "a;b").
+        # commas themselves, as "a;b"). An empty variable is an empty list.
+        if value is None:
+            return []
         if isinstance(value, str):
             if value.lstrip().startswith("["):
                 return json.loads(value)

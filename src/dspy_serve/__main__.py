@@ -1,0 +1,3 @@
+from dspy_serve.cli import main
+
+main()

@@ -1,0 +1,107 @@
+"""The real ``dspy-serve`` command, in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import FAKE_KEY, PROGRAMS
+from tests.fake_lm import FakeLM
+
+CLI = [sys.executable, "-m", "dspy_serve"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DSPY_SERVE_")}
+    env.update(OPENAI_API_KEY=FAKE_KEY, LITELLM_LOCAL_MODEL_COST_MAP="True", **extra)
+    return env
+
+
+def test_help_documents_every_setting() -> None:
+    result = subprocess.run([*CLI, "run", "--help"], capture_output=True, text=True, timeout=60, check=True)
+    for flag in (
+        "--model",
+        "--allow-model",
+        "--artifact",
+        "--artifact-optional",
+        "--allow-pickle",
+        "--timeout",
+        "--max-in-flight",
+        "--cache",
+        "--config",
+        "DSPY_SERVE_MODEL",
+    ):
+        assert flag in result.stdout
+
+
+def test_run_serves_a_program_until_interrupted(fake_lm: FakeLM, tmp_path: Path) -> None:
+    fake_lm.answers = {"answer": "Paris"}
+    port = free_port()
+    config = tmp_path / "serve.toml"
+    config.write_text(f'model = "openai/fake-model"\napi_base = "{fake_lm.base_url}"\n')
+    process = subprocess.Popen(
+        [*CLI, "run", f"qa={PROGRAMS / 'serving.py'}:qa", "--config", str(config), "--port", str(port)],
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        response = httpx.post(url + "/qa/invoke", json={"inputs": {"question": "Capital?"}}, timeout=10)
+        assert response.status_code == 200, response.text
+        assert response.json()["outputs"] == {"answer": "Paris"}
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert FAKE_KEY not in output
+
+
+def test_a_missing_artifact_stops_startup_with_a_clear_message(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            *CLI,
+            "run",
+            f"{PROGRAMS / 'serving.py'}:qa",
+            "--model",
+            "openai/fake-model",
+            "--artifact",
+            str(tmp_path / "missing.json"),
+        ],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 3
+    assert "missing.json" in result.stderr and "--artifact-optional" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_setting_values_are_usage_errors() -> None:
+    result = subprocess.run(
+        [*CLI, "run", "x.py:p", "--timeout", "-1"], env=cli_env(), capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "timeout" in result.stderr and "greater than 0" in result.stderr
