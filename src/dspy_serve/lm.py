@@ -114,6 +114,11 @@ class LanguageModels:
     def default(self) -> dspy.BaseLM:
         return self._lms[self.default_name]
 
+    def model_of(self, name: str | None) -> str:
+        """The provider model string behind an allow-list name ("local" -> "local/SmolLM2-...")."""
+        lm = self._lms.get(name or self.default_name)
+        return str(lm.model) if lm is not None else str(name)
+
     @property
     def names(self) -> list[str]:
         return list(self._lms)
@@ -145,11 +150,13 @@ class LanguageModels:
         if settings.temperature is not None:
             common["temperature"] = settings.temperature
         if is_local_model(name):
-            from dspy_serve.local_lm import build_local_lm
+            from dspy_serve.local_lm import local_engines
 
-            return build_local_lm(
-                None if name == "local" else name, max_tokens=settings.max_tokens or 256, **common
+            # In-process: no provider to retry against, but the cancellation checks still apply.
+            model, engine, async_engine = local_engines(
+                None if name == "local" else name, max_tokens=settings.max_tokens or 256
             )
+            return ServingLM(model, retries=0, engine=engine, async_engine=async_engine, **common)
         if settings.max_tokens is not None:
             common["max_tokens"] = settings.max_tokens
         engines = pooled_engines(

@@ -365,6 +365,15 @@ class AsyncLlamaCppEngine(_EngineBase):
         return cls(LlamaCppEngine.load_state(state))
 
 
+def local_engines(
+    spec: str | None = None, *, n_ctx: int = 2048, max_tokens: int = 256, n_threads: int | None = None
+) -> tuple[str, LlamaCppEngine, AsyncLlamaCppEngine]:
+    """The model name and the engine pair, for ``dspy.LM(name, engine=..., async_engine=...)``."""
+    path = local_model_path(spec)
+    engine = LlamaCppEngine(path, n_ctx=n_ctx, n_threads=n_threads, max_tokens=max_tokens)
+    return _model_name(path), engine, AsyncLlamaCppEngine(engine)
+
+
 def build_local_lm(
     spec: str | None = None,
     *,
@@ -379,12 +388,5 @@ def build_local_lm(
     ``max_tokens`` is the engine default for requests that set none; ``temperature=None``
     keeps llama.cpp's default (0.2). ``lm.engine.close()`` releases the model for both engines.
     """
-    path = local_model_path(spec)
-    engine = LlamaCppEngine(path, n_ctx=n_ctx, n_threads=n_threads, max_tokens=max_tokens)
-    return dspy.LM(
-        _model_name(path),
-        engine=engine,
-        async_engine=AsyncLlamaCppEngine(engine),
-        temperature=temperature,
-        cache=cache,
-    )
+    name, engine, async_engine = local_engines(spec, n_ctx=n_ctx, max_tokens=max_tokens, n_threads=n_threads)
+    return dspy.LM(name, engine=engine, async_engine=async_engine, temperature=temperature, cache=cache)

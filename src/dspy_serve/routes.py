@@ -68,7 +68,7 @@ def _add_program_routes(
     async def invoke(body: InvokeRequest) -> Any:  # type: ignore[valid-type]
         opts = _options(body.options)  # type: ignore[attr-defined]
         result = await service.call(program, _field_values(body.inputs), **opts)  # type: ignore[attr-defined]
-        return {"outputs": result.outputs, "usage": result.usage, "model": _served_model(service, opts)}
+        return {"outputs": result.outputs, "usage": result.usage, "model": result.model}
 
     async def batch(body: BatchRequest) -> Any:  # type: ignore[valid-type]
         opts = _options(body.options)  # type: ignore[attr-defined]
@@ -171,7 +171,7 @@ def _describe(service: Service, program: Program) -> dict[str, Any]:
         "instructions": program.interface.instructions,
         "input_schema": program.interface.input_schema(),
         "output_schema": program.interface.output_schema(),
-        "model": lms.default_name if lms else service.settings.model or "local",
+        "model": lms.model_of(None) if lms else service.settings.model or "local",
         "allowed_models": lms.names if lms else None,
         "optimized": program.loaded.optimized,
         "artifact": {"path": artifact.path, "sha256": artifact.sha256} if artifact else None,
@@ -190,7 +190,7 @@ def _field_values(inputs: BaseModel) -> dict[str, Any]:
 
 
 def _served_model(service: Service, options: dict[str, Any]) -> str:
-    return options.get("model") or (service.lms.default_name if service.lms else "")
+    return service.lms.model_of(options.get("model")) if service.lms else ""
 
 
 def _total_usage(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -37,6 +37,7 @@ SERVER_SAFE_DSPY_SETTINGS: dict[str, Any] = {
 class CallResult:
     outputs: dict[str, Any]
     usage: dict[str, dict[str, Any]]
+    model: str
 
 
 def has_native_async(module: dspy.Module) -> bool:
@@ -80,7 +81,7 @@ class ProgramRunner:
             except BaseException:
                 scope.cancel()  # a worker thread still running stops at its next LM call
                 raise
-            return CallResult(self._outputs(prediction), tracker.get_total_tokens())
+            return CallResult(self._outputs(prediction), tracker.get_total_tokens(), lm.model)
 
     async def _call_in_thread(self, inputs: dict[str, Any]) -> Any:
         context = contextvars.copy_context()

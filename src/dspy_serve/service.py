@@ -146,7 +146,7 @@ def _checked(program: Program, result: CallResult) -> CallResult:
         raise UpstreamError(
             "The program's outputs do not match its declared output types.", errors=errors
         ) from exc
-    return CallResult(validated.model_dump(mode="json"), result.usage)
+    return CallResult(validated.model_dump(mode="json"), result.usage, result.model)
 
 
 def _load_all(
