@@ -67,3 +67,17 @@ def test_programs_reports_the_embedded_model_and_artifact(local_server) -> None:
     info = httpx.get(local_server.base_url + "/programs/qa", timeout=10).json()
     assert info["model"] == "local/SmolLM2-135M-Instruct"
     assert info["optimized"] is True and len(info["artifact"]["sha256"]) == 64
+
+
+def test_streaming_yields_tokens_before_the_prediction(local_server) -> None:  # type: ignore[no-untyped-def]
+    events = []
+    with httpx.stream(
+        "POST", local_server.base_url + "/qa/stream", json={"inputs": {"question": QUESTIONS[1]}}, timeout=60
+    ) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                events.append(line.removeprefix("event: "))
+    assert "token" in events
+    assert events[-1] == "prediction"
+    assert events.index("token") < events.index("prediction")

@@ -24,10 +24,14 @@ class Admission:
         self.running = 0
         self.waiting = 0
 
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    def check(self) -> None:
+        """Refuse now if a call arriving now would be refused (used before a stream starts)."""
         if self._slots.locked() and self.waiting >= self.queue:
             raise Overloaded("The server is at capacity; retry shortly.", retry_after=1)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        self.check()
         self.waiting += 1
         try:
             await self._slots.acquire()

@@ -166,9 +166,9 @@ class LanguageModels:
             timeout=settings.timeout,
         )
         if engines is not None:
-            engine, async_engine = engines
+            pooled, async_pooled = engines
             return ServingLM(
-                name, retries=settings.lm_retries, engine=engine, async_engine=async_engine, **common
+                name, retries=settings.lm_retries, engine=pooled, async_engine=async_pooled, **common
             )
         logger.info("%s is not routed natively by DSPy; its connection pool keeps DSPy's default size", name)
         if settings.api_base is not None:

@@ -6,7 +6,7 @@ A request is ``{"inputs": {...}, "options": {...}}``: the program's fields live 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator, create_model
 from pydantic_core.core_schema import ValidatorFunctionWrapHandler
@@ -16,9 +16,12 @@ from dspy_serve.schema import ProgramInterface
 __all__ = [
     "InvalidItem",
     "Problem",
+    "StatusEvent",
+    "TokenEvent",
     "TokenUsage",
     "envelope_models",
     "options_model",
+    "stream_event_model",
 ]
 
 
@@ -130,3 +133,34 @@ def envelope_models(
         "batch_request": batch_request,
         "batch_response": batch_response,
     }
+
+
+class TokenEvent(BaseModel):
+    """``event: token``: a piece of a ``str`` output field, as the LM produces it."""
+
+    predictor: str = Field(description="The predictor's name in the program (e.g. 'answer', 'predict').")
+    field: str = Field(description="The output field this chunk belongs to.")
+    chunk: str
+
+
+class StatusEvent(BaseModel):
+    """``event: status``: progress of a multi-step program."""
+
+    message: str
+
+
+def stream_event_model(prefix: str, invoke_response: type[BaseModel]) -> type[BaseModel]:
+    """Documents one SSE event: its name and the JSON in its ``data`` line."""
+    data: Any = TokenEvent | StatusEvent | invoke_response | Problem
+    event: Any = Literal["token", "status", "prediction", "error"]
+    return create_model(
+        f"{prefix}StreamEvent",
+        __doc__="One Server-Sent Event: `event: <event>` then `data: <JSON>`.",
+        event=(event, ...),
+        data=(
+            data,
+            Field(
+                description="token: TokenEvent; status: StatusEvent; prediction: as /invoke; error: Problem"
+            ),
+        ),
+    )

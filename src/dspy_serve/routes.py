@@ -5,25 +5,31 @@ the handlers' annotations at runtime.)
 """
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
+import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from dspy_serve.errors import (
     PROBLEM_CONTENT_TYPE,
+    ClientCancelled,
     InvalidInput,
     ProgramNotFound,
     ServiceUnavailable,
     from_exception,
 )
-from dspy_serve.models import InvalidItem, Problem, envelope_models, options_model
+from dspy_serve.models import InvalidItem, Problem, envelope_models, options_model, stream_event_model
 from dspy_serve.runner import CallResult
 from dspy_serve.schema import example_inputs
 from dspy_serve.service import Program, Service
+from dspy_serve.streaming import STREAM_DOC, EventStreamResponse
 
-__all__ = ["build_router"]
+__all__ = ["build_router", "until_disconnected"]
+
+T = TypeVar("T")
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": Problem, "description": description, "content": {PROBLEM_CONTENT_TYPE: {}}}
@@ -65,12 +71,13 @@ def _add_program_routes(
     BatchRequest, BatchResponse = models["batch_request"], models["batch_response"]
     description = program.interface.instructions or f"Run the DSPy program `{name}`."
 
-    async def invoke(body: InvokeRequest) -> Any:  # type: ignore[valid-type]
+    async def invoke(body: InvokeRequest, request: Request) -> Any:  # type: ignore[valid-type]
         opts = _options(body.options)  # type: ignore[attr-defined]
-        result = await service.call(program, _field_values(body.inputs), **opts)  # type: ignore[attr-defined]
+        call = service.call(program, _field_values(body.inputs), **opts)  # type: ignore[attr-defined]
+        result = await until_disconnected(request, call)
         return {"outputs": result.outputs, "usage": result.usage, "model": result.model}
 
-    async def batch(body: BatchRequest) -> Any:  # type: ignore[valid-type]
+    async def batch(body: BatchRequest, request: Request) -> Any:  # type: ignore[valid-type]
         opts = _options(body.options)  # type: ignore[attr-defined]
         items: list[Any] = body.items  # type: ignore[attr-defined]
         gate = asyncio.Semaphore(service.settings.batch_concurrency)
@@ -86,7 +93,8 @@ def _add_program_routes(
                     return {"index": index, "error": from_exception(exc).problem()}
             return {"index": index, "outputs": result.outputs, "usage": result.usage}
 
-        results = await asyncio.gather(*(run_one(i, item) for i, item in enumerate(items)))
+        everything = asyncio.gather(*(run_one(i, item) for i, item in enumerate(items)))
+        results = await until_disconnected(request, everything)
         return {"items": results, "usage": _total_usage(results), "model": _served_model(service, opts)}
 
     router.add_api_route(
@@ -98,6 +106,28 @@ def _add_program_routes(
         summary=f"Run {name}",
         description=description,
         operation_id=f"{name}_invoke",
+        tags=[name],
+    )
+
+    async def stream(body: InvokeRequest, request: Request) -> EventStreamResponse:  # type: ignore[valid-type]
+        opts = _options(body.options)  # type: ignore[attr-defined]
+        request_id = request.state.request_id
+        return service.stream(program, _field_values(body.inputs), request_id=request_id, **opts)  # type: ignore[attr-defined]
+
+    router.add_api_route(
+        f"/{name}/stream",
+        stream,
+        methods=["POST"],
+        response_class=EventStreamResponse,
+        response_model=None,
+        status_code=200,
+        responses={
+            **_ERRORS,
+            200: {"model": stream_event_model(prefix, InvokeResponse), "description": STREAM_DOC},
+        },
+        summary=f"Run {name}, streaming tokens (Server-Sent Events)",
+        description=f"{description}\n\n{STREAM_DOC}",
+        operation_id=f"{name}_stream",
         tags=[name],
     )
     router.add_api_route(
@@ -159,6 +189,36 @@ def _add_discovery_routes(router: APIRouter, service: Service) -> None:
                 for name, p in service.programs.items()
             },
         }
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``, cancelling it if the client hangs up first: nobody would read the
+    answer, and the LM bill would keep running."""
+    outcome: list[T] = []
+    failure: list[Exception] = []
+
+    async def run() -> None:
+        try:
+            outcome.append(await work)
+        except Exception as exc:  # re-raised below, as itself rather than in an exception group
+            failure.append(exc)
+        finally:
+            group.cancel_scope.cancel()
+
+    async def watch() -> None:
+        # The body is read by now: the next message is the disconnect, whenever it comes.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        group.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(run)
+        group.start_soon(watch)
+    if failure:
+        raise failure[0]
+    if not outcome:
+        raise ClientCancelled("the client closed the connection")
+    return outcome[0]
 
 
 def _describe(service: Service, program: Program) -> dict[str, Any]:

@@ -9,14 +9,15 @@ once its request is cancelled or times out it stops at its next LM call.
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import functools
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import dspy
+from dspy.streaming import StatusMessage, StreamResponse
 
 from dspy_serve.loader import LoadedProgram
 from dspy_serve.schema import ProgramInterface
@@ -59,34 +60,80 @@ class ProgramRunner:
         self,
         program: LoadedProgram,
         interface: ProgramInterface,
-        executor: ThreadPoolExecutor,
+        threads: anyio.CapacityLimiter,
         adapter: dspy.Adapter | None,
     ) -> None:
         self.program = program
         self.interface = interface
         self.native_async = has_native_async(program.module)
-        self._executor = executor
+        self._threads = threads
         self._adapter = adapter
 
-    async def call(self, inputs: dict[str, Any], *, lm: dspy.BaseLM, scope: CallScope) -> CallResult:
+    def _settings(self, lm: dspy.BaseLM) -> dict[str, Any]:
         settings: dict[str, Any] = {"lm": lm, **SERVER_SAFE_DSPY_SETTINGS}
         if self._adapter is not None:
             settings["adapter"] = self._adapter
-        with enter_scope(scope), dspy.context(**settings), dspy.track_usage() as tracker:
+        return settings
+
+    async def call(self, inputs: dict[str, Any], *, lm: dspy.BaseLM, scope: CallScope) -> CallResult:
+        with enter_scope(scope), dspy.context(**self._settings(lm)), dspy.track_usage() as tracker:
             try:
                 if self.native_async:
                     prediction = await self.program.module.acall(**inputs)
                 else:
-                    prediction = await self._call_in_thread(inputs)
+                    prediction = await self._call_in_thread(**inputs)
             except BaseException:
                 scope.cancel()  # a worker thread still running stops at its next LM call
                 raise
             return CallResult(self._outputs(prediction), tracker.get_total_tokens(), lm.model)
 
-    async def _call_in_thread(self, inputs: dict[str, Any]) -> Any:
-        context = contextvars.copy_context()
-        call = functools.partial(context.run, self.program.module, **inputs)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+    async def stream(
+        self, inputs: dict[str, Any], *, lm: dspy.BaseLM, scope: CallScope
+    ) -> AsyncGenerator[StreamResponse | StatusMessage | CallResult, None]:
+        """Token chunks and status messages as the program runs, then its :class:`CallResult`.
+
+        Listeners are made per call: DSPy's StreamListener keeps state and streams nothing
+        after its first use (dspy#8425).
+        """
+        from dspy_serve.streaming import JsonStringDecoder, ProgressMessages, listeners_for
+
+        module = self.program.module
+        target = module if self.native_async else _InThread(module, self._call_in_thread)
+        streamer = dspy.streamify(
+            target,
+            status_message_provider=getattr(module, "serve_status_messages", None)
+            or ProgressMessages(module),
+            stream_listeners=listeners_for(module),
+            is_async_program=True,
+        )
+        decoders: dict[tuple[str, str], JsonStringDecoder] | None = (
+            {} if isinstance(self._adapter, dspy.JSONAdapter) else None
+        )
+        with enter_scope(scope), dspy.context(**self._settings(lm)), dspy.track_usage() as tracker:
+            try:
+                # Drained or closed here, in this task: streamify's generator holds a task group.
+                async with aclosing(streamer(**inputs)) as items:
+                    async for item in items:
+                        if isinstance(item, dspy.Prediction):
+                            final = CallResult(self._outputs(item), tracker.get_total_tokens(), lm.model)
+                        elif isinstance(item, StreamResponse) and decoders is not None:
+                            key = (item.predict_name, item.signature_field_name)
+                            chunk = decoders.setdefault(key, JsonStringDecoder()).feed(item.chunk)
+                            yield StreamResponse(
+                                item.predict_name, item.signature_field_name, chunk, item.is_last_chunk
+                            )
+                        elif isinstance(item, (StreamResponse, StatusMessage)):
+                            yield item
+                yield final
+            except BaseException:
+                scope.cancel()
+                raise
+
+    async def _call_in_thread(self, **inputs: Any) -> Any:
+        # anyio copies the context (DSPy settings, usage tracker, call scope) into the worker
+        # and lets DSPy's streaming reach back to the loop with anyio.from_thread.
+        call = functools.partial(self.program.module, **inputs)
+        return await anyio.to_thread.run_sync(call, limiter=self._threads, abandon_on_cancel=True)
 
     def _outputs(self, prediction: Any) -> dict[str, Any]:
         fields = self.interface.outputs.model_fields
@@ -98,3 +145,14 @@ class ProgramRunner:
         else:
             raise TypeError(f"program returned {type(prediction).__name__}, expected a dspy.Prediction")
         return values
+
+
+class _InThread:
+    """What ``dspy.streamify`` needs of a program, for a sync-only module run in our threads."""
+
+    def __init__(self, module: dspy.Module, run: Any) -> None:
+        self._module = module
+        self.acall = run
+
+    def named_predictors(self) -> Any:
+        return self._module.named_predictors()

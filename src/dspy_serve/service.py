@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncGenerator, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 import anyio
 import dspy
+from dspy.streaming import StatusMessage, StreamResponse
 from pydantic import ValidationError
 
 from dspy_serve.admission import Admission
@@ -27,6 +28,7 @@ from dspy_serve.runner import SERVER_SAFE_DSPY_SETTINGS, CallResult, ProgramRunn
 from dspy_serve.schema import ProgramInterface, derive_interface
 from dspy_serve.scope import CallScope
 from dspy_serve.settings import ServeSettings
+from dspy_serve.streaming import EventStreamResponse, sse_event
 
 __all__ = ["Program", "Service", "ServiceState"]
 
@@ -71,20 +73,18 @@ class Service:
         self.state = ServiceState.STARTING
         self.lms: LanguageModels | None = None
         self.admission: Admission | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._threads: anyio.CapacityLimiter | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         _configure_dspy(self.settings)
         # Loading a local model reads ~100 MB: keep it off the event loop.
         self.lms = await anyio.to_thread.run_sync(LanguageModels, self.settings, self._given_lm)
-        self._executor = ThreadPoolExecutor(
-            max_workers=self.settings.sync_thread_count, thread_name_prefix="dspy-serve-program"
-        )
+        self._threads = anyio.CapacityLimiter(self.settings.sync_thread_count)
         self.admission = Admission(self.settings.max_in_flight, self.settings.max_queue)
         adapter = _adapter(self.settings, self.lms)
         for program in self.programs.values():
-            program.runner = ProgramRunner(program.loaded, program.interface, self._executor, adapter)
+            program.runner = ProgramRunner(program.loaded, program.interface, self._threads, adapter)
         self.state = ServiceState.READY
         logger.info(
             "serving %s on model %s%s",
@@ -97,8 +97,6 @@ class Service:
         self.state = ServiceState.STOPPING
         if self.lms is not None:
             await self.lms.aclose()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
         self.state = ServiceState.STOPPED
 
     @property
@@ -106,6 +104,14 @@ class Service:
         return self.state is ServiceState.READY
 
     # --- calls ----------------------------------------------------------------------------------
+    def _begin(
+        self, program: Program, model: str | None, temperature: float | None, max_tokens: int | None
+    ) -> tuple[ProgramRunner, dspy.BaseLM]:
+        """What can be refused before any work starts: readiness, the allow-list, limits."""
+        if not self.ready or self.lms is None or self.admission is None or program.runner is None:
+            raise ServiceUnavailable("The service is not ready.", retry_after=1)
+        return program.runner, self.lms.select(model, temperature=temperature, max_tokens=max_tokens)
+
     async def call(
         self,
         program: Program,
@@ -116,22 +122,71 @@ class Service:
         max_tokens: int | None = None,
     ) -> CallResult:
         """Run one validated call: allow-listed LM, admission, deadline; errors stay typed."""
-        if not self.ready or self.lms is None or self.admission is None or program.runner is None:
-            raise ServiceUnavailable("The service is not ready.", retry_after=1)
-        lm = self.lms.select(model, temperature=temperature, max_tokens=max_tokens)
+        runner, lm = self._begin(program, model, temperature, max_tokens)
+        assert self.admission is not None
         scope = CallScope.starting_now(self.settings.timeout)
         try:
             with anyio.fail_after(self.settings.timeout):
                 async with self.admission.slot():
-                    result = await program.runner.call(inputs, lm=lm, scope=scope)
+                    result = await runner.call(inputs, lm=lm, scope=scope)
         except TimeoutError:
             scope.cancel()
-            raise RequestTimeout(f"The program did not finish within {self.settings.timeout:g} s.") from None
+            raise self._timeout_error() from None
         except ServeError:
             raise
         except Exception as exc:
             raise from_exception(exc) from exc
         return _checked(program, result)
+
+    def stream(
+        self,
+        program: Program,
+        inputs: dict[str, Any],
+        *,
+        request_id: str | None = None,
+        model: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> EventStreamResponse:
+        """An SSE response for one call; errors before the first byte are still HTTP statuses."""
+        runner, lm = self._begin(program, model, temperature, max_tokens)
+        admission = self.admission
+        assert admission is not None
+        admission.check()
+        scope = CallScope.starting_now(self.settings.timeout)
+
+        async def events() -> AsyncGenerator[bytes, None]:
+            try:
+                async with admission.slot(), aclosing(runner.stream(inputs, lm=lm, scope=scope)) as items:
+                    async for item in items:
+                        if isinstance(item, StreamResponse):
+                            if item.chunk:
+                                token = {"predictor": item.predict_name, "field": item.signature_field_name}
+                                yield sse_event("token", {**token, "chunk": item.chunk})
+                        elif isinstance(item, StatusMessage):
+                            yield sse_event("status", {"message": item.message})
+                        else:
+                            result = _checked(program, item)
+                            yield sse_event(
+                                "prediction",
+                                {"outputs": result.outputs, "usage": result.usage, "model": result.model},
+                            )
+            except Exception as exc:
+                yield sse_event("error", from_exception(exc).problem(request_id=request_id))
+
+        def on_timeout() -> bytes:
+            scope.cancel()
+            return sse_event("error", self._timeout_error().problem(request_id=request_id))
+
+        return EventStreamResponse(
+            events,
+            heartbeat=self.settings.stream_heartbeat,
+            timeout=self.settings.timeout,
+            on_timeout=on_timeout,
+        )
+
+    def _timeout_error(self) -> RequestTimeout:
+        return RequestTimeout(f"The program did not finish within {self.settings.timeout:g} s.")
 
 
 def _checked(program: Program, result: CallResult) -> CallResult:

@@ -132,6 +132,10 @@ class ServeSettings(BaseSettings):
     batch_max_items: int = Field(default=64, gt=0, description="Most inputs one /batch request may carry.")
     batch_concurrency: int = Field(default=16, gt=0, description="Items of one batch request run at once.")
 
+    stream_heartbeat: float = Field(
+        default=15.0, gt=0, description="Seconds of silence after which a stream sends a keep-alive comment."
+    )
+
     # --- HTTP -----------------------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="Interface to bind.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
