@@ -10,11 +10,13 @@ from typing import Any
 import dspy
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from dspy_serve.auth import ApiKeyMiddleware, KeyRing
 from dspy_serve.errors import PROBLEM_CONTENT_TYPE, HTTPProblem, InvalidInput, ServeError, from_exception
-from dspy_serve.middleware import RequestIdMiddleware
+from dspy_serve.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from dspy_serve.routes import build_router
 from dspy_serve.service import Service
 from dspy_serve.settings import ServeSettings
@@ -56,6 +58,25 @@ def create_app(
     app.state.service = service
     app.include_router(build_router(service))
     install_error_handlers(app)
+    # Added innermost first: request ids wrap everything, CORS answers preflights before auth.
+    keys = KeyRing.from_settings(settings)
+    if keys is not None:
+        app.add_middleware(ApiKeyMiddleware, keys=keys, protect_docs=settings.protect_docs)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
+            expose_headers=[
+                "X-Request-ID",
+                "Retry-After",
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
+            ],
+        )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app
 

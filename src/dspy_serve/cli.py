@@ -54,6 +54,8 @@ def _settings_params() -> list[click.Parameter]:
         if flag == "positional":
             params.append(click.Argument([name], nargs=-1, required=False))
             continue
+        if flag == "env-only":
+            continue
         default_note = (
             "" if info.default in (None, ...) or _is_list(annotation) else f" [default: {info.default}]"
         )

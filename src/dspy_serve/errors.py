@@ -8,7 +8,8 @@ as RFC 9457 ``application/problem+json``::
     ServeError (500 internal)
     ├── InvalidInput (422)             request body or field failed validation
     ├── BadOverride (400)              options out of range
-    ├── ModelNotAllowed (403)          options.model outside the allow-list
+    ├── ModelNotAllowed (403)          options.model outside the allow-list (or the key's)
+    ├── Forbidden (403)                the API key may not call this program
     ├── ProgramNotFound (404)
     ├── ContextTooLong (413)           the prompt exceeds the model's context window
     ├── UpstreamRateLimited (429)      the LM provider said 429; Retry-After passed on
@@ -33,6 +34,7 @@ __all__ = [
     "BadOverride",
     "ClientCancelled",
     "ContextTooLong",
+    "Forbidden",
     "InvalidInput",
     "ModelNotAllowed",
     "Overloaded",
@@ -105,6 +107,10 @@ class BadOverride(ServeError):
 
 class ModelNotAllowed(ServeError):
     status, code, title = 403, "model_not_allowed", "Model not allowed"
+
+
+class Forbidden(ServeError):
+    status, code, title = 403, "forbidden", "Not allowed for this API key"
 
 
 class ProgramNotFound(ServeError):

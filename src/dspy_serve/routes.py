@@ -9,14 +9,17 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import anyio
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from dspy_serve.auth import ApiKey
 from dspy_serve.errors import (
     PROBLEM_CONTENT_TYPE,
     ClientCancelled,
+    Forbidden,
     InvalidInput,
+    ModelNotAllowed,
     ProgramNotFound,
     ServiceUnavailable,
     from_exception,
@@ -35,8 +38,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": Problem, "description": description, "content": {PROBLEM_CONTENT_TYPE: {}}}
     for status, description in {
         400: "Invalid options",
-        403: "Model not on the allow-list",
-        413: "Input too long for the model",
+        401: "Missing or invalid API key (when keys are configured)",
+        403: "Model not on the allow-list, or not allowed for this API key",
+        413: "Request body too large, or input too long for the model's context window",
         422: "Invalid input (field paths in `errors`)",
         429: "The LM provider is rate limiting (see Retry-After)",
         502: "The LM provider failed or answered unparseably",
@@ -71,15 +75,18 @@ def _add_program_routes(
     BatchRequest, BatchResponse = models["batch_request"], models["batch_response"]
     description = program.interface.instructions or f"Run the DSPy program `{name}`."
 
-    async def invoke(body: InvokeRequest, request: Request) -> Any:  # type: ignore[valid-type]
+    async def invoke(body: InvokeRequest, request: Request, response: Response) -> Any:  # type: ignore[valid-type]
         opts = _options(body.options)  # type: ignore[attr-defined]
+        caller = await _admit(service, program, request, response, opts)
         call = service.call(program, _field_values(body.inputs), **opts)  # type: ignore[attr-defined]
         result = await until_disconnected(request, call)
+        await _charge(service, caller, result.usage)
         return {"outputs": result.outputs, "usage": result.usage, "model": result.model}
 
-    async def batch(body: BatchRequest, request: Request) -> Any:  # type: ignore[valid-type]
+    async def batch(body: BatchRequest, request: Request, response: Response) -> Any:  # type: ignore[valid-type]
         opts = _options(body.options)  # type: ignore[attr-defined]
         items: list[Any] = body.items  # type: ignore[attr-defined]
+        caller = await _admit(service, program, request, response, opts, cost=len(items))
         gate = asyncio.Semaphore(service.settings.batch_concurrency)
 
         async def run_one(index: int, item: Any) -> dict[str, Any]:
@@ -95,7 +102,9 @@ def _add_program_routes(
 
         everything = asyncio.gather(*(run_one(i, item) for i, item in enumerate(items)))
         results = await until_disconnected(request, everything)
-        return {"items": results, "usage": _total_usage(results), "model": _served_model(service, opts)}
+        usage = _total_usage(results)
+        await _charge(service, caller, usage)
+        return {"items": results, "usage": usage, "model": _served_model(service, opts)}
 
     router.add_api_route(
         f"/{name}/invoke",
@@ -111,8 +120,20 @@ def _add_program_routes(
 
     async def stream(body: InvokeRequest, request: Request) -> EventStreamResponse:  # type: ignore[valid-type]
         opts = _options(body.options)  # type: ignore[attr-defined]
-        request_id = request.state.request_id
-        return service.stream(program, _field_values(body.inputs), request_id=request_id, **opts)  # type: ignore[attr-defined]
+        limits = Response()
+        caller = await _admit(service, program, request, limits, opts)
+
+        async def charge(result: CallResult) -> None:
+            await _charge(service, caller, result.usage)
+
+        return service.stream(
+            program,
+            _field_values(body.inputs),  # type: ignore[attr-defined]
+            request_id=request.state.request_id,
+            on_result=charge,
+            headers=dict(limits.headers),
+            **opts,
+        )
 
     router.add_api_route(
         f"/{name}/stream",
@@ -189,6 +210,43 @@ def _add_discovery_routes(router: APIRouter, service: Service) -> None:
                 for name, p in service.programs.items()
             },
         }
+
+
+async def _admit(
+    service: Service,
+    program: Program,
+    request: Request,
+    response: Response,
+    opts: dict[str, Any],
+    cost: int = 1,
+) -> str:
+    """Who is calling, whether their key allows this call, and whether their budget does."""
+    key: ApiKey | None = getattr(request.state, "api_key", None)
+    if key is not None:
+        if not key.may_call(program.name):
+            raise Forbidden(f"this API key may not call {program.name!r}")
+        model = opts.get("model")
+        if model is not None and not key.may_use(model):
+            raise ModelNotAllowed(f"this API key may not use model {model!r}")
+    caller = key.name if key is not None else (request.client.host if request.client else "unknown")
+    if service.limiter is not None and service.limiter.enabled:
+        response.headers.update(await service.limiter.admit(caller, cost))
+    return caller
+
+
+async def _charge(service: Service, caller: str, usage: dict[str, dict[str, Any]]) -> None:
+    if service.limiter is not None and service.limiter.enabled:
+        await service.limiter.charge(caller, total_tokens(usage))
+
+
+def total_tokens(usage: dict[str, dict[str, Any]]) -> int:
+    total = 0
+    for counts in usage.values():
+        spent = counts.get("total_tokens")
+        if not isinstance(spent, int):
+            spent = (counts.get("prompt_tokens") or 0) + (counts.get("completion_tokens") or 0)
+        total += spent
+    return total
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:

@@ -53,8 +53,27 @@ class ProgramInterface:
 
 
 def derive_interface(
-    name: str, module: dspy.Module, declared: str | type[dspy.Signature] | None = None
+    name: str,
+    module: dspy.Module,
+    declared: str | type[dspy.Signature] | None = None,
+    *,
+    max_input_chars: int | None = None,
 ) -> ProgramInterface:
+    """The program's interface; ``max_input_chars`` caps every string of the inputs."""
+    interface = _derive(name, module, declared)
+    if max_input_chars is None:
+        return interface
+    base = interface.inputs
+    config = ConfigDict(**{**base.model_config, "str_max_length": max_input_chars})
+    capped = type(
+        base.__name__,
+        (base,),
+        {"model_config": config, "__module__": base.__module__, "__doc__": base.__doc__},
+    )
+    return ProgramInterface(interface.instructions, capped, interface.outputs, interface.signature)
+
+
+def _derive(name: str, module: dspy.Module, declared: str | type[dspy.Signature] | None) -> ProgramInterface:
     declared = declared or getattr(module, "serve_signature", None)
     if declared is not None:
         signature = dspy.ensure_signature(declared)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from enum import Enum
@@ -24,6 +24,7 @@ from dspy_serve.admission import Admission
 from dspy_serve.errors import RequestTimeout, ServeError, ServiceUnavailable, UpstreamError, from_exception
 from dspy_serve.lm import LanguageModels
 from dspy_serve.loader import LoadedProgram, load_program, parse_target
+from dspy_serve.ratelimit import RateLimiter
 from dspy_serve.runner import SERVER_SAFE_DSPY_SETTINGS, CallResult, ProgramRunner
 from dspy_serve.schema import ProgramInterface, derive_interface
 from dspy_serve.scope import CallScope
@@ -65,14 +66,16 @@ class Service:
         self.programs: dict[str, Program] = {}
         for loaded in _load_all(settings, programs or {}):
             declared = _declared_signatures(settings).get(loaded.name)
-            self.programs[loaded.name] = Program(
-                loaded, derive_interface(loaded.name, loaded.module, declared)
+            interface = derive_interface(
+                loaded.name, loaded.module, declared, max_input_chars=settings.max_input_chars
             )
+            self.programs[loaded.name] = Program(loaded, interface)
         if not self.programs:
             raise ValueError("no programs to serve: pass at least one TARGET")
         self.state = ServiceState.STARTING
         self.lms: LanguageModels | None = None
         self.admission: Admission | None = None
+        self.limiter: RateLimiter | None = None
         self._threads: anyio.CapacityLimiter | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -82,6 +85,7 @@ class Service:
         self.lms = await anyio.to_thread.run_sync(LanguageModels, self.settings, self._given_lm)
         self._threads = anyio.CapacityLimiter(self.settings.sync_thread_count)
         self.admission = Admission(self.settings.max_in_flight, self.settings.max_queue)
+        self.limiter = RateLimiter(self.settings)
         adapter = _adapter(self.settings, self.lms)
         for program in self.programs.values():
             program.runner = ProgramRunner(program.loaded, program.interface, self._threads, adapter)
@@ -144,6 +148,8 @@ class Service:
         inputs: dict[str, Any],
         *,
         request_id: str | None = None,
+        on_result: Callable[[CallResult], Awaitable[None]] | None = None,
+        headers: dict[str, str] | None = None,
         model: str | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
@@ -167,6 +173,8 @@ class Service:
                             yield sse_event("status", {"message": item.message})
                         else:
                             result = _checked(program, item)
+                            if on_result is not None:
+                                await on_result(result)
                             yield sse_event(
                                 "prediction",
                                 {"outputs": result.outputs, "usage": result.usage, "model": result.model},

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -136,6 +136,43 @@ class ServeSettings(BaseSettings):
         default=15.0, gt=0, description="Seconds of silence after which a stream sends a keep-alive comment."
     )
 
+    # --- access -------------------------------------------------------------------------------
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="API keys, '[name:]key' each; setting any turns authentication on. Callers send "
+        "'Authorization: Bearer KEY' or 'X-API-Key: KEY'.",
+        json_schema_extra={"cli": "env-only"},  # never a flag: flags show up in `ps`
+    )
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="File of API keys, one per line: '[name:]key [programs=a,b] [models=m1,m2]'; "
+        "programs/models restrict what that key may call.",
+    )
+    protect_docs: bool = Field(
+        default=False, description="Require an API key for /metrics, /docs and /openapi.json too."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins allowed by CORS ('*' for any). None by default: browsers get no CORS access.",
+        json_schema_extra={"cli": "--cors-origin"},
+    )
+    rate_limit: str | None = Field(
+        default=None,
+        description="Requests per key (per client address without keys), e.g. '60/minute'. Unset: none.",
+    )
+    token_rate_limit: str | None = Field(
+        default=None, description="LM tokens per key (or client address), e.g. '100000/hour'. Unset: none."
+    )
+    rate_limit_storage: str = Field(
+        default="memory://",
+        description="Where limits are counted: 'memory://' (this process) or 'redis://host:port' "
+        "(shared by workers and replicas).",
+    )
+    max_body_bytes: int = Field(default=1_000_000, gt=0, description="Largest request body (413 beyond).")
+    max_input_chars: int = Field(
+        default=100_000, gt=0, description="Longest string any input field may hold (422 beyond)."
+    )
+
     # --- HTTP -----------------------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="Interface to bind.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
@@ -153,7 +190,9 @@ class ServeSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, dotenv_settings, TomlConfigSettingsSource(settings_cls))
 
-    @field_validator("programs", "artifacts", "allow_models", "signatures", mode="before")
+    @field_validator(
+        "programs", "artifacts", "allow_models", "signatures", "api_keys", "cors_origins", mode="before"
+    )
     @classmethod
     def _split_lists(cls, value: Any, info: ValidationInfo) -> Any:
         # Environment variables carry lists as JSON, or as "a,b" (signatures, which hold
@@ -171,6 +210,9 @@ class ServeSettings(BaseSettings):
     def _check_limits(self) -> ServeSettings:
         if self.max_tokens is not None and self.max_tokens > self.max_tokens_limit:
             raise ValueError("max_tokens cannot exceed max_tokens_limit")
+        for limit in (self.rate_limit, self.token_rate_limit):
+            if limit is not None:
+                _check_rate(limit)
         return self
 
     @property
@@ -181,6 +223,15 @@ class ServeSettings(BaseSettings):
     @property
     def sync_thread_count(self) -> int:
         return self.sync_workers or self.max_in_flight
+
+
+def _check_rate(limit: str) -> None:
+    from limits import parse_many
+
+    try:
+        parse_many(limit)
+    except ValueError:
+        raise ValueError(f"{limit!r} is not a rate such as '60/minute' or '1000/hour'") from None
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> ServeSettings:
