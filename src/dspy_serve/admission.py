@@ -11,16 +11,22 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from prometheus_client import Gauge
+
 from dspy_serve.errors import Overloaded
 
 __all__ = ["Admission"]
 
 
 class Admission:
-    def __init__(self, limit: int, queue: int) -> None:
+    def __init__(
+        self, limit: int, queue: int, running: Gauge | None = None, waiting: Gauge | None = None
+    ) -> None:
         self.limit = limit
         self.queue = queue
         self._slots = asyncio.Semaphore(limit)
+        self._running = running or Gauge("running", "unexported", registry=None)
+        self._waiting_gauge = waiting or Gauge("waiting", "unexported", registry=None)
         self.running = 0
         self.waiting = 0
 
@@ -33,13 +39,17 @@ class Admission:
     async def slot(self) -> AsyncIterator[None]:
         self.check()
         self.waiting += 1
+        self._waiting_gauge.inc()
         try:
             await self._slots.acquire()
         finally:
             self.waiting -= 1
+            self._waiting_gauge.dec()
         self.running += 1
+        self._running.inc()
         try:
             yield
         finally:
             self.running -= 1
+            self._running.dec()
             self._slots.release()

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dspy_serve.auth import ApiKeyMiddleware, KeyRing
 from dspy_serve.errors import PROBLEM_CONTENT_TYPE, HTTPProblem, InvalidInput, ServeError, from_exception
+from dspy_serve.metrics import MetricsMiddleware
 from dspy_serve.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from dspy_serve.routes import build_router
 from dspy_serve.service import Service
@@ -77,6 +78,7 @@ def create_app(
             ],
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=service.metrics, programs=frozenset(service.programs))
     app.add_middleware(RequestIdMiddleware)
     return app
 
@@ -111,6 +113,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     def render(request: Request, error: ServeError) -> JSONResponse:
         request_id = getattr(request.state, "request_id", None)
+        request.state.error_code = error.code  # for metrics and the access log
         return JSONResponse(
             error.problem(request_id=request_id, instance=request.url.path),
             status_code=error.status,

@@ -43,11 +43,14 @@ class ServingLM(dspy.LM):
         for attempt in range(self.serve_retries + 1):
             _check_scope()
             try:
-                return super().__call__(*args, **kwargs)
+                outputs = super().__call__(*args, **kwargs)
             except Exception as exc:
                 delay = self._retry_delay(exc, attempt)
                 if delay is None:
                     raise
+            else:
+                _count_call(self.model)
+                return outputs
             time.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -55,11 +58,14 @@ class ServingLM(dspy.LM):
         for attempt in range(self.serve_retries + 1):
             _check_scope()
             try:
-                return await super().acall(*args, **kwargs)
+                outputs = await super().acall(*args, **kwargs)
             except Exception as exc:
                 delay = self._retry_delay(exc, attempt)
                 if delay is None:
                     raise
+            else:
+                _count_call(self.model)
+                return outputs
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -85,6 +91,12 @@ class ServingLM(dspy.LM):
         copied = super().copy(**kwargs)
         copied.serve_retries = self.serve_retries
         return copied  # type: ignore[no-any-return]
+
+
+def _count_call(model: str) -> None:
+    scope = current_scope()
+    if scope is not None:
+        scope.lm_calls[model] += 1
 
 
 def _check_scope() -> None:

@@ -66,7 +66,9 @@ class RequestIdMiddleware:
 
 async def send_problem(scope: Scope, send: Send, error: ServeError) -> None:
     """Answer with a problem+json body from middleware, before the app runs."""
-    request_id = scope.get("state", {}).get("request_id")
+    state = scope.setdefault("state", {})
+    state["error_code"] = error.code
+    request_id = state.get("request_id")
     body = json.dumps(error.problem(request_id=request_id, instance=scope["path"])).encode()
     headers = [(b"content-type", PROBLEM_CONTENT_TYPE.encode()), (b"content-length", str(len(body)).encode())]
     headers += [(name.lower().encode(), value.encode()) for name, value in error.headers().items()]

@@ -38,6 +38,18 @@ class TokenUsage(BaseModel):
 Usage = dict[str, TokenUsage]
 
 
+class ModelCost(BaseModel):
+    usd: float | None = Field(description="Estimated cost in USD; null when the price is unknown.")
+    reason: str | None = Field(default=None, description="Why the cost is unknown (or zero).")
+
+
+class Cost(BaseModel):
+    """An estimate from DSPy's bundled model prices, never a bill."""
+
+    total_usd: float | None = Field(description="Null when any model's price is unknown.")
+    by_model: dict[str, ModelCost]
+
+
 class Problem(BaseModel):
     """RFC 9457 problem details, the shape of every error."""
 
@@ -103,6 +115,7 @@ def envelope_models(
         f"{prefix}InvokeResponse",
         outputs=(outputs, ...),
         usage=(Usage, Field(description="Tokens spent by this request, per model.")),
+        cost=(Cost, Field(description="Estimated cost of this request.")),
         model=(str, Field(description="The LM that served the request.")),
     )
     lenient_item: Any = Annotated[inputs, WrapValidator(_keep_invalid)]
@@ -120,11 +133,13 @@ def envelope_models(
         outputs=(Optional[outputs], None),  # noqa: UP045 - a runtime type expression
         error=(Problem | None, None),
         usage=(Usage, Field(default_factory=dict)),
+        cost=(Cost | None, None),
     )
     batch_response = create_model(
         f"{prefix}BatchResponse",
         items=(list[batch_item], Field(description="One result per input, in input order.")),  # type: ignore[valid-type]
         usage=(Usage, Field(description="Tokens spent by the whole batch, per model.")),
+        cost=(Cost, Field(description="Estimated cost of the whole batch.")),
         model=(str, ...),
     )
     return {

@@ -10,9 +10,11 @@ from typing import Any, TypeVar
 
 import anyio
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
+from dspy_serve import pricing
 from dspy_serve.auth import ApiKey
 from dspy_serve.errors import (
     PROBLEM_CONTENT_TYPE,
@@ -27,7 +29,7 @@ from dspy_serve.errors import (
 from dspy_serve.models import InvalidItem, Problem, envelope_models, options_model, stream_event_model
 from dspy_serve.runner import CallResult
 from dspy_serve.schema import example_inputs
-from dspy_serve.service import Program, Service
+from dspy_serve.service import Program, Service, response_body
 from dspy_serve.streaming import STREAM_DOC, EventStreamResponse
 
 __all__ = ["build_router", "until_disconnected"]
@@ -81,7 +83,7 @@ def _add_program_routes(
         call = service.call(program, _field_values(body.inputs), **opts)  # type: ignore[attr-defined]
         result = await until_disconnected(request, call)
         await _charge(service, caller, result.usage)
-        return {"outputs": result.outputs, "usage": result.usage, "model": result.model}
+        return response_body(result)
 
     async def batch(body: BatchRequest, request: Request, response: Response) -> Any:  # type: ignore[valid-type]
         opts = _options(body.options)  # type: ignore[attr-defined]
@@ -97,14 +99,21 @@ def _add_program_routes(
                 try:
                     result: CallResult = await service.call(program, _field_values(item), **opts)
                 except Exception as exc:  # each item owns its error; the others go on
-                    return {"index": index, "error": from_exception(exc).problem()}
-            return {"index": index, "outputs": result.outputs, "usage": result.usage}
+                    error = from_exception(exc)
+                    service.metrics.errors.labels(error.code).inc()
+                    return {"index": index, "error": error.problem()}
+            return {"index": index, "outputs": result.outputs, "usage": result.usage, "cost": result.cost}
 
         everything = asyncio.gather(*(run_one(i, item) for i, item in enumerate(items)))
         results = await until_disconnected(request, everything)
         usage = _total_usage(results)
         await _charge(service, caller, usage)
-        return {"items": results, "usage": usage, "model": _served_model(service, opts)}
+        return {
+            "items": results,
+            "usage": usage,
+            "cost": pricing.estimate(usage),
+            "model": _served_model(service, opts),
+        }
 
     router.add_api_route(
         f"/{name}/invoke",
@@ -180,6 +189,10 @@ def _add_discovery_routes(router: APIRouter, service: Service) -> None:
         if program is None:
             raise ProgramNotFound(f"no program named {name!r}; see GET /programs")
         return _describe(service, program)
+
+    @router.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(service.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @router.get("/health/live", tags=["health"], summary="The process is up")
     async def live() -> dict[str, str]:

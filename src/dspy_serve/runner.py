@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -39,6 +39,9 @@ class CallResult:
     outputs: dict[str, Any]
     usage: dict[str, dict[str, Any]]
     model: str
+    lm_calls: dict[str, int] = field(default_factory=dict)
+    cache_hits: dict[str, int] = field(default_factory=dict)
+    cost: dict[str, Any] = field(default_factory=dict)
 
 
 def has_native_async(module: dspy.Module) -> bool:
@@ -85,7 +88,7 @@ class ProgramRunner:
             except BaseException:
                 scope.cancel()  # a worker thread still running stops at its next LM call
                 raise
-            return CallResult(self._outputs(prediction), tracker.get_total_tokens(), lm.model)
+            return _result(self._outputs(prediction), tracker, lm, scope)
 
     async def stream(
         self, inputs: dict[str, Any], *, lm: dspy.BaseLM, scope: CallScope
@@ -115,7 +118,7 @@ class ProgramRunner:
                 async with aclosing(streamer(**inputs)) as items:
                     async for item in items:
                         if isinstance(item, dspy.Prediction):
-                            final = CallResult(self._outputs(item), tracker.get_total_tokens(), lm.model)
+                            final = _result(self._outputs(item), tracker, lm, scope)
                         elif isinstance(item, StreamResponse) and decoders is not None:
                             key = (item.predict_name, item.signature_field_name)
                             chunk = decoders.setdefault(key, JsonStringDecoder()).feed(item.chunk)
@@ -145,6 +148,14 @@ class ProgramRunner:
         else:
             raise TypeError(f"program returned {type(prediction).__name__}, expected a dspy.Prediction")
         return values
+
+
+def _result(outputs: dict[str, Any], tracker: Any, lm: dspy.BaseLM, scope: CallScope) -> CallResult:
+    """Outputs and accounting: LM calls that reported no usage were answered from the cache."""
+    billed = {model: len(entries) for model, entries in tracker.usage_data.items()}
+    calls = dict(scope.lm_calls)
+    hits = {model: max(0, count - billed.get(model, 0)) for model, count in calls.items()}
+    return CallResult(outputs, tracker.get_total_tokens(), lm.model, calls, hits)
 
 
 class _InThread:

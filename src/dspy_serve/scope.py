@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -24,6 +25,7 @@ class CallScope:
 
     deadline: float
     cancelled: threading.Event = field(default_factory=threading.Event)
+    lm_calls: Counter[str] = field(default_factory=Counter)  # answered LM calls, by model
 
     @classmethod
     def starting_now(cls, timeout: float) -> CallScope:

@@ -7,6 +7,7 @@ created at startup and released at shutdown.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
@@ -20,10 +21,12 @@ import dspy
 from dspy.streaming import StatusMessage, StreamResponse
 from pydantic import ValidationError
 
+from dspy_serve import pricing
 from dspy_serve.admission import Admission
 from dspy_serve.errors import RequestTimeout, ServeError, ServiceUnavailable, UpstreamError, from_exception
 from dspy_serve.lm import LanguageModels
 from dspy_serve.loader import LoadedProgram, load_program, parse_target
+from dspy_serve.metrics import Metrics
 from dspy_serve.ratelimit import RateLimiter
 from dspy_serve.runner import SERVER_SAFE_DSPY_SETTINGS, CallResult, ProgramRunner
 from dspy_serve.schema import ProgramInterface, derive_interface
@@ -73,6 +76,7 @@ class Service:
         if not self.programs:
             raise ValueError("no programs to serve: pass at least one TARGET")
         self.state = ServiceState.STARTING
+        self.metrics = Metrics()
         self.lms: LanguageModels | None = None
         self.admission: Admission | None = None
         self.limiter: RateLimiter | None = None
@@ -84,7 +88,9 @@ class Service:
         # Loading a local model reads ~100 MB: keep it off the event loop.
         self.lms = await anyio.to_thread.run_sync(LanguageModels, self.settings, self._given_lm)
         self._threads = anyio.CapacityLimiter(self.settings.sync_thread_count)
-        self.admission = Admission(self.settings.max_in_flight, self.settings.max_queue)
+        self.admission = Admission(
+            self.settings.max_in_flight, self.settings.max_queue, self.metrics.in_flight, self.metrics.queued
+        )
         self.limiter = RateLimiter(self.settings)
         adapter = _adapter(self.settings, self.lms)
         for program in self.programs.values():
@@ -140,7 +146,7 @@ class Service:
             raise
         except Exception as exc:
             raise from_exception(exc) from exc
-        return _checked(program, result)
+        return _checked(program, result, self.metrics)
 
     def stream(
         self,
@@ -172,15 +178,14 @@ class Service:
                         elif isinstance(item, StatusMessage):
                             yield sse_event("status", {"message": item.message})
                         else:
-                            result = _checked(program, item)
+                            result = _checked(program, item, self.metrics)
                             if on_result is not None:
                                 await on_result(result)
-                            yield sse_event(
-                                "prediction",
-                                {"outputs": result.outputs, "usage": result.usage, "model": result.model},
-                            )
+                            yield sse_event("prediction", response_body(result))
             except Exception as exc:
-                yield sse_event("error", from_exception(exc).problem(request_id=request_id))
+                error = from_exception(exc)
+                self.metrics.errors.labels(error.code).inc()
+                yield sse_event("error", error.problem(request_id=request_id))
 
         def on_timeout() -> bytes:
             scope.cancel()
@@ -197,8 +202,9 @@ class Service:
         return RequestTimeout(f"The program did not finish within {self.settings.timeout:g} s.")
 
 
-def _checked(program: Program, result: CallResult) -> CallResult:
-    """Never return what the program did not declare: validate outputs against the schema."""
+def _checked(program: Program, result: CallResult, metrics: Metrics | None = None) -> CallResult:
+    """Never return what the program did not declare: validate outputs against the schema.
+    Then price the call and count it."""
     try:
         validated = program.interface.outputs.model_validate(result.outputs)
     except ValidationError as exc:
@@ -209,7 +215,15 @@ def _checked(program: Program, result: CallResult) -> CallResult:
         raise UpstreamError(
             "The program's outputs do not match its declared output types.", errors=errors
         ) from exc
-    return CallResult(validated.model_dump(mode="json"), result.usage, result.model)
+    cost = pricing.estimate(result.usage)
+    if metrics is not None:
+        metrics.observe_call(result.usage, cost, result.lm_calls, result.cache_hits)
+    return dataclasses.replace(result, outputs=validated.model_dump(mode="json"), cost=cost)
+
+
+def response_body(result: CallResult) -> dict[str, Any]:
+    """The body of /invoke, and of the stream's ``prediction`` event."""
+    return {"outputs": result.outputs, "usage": result.usage, "cost": result.cost, "model": result.model}
 
 
 def _load_all(

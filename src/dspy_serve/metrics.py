@@ -1,0 +1,118 @@
+"""Prometheus metrics for ``GET /metrics``.
+
+Each app owns its registry (several apps may live in one process, as in tests). With several
+worker processes, set ``PROMETHEUS_MULTIPROC_DIR`` (``dspy-serve run --workers`` does): every
+process writes its samples there and ``/metrics`` on any worker aggregates them all.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess as prometheus_multiprocess
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["Metrics", "MetricsMiddleware"]
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_ENDPOINTS = ("invoke", "batch", "stream")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self.registry = CollectorRegistry()
+        if self.multiprocess:
+            prometheus_multiprocess.MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
+        # In multiprocess mode the samples go to files, which the collector above reads.
+        own = None if self.multiprocess else self.registry
+        self.requests = Counter(
+            "dspy_serve_requests", "HTTP requests.", ["program", "endpoint", "status"], registry=own
+        )
+        self.latency = Histogram(
+            "dspy_serve_request_duration_seconds",
+            "HTTP request latency.",
+            ["program", "endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=own,
+        )
+        self.in_flight = Gauge(
+            "dspy_serve_calls_in_flight", "Program calls running.", registry=own, multiprocess_mode="livesum"
+        )
+        self.queued = Gauge(
+            "dspy_serve_calls_queued",
+            "Program calls waiting for a slot.",
+            registry=own,
+            multiprocess_mode="livesum",
+        )
+        self.lm_calls = Counter("dspy_serve_lm_calls", "LM calls made.", ["model"], registry=own)
+        self.cache_hits = Counter(
+            "dspy_serve_lm_cache_hits", "LM calls answered by DSPy's cache.", ["model"], registry=own
+        )
+        self.tokens = Counter("dspy_serve_lm_tokens", "LM tokens.", ["model", "direction"], registry=own)
+        self.cost = Counter("dspy_serve_lm_cost_usd", "Estimated LM cost (USD).", ["model"], registry=own)
+        self.errors = Counter("dspy_serve_errors", "Errors by problem code.", ["code"], registry=own)
+
+    def observe_call(
+        self,
+        usage: dict[str, dict[str, Any]],
+        cost: dict[str, Any],
+        lm_calls: dict[str, int],
+        cache_hits: dict[str, int],
+    ) -> None:
+        for model, counts in usage.items():
+            self.tokens.labels(model, "in").inc(counts.get("prompt_tokens") or 0)
+            self.tokens.labels(model, "out").inc(counts.get("completion_tokens") or 0)
+        for model, model_cost in cost["by_model"].items():
+            if model_cost["usd"]:
+                self.cost.labels(model).inc(model_cost["usd"])
+        for model, count in lm_calls.items():
+            self.lm_calls.labels(model).inc(count)
+        for model, count in cache_hits.items():
+            if count:
+                self.cache_hits.labels(model).inc(count)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Count and time every request, labelled by program and endpoint (never by raw path)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, programs: frozenset[str]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.programs = programs
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        program, endpoint = self._labels(scope["path"])
+        status = 500
+        started = time.perf_counter()
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            self.metrics.requests.labels(program, endpoint, str(status)).inc()
+            self.metrics.latency.labels(program, endpoint).observe(time.perf_counter() - started)
+            code = scope.get("state", {}).get("error_code")
+            if code is not None:
+                self.metrics.errors.labels(code).inc()
+
+    def _labels(self, path: str) -> tuple[str, str]:
+        parts = path.strip("/").split("/")
+        if len(parts) == 2 and parts[0] in self.programs and parts[1] in _ENDPOINTS:
+            return parts[0], parts[1]
+        known = ("programs", "health", "metrics", "docs", "openapi.json", "redoc")
+        return "", parts[0] if parts[0] in known else "other"
