@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -15,7 +15,14 @@ import uvicorn
 class ServerThread:
     """uvicorn in a background thread; ``base_url`` once started. Stops within ``grace`` s."""
 
-    def __init__(self, app: Any, *, grace: float = 5.0, **config: Any) -> None:
+    def __init__(
+        self,
+        app: Any,
+        *,
+        grace: float = 5.0,
+        make_server: Callable[[uvicorn.Config], uvicorn.Server] = uvicorn.Server,
+        **config: Any,
+    ) -> None:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
@@ -23,7 +30,7 @@ class ServerThread:
         self.base_url = f"http://127.0.0.1:{self.port}"
         config.setdefault("log_level", "warning")
         config.setdefault("lifespan", "on")
-        self.server = uvicorn.Server(uvicorn.Config(app, timeout_graceful_shutdown=grace, **config))
+        self.server = make_server(uvicorn.Config(app, timeout_graceful_shutdown=grace, **config))
         self._thread = threading.Thread(target=self._run, name="uvicorn-test-server", daemon=True)
         self.error: BaseException | None = None
 

@@ -8,7 +8,6 @@ bad value gets the same message whether it came from a flag, the environment or 
 
 from __future__ import annotations
 
-import logging
 import sys
 import typing
 from pathlib import Path
@@ -112,20 +111,26 @@ def _run(config: Path | None, **values: Any) -> None:
 
 def serve(settings: ServeSettings) -> None:
     """Run a server until interrupted: build the app (programs load now), then uvicorn."""
-    import uvicorn
-
     from dspy_serve.app import create_app
     from dspy_serve.loader import ArtifactError, TargetError
+    from dspy_serve.logs import configure_logging
     from dspy_serve.schema import SchemaError
+    from dspy_serve.server import ServeServer, uvicorn_config
 
-    _setup_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     try:
         app = create_app(settings)
     except (ArtifactError, TargetError, SchemaError, ValueError, ImportError) as exc:
         click.echo(f"dspy-serve: cannot start: {exc}", err=True)
         sys.exit(3)
     click.echo(f"dspy-serve: serving on http://{settings.host}:{settings.port}  (docs: /docs)", err=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, lifespan="on")
+    server = ServeServer(uvicorn_config(app, settings), app.state.service)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it captured, after a clean shutdown
+        pass
+    if not server.started:
+        sys.exit(3)
 
 
 def _friendly(exc: Exception) -> str:
@@ -135,12 +140,6 @@ def _friendly(exc: Exception) -> str:
             for err in exc.errors(include_url=False)
         )
     return str(exc)
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
 
 
 run_command = click.Command(

@@ -7,6 +7,7 @@ process writes its samples there and ``/metrics`` on any worker aggregates them 
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
@@ -16,6 +17,8 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["Metrics", "MetricsMiddleware"]
+
+access_log = logging.getLogger("dspy_serve.access")
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _ENDPOINTS = ("invoke", "batch", "stream")
@@ -80,7 +83,8 @@ class Metrics:
 
 
 class MetricsMiddleware:
-    """Count and time every request, labelled by program and endpoint (never by raw path)."""
+    """Count and time every request, labelled by program and endpoint (never by raw path),
+    and write its one access-log line."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, programs: frozenset[str]) -> None:
         self.app = app
@@ -104,11 +108,32 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, record_status)
         finally:
+            elapsed = time.perf_counter() - started
+            state = scope.get("state", {})
+            code = state.get("error_code")
             self.metrics.requests.labels(program, endpoint, str(status)).inc()
-            self.metrics.latency.labels(program, endpoint).observe(time.perf_counter() - started)
-            code = scope.get("state", {}).get("error_code")
+            self.metrics.latency.labels(program, endpoint).observe(elapsed)
             if code is not None:
                 self.metrics.errors.labels(code).inc()
+            key = state.get("api_key")
+            tokens, cost = state.get("accounting", (None, None))
+            access_log.info(
+                "%s %s %s",
+                scope["method"],
+                scope["path"],
+                status,
+                extra={
+                    "request_id": state.get("request_id"),
+                    "program": program or None,
+                    "endpoint": endpoint,
+                    "status": status,
+                    "latency_ms": round(elapsed * 1000, 2),
+                    "tokens": tokens,
+                    "cost_usd": cost,
+                    "key": key.name if key is not None else None,
+                    "error_code": code,
+                },
+            )
 
     def _labels(self, path: str) -> tuple[str, str]:
         parts = path.strip("/").split("/")

@@ -82,7 +82,7 @@ def _add_program_routes(
         caller = await _admit(service, program, request, response, opts)
         call = service.call(program, _field_values(body.inputs), **opts)  # type: ignore[attr-defined]
         result = await until_disconnected(request, call)
-        await _charge(service, caller, result.usage)
+        await _charge(service, request, caller, result.usage, result.cost)
         return response_body(result)
 
     async def batch(body: BatchRequest, request: Request, response: Response) -> Any:  # type: ignore[valid-type]
@@ -107,13 +107,9 @@ def _add_program_routes(
         everything = asyncio.gather(*(run_one(i, item) for i, item in enumerate(items)))
         results = await until_disconnected(request, everything)
         usage = _total_usage(results)
-        await _charge(service, caller, usage)
-        return {
-            "items": results,
-            "usage": usage,
-            "cost": pricing.estimate(usage),
-            "model": _served_model(service, opts),
-        }
+        cost = pricing.estimate(usage)
+        await _charge(service, request, caller, usage, cost)
+        return {"items": results, "usage": usage, "cost": cost, "model": _served_model(service, opts)}
 
     router.add_api_route(
         f"/{name}/invoke",
@@ -133,7 +129,7 @@ def _add_program_routes(
         caller = await _admit(service, program, request, limits, opts)
 
         async def charge(result: CallResult) -> None:
-            await _charge(service, caller, result.usage)
+            await _charge(service, request, caller, result.usage, result.cost)
 
         return service.stream(
             program,
@@ -247,9 +243,14 @@ async def _admit(
     return caller
 
 
-async def _charge(service: Service, caller: str, usage: dict[str, dict[str, Any]]) -> None:
+async def _charge(
+    service: Service, request: Request, caller: str, usage: dict[str, dict[str, Any]], cost: dict[str, Any]
+) -> None:
+    """Count the tokens against the caller's budget, and note them for the access log."""
+    tokens = total_tokens(usage)
+    request.state.accounting = (tokens, cost.get("total_usd"))
     if service.limiter is not None and service.limiter.enabled:
-        await service.limiter.charge(caller, total_tokens(usage))
+        await service.limiter.charge(caller, tokens)
 
 
 def total_tokens(usage: dict[str, dict[str, Any]]) -> int:

@@ -103,6 +103,11 @@ class Service:
             " (embedded local model)" if self.lms.uses_local_model else "",
         )
 
+    def begin_shutdown(self) -> None:
+        """Readiness turns 503 and new calls are refused; calls in flight carry on."""
+        if self.state is not ServiceState.STOPPED:
+            self.state = ServiceState.STOPPING
+
     async def stop(self) -> None:
         self.state = ServiceState.STOPPING
         if self.lms is not None:

@@ -177,6 +177,14 @@ class ServeSettings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Interface to bind.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto", description="'auto': JSON lines, or plain text when attached to a terminal."
+    )
+    shutdown_grace: float = Field(
+        default=20.0,
+        ge=0,
+        description="Seconds in-flight requests get to finish on SIGTERM before cancellation.",
+    )
     title: str = Field(default="dspy-serve", description="Title of the OpenAPI document.")
 
     @classmethod

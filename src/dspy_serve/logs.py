@@ -1,0 +1,55 @@
+"""Logging for the ``dspy-serve`` command: JSON lines for machines, plain text on a terminal.
+
+Library use configures nothing: only the CLI calls :func:`configure_logging`. Request lines
+come from the access logger (``dspy_serve.access``), one per request, with the request id,
+program, status, latency, tokens, cost and API key *name*; never a key, never a prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+__all__ = ["JsonFormatter", "configure_logging"]
+
+# Record attributes that are not ours to print (uvicorn adds a terminal-coloured copy).
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update({key: value for key, value in vars(record).items() if key not in _STANDARD})
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        extra = {key: value for key, value in vars(record).items() if key not in _STANDARD}
+        line = super().format(record)
+        return line + ("  " + " ".join(f"{k}={v}" for k, v in extra.items()) if extra else "")
+
+
+def configure_logging(level: str, fmt: Literal["auto", "json", "text"] = "auto") -> None:
+    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
