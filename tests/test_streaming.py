@@ -182,3 +182,27 @@ def test_json_string_chunks_decode_to_text_whatever_the_split(split: int) -> Non
     decoder = JsonStringDecoder()
     pieces = [raw[i : i + split] for i in range(0, len(raw), split)]
     assert "".join(decoder.feed(piece) for piece in pieces) == 'Say "hi"\nto café \\ now'
+
+
+def test_every_event_matches_the_documented_schema(fake_lm: FakeLM, provider_key: str) -> None:
+    import jsonschema
+
+    fake_lm.answers = {"query": "q", "answer": ANSWER}
+    fake_lm.when("fail", ServerError(500))
+    app = create_app(fake_settings(fake_lm, programs=[target("TwoStepAsync", "two")]))
+    with serving(app) as server:
+        spec = httpx.get(server.base_url + "/openapi.json").json()
+        events = stream(server.base_url, "/two/stream", {"inputs": {"question": "ok"}})
+        events += stream(server.base_url, "/two/stream", {"inputs": {"question": "fail"}})
+    variants = spec["paths"]["/two/stream"]["post"]["responses"]["200"]["content"]["text/event-stream"]
+    by_event = {
+        v["properties"]["event"]["const"]: v["properties"]["data"] for v in variants["itemSchema"]["oneOf"]
+    }
+    seen = set()
+    for _, name, data in events:
+        if name == "comment":
+            continue
+        schema = {**by_event[name]["contentSchema"], "components": spec["components"]}
+        jsonschema.validate(data, schema)
+        seen.add(name)
+    assert seen == {"status", "token", "prediction", "error"}

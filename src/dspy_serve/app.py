@@ -58,6 +58,7 @@ def create_app(
     )
     app.state.service = service
     app.include_router(build_router(service))
+    _document_event_streams(app)
     install_error_handlers(app)
     # Added innermost first: request ids wrap everything, CORS answers preflights before auth.
     keys = KeyRing.from_settings(settings)
@@ -144,6 +145,53 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_serve_error)
+
+
+def _document_event_streams(app: FastAPI) -> None:
+    """Describe each SSE operation the OpenAPI 3.2 way: ``itemSchema`` is one event, whose
+    ``data`` is a JSON string whose ``contentSchema`` depends on the event name."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        spec = generate()
+        for path, item in spec.get("paths", {}).items():
+            if not path.endswith("/stream"):
+                continue
+            response = item["post"]["responses"]["200"]
+            event_model = response["content"]["text/event-stream"]["schema"]["$ref"].rsplit("/", 1)[1]
+            invoke_response = event_model.removesuffix("StreamEvent") + "InvokeResponse"
+            payloads = {
+                "token": "TokenEvent",
+                "status": "StatusEvent",
+                "prediction": invoke_response,
+                "error": "Problem",
+            }
+            response["content"]["text/event-stream"] = {
+                "itemSchema": {
+                    "oneOf": [
+                        {
+                            "type": "object",
+                            "required": ["event", "data"],
+                            "properties": {
+                                "event": {"const": event},
+                                "data": {
+                                    "type": "string",
+                                    "contentMediaType": "application/json",
+                                    "contentSchema": {"$ref": f"#/components/schemas/{payload}"},
+                                },
+                            },
+                        }
+                        for event, payload in payloads.items()
+                    ]
+                }
+            }
+            spec["components"]["schemas"].pop(event_model, None)
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _version() -> str:
