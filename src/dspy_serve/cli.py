@@ -8,6 +8,7 @@ bad value gets the same message whether it came from a flag, the environment or 
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import typing
 from pathlib import Path
@@ -125,10 +126,8 @@ def serve(settings: ServeSettings) -> None:
         sys.exit(3)
     click.echo(f"dspy-serve: serving on http://{settings.host}:{settings.port}  (docs: /docs)", err=True)
     server = ServeServer(uvicorn_config(app, settings), app.state.service)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it captured, after shutdown
         server.run()
-    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it captured, after a clean shutdown
-        pass
     if not server.started:
         sys.exit(3)
 
