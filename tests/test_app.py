@@ -154,3 +154,35 @@ def test_public_api_is_pinned() -> None:
         "load_settings",
         "router",
     ]
+
+
+async def test_mlflow_autolog_is_set_up_once_at_startup(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    calls: list[str] = []
+    fake_mlflow = types.ModuleType("mlflow")
+    fake_mlflow.dspy = types.SimpleNamespace(autolog=lambda: calls.append("autolog"))  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "mlflow", fake_mlflow)
+    app = create_app(
+        ServeSettings(mlflow_autolog=True),
+        programs={"qa": "question -> answer"},
+        lm=DummyLM([{"answer": "x"}]),
+    )
+    assert calls == []
+    async with app.router.lifespan_context(app):
+        assert calls == ["autolog"]
+
+
+async def test_mlflow_autolog_without_mlflow_fails_startup_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # importing it raises ImportError
+    app = create_app(
+        ServeSettings(mlflow_autolog=True),
+        programs={"qa": "question -> answer"},
+        lm=DummyLM([{"answer": "x"}]),
+    )
+    with pytest.raises(RuntimeError, match="pip install mlflow"):
+        async with app.router.lifespan_context(app):
+            pass

@@ -301,11 +301,18 @@ def _configure_dspy(settings: ServeSettings) -> None:
     wanted = {
         key: value for key, value in SERVER_SAFE_DSPY_SETTINGS.items() if dspy.settings.get(key) != value
     }
-    if not wanted:
-        return
-    try:
-        dspy.configure(**wanted)
-    except RuntimeError:
-        # Another thread or task owns dspy.configure (several apps in one process): every call
-        # sets the same values through dspy.context, so the server stays safe without it.
-        logger.debug("dspy.configure is owned elsewhere; relying on per-request dspy.context")
+    if wanted:
+        try:
+            dspy.configure(**wanted)
+        except RuntimeError:
+            # Another thread or task owns dspy.configure (several apps in one process): every
+            # call sets the same values through dspy.context, so the server stays safe without it.
+            logger.debug("dspy.configure is owned elsewhere; relying on per-request dspy.context")
+    if settings.mlflow_autolog:
+        # autolog registers a DSPy callback through dspy.configure, so it runs here, in the
+        # task that owns DSPy's settings, never in a request.
+        try:
+            import mlflow
+        except ImportError as exc:
+            raise RuntimeError("mlflow_autolog needs mlflow: pip install mlflow") from exc
+        mlflow.dspy.autolog()

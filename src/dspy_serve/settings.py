@@ -173,6 +173,11 @@ class ServeSettings(BaseSettings):
         default=100_000, gt=0, description="Longest string any input field may hold (422 beyond)."
     )
 
+    mlflow_autolog: bool = Field(
+        default=False,
+        description="Trace every call to MLflow (mlflow.dspy.autolog(), set up at startup; needs mlflow).",
+    )
+
     # --- HTTP -----------------------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="Interface to bind.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
