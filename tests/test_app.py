@@ -133,27 +133,12 @@ async def test_router_mounts_into_an_existing_app() -> None:
 
 def test_public_api_is_pinned() -> None:
     assert sorted(dspy_serve.__all__) == [
-        "ArtifactError",
-        "BadOverride",
-        "ClientCancelled",
-        "ContextTooLong",
-        "InvalidInput",
-        "ModelNotAllowed",
-        "Overloaded",
-        "ProgramNotFound",
-        "RequestTimeout",
-        "SchemaError",
-        "ServeError",
-        "ServeSettings",
-        "ServiceUnavailable",
-        "TargetError",
-        "UpstreamError",
-        "UpstreamRateLimited",
-        "create_app",
-        "install_error_handlers",
-        "load_settings",
-        "router",
-    ]
+        "ArtifactError", "BadOverride", "Client", "ClientCancelled", "ContextTooLong", "Forbidden",
+        "InvalidInput", "ModelNotAllowed", "Overloaded", "ProgramNotFound", "RemoteProgram",
+        "RequestTimeout", "SchemaError", "ServeError", "ServeSettings", "ServiceUnavailable",
+        "TargetError", "UpstreamError", "UpstreamRateLimited", "create_app", "install_error_handlers",
+        "load_settings", "router",
+    ]  # fmt: skip
 
 
 async def test_mlflow_autolog_is_set_up_once_at_startup(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -105,3 +106,39 @@ def test_bad_setting_values_are_usage_errors() -> None:
     )
     assert result.returncode == 2
     assert "timeout" in result.stderr and "greater than 0" in result.stderr
+
+
+def test_call_prints_the_outputs(fake_lm: FakeLM) -> None:
+    from dspy_serve import create_app
+    from tests.conftest import fake_settings
+    from tests.servers import serving
+
+    fake_lm.answers = {"answer": "Paris"}
+    os.environ.setdefault("OPENAI_API_KEY", FAKE_KEY)
+    app = create_app(fake_settings(fake_lm, programs=[f"qa={PROGRAMS / 'serving.py'}:qa"]))
+    with serving(app) as server:
+        plain = subprocess.run(
+            [*CLI, "call", server.base_url, "qa", "question=Capital?"],
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        streamed = subprocess.run(
+            [*CLI, "call", server.base_url, "qa", "question=Capital?", "--stream"],
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        refused = subprocess.run(
+            [*CLI, "call", server.base_url, "nope", "question=q"],
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert plain.returncode == 0, plain.stderr
+    assert json.loads(plain.stdout)["outputs"] == {"answer": "Paris"}
+    assert streamed.stdout.startswith("Paris\n")
+    assert refused.returncode == 1 and "404" in refused.stderr

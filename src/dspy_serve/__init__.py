@@ -1,10 +1,12 @@
 """dspy-serve: serve any DSPy program as a typed, truly async HTTP API."""
 
 from dspy_serve.app import create_app, install_error_handlers, router
+from dspy_serve.client import Client, RemoteProgram
 from dspy_serve.errors import (
     BadOverride,
     ClientCancelled,
     ContextTooLong,
+    Forbidden,
     InvalidInput,
     ModelNotAllowed,
     Overloaded,
@@ -22,12 +24,15 @@ from dspy_serve.settings import ServeSettings, load_settings
 __all__ = [
     "ArtifactError",
     "BadOverride",
+    "Client",
     "ClientCancelled",
     "ContextTooLong",
+    "Forbidden",
     "InvalidInput",
     "ModelNotAllowed",
     "Overloaded",
     "ProgramNotFound",
+    "RemoteProgram",
     "RequestTimeout",
     "SchemaError",
     "ServeError",

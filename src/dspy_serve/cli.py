@@ -159,3 +159,52 @@ run_command = click.Command(
     context_settings={"max_content_width": 110},
 )
 main.add_command(run_command)
+
+
+@main.command("call")
+@click.argument("url")
+@click.argument("name")
+@click.argument("fields", nargs=-1)
+@click.option("--stream", is_flag=True, help="Print tokens as they arrive.")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait.")
+def call_command(url: str, name: str, fields: tuple[str, ...], stream: bool, timeout: float) -> None:
+    """Call program NAME on the server at URL with FIELD=VALUE inputs (JSON values allowed).
+
+    \b
+    dspy-serve call http://127.0.0.1:8000 qa question="What is the capital of France?"
+    The API key, if any, comes from DSPY_SERVE_CLIENT_KEY (never a flag: flags show in `ps`).
+    """
+    import json
+    import os
+
+    from dspy_serve.client import Client, StatusEvent, TokenEvent
+    from dspy_serve.errors import ServeError
+
+    inputs: dict[str, object] = {}
+    for field in fields:
+        key, sep, raw = field.partition("=")
+        if not sep:
+            raise click.UsageError(f"{field!r}: write FIELD=VALUE")
+        try:
+            inputs[key] = json.loads(raw)
+        except ValueError:
+            inputs[key] = raw
+    with Client(url, api_key=os.environ.get("DSPY_SERVE_CLIENT_KEY"), timeout=timeout) as client:
+        program = client.program(name)
+        try:
+            if stream:
+                prediction = None
+                for event in program.stream(**inputs):
+                    if isinstance(event, TokenEvent):
+                        click.echo(event.chunk, nl=False)
+                    elif not isinstance(event, StatusEvent):
+                        prediction = event
+                click.echo()
+            else:
+                prediction = program(**inputs)
+        except ServeError as exc:
+            click.echo(f"dspy-serve: {exc.status} {exc.code}: {exc.detail}", err=True)
+            sys.exit(1)
+    outputs = dict(prediction.items()) if prediction is not None else {}
+    usage = prediction.get_lm_usage() if prediction is not None else {}
+    click.echo(json.dumps({"outputs": outputs, "usage": usage}, indent=2))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 from limits import RateLimitItem, parse
 from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
@@ -24,9 +25,16 @@ __all__ = ["RateLimited", "RateLimiter"]
 class RateLimited(ServeError):
     status, code, title = 429, "rate_limited", "Rate limit exceeded"
 
-    def __init__(self, detail: str, *, retry_after: float, limit_headers: dict[str, str]) -> None:
-        super().__init__(detail, retry_after=retry_after)
-        self.limit_headers = limit_headers
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        retry_after: float | None = None,
+        limit_headers: dict[str, str] | None = None,
+        errors: list[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(detail, retry_after=retry_after, errors=errors)
+        self.limit_headers = limit_headers or {}
 
     def headers(self) -> dict[str, str]:
         return {**super().headers(), **self.limit_headers}

@@ -1,0 +1,267 @@
+"""A Python client whose programs are DSPy modules.
+
+``Client(url).program("qa")`` returns a :class:`RemoteProgram`, a ``dspy.Module``: calling it
+returns a ``dspy.Prediction``, so a served program composes inside a local DSPy program like
+any other step. Errors come back as the server's own typed hierarchy (``dspy_serve.errors``);
+429 and 503 are retried with backoff, honouring ``Retry-After``, within a bounded budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import dspy
+import httpx
+
+from dspy_serve import errors
+from dspy_serve.auth import Unauthorized
+from dspy_serve.ratelimit import RateLimited
+
+__all__ = ["Client", "RemoteProgram", "StatusEvent", "TokenEvent"]
+
+_RETRYABLE = {429, 502, 503}
+_BY_CODE: dict[str, type[errors.ServeError]] = {
+    cls.code: cls
+    for cls in (
+        errors.InvalidInput,
+        errors.BadOverride,
+        errors.ModelNotAllowed,
+        errors.Forbidden,
+        errors.ProgramNotFound,
+        errors.ContextTooLong,
+        errors.UpstreamRateLimited,
+        errors.UpstreamError,
+        errors.ServiceUnavailable,
+        errors.Overloaded,
+        errors.RequestTimeout,
+        RateLimited,
+        Unauthorized,
+    )
+}
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    predictor: str
+    field: str
+    chunk: str
+
+
+@dataclass(frozen=True)
+class StatusEvent:
+    message: str
+
+
+def _error(problem: dict[str, Any], status: int) -> errors.ServeError:
+    cls = _BY_CODE.get(str(problem.get("code")))
+    error = (cls or errors.ServeError)(
+        str(problem.get("detail") or problem.get("title") or f"HTTP {status}"),
+        errors=problem.get("errors"),
+        retry_after=problem.get("retry_after"),
+    )
+    if cls is None:
+        error.status, error.code = status, str(problem.get("code") or "http_error")
+    return error
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        problem = response.json()
+    except ValueError:
+        problem = {"detail": response.text[:200]}
+    error = _error(problem if isinstance(problem, dict) else {}, response.status_code)
+    retry_after = response.headers.get("retry-after")
+    if retry_after and retry_after.isdigit():
+        error.retry_after = float(retry_after)
+    raise error
+
+
+def _prediction(body: dict[str, Any]) -> dspy.Prediction:
+    """Outputs as the Prediction's fields; usage where DSPy keeps it (``get_lm_usage()``),
+    cost and model as private attributes, so they never mix with the outputs."""
+    prediction = dspy.Prediction(**body["outputs"])
+    prediction.set_lm_usage(body.get("usage", {}))
+    prediction._serve_cost = body.get("cost")
+    prediction._serve_model = body.get("model")
+    return prediction
+
+
+class Client:
+    """A connection pool to one dspy-serve server (sync and async), with retries."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        retries: int = 3,
+        max_connections: int = 100,
+        transport: httpx.BaseTransport | None = None,
+        async_transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        common: dict[str, Any] = {
+            "base_url": base_url,
+            "headers": headers,
+            "timeout": timeout,
+            "limits": limits,
+        }
+        self._http = httpx.Client(transport=transport, **common)
+        self._ahttp = httpx.AsyncClient(transport=async_transport, **common)
+        self.retries = retries
+
+    def program(self, name: str) -> RemoteProgram:
+        return RemoteProgram(self, name)
+
+    def programs(self) -> list[dict[str, Any]]:
+        response = self._http.get("/programs")
+        _raise_for(response)
+        return list(response.json())
+
+    # --- transport with retries -----------------------------------------------------------------
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        for attempt in range(self.retries + 1):
+            try:
+                response = self._http.post(path, json=body)
+                _raise_for(response)
+                return dict(response.json())
+            except (errors.ServeError, httpx.TransportError) as exc:
+                delay = self._delay(exc, attempt)
+                if delay is None:
+                    raise
+            time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def apost(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        for attempt in range(self.retries + 1):
+            try:
+                response = await self._ahttp.post(path, json=body)
+                _raise_for(response)
+                return dict(response.json())
+            except (errors.ServeError, httpx.TransportError) as exc:
+                delay = self._delay(exc, attempt)
+                if delay is None:
+                    raise
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _delay(self, exc: Exception, attempt: int) -> float | None:
+        if attempt >= self.retries:
+            return None
+        if isinstance(exc, errors.ServeError) and exc.status not in _RETRYABLE:
+            return None
+        hint = getattr(exc, "retry_after", None)
+        return float(hint) if isinstance(hint, (int, float)) else min(0.25 * 2**attempt, 4.0)
+
+    def stream_lines(self, path: str, body: dict[str, Any]) -> Iterator[str]:
+        with self._http.stream("POST", path, json=body) as response:
+            if response.status_code >= 400:
+                response.read()
+                _raise_for(response)
+            yield from response.iter_lines()
+
+    async def astream_lines(self, path: str, body: dict[str, Any]) -> AsyncIterator[str]:
+        async with self._ahttp.stream("POST", path, json=body) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                _raise_for(response)
+            async for line in response.aiter_lines():
+                yield line
+
+    def close(self) -> None:
+        self._http.close()
+
+    async def aclose(self) -> None:
+        await self._ahttp.aclose()
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class RemoteProgram(dspy.Module):
+    """A served program, callable like the local one: ``remote(question=...)``."""
+
+    def __init__(self, client: Client, name: str, **options: Any) -> None:
+        super().__init__()
+        self.client = client
+        self.name = name
+        self.options = options  # model / temperature / max_tokens, sent with every call
+
+    def _body(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        return {"inputs": inputs, "options": self.options} if self.options else {"inputs": inputs}
+
+    def forward(self, **inputs: Any) -> dspy.Prediction:
+        return _prediction(self.client.post(f"/{self.name}/invoke", self._body(inputs)))
+
+    async def aforward(self, **inputs: Any) -> dspy.Prediction:
+        return _prediction(await self.client.apost(f"/{self.name}/invoke", self._body(inputs)))
+
+    def batch(self, items: list[dict[str, Any]]) -> list[dspy.Prediction | errors.ServeError]:
+        """One result per item, in order: its prediction, or its own error (others still run)."""
+        body: dict[str, Any] = {"items": items, **({"options": self.options} if self.options else {})}
+        results = self.client.post(f"/{self.name}/batch", body)["items"]
+        return [
+            _error(item["error"], item["error"]["status"]) if item.get("error") else _prediction(item)
+            for item in results
+        ]
+
+    def stream(self, **inputs: Any) -> Iterator[TokenEvent | StatusEvent | dspy.Prediction]:
+        """Typed events as they arrive; the last is the Prediction (or the error is raised)."""
+        yield from _events(self.client.stream_lines(f"/{self.name}/stream", self._body(inputs)))
+
+    async def astream(self, **inputs: Any) -> AsyncIterator[TokenEvent | StatusEvent | dspy.Prediction]:
+        event: str | None = None
+        async for line in self.client.astream_lines(f"/{self.name}/stream", self._body(inputs)):
+            event, item = _parse(line, event)
+            if item is not None:
+                yield item
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> RemoteProgram:
+        # Optimizers copy modules; the connection pool is shared, never copied.
+        return RemoteProgram(self.client, self.name, **self.options)
+
+
+def _events(lines: Iterator[str]) -> Iterator[TokenEvent | StatusEvent | dspy.Prediction]:
+    event: str | None = None
+    for line in lines:
+        event, item = _parse(line, event)
+        if item is not None:
+            yield item
+
+
+def _parse(
+    line: str, event: str | None
+) -> tuple[str | None, TokenEvent | StatusEvent | dspy.Prediction | None]:
+    if line.startswith("event: "):
+        return line.removeprefix("event: "), None
+    if not line.startswith("data: "):
+        return event, None
+    data = json.loads(line.removeprefix("data: "))
+    if event == "token":
+        return event, TokenEvent(data["predictor"], data["field"], data["chunk"])
+    if event == "status":
+        return event, StatusEvent(data["message"])
+    if event == "prediction":
+        return event, _prediction(data)
+    if event == "error":
+        raise _error(data, int(data.get("status", 500)))
+    return event, None

@@ -1,0 +1,96 @@
+"""The Python client against a real server on loopback: a served program as a dspy.Module."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import dspy
+import pytest
+
+from dspy_serve import ModelNotAllowed, UpstreamError, create_app
+from dspy_serve.client import Client, RemoteProgram, StatusEvent, TokenEvent
+from tests.conftest import PROGRAMS, fake_settings
+from tests.fake_lm import FakeLM, ServerError
+from tests.servers import ServerThread, serving
+
+QA = f"qa={PROGRAMS / 'serving.py'}:qa"
+
+
+@pytest.fixture
+def server(fake_lm: FakeLM, provider_key: str) -> Iterator[ServerThread]:
+    fake_lm.answers = {"answer": "Paris"}
+    with serving(create_app(fake_settings(fake_lm, programs=[QA]))) as running:
+        yield running
+
+
+def test_a_remote_program_is_a_dspy_module_returning_predictions(server: ServerThread) -> None:
+    with Client(server.base_url) as client:
+        remote = client.program("qa")
+        prediction = remote(question="Capital of France?")
+    assert isinstance(remote, dspy.Module)
+    assert isinstance(prediction, dspy.Prediction)
+    assert prediction.answer == "Paris"
+    assert prediction.get_lm_usage()["openai/fake-model"]["total_tokens"] > 0
+    assert set(prediction.keys()) == {"answer"}
+
+
+async def test_acall_works_too(server: ServerThread) -> None:
+    async with Client(server.base_url) as client:
+        prediction = await client.program("qa").acall(question="Capital of France?")
+    assert prediction.answer == "Paris"
+
+
+def test_rate_limits_are_retried_after_retry_after(fake_lm: FakeLM, provider_key: str) -> None:
+    fake_lm.answers = {"answer": "Paris"}
+    app = create_app(fake_settings(fake_lm, programs=[QA], rate_limit="1/second"))
+    with serving(app) as limited, Client(limited.base_url, retries=2) as client:
+        remote = client.program("qa")
+        answers = [remote(question=f"q{i}").answer for i in range(2)]  # the second waits ~1 s
+    assert answers == ["Paris", "Paris"]
+
+
+def test_errors_come_back_typed(server: ServerThread, fake_lm: FakeLM) -> None:
+    fake_lm.when("broken", ServerError(500))
+    with Client(server.base_url, retries=0) as client:
+        with pytest.raises(ModelNotAllowed):
+            RemoteProgram(client, "qa", model="openai/gpt-4o")(question="q")
+        with pytest.raises(UpstreamError) as caught:
+            client.program("qa")(question="broken")
+    assert caught.value.status == 502
+
+
+def test_stream_yields_typed_events_then_the_prediction(server: ServerThread, fake_lm: FakeLM) -> None:
+    fake_lm.answers = {"answer": "Paris is lovely in spring"}
+    with Client(server.base_url) as client:
+        events = list(client.program("qa").stream(question="Capital of France?"))
+    assert isinstance(events[0], StatusEvent)
+    tokens = [event for event in events if isinstance(event, TokenEvent)]
+    assert "".join(token.chunk for token in tokens) == "Paris is lovely in spring"
+    assert isinstance(events[-1], dspy.Prediction) and events[-1].answer == "Paris is lovely in spring"
+
+
+def test_batch_returns_a_prediction_or_an_error_per_item(server: ServerThread, fake_lm: FakeLM) -> None:
+    fake_lm.when("broken", ServerError(500))
+    with Client(server.base_url) as client:
+        results = client.program("qa").batch([{"question": "fine"}, {"question": "broken"}])
+    assert isinstance(results[0], dspy.Prediction) and results[0].answer == "Paris"
+    assert isinstance(results[1], UpstreamError)
+
+
+def test_a_remote_program_composes_inside_a_local_program(server: ServerThread, fake_lm: FakeLM) -> None:
+    class Pipeline(dspy.Module):
+        def __init__(self, remote: RemoteProgram) -> None:
+            super().__init__()
+            self.remote = remote
+            self.polish = dspy.Predict("answer -> polished")
+
+        def forward(self, question: str) -> dspy.Prediction:
+            answer = self.remote(question=question).answer
+            return self.polish(answer=answer)
+
+    fake_lm.answers = {"answer": "Paris", "polished": "It is Paris."}
+    local_lm = dspy.LM("openai/fake-model", api_base=fake_lm.base_url, api_key="x", cache=False)
+    with Client(server.base_url) as client, dspy.context(lm=local_lm):
+        result = Pipeline(client.program("qa"))(question="Capital of France?")
+    assert result.polished == "It is Paris."
+    assert "Paris" in str(fake_lm.requests[-1]["messages"])  # the local step saw the remote answer
