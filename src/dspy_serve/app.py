@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import logging
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
 import dspy
 from fastapi import APIRouter, FastAPI, Request
@@ -13,14 +15,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from dspy_serve.auth import ApiKeyMiddleware, KeyRing
 from dspy_serve.errors import PROBLEM_CONTENT_TYPE, HTTPProblem, InvalidInput, ServeError, from_exception
 from dspy_serve.metrics import MetricsMiddleware
 from dspy_serve.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from dspy_serve.openai_compat import build_openai_router
 from dspy_serve.routes import build_router
 from dspy_serve.service import Service
 from dspy_serve.settings import ServeSettings
+
+if TYPE_CHECKING:
+    from dspy_serve.mcp_server import McpEndpoint
 
 __all__ = ["create_app", "router"]
 
@@ -41,12 +48,17 @@ def create_app(
     """
     settings = settings or ServeSettings()
     service = Service(settings, programs, lm)
+    mcp = _mcp_endpoint(service)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.start()
         try:
-            yield
+            # MCP's task group ends (cancelling any tool call still running) before the service stops.
+            async with AsyncExitStack() as stack:
+                if mcp is not None:
+                    await stack.enter_async_context(_in_own_task(mcp.run))
+                yield
         finally:
             await service.stop()
 
@@ -58,6 +70,10 @@ def create_app(
     )
     app.state.service = service
     app.include_router(build_router(service))
+    app.include_router(build_openai_router(service))
+    if mcp is not None:
+        # A Route, not a mount: a mount only matches "/mcp/", so every POST would be redirected.
+        app.router.routes.append(Route("/mcp", mcp.asgi_app, name="mcp", include_in_schema=False))
     _document_event_streams(app)
     install_error_handlers(app)
     # Added innermost first: request ids wrap everything, CORS answers preflights before auth.
@@ -192,6 +208,39 @@ def _document_event_streams(app: FastAPI) -> None:
         return spec
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+@asynccontextmanager
+async def _in_own_task(context: Callable[[], AbstractAsyncContextManager[Any]]) -> AsyncIterator[None]:
+    """Hold ``context`` open in a task of its own: its task group is entered and left in that
+    task, even when the lifespan is driven from two (as test fixtures do)."""
+    entered, leave = asyncio.Event(), asyncio.Event()
+
+    async def hold() -> None:
+        async with context():
+            entered.set()
+            await leave.wait()
+
+    task = asyncio.create_task(hold())
+    waiting = asyncio.create_task(entered.wait())
+    await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        waiting.cancel()
+        task.result()  # it failed to start: raise why
+    try:
+        yield
+    finally:
+        leave.set()
+        await task
+
+
+def _mcp_endpoint(service: Service) -> McpEndpoint | None:
+    """MCP tools at /mcp when the optional SDK is installed (``pip install 'dspy-serve[mcp]'``)."""
+    if importlib.util.find_spec("mcp") is None:
+        return None
+    from dspy_serve.mcp_server import McpEndpoint
+
+    return McpEndpoint(service)
 
 
 def _version() -> str:

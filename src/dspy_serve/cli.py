@@ -208,3 +208,42 @@ def call_command(url: str, name: str, fields: tuple[str, ...], stream: bool, tim
     outputs = dict(prediction.items()) if prediction is not None else {}
     usage = prediction.get_lm_usage() if prediction is not None else {}
     click.echo(json.dumps({"outputs": outputs, "usage": usage}, indent=2))
+
+
+def _mcp(config: Path | None, **values: Any) -> None:
+    dotenv.load_dotenv(override=False)
+    try:
+        settings = load_settings(config, **_overrides(values))
+    except (ValidationError, FileNotFoundError, ValueError) as exc:
+        raise click.UsageError(_friendly(exc)) from None
+    if not settings.programs:
+        raise click.UsageError("give at least one TARGET, e.g. examples/qa.py:program")
+    try:
+        from dspy_serve.mcp_server import run_stdio
+    except ImportError:
+        raise click.UsageError("MCP needs the optional SDK: pip install 'dspy-serve[mcp]'") from None
+    from dspy_serve.loader import ArtifactError, TargetError
+    from dspy_serve.logs import configure_logging
+    from dspy_serve.schema import SchemaError
+    from dspy_serve.service import Service
+
+    configure_logging(settings.log_level, settings.log_format)  # to stderr: stdout is the protocol
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # importing a program may print
+            service = Service(settings)
+    except (ArtifactError, TargetError, SchemaError, ValueError, ImportError) as exc:
+        click.echo(f"dspy-serve: cannot start: {exc}", err=True)
+        sys.exit(3)
+    with contextlib.suppress(KeyboardInterrupt):
+        run_stdio(service)
+
+
+mcp_command = click.Command(
+    "mcp",
+    callback=_mcp,
+    params=run_command.params,
+    help="Serve programs as MCP tools over stdin/stdout, for desktop agents. Same TARGETs and "
+    "options as `run`; host, port and HTTP options are unused.",
+    context_settings={"max_content_width": 110},
+)
+main.add_command(mcp_command)

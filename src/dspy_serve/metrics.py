@@ -139,5 +139,7 @@ class MetricsMiddleware:
         parts = path.strip("/").split("/")
         if len(parts) == 2 and parts[0] in self.programs and parts[1] in _ENDPOINTS:
             return parts[0], parts[1]
-        known = ("programs", "health", "metrics", "docs", "openapi.json", "redoc")
+        if path.startswith("/v1/"):
+            return "", "openai"
+        known = ("programs", "health", "metrics", "docs", "openapi.json", "redoc", "mcp")
         return "", parts[0] if parts[0] in known else "other"
