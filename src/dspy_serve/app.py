@@ -97,6 +97,8 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics, programs=frozenset(service.programs))
     app.add_middleware(RequestIdMiddleware)
+    if settings.otel:
+        _instrument(app)
     return app
 
 
@@ -208,6 +210,14 @@ def _document_event_streams(app: FastAPI) -> None:
         return spec
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _instrument(app: FastAPI) -> None:
+    try:
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    except ImportError as exc:
+        raise RuntimeError("otel needs OpenTelemetry: pip install 'dspy-serve[otel]'") from exc
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="health/live,health/ready,metrics")
 
 
 @asynccontextmanager

@@ -21,7 +21,7 @@ import dspy
 from dspy.streaming import StatusMessage, StreamResponse
 from pydantic import ValidationError
 
-from dspy_serve import pricing
+from dspy_serve import pricing, tracing
 from dspy_serve.admission import Admission
 from dspy_serve.errors import RequestTimeout, ServeError, ServiceUnavailable, UpstreamError, from_exception
 from dspy_serve.lm import LanguageModels
@@ -141,7 +141,7 @@ class Service:
         assert self.admission is not None
         scope = CallScope.starting_now(self.settings.timeout)
         try:
-            with anyio.fail_after(self.settings.timeout):
+            with anyio.fail_after(self.settings.timeout), tracing.program_span(program.name, lm.model):
                 async with self.admission.slot():
                     result = await runner.call(inputs, lm=lm, scope=scope)
         except TimeoutError:

@@ -173,6 +173,11 @@ class ServeSettings(BaseSettings):
         default=100_000, gt=0, description="Longest string any input field may hold (422 beyond)."
     )
 
+    otel: bool = Field(
+        default=False,
+        description="OpenTelemetry traces: a server span per request and a span per program call "
+        "(needs dspy-serve[otel]; export with your TracerProvider or opentelemetry-instrument).",
+    )
     mlflow_autolog: bool = Field(
         default=False,
         description="Trace every call to MLflow (mlflow.dspy.autolog(), set up at startup; needs mlflow).",
