@@ -1,0 +1,1 @@
+"""Reference designs dspy-serve is measured against."""

@@ -1,0 +1,200 @@
+"""Where a server's CPU goes under load: py-spy on dspy-serve (or the ceiling) while the load runs.
+
+    pip install py-spy
+    python -m bench.profiling --latency 0.1 --concurrency 128 --seconds 8 [--system ceiling]
+
+Starts a fake LM and the system, drives it with bench.load (or runs bench.ceiling), samples the
+measured process with ``py-spy record --gil --format raw`` (the thread holding the GIL: Python CPU),
+and writes the collapsed stacks (``.raw``) plus a summary (``.md``: garbage-collection time per
+generation, from bench/gcprobe; inclusive and self time per function; self time per package) to
+bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import systems
+from bench.plan import DSPY_SERVE
+from bench.systems import System, start_fake_lm, start_server
+
+__all__ = ["main", "summarize"]
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RATE = 200  # py-spy samples per second
+_LINE = re.compile(r":\d+\)$")
+_AREAS = [  # (label, substring of a frame's file), first match wins
+    ("dspy_serve", "dspy_serve/"),
+    ("dspy: lm15 HTTP client", "dspy/_vendor/lm15/"),
+    ("dspy: pricing/metadata", "dspy/clients/costs.py"),
+    ("dspy: pricing/metadata", "dspy/clients/model_metadata"),
+    ("dspy: adapters", "dspy/adapters/"),
+    ("dspy: clients", "dspy/clients/"),
+    ("dspy: other", "dspy/"),
+    ("uvicorn/h11", "uvicorn/"),
+    ("uvicorn/h11", "h11/"),
+    ("starlette/fastapi", "starlette/"),
+    ("starlette/fastapi", "fastapi/"),
+    ("pydantic", "pydantic"),
+    ("anyio", "anyio/"),
+    ("asyncio", "asyncio/"),
+    ("threads", "concurrent/futures"),
+    ("threads", "threading.py"),
+    ("json", "json/"),
+]
+
+
+def _area(frame: str) -> str:
+    return next((label for label, part in _AREAS if part in frame), "other")
+
+
+def summarize(raw: Path, top: int = 40, ms_per_sample: float | None = None) -> str:
+    """A Markdown summary of py-spy's collapsed stacks (``frame;frame;... count`` per line).
+
+    ``ms_per_sample`` (sampling period divided by requests answered while sampling) adds a
+    column of CPU milliseconds per request.
+    """
+    inclusive: collections.Counter[str] = collections.Counter()
+    own: collections.Counter[str] = collections.Counter()
+    areas: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines() if raw.exists() else []:
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = [_LINE.sub(")", frame) for frame in stack.split(";") if frame]
+        total += n
+        for frame in set(frames):
+            inclusive[frame] += n
+        own[frames[-1]] += n
+        areas[_area(frames[-1])] += n
+    if not total:
+        return "No samples (is the process busy? does py-spy have permission to attach?)\n"
+
+    def table(counter: collections.Counter[str], limit: int) -> str:
+        if ms_per_sample is None:
+            rows = [f"| {100 * n / total:5.1f}% | `{name}` |" for name, n in counter.most_common(limit)]
+            return "| % of CPU samples | function (file) |\n|---:|:---|\n" + "\n".join(rows)
+        rows = [
+            f"| {100 * n / total:5.1f}% | {n * ms_per_sample:.3f} | `{name}` |"
+            for name, n in counter.most_common(limit)
+        ]
+        return "| % of CPU samples | ms/request | function (file) |\n|---:|---:|:---|\n" + "\n".join(rows)
+
+    return (
+        f"{total} samples"
+        + (f", {total * ms_per_sample:.2f} ms of CPU per request" if ms_per_sample else "")
+        + f".\n\n### Self time by package\n\n{table(areas, 20)}\n\n"
+        f"### Self time by function\n\n{table(own, 25)}\n\n"
+        f"### Inclusive time by function\n\n{table(inclusive, top)}\n"
+    )
+
+
+def _gc_delta(path: Path, before: dict[str, Any], requests: float) -> str:
+    """GC runs and CPU ms per request, per generation, between ``before`` and now."""
+    if not path.exists() or not before or not requests:
+        return "GC accounting unavailable.\n"
+    after = json.loads(path.read_text())
+    rows = []
+    for gen in ("gen0", "gen1", "gen2"):
+        runs = after[gen]["runs"] - before[gen]["runs"]
+        seconds = after[gen]["seconds"] - before[gen]["seconds"]
+        rows.append(f"| {gen} | {runs} | {seconds * 1000:.0f} | {seconds * 1000 / requests:.3f} |")
+    return (
+        f"Objects tracked: {after['tracked_objects']}, frozen: {after['frozen_objects']}.\n\n"
+        "| generation | collections | ms in all | ms per request |\n|:---|---:|---:|---:|\n"
+        + "\n".join(rows)
+        + "\n"
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return dict(json.loads(path.read_text())) if path.exists() else {}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--system", choices=["dspy-serve", "ceiling"], default="dspy-serve")
+    parser.add_argument("--program", choices=["predict", "two_step", "two_step_sync"], default="predict")
+    parser.add_argument("--latency", type=float, default=0.1)
+    parser.add_argument("--concurrency", type=int, default=128)
+    parser.add_argument("--seconds", type=int, default=8, help="seconds sampled")
+    parser.add_argument("--model", default=systems.MODEL, help="model name given to DSPy")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--all-threads",
+        dest="gil",
+        action="store_false",
+        help="sample every non-idle thread (default: the thread holding the GIL, i.e. Python CPU time)",
+    )
+    parser.add_argument("--gc-tune", choices=["freeze", "disable"], help="experiment: see bench/gcprobe")
+    args = parser.parse_args(argv)
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        sys.exit("py-spy is not installed: pip install py-spy")
+    logs = Path(tempfile.mkdtemp(prefix="dspy-serve-profile-"))
+    point = f"{args.system}-{args.program}-{args.latency:g}s-c{args.concurrency}"
+    name = f"profile-{time.strftime('%Y%m%d-%H%M%S')}-{point}"
+    raw, gc_stats = args.out / f"{name}.raw", logs / "gc.json"
+    probe = {
+        "PYTHONPATH": os.pathsep.join([str(systems.ROOT / "bench" / "gcprobe"), str(systems.ROOT)]),
+        "BENCH_GC_STATS": str(gc_stats),
+        **({"BENCH_GC_TUNE": args.gc_tune, "BENCH_GC_TUNE_AFTER": "1"} if args.gc_tune else {}),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    window = ["--concurrency", str(args.concurrency), "--warmup", "2", "--duration", str(args.seconds + 3)]
+    fake = start_fake_lm(logs / "fake.log", latency=args.latency)
+    server = None
+    try:
+        if args.system == "ceiling":
+            driver = ["-m", "bench.ceiling", "--program", args.program, "--model", args.model]
+            driver += ["--api-base", fake.api_base]
+        else:
+            system = System("dspy-serve", "dspy-serve", args.program, DSPY_SERVE.route, model=args.model)
+            server = start_server(system, fake.api_base, logs, extra_env=probe)
+            driver = ["-m", "bench.load", "--url", server.url, "--body", system.body().decode()]
+        env = systems.child_env(**(probe if server is None else {}))
+        load = subprocess.Popen(
+            [sys.executable, *driver, *window], stdout=subprocess.PIPE, text=True, cwd=systems.ROOT, env=env
+        )
+        time.sleep(2.5 if server else 4.0)
+        pid = server.pid if server else load.pid
+        record = [spy, "record", "--pid", str(pid), "--duration", str(args.seconds), "--rate", str(RATE)]
+        record += ["--gil"] if args.gil else []
+        before = _read_json(gc_stats)
+        subprocess.run([*record, "--nonblocking", "--format", "raw", "-o", str(raw)], check=True, timeout=120)
+        outcome, _ = load.communicate(timeout=args.seconds + 120)
+        throughput = json.loads(outcome)["throughput"] if outcome.strip() else 0.0
+        gc_report = _gc_delta(gc_stats, before, throughput * args.seconds)
+    finally:
+        if server is not None:
+            server.stop()
+        fake.stop()
+    per_sample = 1000 / RATE / (throughput * args.seconds) if throughput else None
+    summary = args.out / f"{name}.md"
+    sampled = "GIL holder" if args.gil else "all threads"
+    summary.write_text(
+        f"# Profile: {point}, model {args.model}\n\nLoad: `{outcome.strip()}`\n\n"
+        f"## Garbage collection (not visible to py-spy)\n\n{gc_report}\n"
+        f"## py-spy ({sampled})\n\n{summarize(raw, ms_per_sample=per_sample)}"
+    )
+    print(summary.read_text())
+    print(f"wrote {summary} and {raw}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
