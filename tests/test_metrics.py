@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -108,3 +112,40 @@ async def test_one_json_access_line_per_request_without_secrets_or_prompts(
     assert entry["tokens"] == response.json()["usage"][PRICED]["total_tokens"]
     assert entry["cost_usd"] == pytest.approx(response.json()["cost"]["total_usd"])
     assert "sk-metrics-SECRET" not in caplog.text and "PROMPT-TEXT" not in caplog.text
+
+
+WORKER = """
+import asyncio, sys, httpx
+from dspy.utils import DummyLM
+from dspy_serve import ServeSettings, create_app
+
+async def main(requests):
+    lm = DummyLM([{"answer": "x"}] * 9)
+    app = create_app(ServeSettings(), programs={"qa": "question -> answer"}, lm=lm)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+        for _ in range(requests):
+            assert (await http.post("/qa/invoke", json={"inputs": {"question": "q"}})).status_code == 200
+        print((await http.get("/metrics")).text)
+
+asyncio.run(main(int(sys.argv[1])))
+"""
+
+
+def test_metrics_aggregate_across_worker_processes(tmp_path: Path) -> None:
+    """With PROMETHEUS_MULTIPROC_DIR (as several workers run), any worker's /metrics counts all."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    for requests in (2, 3):  # two workers, one after the other
+        subprocess.run(
+            [sys.executable, "-c", WORKER, str(requests)],
+            env=env,
+            check=True,
+            timeout=120,
+            capture_output=True,
+        )
+    scrape = subprocess.run(
+        [sys.executable, "-c", WORKER, "1"], env=env, check=True, timeout=120, capture_output=True, text=True
+    ).stdout
+    values = samples(scrape)
+    key = ("dspy_serve_requests_total", (("endpoint", "invoke"), ("program", "qa"), ("status", "200")))
+    assert values[key] == 6  # 2 + 3 from the earlier workers, 1 from this one
