@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -79,7 +80,9 @@ def main(argv: list[str] | None = None) -> None:
             }
             system = System(f"variant-{index}", "dspy-serve", "predict", "/qa/invoke", model=KNOWN_MODEL)
             servers[label] = start_server(system, fake.api_base, logs, extra_env=extra)
-        time.sleep(2)  # let the GC changes apply
+            if tune:
+                os.kill(servers[label].pid, signal.SIGUSR1)  # start-up is over: apply the GC change
+        time.sleep(1)
         for round_ in range(1, args.rounds + 1):
             for label, server in servers.items():
                 load = ["-m", "bench.load", "--url", server.url, "--body", server.system.body().decode()]

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -141,7 +142,9 @@ def main(argv: list[str] | None = None) -> None:
         action="store_false",
         help="sample every non-idle thread (default: the thread holding the GIL, i.e. Python CPU time)",
     )
-    parser.add_argument("--gc-tune", choices=["freeze", "disable"], help="experiment: see bench/gcprobe")
+    parser.add_argument(
+        "--gc-tune", choices=["freeze", "disable"], help="dspy-serve only, an experiment: see bench/gcprobe"
+    )
     args = parser.parse_args(argv)
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
@@ -153,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     probe = {
         "PYTHONPATH": os.pathsep.join([str(systems.ROOT / "bench" / "gcprobe"), str(systems.ROOT)]),
         "BENCH_GC_STATS": str(gc_stats),
-        **({"BENCH_GC_TUNE": args.gc_tune, "BENCH_GC_TUNE_AFTER": "1"} if args.gc_tune else {}),
+        **({"BENCH_GC_TUNE": args.gc_tune} if args.gc_tune else {}),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     window = ["--concurrency", str(args.concurrency), "--warmup", "2", "--duration", str(args.seconds + 3)]
@@ -166,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             system = System("dspy-serve", "dspy-serve", args.program, DSPY_SERVE.route, model=args.model)
             server = start_server(system, fake.api_base, logs, extra_env=probe)
+            if args.gc_tune:
+                os.kill(server.pid, signal.SIGUSR1)  # start-up is over: apply the GC change now
             driver = ["-m", "bench.load", "--url", server.url, "--body", system.body().decode()]
         env = systems.child_env(**(probe if server is None else {}))
         load = subprocess.Popen(

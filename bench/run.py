@@ -1,4 +1,4 @@
-"""Run the benchmark: ``python -m bench.run`` (full, ~20 min) or ``python -m bench.run --quick`` (~4 min).
+"""Run the benchmark: ``python -m bench.run`` (full, ~18 min) or ``python -m bench.run --quick`` (~4 min).
 
 For each LM latency a fake LM process starts, then every server under test; for each
 concurrency level every system is measured in turn (side by side, so the machine's noise hits

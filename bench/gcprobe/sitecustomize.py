@@ -5,16 +5,18 @@ bench.profiling puts this directory on PYTHONPATH. Nothing happens unless one of
 - ``BENCH_GC_STATS=FILE``: every 0.5 s, write the cumulative number and seconds of collections
   per generation to FILE as JSON (and, every 5 s, how many objects the collector tracks).
   py-spy cannot show this time: a collection is charged to whatever frame happened to allocate.
-- ``BENCH_GC_TUNE=freeze`` or ``disable``: ``BENCH_GC_TUNE_AFTER`` seconds after start (default
-  5, i.e. after start-up), ``gc.collect(); gc.freeze()`` or ``gc.disable()``. An experiment only:
-  it shows what a change in dspy-serve would gain, e.g.
+- ``BENCH_GC_TUNE=freeze`` or ``disable``: on SIGUSR1 (send it once start-up is over),
+  ``gc.collect(); gc.freeze()`` or ``gc.disable()``. An experiment only: it shows what a change
+  in dspy-serve would gain, e.g.
 
-      PYTHONPATH=bench/gcprobe BENCH_GC_TUNE=freeze dspy-serve run ...
+      PYTHONPATH=bench/gcprobe BENCH_GC_TUNE=freeze dspy-serve run ... &  # then, once ready:
+      kill -USR1 $!
 """
 
 import gc
 import json
 import os
+import signal
 import threading
 import time
 
@@ -52,12 +54,11 @@ if _PATH:
 
 if _TUNE in ("freeze", "disable"):
 
-    def _tune(how: str) -> None:
-        time.sleep(float(os.environ.get("BENCH_GC_TUNE_AFTER", "5")))
+    def _tune(signum: int, frame: object) -> None:
         gc.collect()
-        if how == "freeze":
+        if _TUNE == "freeze":
             gc.freeze()
         else:
             gc.disable()
 
-    threading.Thread(target=_tune, args=(_TUNE,), name="bench-gc-tune", daemon=True).start()
+    signal.signal(signal.SIGUSR1, _tune)
