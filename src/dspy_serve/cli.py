@@ -98,7 +98,8 @@ def main() -> None:
     """
 
 
-def _run(config: Path | None, **values: Any) -> None:
+def _settings(config: Path | None, values: dict[str, Any]) -> ServeSettings:
+    """The settings of `run` and `mcp`: flags over env, .env and the TOML file."""
     # Provider credentials (OPENAI_API_KEY, ...) may live in .env, as users expect.
     dotenv.load_dotenv(override=False)
     try:
@@ -107,7 +108,11 @@ def _run(config: Path | None, **values: Any) -> None:
         raise click.UsageError(_friendly(exc)) from None
     if not settings.programs:
         raise click.UsageError("give at least one TARGET, e.g. examples/qa.py:program")
-    serve(settings)
+    return settings
+
+
+def _run(config: Path | None, **values: Any) -> None:
+    serve(_settings(config, values))
 
 
 def serve(settings: ServeSettings) -> None:
@@ -211,13 +216,7 @@ def call_command(url: str, name: str, fields: tuple[str, ...], stream: bool, tim
 
 
 def _mcp(config: Path | None, **values: Any) -> None:
-    dotenv.load_dotenv(override=False)
-    try:
-        settings = load_settings(config, **_overrides(values))
-    except (ValidationError, FileNotFoundError, ValueError) as exc:
-        raise click.UsageError(_friendly(exc)) from None
-    if not settings.programs:
-        raise click.UsageError("give at least one TARGET, e.g. examples/qa.py:program")
+    settings = _settings(config, values)
     try:
         from dspy_serve.mcp_server import run_stdio
     except ImportError:
