@@ -105,7 +105,7 @@ class Service:
         logger.info(
             "serving %s on model %s%s",
             ", ".join(self.programs),
-            self.lms.default_name,
+            self.lms.model_of(None),
             " (embedded local model)" if self.lms.uses_local_model else "",
         )
 
