@@ -246,3 +246,38 @@ mcp_command = click.Command(
     context_settings={"max_content_width": 110},
 )
 main.add_command(mcp_command)
+
+
+def _docker(config: Path | None, out: Path, **values: Any) -> None:
+    from importlib.metadata import version
+
+    from dspy_serve.docker import write_deployment
+
+    settings = _settings(config, values)
+    try:
+        written = write_deployment(settings, out, version("dspy-serve"))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    for path in written:
+        click.echo(f"wrote {path}")
+    click.echo("Next: cp .env.example .env (add credentials), then docker compose up --build", err=True)
+
+
+docker_command = click.Command(
+    "docker",
+    callback=_docker,
+    params=[
+        *run_command.params,
+        click.Option(
+            ["--out", "out"],
+            type=click.Path(file_okay=False, path_type=Path),
+            default=Path("."),
+            show_default=True,
+            help="Directory to write Dockerfile, compose.yaml and .env.example to.",
+        ),
+    ],
+    help="Write a production Dockerfile, compose.yaml and .env.example that run these programs with "
+    "these options. Paths must be relative to the project directory (the build context).",
+    context_settings={"max_content_width": 110},
+)
+main.add_command(docker_command)
