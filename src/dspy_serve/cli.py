@@ -124,6 +124,15 @@ def serve(settings: ServeSettings) -> None:
     from dspy_serve.server import ServeServer, uvicorn_config
 
     configure_logging(settings.log_level, settings.log_format)
+    if settings.workers > 1:
+        from dspy_serve.workers import run_workers
+
+        click.echo(
+            f"dspy-serve: {settings.workers} workers on http://{settings.host}:{settings.port}", err=True
+        )
+        with contextlib.suppress(KeyboardInterrupt):
+            run_workers(settings)
+        return
     try:
         app = create_app(settings)
     except (ArtifactError, TargetError, SchemaError, ValueError, ImportError) as exc:

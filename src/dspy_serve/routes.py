@@ -5,6 +5,7 @@ the handlers' annotations at runtime.)
 """
 
 import asyncio
+import os
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -190,8 +191,8 @@ def _add_discovery_routes(router: APIRouter, service: Service) -> None:
         return PlainTextResponse(service.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @router.get("/health/live", tags=["health"], summary="The process is up")
-    async def live() -> dict[str, str]:
-        return {"status": "ok"}
+    async def live() -> dict[str, Any]:
+        return {"status": "ok", "pid": os.getpid()}  # which worker answered
 
     @router.get(
         "/health/ready",

@@ -186,6 +186,12 @@ class ServeSettings(BaseSettings):
     # --- HTTP -----------------------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="Interface to bind.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="Worker processes on the one port. Metrics aggregate across them; share rate "
+        "limits with rate_limit_storage=redis://...",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
     log_format: Literal["auto", "json", "text"] = Field(
         default="auto", description="'auto': JSON lines, or plain text when attached to a terminal."
