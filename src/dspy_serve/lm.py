@@ -87,11 +87,6 @@ class ServingLM(dspy.LM):
             return None
         return delay
 
-    def copy(self, **kwargs: Any) -> ServingLM:
-        copied = super().copy(**kwargs)
-        copied.serve_retries = self.serve_retries
-        return copied  # type: ignore[no-any-return]
-
 
 def _count_call(model: str) -> None:
     scope = current_scope()
@@ -121,10 +116,6 @@ class LanguageModels:
         for name in [self.default_name, *settings.allow_models]:
             if name not in self._lms:
                 self._lms[name] = self._build(name)
-
-    @property
-    def default(self) -> dspy.BaseLM:
-        return self._lms[self.default_name]
 
     def model_of(self, name: str | None) -> str:
         """The provider model string behind an allow-list name ("local" -> "local/SmolLM2-...")."""
