@@ -134,7 +134,7 @@ async def test_router_mounts_into_an_existing_app() -> None:
 def test_public_api_is_pinned() -> None:
     assert sorted(dspy_serve.__all__) == [
         "ArtifactError", "BadOverride", "Client", "ClientCancelled", "ContextTooLong", "Forbidden",
-        "InvalidInput", "ModelNotAllowed", "Overloaded", "ProgramNotFound", "RemoteProgram",
+        "InvalidInput", "ModelNotAllowed", "Overloaded", "ProgramNotFound", "ProxyError", "RemoteProgram",
         "RequestTimeout", "SchemaError", "ServeError", "ServeSettings", "ServiceUnavailable",
         "TargetError", "UpstreamError", "UpstreamRateLimited", "create_app", "install_error_handlers",
         "load_settings", "router",

@@ -5,10 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import dspy
+import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
 
 from dspy_serve import ModelNotAllowed, UpstreamError, create_app
-from dspy_serve.client import Client, RemoteProgram, StatusEvent, TokenEvent
+from dspy_serve.client import Client, ProxyError, RemoteProgram, StatusEvent, TokenEvent
 from tests.conftest import PROGRAMS, fake_settings
 from tests.fake_lm import FakeLM, ServerError
 from tests.servers import ServerThread, serving
@@ -57,6 +62,34 @@ def test_errors_come_back_typed(server: ServerThread, fake_lm: FakeLM) -> None:
         with pytest.raises(UpstreamError) as caught:
             client.program("qa")(question="broken")
     assert caught.value.status == 502
+
+
+def _flaky_proxy(upstream: str, failures: int) -> Starlette:
+    """A proxy in front that answers its first ``failures`` calls with its own plain 500, as Ray
+    Serve's does when the replica holding a call dies."""
+    left = [failures]
+
+    async def forward(request: Request) -> Response:
+        if left[0] > 0:
+            left[0] -= 1
+            return PlainTextResponse("Internal Server Error", status_code=500)
+        async with httpx.AsyncClient(base_url=upstream) as http:
+            answer = await http.post(request.url.path, content=await request.body(), headers=request.headers)
+        return Response(answer.content, answer.status_code, media_type=answer.headers["content-type"])
+
+    return Starlette(routes=[Route("/{path:path}", forward, methods=["POST"])])
+
+
+def test_a_proxy_5xx_is_retried_but_not_our_own_errors(server: ServerThread, fake_lm: FakeLM) -> None:
+    twice_failing, once_failing = (_flaky_proxy(server.base_url, failures) for failures in (2, 1))
+    with serving(twice_failing) as proxy, Client(proxy.base_url, retries=2) as client:
+        assert client.program("qa")(question="q").answer == "Paris"
+    assert fake_lm.requests_started == 1, "the proxy's failures never reached the program"
+    with serving(once_failing) as proxy, Client(proxy.base_url, retries=0) as client:
+        remote = client.program("qa")
+        with pytest.raises(ProxyError) as caught:
+            remote(question="q")
+    assert caught.value.status == 500
 
 
 def test_stream_yields_typed_events_then_the_prediction(server: ServerThread, fake_lm: FakeLM) -> None:

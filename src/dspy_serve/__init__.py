@@ -1,7 +1,7 @@
 """dspy-serve: serve any DSPy program as a typed, truly async HTTP API."""
 
 from dspy_serve.app import create_app, install_error_handlers, router
-from dspy_serve.client import Client, RemoteProgram
+from dspy_serve.client import Client, ProxyError, RemoteProgram
 from dspy_serve.errors import (
     BadOverride,
     ClientCancelled,
@@ -32,6 +32,7 @@ __all__ = [
     "ModelNotAllowed",
     "Overloaded",
     "ProgramNotFound",
+    "ProxyError",
     "RemoteProgram",
     "RequestTimeout",
     "SchemaError",

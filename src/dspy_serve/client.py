@@ -3,7 +3,9 @@
 ``Client(url).program("qa")`` returns a :class:`RemoteProgram`, a ``dspy.Module``: calling it
 returns a ``dspy.Prediction``, so a served program composes inside a local DSPy program like
 any other step. Errors come back as the server's own typed hierarchy (``dspy_serve.errors``);
-429 and 503 are retried with backoff, honouring ``Retry-After``, within a bounded budget.
+429, 502 and 503 are retried with backoff, honouring ``Retry-After``, within a bounded budget,
+and so is a 5xx that is not dspy-serve's own problem+json (:class:`ProxyError`): it comes
+from a proxy in front, such as Ray Serve's when the replica holding the call died.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dspy_serve import errors
 from dspy_serve.auth import Unauthorized
 from dspy_serve.ratelimit import RateLimited
 
-__all__ = ["Client", "RemoteProgram", "StatusEvent", "TokenEvent"]
+__all__ = ["Client", "ProxyError", "RemoteProgram", "StatusEvent", "TokenEvent"]
 
 _RETRYABLE = {429, 502, 503}
 _BY_CODE: dict[str, type[errors.ServeError]] = {
@@ -43,6 +45,13 @@ _BY_CODE: dict[str, type[errors.ServeError]] = {
         Unauthorized,
     )
 }
+
+
+class ProxyError(errors.ServeError):
+    """An error response that dspy-serve did not write: a proxy or load balancer in front of it
+    answered instead (Ray Serve's proxy says 500 when the replica serving the call died)."""
+
+    code = "proxy_error"
 
 
 @dataclass(frozen=True)
@@ -72,15 +81,21 @@ def _error(problem: dict[str, Any], status: int) -> errors.ServeError:
 def _raise_for(response: httpx.Response) -> None:
     if response.status_code < 400:
         return
-    try:
+    if not response.headers.get("content-type", "").startswith(errors.PROBLEM_CONTENT_TYPE):
+        error: errors.ServeError = ProxyError(response.text[:200] or f"HTTP {response.status_code}")
+        error.status = response.status_code
+    else:
         problem = response.json()
-    except ValueError:
-        problem = {"detail": response.text[:200]}
-    error = _error(problem if isinstance(problem, dict) else {}, response.status_code)
+        error = _error(problem if isinstance(problem, dict) else {}, response.status_code)
     retry_after = response.headers.get("retry-after")
     if retry_after and retry_after.isdigit():
         error.retry_after = float(retry_after)
     raise error
+
+
+def _retryable(error: errors.ServeError) -> bool:
+    # A proxy's 5xx means the program never answered (its replica died, say): try again.
+    return error.status in _RETRYABLE or (isinstance(error, ProxyError) and error.status >= 500)
 
 
 def _prediction(body: dict[str, Any]) -> dspy.Prediction:
@@ -157,7 +172,7 @@ class Client:
     def _delay(self, exc: Exception, attempt: int) -> float | None:
         if attempt >= self.retries:
             return None
-        if isinstance(exc, errors.ServeError) and exc.status not in _RETRYABLE:
+        if isinstance(exc, errors.ServeError) and not _retryable(exc):
             return None
         hint = getattr(exc, "retry_after", None)
         return float(hint) if isinstance(hint, (int, float)) else min(0.25 * 2**attempt, 4.0)
