@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -26,12 +27,13 @@ _ENDPOINTS = ("invoke", "batch", "stream")
 
 class Metrics:
     def __init__(self) -> None:
-        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         self.registry = CollectorRegistry()
-        if self.multiprocess:
+        if self.multiprocess_dir is not None:
             prometheus_multiprocess.MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
+            _forget_dead_processes(self.multiprocess_dir)
         # In multiprocess mode the samples go to files, which the collector above reads.
-        own = None if self.multiprocess else self.registry
+        own = None if self.multiprocess_dir is not None else self.registry
         self.requests = Counter(
             "dspy_serve_requests", "HTTP requests.", ["program", "endpoint", "status"], registry=own
         )
@@ -59,6 +61,13 @@ class Metrics:
         self.cost = Counter("dspy_serve_lm_cost_usd", "Estimated LM cost (USD).", ["model"], registry=own)
         self.errors = Counter("dspy_serve_errors", "Errors by problem code.", ["code"], registry=own)
 
+    def close(self) -> None:
+        """This process's gauges stop counting (its counters stay: they are history)."""
+        if self.multiprocess_dir is not None:
+            prometheus_multiprocess.mark_process_dead(  # type: ignore[no-untyped-call]
+                os.getpid(), self.multiprocess_dir
+            )
+
     def observe_call(
         self,
         usage: dict[str, dict[str, Any]],
@@ -80,6 +89,19 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _forget_dead_processes(directory: str) -> None:
+    """Drop the live gauges of processes killed before they could (a replica or worker that was
+    SIGKILLed and replaced), or ``calls_in_flight`` would count their calls forever."""
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        pid = int(path.stem.rpartition("_")[2])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            prometheus_multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+        except PermissionError:
+            pass  # alive, another user's
 
 
 class MetricsMiddleware:

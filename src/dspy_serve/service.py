@@ -118,6 +118,7 @@ class Service:
         self.state = ServiceState.STOPPING
         if self.lms is not None:
             await self.lms.aclose()
+        self.metrics.close()
         self.state = ServiceState.STOPPED
 
     @property
