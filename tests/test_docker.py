@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from dspy_serve.docker import image_ray_version
 from dspy_serve.settings import ServeSettings
 
 ROOT = Path(__file__).parent.parent
@@ -103,3 +104,17 @@ def test_paths_outside_the_build_context_are_refused(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 2 and "relative to the project directory" in result.stderr
+
+
+def test_a_ray_image_carries_ray_pinned_and_what_kuberay_probes_need(tmp_path: Path) -> None:
+    files = generate(
+        tmp_path, "examples/qa.py:program", "--model", "openai/gpt-4o-mini", "--engine=ray", "--replicas=2"
+    )
+    lines = files["Dockerfile"].splitlines()
+    install = next(line for line in lines if line.startswith("RUN pip install"))
+    assert "ray" in install.split("dspy-serve[")[1].split("]")[0]
+    assert f'"ray[serve]=={image_ray_version()}"' in install, "the image's Ray matches KubeRay's rayVersion"
+    assert any("wget" in line for line in lines if line.startswith("RUN apt-get"))
+    cmd = json.loads(lines[-1].removeprefix("CMD "))
+    assert cmd[cmd.index("--engine") + 1] == "ray" and cmd[cmd.index("--replicas") + 1] == "2"
+    assert yaml.safe_load(files["compose.yaml"])["services"]["api"]["shm_size"] == "2gb"

@@ -41,10 +41,13 @@ def create_app(
     *,
     programs: ProgramsArg | None = None,
     lm: dspy.BaseLM | None = None,
+    echo_request_id: bool = True,
 ) -> FastAPI:
     """A FastAPI app serving ``programs`` (objects) and ``settings.programs`` (TARGETs).
 
     ``lm`` replaces the default LM built from ``settings.model`` with your own instance.
+    ``echo_request_id=False`` leaves the ``X-Request-ID`` response header to a proxy in front
+    that already sets it (Ray Serve's).
     """
     settings = settings or ServeSettings()
     service = Service(settings, programs, lm)
@@ -96,7 +99,7 @@ def create_app(
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics, programs=frozenset(service.programs))
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestIdMiddleware, echo=echo_request_id)
     if settings.otel:
         _instrument(app)
     return app

@@ -124,6 +124,9 @@ def serve(settings: ServeSettings) -> None:
     from dspy_serve.server import ServeServer, uvicorn_config
 
     configure_logging(settings.log_level, settings.log_format)
+    if settings.engine == "ray":
+        _serve_on_ray(settings)
+        return
     if settings.workers > 1:
         from dspy_serve.workers import run_workers
 
@@ -143,6 +146,23 @@ def serve(settings: ServeSettings) -> None:
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it captured, after shutdown
         server.run()
     if not server.started:
+        sys.exit(3)
+
+
+def _serve_on_ray(settings: ServeSettings) -> None:
+    from dspy_serve.loader import ArtifactError, TargetError
+    from dspy_serve.schema import SchemaError
+
+    try:
+        from dspy_serve.ray_serve import run_on_ray
+    except ImportError:
+        raise click.UsageError("--engine ray needs Ray Serve: pip install 'dspy-serve[ray]'") from None
+    if settings.workers > 1:
+        raise click.UsageError("--workers is for --engine uvicorn; on Ray, use --replicas")
+    try:
+        run_on_ray(settings)
+    except (ArtifactError, TargetError, SchemaError, ValueError, ImportError) as exc:
+        click.echo(f"dspy-serve: cannot start: {exc}", err=True)
         sys.exit(3)
 
 
@@ -290,3 +310,45 @@ docker_command = click.Command(
     context_settings={"max_content_width": 110},
 )
 main.add_command(docker_command)
+
+
+def _kuberay(config: Path | None, image: str, out: Path, **values: Any) -> None:
+    from dspy_serve.docker import image_ray_version
+    from dspy_serve.kuberay import SECRET_NAME, write_rayservice
+
+    settings = _settings(config, values)
+    try:
+        path = write_rayservice(settings, image, image_ray_version(), out)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"wrote {path}")
+    click.echo(
+        f"Next: build {image} with `dspy-serve docker --engine ray` (same TARGETs), push it, "
+        f"kubectl create secret generic {SECRET_NAME} --from-env-file=.env, kubectl apply -f {path}",
+        err=True,
+    )
+
+
+kuberay_command = click.Command(
+    "kuberay",
+    callback=_kuberay,
+    params=[
+        *run_command.params,
+        click.Option(
+            ["--image", "image"],
+            required=True,
+            help="The image the pods run: built from `dspy-serve docker --engine ray`, in your registry.",
+        ),
+        click.Option(
+            ["--out", "out"],
+            type=click.Path(file_okay=False, path_type=Path),
+            default=Path("."),
+            show_default=True,
+            help="Directory to write rayservice.yaml to.",
+        ),
+    ],
+    help="Write a KubeRay RayService manifest that runs these programs with these options on Kubernetes, "
+    "as replicas of a Ray Serve deployment. Paths must be relative to the project directory.",
+    context_settings={"max_content_width": 110},
+)
+main.add_command(kuberay_command)

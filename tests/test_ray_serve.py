@@ -1,0 +1,170 @@
+"""`dspy-serve run --engine ray`: the same app as replicas of a Ray Serve deployment.
+
+The cluster test starts a private Ray instance on loopback through the real CLI, talks to it
+over HTTP, SIGKILLs a replica under load and checks that no request is lost, then stops it with
+SIGTERM. The other tests check that the deployment is derived from our settings.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from dspy_serve import Client
+from dspy_serve.settings import ServeSettings
+from tests.conftest import PROGRAMS
+from tests.fake_lm import FakeLM
+from tests.test_cli import CLI, cli_env, free_port
+
+pytest.importorskip("ray.serve")
+
+from dspy_serve.ray_serve import APP_NAME, app_builder, deployment, payload
+
+QA = f"qa={PROGRAMS / 'serving.py'}:qa"
+
+
+def _replica_pids(url: str, want: int, seconds: float) -> set[int]:
+    """PIDs answering /health/live (each request reaches one replica), until ``want`` are seen."""
+    pids: set[int] = set()
+    deadline = time.monotonic() + seconds
+    while len(pids) < want and time.monotonic() < deadline:
+        try:
+            pids.add(httpx.get(url + "/health/live", timeout=2).json()["pid"])
+        except httpx.TransportError:
+            time.sleep(0.2)
+    return pids
+
+
+def _counted(url: str, endpoint: str) -> float:
+    total = 0.0
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=5).text):
+        for sample in family.samples:
+            if sample.name == "dspy_serve_requests_total" and sample.labels.get("endpoint") == endpoint:
+                total += sample.value
+    return total
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.timeout(300)
+def test_two_replicas_survive_a_killed_one_and_report_usage_and_metrics(fake_lm: FakeLM) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            *CLI,
+            "run",
+            QA,
+            "--engine",
+            "ray",
+            "--replicas",
+            "2",
+            "--replica-cpus",
+            "0.5",
+            "--port",
+            str(port),
+            "--model",
+            "openai/fake-model",
+            "--api-base",
+            fake_lm.base_url,
+            "--shutdown-grace",
+            "5",
+        ],
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        pids = _replica_pids(url, want=2, seconds=150)
+        assert len(pids) == 2, "both replicas answer behind Ray's proxy"
+
+        # Usage comes back per request, and /metrics on any replica counts both replicas.
+        for index in range(6):
+            response = httpx.post(url + "/qa/invoke", json={"inputs": {"question": f"q{index}"}}, timeout=30)
+            assert response.status_code == 200, response.text
+            assert response.json()["usage"]["openai/fake-model"]["total_tokens"] > 0
+            assert len(response.headers.get_list("x-request-id")) == 1, "one id, set by Ray's proxy"
+        assert _counted(url, "invoke") == 6
+
+        # Kill one replica while calls are in flight on both: every call still succeeds (Ray
+        # re-routes or the client retries), and Ray starts a replacement.
+        fake_lm.latency = 0.5
+        with Client(url, timeout=30, retries=4) as client, ThreadPoolExecutor(16) as pool:
+            qa = client.program("qa")
+            futures = [pool.submit(qa, question=f"k{index}") for index in range(32)]
+            time.sleep(0.3)
+            victim = min(pids)
+            os.kill(victim, signal.SIGKILL)
+            answers = [future.result(timeout=120) for future in futures]
+        assert all(answer.answer for answer in answers)
+        fake_lm.latency = 0.0
+        replacement = _replica_pids(url, want=2, seconds=90) - {victim}
+        assert replacement - pids, "Ray replaced the killed replica"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output[-3000:]
+    assert "ready on" in output
+    assert not any(_alive(pid) for pid in pids - {victim}), "replicas stop with the command"
+
+
+def test_deployment_options_come_from_the_settings() -> None:
+    fixed = deployment(
+        ServeSettings(programs=[QA], replicas=3, max_in_flight=8, max_queue=4, replica_cpus=0.25)
+    )
+    assert fixed.num_replicas == 3
+    assert fixed.max_ongoing_requests == 12, "a replica takes what it can run plus queue"
+    assert fixed.max_queued_requests == 4
+    assert fixed.ray_actor_options["num_cpus"] == 0.25
+
+    scaling = deployment(ServeSettings(programs=[QA], replicas=1, max_replicas=4, max_in_flight=10))
+    config = scaling._deployment_config.autoscaling_config
+    assert (config.min_replicas, config.max_replicas, config.target_ongoing_requests) == (1, 4, 5)
+
+    drained = deployment(ServeSettings(programs=[QA], shutdown_grace=7))
+    assert drained._deployment_config.graceful_shutdown_timeout_s == 7
+
+
+def test_payload_carries_secrets_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DSPY_SERVE_API_KEYS", "ops:s3cret-key")
+    settings = ServeSettings(programs=[QA], timeout=9)
+    assert payload(settings, secrets=False) == {"programs": [QA], "timeout": 9.0}
+    assert payload(settings, secrets=True)["api_keys"] == ["ops:s3cret-key"]
+
+
+def test_app_builder_is_what_ray_config_files_import() -> None:
+    application = app_builder({"programs": [QA], "replicas": 2})
+    assert application._bound_deployment.name == "DspyServe"
+    assert application._bound_deployment.num_replicas == 2
+    assert APP_NAME == "dspy-serve"
+
+
+def test_max_replicas_below_replicas_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_replicas cannot be below replicas"):
+        ServeSettings(programs=[QA], replicas=3, max_replicas=2)
+
+
+def test_busy_port_is_refused_before_ray_starts(fake_lm: FakeLM) -> None:
+    result = subprocess.run(
+        [*CLI, "run", QA, "--engine", "ray", "--port", str(fake_lm.port), "--model", "openai/fake-model"],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 3
+    assert f"cannot listen on 127.0.0.1:{fake_lm.port}" in result.stderr
