@@ -111,6 +111,13 @@ class Service:
 
     def begin_shutdown(self) -> None:
         """Readiness turns 503 and new calls are refused; calls in flight carry on."""
+        if self.state is ServiceState.READY:
+            busy = self.admission.running + self.admission.waiting if self.admission is not None else 0
+            logger.info(
+                "shutting down: readiness is 503, new calls are refused, %d in flight get %g s to finish",
+                busy,
+                self.settings.shutdown_grace,
+            )
         if self.state is not ServiceState.STOPPED:
             self.state = ServiceState.STOPPING
 

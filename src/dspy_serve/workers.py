@@ -10,14 +10,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 from pydantic import SecretStr
 
+from dspy_serve.logs import configure_logging
+from dspy_serve.service import Service
 from dspy_serve.settings import ServeSettings
 
 __all__ = ["run_workers", "worker_app"]
@@ -39,8 +44,32 @@ def worker_app() -> FastAPI:
     """The app of one worker (uvicorn calls this factory in each process)."""
     from dspy_serve.app import create_app
 
-    data = json.loads(Path(os.environ[SETTINGS_FILE_ENV]).read_text())
-    return create_app(ServeSettings.model_validate(data))
+    settings = ServeSettings.model_validate(json.loads(Path(os.environ[SETTINGS_FILE_ENV]).read_text()))
+    # A spawned process inherits no logging set-up: without this, a worker's logs are lost.
+    configure_logging(settings.log_level, settings.log_format)
+    app = create_app(settings)
+    _refuse_new_calls_on_exit(app.state.service)
+    return app
+
+
+def _refuse_new_calls_on_exit(service: Service) -> None:
+    """Turn readiness to 503 on SIGTERM/SIGINT, as a single process does, then let uvicorn drain.
+
+    A worker's uvicorn installs its signal handlers before it calls the app factory, so ours
+    runs first and hands over to theirs.
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        uvicorn_handler = signal.getsignal(sig)
+        if not callable(uvicorn_handler):
+            continue
+
+        def handler(
+            signum: int, frame: FrameType | None, uvicorn_handler: Callable[..., Any] = uvicorn_handler
+        ) -> None:
+            service.begin_shutdown()
+            uvicorn_handler(signum, frame)
+
+        signal.signal(sig, handler)
 
 
 def run_workers(settings: ServeSettings) -> None:
