@@ -22,7 +22,7 @@ from typing import IO, Literal
 from bench.httpclient import LOOPBACK, free_port, get_json, post_json
 from bench.programs import PROGRAMS, QUESTION
 
-__all__ = ["FakeProcess", "Server", "System", "start_fake_lm", "start_server"]
+__all__ = ["FakeProcess", "Server", "System", "start_fake_lm", "start_server", "stop_process"]
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAMS_FILE = ROOT / "bench" / "programs.py"

@@ -36,8 +36,12 @@ def _replica_pids(url: str, want: int, seconds: float) -> set[int]:
     deadline = time.monotonic() + seconds
     while len(pids) < want and time.monotonic() < deadline:
         try:
-            pids.add(httpx.get(url + "/health/live", timeout=2).json()["pid"])
+            response = httpx.get(url + "/health/live", timeout=2)
         except httpx.TransportError:
+            response = None
+        if response is not None and response.status_code == 200:
+            pids.add(response.json()["pid"])
+        else:  # not up yet, or Ray's proxy is up before the app is deployed (404)
             time.sleep(0.2)
     return pids
 
