@@ -16,11 +16,13 @@ from dspy_serve.settings import ServeSettings
 ROOT = Path(__file__).parent.parent
 
 
-def generate(tmp_path: Path, *args: str) -> dict[str, str]:
+def write_files(command: str, out: Path, *args: str) -> None:
+    """Run ``dspy-serve COMMAND ... --out OUT`` from the project, with secrets in its environment
+    that must never reach the files."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DSPY_SERVE_")}
-    env["OPENAI_API_KEY"] = "sk-must-not-appear"
+    env.update(OPENAI_API_KEY="sk-must-not-appear", DSPY_SERVE_API_KEYS="ops:key-must-not-appear")
     subprocess.run(
-        [sys.executable, "-m", "dspy_serve", "docker", *args, "--out", str(tmp_path)],
+        [sys.executable, "-m", "dspy_serve", command, *args, "--out", str(out)],
         cwd=ROOT,
         env=env,
         check=True,
@@ -28,6 +30,10 @@ def generate(tmp_path: Path, *args: str) -> dict[str, str]:
         text=True,
         timeout=60,
     )
+
+
+def generate(tmp_path: Path, *args: str) -> dict[str, str]:
+    write_files("docker", tmp_path, *args)
     return {name: (tmp_path / name).read_text() for name in ("Dockerfile", "compose.yaml", ".env.example")}
 
 
@@ -79,7 +85,7 @@ def test_the_embedded_model_image_builds_llama_cpp_portably(tmp_path: Path) -> N
 def test_no_secret_is_written_and_every_setting_is_listed(tmp_path: Path) -> None:
     files = generate(tmp_path, "examples/qa.py:program", "--model", "openai/gpt-4o-mini")
     for text in files.values():
-        assert "sk-must-not-appear" not in text
+        assert "must-not-appear" not in text
     assert "COPY . " not in files["Dockerfile"] and ".env" not in files["Dockerfile"].replace(
         ".env.example", ""
     )

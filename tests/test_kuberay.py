@@ -7,9 +7,6 @@ same builder a cluster imports, so a typo in either fails here rather than on th
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +14,7 @@ import pytest
 import yaml
 
 from dspy_serve.docker import image_ray_version
+from tests.test_docker import write_files
 
 pytest.importorskip("ray.serve")
 
@@ -24,22 +22,11 @@ from ray.serve.schema import ServeDeploySchema
 
 from dspy_serve.ray_serve import app_builder
 
-ROOT = Path(__file__).parent.parent
 IMAGE = "registry.example.com/qa:1"
 
 
 def kuberay(tmp_path: Path, *args: str) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DSPY_SERVE_")}
-    env.update(OPENAI_API_KEY="sk-must-not-appear", DSPY_SERVE_API_KEYS="ops:key-must-not-appear")
-    subprocess.run(
-        [sys.executable, "-m", "dspy_serve", "kuberay", *args, "--image", IMAGE, "--out", str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    write_files("kuberay", tmp_path, *args, "--image", IMAGE)
     text = (tmp_path / "rayservice.yaml").read_text()
     assert "must-not-appear" not in text
     return dict(yaml.safe_load(text))

@@ -49,6 +49,15 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
+def requests_counted(text: str, endpoint: str) -> float:
+    """``dspy_serve_requests_total`` of one endpoint, over every program and status."""
+    return sum(
+        value
+        for (name, labels), value in samples(text).items()
+        if name == "dspy_serve_requests_total" and ("endpoint", endpoint) in labels
+    )
+
+
 async def test_usage_and_cost_are_reported_and_plausible(http: httpx.AsyncClient) -> None:
     body = (await http.post("/qa/invoke", json=ASK)).json()
     usage = body["usage"][PRICED]

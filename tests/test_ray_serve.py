@@ -10,18 +10,19 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from dspy_serve import Client
 from dspy_serve.settings import ServeSettings
 from tests.conftest import PROGRAMS
-from tests.fake_lm import FakeLM
-from tests.test_cli import CLI, cli_env, free_port
+from tests.fake_lm import FakeLM, Hang
+from tests.test_cli import CLI, cli_env, free_port, serve_qa
+from tests.test_metrics import requests_counted
 
 pytest.importorskip("ray.serve")
 
@@ -46,15 +47,6 @@ def _replica_pids(url: str, want: int, seconds: float) -> set[int]:
     return pids
 
 
-def _counted(url: str, endpoint: str) -> float:
-    total = 0.0
-    for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=5).text):
-        for sample in family.samples:
-            if sample.name == "dspy_serve_requests_total" and sample.labels.get("endpoint") == endpoint:
-                total += sample.value
-    return total
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -65,33 +57,8 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.timeout(300)
 def test_two_replicas_survive_a_killed_one_and_report_usage_and_metrics(fake_lm: FakeLM) -> None:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            *CLI,
-            "run",
-            QA,
-            "--engine",
-            "ray",
-            "--replicas",
-            "2",
-            "--replica-cpus",
-            "0.5",
-            "--port",
-            str(port),
-            "--model",
-            "openai/fake-model",
-            "--api-base",
-            fake_lm.base_url,
-            "--shutdown-grace",
-            "5",
-        ],
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    ray = ["--engine", "ray", "--replicas", "2", "--replica-cpus", "0.5", "--shutdown-grace", "5"]
+    process, url = serve_qa(fake_lm, *ray)
     try:
         pids = _replica_pids(url, want=2, seconds=150)
         assert len(pids) == 2, "both replicas answer behind Ray's proxy"
@@ -102,7 +69,17 @@ def test_two_replicas_survive_a_killed_one_and_report_usage_and_metrics(fake_lm:
             assert response.status_code == 200, response.text
             assert response.json()["usage"]["openai/fake-model"]["total_tokens"] > 0
             assert len(response.headers.get_list("x-request-id")) == 1, "one id, set by Ray's proxy"
-        assert _counted(url, "invoke") == 6
+        assert requests_counted(httpx.get(url + "/metrics", timeout=5).text, "invoke") == 6
+
+        # Streams pass through Ray's proxy, and a caller who leaves cancels the LM call it started.
+        body = {"inputs": {"question": "streamed"}}
+        with httpx.stream("POST", url + "/qa/stream", json=body, timeout=30) as stream:
+            events = [line for line in stream.iter_lines() if line.startswith("event: ")]
+        assert "event: token" in events and events[-1] == "event: prediction"
+        fake_lm.when("hang", Hang())
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url + "/qa/invoke", json={"inputs": {"question": "hang"}}, timeout=2)
+        assert fake_lm.wait_for(lambda: fake_lm.requests_disconnected == 1, timeout=15), "LM call closed"
 
         # Kill one replica while calls are in flight on both: every call still succeeds (Ray
         # re-routes or the client retries), and Ray starts a replacement.
@@ -123,7 +100,40 @@ def test_two_replicas_survive_a_killed_one_and_report_usage_and_metrics(fake_lm:
         output, _ = process.communicate(timeout=120)
     assert process.returncode == 0, output[-3000:]
     assert "ready on" in output
-    assert not any(_alive(pid) for pid in pids - {victim}), "replicas stop with the command"
+    assert not any(_alive(pid) for pid in pids | replacement), "replicas stop with the command"
+
+
+@pytest.mark.timeout(300)
+def test_deploys_onto_a_running_cluster_and_leaves_it_running(fake_lm: FakeLM) -> None:
+    gcs_port = free_port()
+    # A one-node cluster on loopback, as `ray start` makes them; --block keeps it in the foreground.
+    ray_start = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--num-cpus=2"]
+    head = subprocess.Popen(
+        [*ray_start, f"--port={gcs_port}", "--node-ip-address=127.0.0.1", "--include-dashboard=false"],
+        env=cli_env(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        process, url = serve_qa(
+            fake_lm, "--engine", "ray", "--ray-address", f"127.0.0.1:{gcs_port}", "--replica-cpus", "0.5"
+        )
+        try:
+            assert _replica_pids(url, want=1, seconds=150), "the application answers on the cluster"
+            response = httpx.post(url + "/qa/invoke", json={"inputs": {"question": "q"}}, timeout=30)
+            assert response.status_code == 200, response.text
+        finally:
+            process.send_signal(signal.SIGTERM)
+            output, _ = process.communicate(timeout=120)
+        assert process.returncode == 0, output[-3000:]
+        assert head.poll() is None, "the cluster outlives the command"
+        gone = httpx.get(url + "/health/live", timeout=10)
+        assert gone.status_code == 404, "the application was deleted; Ray's proxy still answers"
+    finally:
+        head.send_signal(signal.SIGTERM)
+        head_output, _ = head.communicate(timeout=60)
+    assert head.returncode is not None, head_output[-2000:]
 
 
 def test_deployment_options_come_from_the_settings() -> None:

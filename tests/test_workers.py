@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import PROGRAMS
 from tests.fake_lm import FakeLM
-from tests.test_cli import CLI, cli_env, free_port
+from tests.test_cli import serve_qa
+from tests.test_metrics import requests_counted
 
 
 def _ready_workers(url: str, want: int) -> set[int]:
@@ -33,31 +31,9 @@ def _ready_workers(url: str, want: int) -> set[int]:
 def test_two_workers_share_the_port_metrics_and_rate_limit(fake_lm: FakeLM, redis_url: str) -> None:
     storage = f"{redis_url}/1"
     redis.Redis.from_url(storage).flushdb()
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            *CLI,
-            "run",
-            f"qa={PROGRAMS / 'serving.py'}:qa",
-            "--workers",
-            "2",
-            "--port",
-            str(port),
-            "--model",
-            "openai/fake-model",
-            "--api-base",
-            fake_lm.base_url,
-            "--rate-limit",
-            "3/minute",
-            "--rate-limit-storage",
-            storage,
-        ],
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    process, url = serve_qa(
+        fake_lm, "--workers", "2", "--rate-limit", "3/minute", "--rate-limit-storage", storage
     )
-    url = f"http://127.0.0.1:{port}"
     try:
         assert len(_ready_workers(url, 2)) == 2, "both workers answer on the one port"
 
@@ -67,11 +43,7 @@ def test_two_workers_share_the_port_metrics_and_rate_limit(fake_lm: FakeLM, redi
         ]
         assert statuses == [200, 200, 200, 429], "the limit holds across workers"
 
-        counted = 0.0
-        for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=5).text):
-            for sample in family.samples:
-                if sample.name == "dspy_serve_requests_total" and sample.labels.get("endpoint") == "invoke":
-                    counted += sample.value
+        counted = requests_counted(httpx.get(url + "/metrics", timeout=5).text, "invoke")
         assert counted == 4, "any worker's /metrics counts every worker's requests"
     finally:
         process.send_signal(signal.SIGINT)
@@ -80,29 +52,7 @@ def test_two_workers_share_the_port_metrics_and_rate_limit(fake_lm: FakeLM, redi
 
 
 def test_sigterm_turns_every_worker_unready_and_lets_calls_in_flight_finish(fake_lm: FakeLM) -> None:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            *CLI,
-            "run",
-            f"qa={PROGRAMS / 'serving.py'}:qa",
-            "--workers",
-            "2",
-            "--port",
-            str(port),
-            "--model",
-            "openai/fake-model",
-            "--api-base",
-            fake_lm.base_url,
-            "--log-format",
-            "text",
-        ],
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    process, url = serve_qa(fake_lm, "--workers", "2", "--log-format", "text")
     try:
         assert len(_ready_workers(url, 2)) == 2
         fake_lm.latency = 2.0

@@ -277,6 +277,16 @@ mcp_command = click.Command(
 main.add_command(mcp_command)
 
 
+def _out_option(help_text: str) -> click.Option:
+    return click.Option(
+        ["--out", "out"],
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("."),
+        show_default=True,
+        help=help_text,
+    )
+
+
 def _docker(config: Path | None, out: Path, **values: Any) -> None:
     from importlib.metadata import version
 
@@ -297,13 +307,7 @@ docker_command = click.Command(
     callback=_docker,
     params=[
         *run_command.params,
-        click.Option(
-            ["--out", "out"],
-            type=click.Path(file_okay=False, path_type=Path),
-            default=Path("."),
-            show_default=True,
-            help="Directory to write Dockerfile, compose.yaml and .env.example to.",
-        ),
+        _out_option("Directory to write Dockerfile, compose.yaml and .env.example to."),
     ],
     help="Write a production Dockerfile, compose.yaml and .env.example that run these programs with "
     "these options. Paths must be relative to the project directory (the build context).",
@@ -339,13 +343,7 @@ kuberay_command = click.Command(
             required=True,
             help="The image the pods run: built from `dspy-serve docker --engine ray`, in your registry.",
         ),
-        click.Option(
-            ["--out", "out"],
-            type=click.Path(file_okay=False, path_type=Path),
-            default=Path("."),
-            show_default=True,
-            help="Directory to write rayservice.yaml to.",
-        ),
+        _out_option("Directory to write rayservice.yaml to."),
     ],
     help="Write a KubeRay RayService manifest that runs these programs with these options on Kubernetes, "
     "as replicas of a Ray Serve deployment. Paths must be relative to the project directory.",

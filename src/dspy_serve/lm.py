@@ -104,18 +104,52 @@ def is_local_model(model: str | None) -> bool:
     return model is None or model == "local" or model.startswith("local/") or model.endswith(".gguf")
 
 
+# Where a predictor's own LM sends its calls, and with which key: the service's, not the program's.
+_ENDPOINT_KWARGS = frozenset({"api_base", "base_url", "api_key", "model_list"})
+
+
+def allowed_models(settings: ServeSettings, default: dspy.BaseLM | None = None) -> list[str]:
+    """The models this service may call: the default one, then the allow-list."""
+    default_name = default.model if default is not None else settings.model or "local"
+    return list(dict.fromkeys([default_name, *settings.allow_models]))
+
+
+def _same_model(allowed: str, model: str) -> bool:
+    return allowed == model or (is_local_model(allowed) and is_local_model(model))
+
+
+def own_lm_problems(module: dspy.Module, allowed: list[str]) -> list[str]:
+    """Predictors whose own LM (set by their program, or saved in its artifact) names a model
+    outside the allow-list: DSPy would call it directly, past the service's rules."""
+    return [
+        f"predictor {name!r} has its own LM {predictor.lm.model!r}"
+        for name, predictor in module.named_predictors()
+        if predictor.lm is not None and not any(_same_model(a, predictor.lm.model) for a in allowed)
+    ]
+
+
 class LanguageModels:
     """The default LM and the allow-listed alternatives, one instance each."""
 
     def __init__(self, settings: ServeSettings, default: dspy.BaseLM | None = None) -> None:
         self._settings = settings
-        self.default_name = default.model if default is not None else settings.model or "local"
+        names = allowed_models(settings, default)
+        self.default_name = names[0]
         self._lms: dict[str, dspy.BaseLM] = {}
         if default is not None:
             self._lms[self.default_name] = default  # the caller's own instance, used as given
-        for name in [self.default_name, *settings.allow_models]:
+        for name in names:
             if name not in self._lms:
                 self._lms[name] = self._build(name)
+
+    def adopt(self, own: dspy.BaseLM) -> dspy.BaseLM:
+        """Serve a predictor's own LM with this registry's instance of the same model, so its
+        calls get the pool, the deadline-bound retries and the metrics; its request parameters
+        (temperature, max_tokens, ...) are kept. The model was checked against the allow-list
+        when the programs loaded."""
+        name = next(key for key in self._lms if _same_model(key, own.model))
+        kwargs = {k: v for k, v in own.kwargs.items() if k not in _ENDPOINT_KWARGS}
+        return self._lms[name].copy(**kwargs)
 
     def model_of(self, name: str | None) -> str:
         """The provider model string behind an allow-list name ("local" -> "local/SmolLM2-...")."""

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from dspy_serve import pricing, tracing
 from dspy_serve.admission import Admission
 from dspy_serve.errors import RequestTimeout, ServeError, ServiceUnavailable, UpstreamError, from_exception
-from dspy_serve.lm import LanguageModels
+from dspy_serve.lm import LanguageModels, allowed_models, own_lm_problems
 from dspy_serve.loader import LoadedProgram, load_program, parse_target
 from dspy_serve.metrics import Metrics
 from dspy_serve.ratelimit import RateLimiter
@@ -68,7 +68,13 @@ class Service:
         self.settings = settings
         self._given_lm = lm
         self.programs: dict[str, Program] = {}
+        allowed = allowed_models(settings, lm)
         for loaded in _load_all(settings, programs or {}):
+            if problems := own_lm_problems(loaded.module, allowed):
+                raise ValueError(
+                    f"program {loaded.name!r}: {'; '.join(problems)}, not in the allow-list "
+                    f"({', '.join(allowed)}): add it with --allow-model, or clear that LM"
+                )
             declared = _declared_signatures(settings).get(loaded.name)
             interface = derive_interface(
                 loaded.name, loaded.module, declared, max_input_chars=settings.max_input_chars
@@ -95,6 +101,9 @@ class Service:
         self.limiter = RateLimiter(self.settings)
         adapter = _adapter(self.settings, self.lms)
         for program in self.programs.values():
+            for _, predictor in program.loaded.module.named_predictors():
+                if predictor.lm is not None:
+                    predictor.lm = self.lms.adopt(predictor.lm)
             program.runner = ProgramRunner(program.loaded, program.interface, self._threads, adapter)
         # Everything built so far (DSPy, the programs, the LMs) lives as long as the process:
         # keep it out of every future garbage collection, which otherwise walks it again and
