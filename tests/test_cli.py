@@ -31,13 +31,13 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def serve_qa(fake: FakeLM, *flags: str) -> tuple[subprocess.Popen[str], str]:
+def serve_qa(fake: FakeLM, *flags: str, **env: str) -> tuple[subprocess.Popen[str], str]:
     """``dspy-serve run`` of the qa program on the fake LM, in a subprocess: (process, base URL)."""
     port = free_port()
     argv = [*CLI, "run", f"qa={PROGRAMS / 'serving.py'}:qa", "--port", str(port)]
     argv += ["--model", "openai/fake-model", "--api-base", fake.base_url, *flags]
     process = subprocess.Popen(
-        argv, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        argv, env=cli_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     return process, f"http://127.0.0.1:{port}"
 

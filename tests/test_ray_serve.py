@@ -29,6 +29,9 @@ pytest.importorskip("ray.serve")
 from dspy_serve.ray_serve import APP_NAME, app_builder, deployment, payload
 
 QA = f"qa={PROGRAMS / 'serving.py'}:qa"
+# Ray 2.60 turns token authentication on for a cluster that `ray start` makes; a driver that
+# connects to it must say so too (Ray's docs: RAY_AUTH_MODE=token; the token is ~/.ray/auth_token).
+TOKEN_AUTH = {"RAY_AUTH_MODE": "token"}
 
 
 def _replica_pids(url: str, want: int, seconds: float) -> set[int]:
@@ -61,7 +64,11 @@ def test_two_replicas_survive_a_killed_one_and_report_usage_and_metrics(fake_lm:
     process, url = serve_qa(fake_lm, *ray)
     try:
         pids = _replica_pids(url, want=2, seconds=150)
-        assert len(pids) == 2, "both replicas answer behind Ray's proxy"
+        if len(pids) < 2:
+            process.terminate()
+            pytest.fail(
+                f"both replicas should answer behind Ray's proxy:\n{process.communicate(timeout=60)[0]}"
+            )
 
         # Usage comes back per request, and /metrics on any replica counts both replicas.
         for index in range(6):
@@ -110,15 +117,14 @@ def test_deploys_onto_a_running_cluster_and_leaves_it_running(fake_lm: FakeLM) -
     ray_start = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--num-cpus=2"]
     head = subprocess.Popen(
         [*ray_start, f"--port={gcs_port}", "--node-ip-address=127.0.0.1", "--include-dashboard=false"],
-        env=cli_env(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0"),
+        env=cli_env(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0", **TOKEN_AUTH),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
     try:
-        process, url = serve_qa(
-            fake_lm, "--engine", "ray", "--ray-address", f"127.0.0.1:{gcs_port}", "--replica-cpus", "0.5"
-        )
+        ray = ["--engine", "ray", "--ray-address", f"127.0.0.1:{gcs_port}", "--replica-cpus", "0.5"]
+        process, url = serve_qa(fake_lm, *ray, **TOKEN_AUTH)
         try:
             assert _replica_pids(url, want=1, seconds=150), "the application answers on the cluster"
             response = httpx.post(url + "/qa/invoke", json={"inputs": {"question": "q"}}, timeout=30)

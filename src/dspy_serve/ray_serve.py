@@ -12,6 +12,7 @@ Needs the optional extra: ``pip install 'dspy-serve[ray]'``.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import os
@@ -139,9 +140,10 @@ def run_on_ray(settings: ServeSettings) -> None:
     # A fresh path, made by each replica on its own node (the cluster's nodes share no disk).
     metrics_dir = str(Path(tempfile.gettempdir()) / f"dspy-serve-metrics-{uuid.uuid4().hex[:12]}")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phone-home from a serving process
-    if local:
+    if local or _is_loopback(settings.ray_address):
         # Ray's single-machine mode, read when ray is first imported: every Ray process then
-        # uses the loopback address as its node IP, and nothing leaves the machine.
+        # uses the loopback address as its node IP (else Ray swaps 127.0.0.1 for the machine's
+        # address), and nothing leaves the machine.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
     from ray import serve
@@ -172,6 +174,14 @@ def run_on_ray(settings: ServeSettings) -> None:
             serve.shutdown()  # type: ignore[no-untyped-call]
             ray.shutdown()
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _is_loopback(address: str | None) -> bool:
+    host = (address or "").removeprefix("ray://").rpartition(":")[0].strip("[]")
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_port_free(host: str, port: int) -> None:
