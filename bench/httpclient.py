@@ -123,22 +123,23 @@ class Connection:
             raise ProtocolError("connection closed mid-body") from exc
 
 
-async def _once(method: str, url: str, body: bytes | None, timeout: float) -> Response:
-    host, port, path = split_url(url)
+# Every one-off exchange (stats, resets, readiness polls) is bounded: a stuck server fails the run.
+_EXCHANGE_TIMEOUT = 5.0
 
-    async def exchange() -> Response:
+
+async def _once(method: str, url: str, body: bytes | None) -> Response:
+    host, port, path = split_url(url)
+    async with asyncio.timeout(_EXCHANGE_TIMEOUT):
         connection = await Connection.open(host, port)
         try:
             return await connection.request(build_request(method, host, port, path, body))
         finally:
             await connection.close()
 
-    return await asyncio.wait_for(exchange(), timeout)
+
+async def get_json(url: str) -> Response:
+    return await _once("GET", url, None)
 
 
-async def get_json(url: str, timeout: float = 5.0) -> Response:
-    return await _once("GET", url, None, timeout)
-
-
-async def post_json(url: str, payload: Any, timeout: float = 5.0) -> Response:
-    return await _once("POST", url, json.dumps(payload).encode(), timeout)
+async def post_json(url: str, payload: Any) -> Response:
+    return await _once("POST", url, json.dumps(payload).encode())

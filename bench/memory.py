@@ -49,9 +49,9 @@ def _wait_ready(port: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if asyncio.run(get_json(f"http://{LOOPBACK}:{port}/health/ready", timeout=2.0)).status == 200:
+            if asyncio.run(get_json(f"http://{LOOPBACK}:{port}/health/ready")).status == 200:
                 return
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             pass
         time.sleep(0.2)
     raise RuntimeError("dspy-serve was not ready in time")

@@ -220,9 +220,9 @@ def start_server(
         if popen.poll() is not None:
             raise RuntimeError(f"{system.key} exited with {popen.returncode} at startup; see {log}")
         try:
-            if asyncio.run(get_json(f"http://{LOOPBACK}:{port}{health}", timeout=2.0)).status == 200:
+            if asyncio.run(get_json(f"http://{LOOPBACK}:{port}{health}")).status == 200:
                 return Server(system, popen, port, argv)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             pass
         time.sleep(0.2)
     stop_process(popen)

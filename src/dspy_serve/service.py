@@ -14,7 +14,7 @@ import os
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import anyio
@@ -40,7 +40,7 @@ __all__ = ["Program", "Service", "ServiceState"]
 logger = logging.getLogger("dspy_serve")
 
 
-class ServiceState(str, Enum):
+class ServiceState(StrEnum):
     STARTING = "starting"
     READY = "ready"
     STOPPING = "stopping"
