@@ -26,7 +26,7 @@ from tests.test_metrics import requests_counted
 
 pytest.importorskip("ray.serve")
 
-from dspy_serve.ray_serve import APP_NAME, app_builder, deployment, payload
+from dspy_serve.ray_serve import APP_NAME, app_builder, deployment
 
 QA = f"qa={PROGRAMS / 'serving.py'}:qa"
 # Ray 2.60 turns token authentication on for a cluster that `ray start` makes; a driver that
@@ -157,13 +157,6 @@ def test_deployment_options_come_from_the_settings() -> None:
 
     drained = deployment(ServeSettings(programs=[QA], shutdown_grace=7))
     assert drained._deployment_config.graceful_shutdown_timeout_s == 7
-
-
-def test_payload_carries_secrets_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DSPY_SERVE_API_KEYS", "ops:s3cret-key")
-    settings = ServeSettings(programs=[QA], timeout=9)
-    assert payload(settings, secrets=False) == {"programs": [QA], "timeout": 9.0}
-    assert payload(settings, secrets=True)["api_keys"] == ["ops:s3cret-key"]
 
 
 def test_app_builder_is_what_ray_config_files_import() -> None:

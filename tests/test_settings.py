@@ -260,3 +260,12 @@ def test_sync_threads_default_to_max_in_flight() -> None:
 
 def test_sync_threads_use_sync_workers_when_set() -> None:
     assert ServeSettings(max_in_flight=32, sync_workers=4).sync_thread_count == 4
+
+
+def test_to_data_keeps_what_differs_and_secrets_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DSPY_SERVE_API_KEYS", "ops:s3cret-key")
+    settings = ServeSettings(programs=["qa.py:qa"], timeout=9)
+    assert settings.to_data(secrets=False) == {"programs": ["qa.py:qa"], "timeout": 9.0}
+    data = settings.to_data(secrets=True)
+    assert data["api_keys"] == ["ops:s3cret-key"]
+    assert ServeSettings.model_validate(data) == settings, "another process rebuilds the same settings"

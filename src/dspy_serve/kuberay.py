@@ -29,8 +29,8 @@ _CLUSTER_ONLY = {"engine", "ray_address", "host", "port", "workers"}
 
 def serve_config(settings: ServeSettings) -> dict[str, Any]:
     """Ray Serve's config (``serve deploy`` takes it as is): one application, our builder."""
-    located = relocate_files(settings, in_image)
-    args = located.model_dump(mode="json", exclude_defaults=True, exclude={"api_keys", *_CLUSTER_ONLY})
+    data = relocate_files(settings, in_image).to_data(secrets=False)
+    args = {name: value for name, value in data.items() if name not in _CLUSTER_ONLY}
     return {
         "http_options": {"host": "0.0.0.0", "port": PORT},
         "applications": [

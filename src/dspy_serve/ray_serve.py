@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import uuid
@@ -74,14 +75,6 @@ class DspyServe:
             raise RuntimeError("dspy-serve replica is not ready")
 
 
-def payload(settings: ServeSettings, *, secrets: bool) -> dict[str, Any]:
-    """The settings as plain JSON-able data; without secrets, replicas take them from their env."""
-    data = settings.model_dump(mode="json", exclude_defaults=True, exclude={"api_keys"})
-    if secrets and settings.api_keys:
-        data["api_keys"] = [key.get_secret_value() for key in settings.api_keys]
-    return data
-
-
 def deployment(settings: ServeSettings, env: dict[str, str] | None = None) -> Deployment:
     """The Serve deployment's options, all derived from our settings (``env``: the replicas')."""
     from ray import serve
@@ -112,7 +105,7 @@ def deployment(settings: ServeSettings, env: dict[str, str] | None = None) -> De
 
 def build_application(settings: ServeSettings, env: dict[str, str] | None = None) -> Application:
     """The application ``run_on_ray`` deploys: secrets travel in the payload, as its env has them."""
-    return deployment(settings, env).bind(payload(settings, secrets=True))
+    return deployment(settings, env).bind(settings.to_data(secrets=True))
 
 
 def app_builder(args: dict[str, Any]) -> Application:
@@ -166,7 +159,7 @@ def run_on_ray(settings: ServeSettings) -> None:
     try:
         serve.start(http_options={"host": located.host, "port": located.port})
         serve.run(application, name=APP_NAME, route_prefix="/", blocking=False)
-        print(f"dspy-serve: ready on http://{located.host}:{located.port} (Ray Serve)", flush=True)
+        print(f"dspy-serve: ready on http://{located.host}:{located.port} (Ray Serve)", file=sys.stderr)
         stop.wait()
         serve.delete(APP_NAME)
     finally:

@@ -267,6 +267,15 @@ class ServeSettings(BaseSettings):
                 _check_rate(limit)
         return self
 
+    def to_data(self, *, secrets: bool) -> dict[str, Any]:
+        """The settings as plain JSON data for another process (a worker, a replica): only what
+        differs from the defaults. Without ``secrets``, API keys are left out and the receiving
+        process takes them from its own environment."""
+        data = self.model_dump(mode="json", exclude_defaults=True, exclude={"api_keys"})
+        if secrets and self.api_keys:
+            data["api_keys"] = [key.get_secret_value() for key in self.api_keys]
+        return data
+
     @property
     def connection_pool_size(self) -> int:
         """Never let the LM pool be the hidden cap: at least one connection per running call."""

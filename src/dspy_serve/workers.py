@@ -19,7 +19,6 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
-from pydantic import SecretStr
 
 from dspy_serve.logs import configure_logging
 from dspy_serve.service import Service
@@ -28,16 +27,6 @@ from dspy_serve.settings import ServeSettings
 __all__ = ["run_workers", "worker_app"]
 
 SETTINGS_FILE_ENV = "DSPY_SERVE_WORKER_SETTINGS_FILE"
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, SecretStr):
-        return value.get_secret_value()
-    if isinstance(value, list):
-        return [_plain(item) for item in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 def worker_app() -> FastAPI:
@@ -77,7 +66,7 @@ def run_workers(settings: ServeSettings) -> None:
     try:
         settings_file = workdir / "settings.json"
         settings_file.touch(mode=0o600)
-        settings_file.write_text(json.dumps({name: _plain(value) for name, value in settings}))
+        settings_file.write_text(json.dumps(settings.to_data(secrets=True)))
         metrics_dir = workdir / "metrics"
         metrics_dir.mkdir()
         os.environ[SETTINGS_FILE_ENV] = str(settings_file)
