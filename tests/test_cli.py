@@ -32,12 +32,18 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 
 def serve_qa(fake: FakeLM, *flags: str, **env: str) -> tuple[subprocess.Popen[str], str]:
-    """``dspy-serve run`` of the qa program on the fake LM, in a subprocess: (process, base URL)."""
+    """``dspy-serve run`` of the qa program on the fake LM, in a subprocess leading its own process
+    group (as under a supervisor): (process, base URL)."""
     port = free_port()
     argv = [*CLI, "run", f"qa={PROGRAMS / 'serving.py'}:qa", "--port", str(port)]
     argv += ["--model", "openai/fake-model", "--api-base", fake.base_url, *flags]
     process = subprocess.Popen(
-        argv, env=cli_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        argv,
+        env=cli_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     return process, f"http://127.0.0.1:{port}"
 

@@ -111,6 +111,26 @@ def test_two_replicas_survive_a_killed_one_and_report_usage_and_metrics(fake_lm:
 
 
 @pytest.mark.timeout(300)
+def test_sigterm_to_the_whole_process_group_still_ends_the_command(fake_lm: FakeLM) -> None:
+    # systemd (KillMode=control-group) and `timeout` signal every process of the group, Ray's
+    # own control processes included: the command must not wait forever on a control store
+    # that is gone.
+    process, url = serve_qa(fake_lm, "--engine", "ray", "--replica-cpus", "0.5", "--shutdown-grace", "1")
+    try:
+        pids = _replica_pids(url, want=1, seconds=150)
+        assert pids, "the replica answers"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        output, _ = process.communicate(timeout=90)  # the drain (1 s) plus Ray's slack (30 s), bounded
+    # It ends (with Ray's exit status 1: its control store is gone), saying why it stopped waiting.
+    assert "Ray did not confirm the deletion" in output, output[-3000:]
+    deadline = time.monotonic() + 60
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not any(_alive(pid) for pid in pids), "the replica does not outlive its cluster"
+
+
+@pytest.mark.timeout(300)
 def test_deploys_onto_a_running_cluster_and_leaves_it_running(fake_lm: FakeLM) -> None:
     gcs_port = free_port()
     # A one-node cluster on loopback, as `ray start` makes them; --block keeps it in the foreground.

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,10 @@ __all__ = ["app_builder", "build_application", "run_on_ray"]
 APP_NAME = "dspy-serve"
 DEPLOYMENT_NAME = "DspyServe"
 _METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Beyond the drain itself: Ray's control loop, the replicas' lifespan shutdown.
+_RAY_SLACK = 30.0
+
+logger = logging.getLogger("dspy_serve")
 
 
 class DspyServe:
@@ -156,17 +161,35 @@ def run_on_ray(settings: ServeSettings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     application = build_application(located, {_METRICS_DIR_ENV: metrics_dir})
+    deleted = False
     try:
         serve.start(http_options={"host": located.host, "port": located.port})
         serve.run(application, name=APP_NAME, route_prefix="/", blocking=False)
         print(f"dspy-serve: ready on http://{located.host}:{located.port} (Ray Serve)", file=sys.stderr)
         stop.wait()
-        serve.delete(APP_NAME)
+        patience = settings.shutdown_grace + _RAY_SLACK
+        deleted = _bounded(lambda: serve.delete(APP_NAME), patience)
+        if not deleted:
+            logger.warning("Ray did not confirm the deletion within %g s; stopping anyway", patience)
     finally:
         if local:
-            serve.shutdown()  # type: ignore[no-untyped-call]
+            if deleted:
+                serve.shutdown()  # type: ignore[no-untyped-call]
             ray.shutdown()
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _bounded(action: Callable[[], object], seconds: float) -> bool:
+    """Run ``action`` for at most ``seconds``: whether it finished.
+
+    Ray's own processes share our process group, and a supervisor that signals the whole group
+    (systemd's default, ``timeout``) stops them under us: deleting the application would then
+    wait forever on a control store that is gone.
+    """
+    worker = threading.Thread(target=action, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    return not worker.is_alive()
 
 
 def _is_loopback(address: str | None) -> bool:
