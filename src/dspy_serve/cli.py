@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -115,12 +116,23 @@ def _run(config: Path | None, **values: Any) -> None:
     serve(_settings(config, values))
 
 
+@contextlib.contextmanager
+def _or_exit_3() -> Iterator[None]:
+    """A program, artifact or interface that cannot be served stops the command: one line, exit 3."""
+    from dspy_serve.loader import ArtifactError, TargetError
+    from dspy_serve.schema import SchemaError
+
+    try:
+        yield
+    except (ArtifactError, TargetError, SchemaError, ValueError, ImportError) as exc:
+        click.echo(f"dspy-serve: cannot start: {exc}", err=True)
+        sys.exit(3)
+
+
 def serve(settings: ServeSettings) -> None:
     """Run a server until interrupted: build the app (programs load now), then uvicorn."""
     from dspy_serve.app import create_app
-    from dspy_serve.loader import ArtifactError, TargetError
     from dspy_serve.logs import configure_logging
-    from dspy_serve.schema import SchemaError
     from dspy_serve.server import ServeServer, uvicorn_config
 
     configure_logging(settings.log_level, settings.log_format)
@@ -136,11 +148,8 @@ def serve(settings: ServeSettings) -> None:
         with contextlib.suppress(KeyboardInterrupt):
             run_workers(settings)
         return
-    try:
+    with _or_exit_3():
         app = create_app(settings)
-    except (ArtifactError, TargetError, SchemaError, ValueError, ImportError) as exc:
-        click.echo(f"dspy-serve: cannot start: {exc}", err=True)
-        sys.exit(3)
     click.echo(f"dspy-serve: serving on http://{settings.host}:{settings.port}  (docs: /docs)", err=True)
     server = ServeServer(uvicorn_config(app, settings), app.state.service)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it captured, after shutdown
@@ -150,20 +159,14 @@ def serve(settings: ServeSettings) -> None:
 
 
 def _serve_on_ray(settings: ServeSettings) -> None:
-    from dspy_serve.loader import ArtifactError, TargetError
-    from dspy_serve.schema import SchemaError
-
     try:
         from dspy_serve.ray_serve import run_on_ray
     except ImportError:
         raise click.UsageError("--engine ray needs Ray Serve: pip install 'dspy-serve[ray]'") from None
     if settings.workers > 1:
         raise click.UsageError("--workers is for --engine uvicorn; on Ray, use --replicas")
-    try:
+    with _or_exit_3():
         run_on_ray(settings)
-    except (ArtifactError, TargetError, SchemaError, ValueError, ImportError) as exc:
-        click.echo(f"dspy-serve: cannot start: {exc}", err=True)
-        sys.exit(3)
 
 
 def _friendly(exc: Exception) -> str:
@@ -250,18 +253,13 @@ def _mcp(config: Path | None, **values: Any) -> None:
         from dspy_serve.mcp_server import run_stdio
     except ImportError:
         raise click.UsageError("MCP needs the optional SDK: pip install 'dspy-serve[mcp]'") from None
-    from dspy_serve.loader import ArtifactError, TargetError
     from dspy_serve.logs import configure_logging
-    from dspy_serve.schema import SchemaError
     from dspy_serve.service import Service
 
     configure_logging(settings.log_level, settings.log_format)  # to stderr: stdout is the protocol
-    try:
-        with contextlib.redirect_stdout(sys.stderr):  # importing a program may print
-            service = Service(settings)
-    except (ArtifactError, TargetError, SchemaError, ValueError, ImportError) as exc:
-        click.echo(f"dspy-serve: cannot start: {exc}", err=True)
-        sys.exit(3)
+    # Importing a program may print: stdout is the protocol.
+    with _or_exit_3(), contextlib.redirect_stdout(sys.stderr):
+        service = Service(settings)
     with contextlib.suppress(KeyboardInterrupt):
         run_stdio(service)
 
