@@ -48,6 +48,28 @@ def serve_qa(fake: FakeLM, *flags: str, **env: str) -> tuple[subprocess.Popen[st
     return process, f"http://127.0.0.1:{port}"
 
 
+def answering_pids(url: str, want: int, seconds: float) -> set[int]:
+    """PIDs of the processes (workers, replicas) that answer ready at ``url``, until ``want`` did.
+
+    Each attempt is one connection, so its two requests reach one worker; behind Ray's proxy,
+    which answers 404 until the app is deployed, both still come from ready replicas.
+    """
+    pids: set[int] = set()
+    deadline = time.monotonic() + seconds
+    while len(pids) < want and time.monotonic() < deadline:
+        try:
+            with httpx.Client(base_url=url, timeout=2) as http:
+                if http.get("/health/ready").status_code == 200:
+                    live = http.get("/health/live")
+                    if live.status_code == 200:
+                        pids.add(live.json()["pid"])
+                        continue
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    return pids
+
+
 def test_help_documents_every_setting() -> None:
     result = subprocess.run([*CLI, "run", "--help"], capture_output=True, text=True, timeout=60, check=True)
     for flag in (

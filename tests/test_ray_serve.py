@@ -21,7 +21,7 @@ from dspy_serve import Client
 from dspy_serve.settings import ServeSettings
 from tests.conftest import PROGRAMS
 from tests.fake_lm import FakeLM, Hang
-from tests.test_cli import CLI, cli_env, free_port, serve_qa
+from tests.test_cli import CLI, answering_pids, cli_env, free_port, serve_qa
 from tests.test_metrics import requests_counted
 
 pytest.importorskip("ray.serve")
@@ -32,22 +32,6 @@ QA = f"qa={PROGRAMS / 'serving.py'}:qa"
 # Ray 2.60 turns token authentication on for a cluster that `ray start` makes; a driver that
 # connects to it must say so too (Ray's docs: RAY_AUTH_MODE=token; the token is ~/.ray/auth_token).
 TOKEN_AUTH = {"RAY_AUTH_MODE": "token"}
-
-
-def _replica_pids(url: str, want: int, seconds: float) -> set[int]:
-    """PIDs answering /health/live (each request reaches one replica), until ``want`` are seen."""
-    pids: set[int] = set()
-    deadline = time.monotonic() + seconds
-    while len(pids) < want and time.monotonic() < deadline:
-        try:
-            response = httpx.get(url + "/health/live", timeout=2)
-        except httpx.TransportError:
-            response = None
-        if response is not None and response.status_code == 200:
-            pids.add(response.json()["pid"])
-        else:  # not up yet, or Ray's proxy is up before the app is deployed (404)
-            time.sleep(0.2)
-    return pids
 
 
 def _alive(pid: int) -> bool:
@@ -63,7 +47,7 @@ def test_two_replicas_survive_a_killed_one_and_report_usage_and_metrics(fake_lm:
     ray = ["--engine", "ray", "--replicas", "2", "--replica-cpus", "0.5", "--shutdown-grace", "5"]
     process, url = serve_qa(fake_lm, *ray)
     try:
-        pids = _replica_pids(url, want=2, seconds=150)
+        pids = answering_pids(url, want=2, seconds=150)
         if len(pids) < 2:
             process.terminate()
             pytest.fail(
@@ -100,7 +84,7 @@ def test_two_replicas_survive_a_killed_one_and_report_usage_and_metrics(fake_lm:
             answers = [future.result(timeout=120) for future in futures]
         assert all(answer.answer for answer in answers)
         fake_lm.latency = 0.0
-        replacement = _replica_pids(url, want=2, seconds=90) - {victim}
+        replacement = answering_pids(url, want=2, seconds=90) - {victim}
         assert replacement - pids, "Ray replaced the killed replica"
     finally:
         process.send_signal(signal.SIGTERM)
@@ -117,7 +101,7 @@ def test_sigterm_to_the_whole_process_group_still_ends_the_command(fake_lm: Fake
     # that is gone.
     process, url = serve_qa(fake_lm, "--engine", "ray", "--replica-cpus", "0.5", "--shutdown-grace", "1")
     try:
-        pids = _replica_pids(url, want=1, seconds=150)
+        pids = answering_pids(url, want=1, seconds=150)
         assert pids, "the replica answers"
     finally:
         os.killpg(process.pid, signal.SIGTERM)
@@ -146,7 +130,7 @@ def test_deploys_onto_a_running_cluster_and_leaves_it_running(fake_lm: FakeLM) -
         ray = ["--engine", "ray", "--ray-address", f"127.0.0.1:{gcs_port}", "--replica-cpus", "0.5"]
         process, url = serve_qa(fake_lm, *ray, **TOKEN_AUTH)
         try:
-            assert _replica_pids(url, want=1, seconds=150), "the application answers on the cluster"
+            assert answering_pids(url, want=1, seconds=150), "the application answers on the cluster"
             response = httpx.post(url + "/qa/invoke", json={"inputs": {"question": "q"}}, timeout=30)
             assert response.status_code == 200, response.text
         finally:

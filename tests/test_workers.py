@@ -3,29 +3,14 @@
 from __future__ import annotations
 
 import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import redis
 
 from tests.fake_lm import FakeLM
-from tests.test_cli import serve_qa
+from tests.test_cli import answering_pids, serve_qa
 from tests.test_metrics import requests_counted
-
-
-def _ready_workers(url: str, want: int) -> set[int]:
-    """PIDs of workers that answered ready (each connection lands on one), until ``want`` did."""
-    pids: set[int] = set()
-    deadline = time.monotonic() + 90
-    while len(pids) < want and time.monotonic() < deadline:
-        try:
-            with httpx.Client(base_url=url, timeout=2) as http:  # one connection: one worker
-                if http.get("/health/ready").status_code == 200:
-                    pids.add(http.get("/health/live").json()["pid"])
-        except httpx.TransportError:
-            time.sleep(0.2)
-    return pids
 
 
 def test_two_workers_share_the_port_metrics_and_rate_limit(fake_lm: FakeLM, redis_url: str) -> None:
@@ -35,7 +20,7 @@ def test_two_workers_share_the_port_metrics_and_rate_limit(fake_lm: FakeLM, redi
         fake_lm, "--workers", "2", "--rate-limit", "3/minute", "--rate-limit-storage", storage
     )
     try:
-        assert len(_ready_workers(url, 2)) == 2, "both workers answer on the one port"
+        assert len(answering_pids(url, 2, seconds=90)) == 2, "both workers answer on the one port"
 
         statuses = [
             httpx.post(url + "/qa/invoke", json={"inputs": {"question": f"q{i}"}}, timeout=30).status_code
@@ -54,7 +39,7 @@ def test_two_workers_share_the_port_metrics_and_rate_limit(fake_lm: FakeLM, redi
 def test_sigterm_turns_every_worker_unready_and_lets_calls_in_flight_finish(fake_lm: FakeLM) -> None:
     process, url = serve_qa(fake_lm, "--workers", "2", "--log-format", "text")
     try:
-        assert len(_ready_workers(url, 2)) == 2
+        assert len(answering_pids(url, 2, seconds=90)) == 2
         fake_lm.latency = 2.0
         with ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(
