@@ -5,19 +5,14 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from dspy_serve import ServeSettings
-from tests.fake_lm import FakeLM
+from tests.support.fake_lm import FakeLM
+from tests.support.settings import FAKE_KEY
 
 # Tests talk only to 127.0.0.1: never let LiteLLM fetch its model-cost map.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-
-PROGRAMS = Path(__file__).parent / "programs"
-EXAMPLES = Path(__file__).parent.parent / "examples"
-FAKE_KEY = "sk-test-FAKE-KEY-must-never-leak"
 
 
 @pytest.fixture(autouse=True)
@@ -50,18 +45,6 @@ def provider_key(monkeypatch: pytest.MonkeyPatch) -> str:
     """A provider credential, set the way operators set it: in the provider's env var."""
     monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
     return FAKE_KEY
-
-
-def fake_settings(fake: FakeLM, **overrides: object) -> ServeSettings:
-    """Settings that serve on the fake LM through the real dspy.LM HTTP path."""
-    values: dict[str, object] = {
-        "model": "openai/fake-model",
-        "api_base": fake.base_url,
-        "timeout": 10.0,
-        "lm_retries": 0,
-    }
-    values.update(overrides)
-    return ServeSettings(**values)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")

@@ -5,69 +5,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
-from tests.conftest import FAKE_KEY, PROGRAMS
-from tests.fake_lm import FakeLM
-
-CLI = [sys.executable, "-m", "dspy_serve"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DSPY_SERVE_")}
-    env.update(OPENAI_API_KEY=FAKE_KEY, LITELLM_LOCAL_MODEL_COST_MAP="True", **extra)
-    return env
-
-
-def serve_qa(fake: FakeLM, *flags: str, **env: str) -> tuple[subprocess.Popen[str], str]:
-    """``dspy-serve run`` of the qa program on the fake LM, in a subprocess leading its own process
-    group (as under a supervisor): (process, base URL)."""
-    port = free_port()
-    argv = [*CLI, "run", f"qa={PROGRAMS / 'serving.py'}:qa", "--port", str(port)]
-    argv += ["--model", "openai/fake-model", "--api-base", fake.base_url, *flags]
-    process = subprocess.Popen(
-        argv,
-        env=cli_env(**env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    return process, f"http://127.0.0.1:{port}"
-
-
-def answering_pids(url: str, want: int, seconds: float) -> set[int]:
-    """PIDs of the processes (workers, replicas) that answer ready at ``url``, until ``want`` did.
-
-    Each attempt is one connection, so its two requests reach one worker; behind Ray's proxy,
-    which answers 404 until the app is deployed, both still come from ready replicas.
-    """
-    pids: set[int] = set()
-    deadline = time.monotonic() + seconds
-    while len(pids) < want and time.monotonic() < deadline:
-        try:
-            with httpx.Client(base_url=url, timeout=2) as http:
-                if http.get("/health/ready").status_code == 200:
-                    live = http.get("/health/live")
-                    if live.status_code == 200:
-                        pids.add(live.json()["pid"])
-                        continue
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    return pids
+from tests.support.cli import CLI, cli_env, free_port
+from tests.support.fake_lm import FakeLM
+from tests.support.settings import FAKE_KEY, PROGRAMS
 
 
 def test_help_documents_every_setting() -> None:
@@ -149,8 +95,8 @@ def test_bad_setting_values_are_usage_errors() -> None:
 
 def test_call_prints_the_outputs(fake_lm: FakeLM) -> None:
     from dspy_serve import create_app
-    from tests.conftest import fake_settings
-    from tests.servers import serving
+    from tests.support.servers import serving
+    from tests.support.settings import fake_settings
 
     fake_lm.answers = {"answer": "Paris"}
     os.environ.setdefault("OPENAI_API_KEY", FAKE_KEY)

@@ -13,10 +13,11 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from dspy_serve import ModelNotAllowed, UpstreamError, create_app
-from dspy_serve.client import Client, ProxyError, RemoteProgram, StatusEvent, TokenEvent
-from tests.conftest import PROGRAMS, fake_settings
-from tests.fake_lm import FakeLM, ServerError
-from tests.servers import ServerThread, serving
+from dspy_serve.client import Client, RemoteProgram, StatusEvent, TokenEvent
+from dspy_serve.errors import ProxyError
+from tests.support.fake_lm import FakeLM, ServerError
+from tests.support.servers import ServerThread, serving
+from tests.support.settings import PROGRAMS, fake_settings
 
 QA = f"qa={PROGRAMS / 'serving.py'}:qa"
 

@@ -24,7 +24,7 @@ from dspy_serve.errors import (
     UpstreamRateLimited,
     from_exception,
 )
-from dspy_serve.models import Problem
+from dspy_serve.web.envelopes import Problem
 
 SECRET = "sk-test-SECRET"
 

@@ -14,7 +14,7 @@ import httpx
 import pydantic
 import pytest
 
-from tests.fake_lm import (
+from tests.support.fake_lm import (
     Answer,
     AuthFailure,
     FakeLM,

@@ -1,24 +1,29 @@
 """dspy-serve: serve any DSPy program as a typed, truly async HTTP API."""
 
 from dspy_serve.app import create_app, install_error_handlers, router
-from dspy_serve.client import Client, ProxyError, RemoteProgram
+from dspy_serve.client import Client, RemoteProgram
 from dspy_serve.errors import (
     BadOverride,
     ClientCancelled,
     ContextTooLong,
     Forbidden,
+    HTTPProblem,
     InvalidInput,
     ModelNotAllowed,
     Overloaded,
     ProgramNotFound,
+    ProxyError,
+    RateLimited,
     RequestTimeout,
     ServeError,
     ServiceUnavailable,
+    Unauthorized,
+    UnsupportedRequest,
     UpstreamError,
     UpstreamRateLimited,
 )
-from dspy_serve.loader import ArtifactError, TargetError
-from dspy_serve.schema import SchemaError
+from dspy_serve.serving.loader import ArtifactError, TargetError
+from dspy_serve.serving.schema import SchemaError
 from dspy_serve.settings import ServeSettings, load_settings
 
 __all__ = [
@@ -28,11 +33,13 @@ __all__ = [
     "ClientCancelled",
     "ContextTooLong",
     "Forbidden",
+    "HTTPProblem",
     "InvalidInput",
     "ModelNotAllowed",
     "Overloaded",
     "ProgramNotFound",
     "ProxyError",
+    "RateLimited",
     "RemoteProgram",
     "RequestTimeout",
     "SchemaError",
@@ -40,6 +47,8 @@ __all__ = [
     "ServeSettings",
     "ServiceUnavailable",
     "TargetError",
+    "Unauthorized",
+    "UnsupportedRequest",
     "UpstreamError",
     "UpstreamRateLimited",
     "create_app",

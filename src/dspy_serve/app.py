@@ -5,36 +5,34 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import dspy
-from fastapi import APIRouter, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
-from dspy_serve.auth import ApiKeyMiddleware, KeyRing
-from dspy_serve.errors import PROBLEM_CONTENT_TYPE, HTTPProblem, InvalidInput, ServeError, from_exception
-from dspy_serve.metrics import MetricsMiddleware
-from dspy_serve.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from dspy_serve.openai_compat import build_openai_router
-from dspy_serve.routes import build_router
-from dspy_serve.service import Service
+from dspy_serve._version import VERSION
+from dspy_serve.interop.openai import build_openai_router
+from dspy_serve.serving.keys import KeyRing
+from dspy_serve.serving.programs import ProgramsArg
+from dspy_serve.serving.service import Service
 from dspy_serve.settings import ServeSettings
+from dspy_serve.web.access_log import AccessLogMiddleware
+from dspy_serve.web.auth import ApiKeyMiddleware
+from dspy_serve.web.discovery import build_router
+from dspy_serve.web.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from dspy_serve.web.openapi import document_event_streams
+from dspy_serve.web.problems import install_error_handlers
 
 if TYPE_CHECKING:
-    from dspy_serve.mcp_server import McpEndpoint
+    from dspy_serve.interop.mcp import McpEndpoint
 
-__all__ = ["create_app", "router"]
+__all__ = ["create_app", "install_error_handlers", "router"]
 
 logger = logging.getLogger("dspy_serve")
-
-ProgramsArg = Mapping[str, "dspy.Module | str | type[dspy.Signature]"]
-
 
 def create_app(
     settings: ServeSettings | None = None,
@@ -67,7 +65,7 @@ def create_app(
 
     app = FastAPI(
         title=settings.title,
-        version=_version(),
+        version=VERSION,
         description="DSPy programs served by dspy-serve. Errors are RFC 9457 problem+json.",
         lifespan=lifespan,
     )
@@ -77,7 +75,7 @@ def create_app(
     if mcp is not None:
         # A Route, not a mount: a mount only matches "/mcp/", so every POST would be redirected.
         app.router.routes.append(Route("/mcp", mcp.asgi_app, name="mcp", include_in_schema=False))
-    _document_event_streams(app)
+    document_event_streams(app)
     install_error_handlers(app)
     # Added innermost first: request ids wrap everything, CORS answers preflights before auth.
     keys = KeyRing.from_settings(settings)
@@ -98,7 +96,7 @@ def create_app(
             ],
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=service.metrics, programs=frozenset(service.programs))
+    app.add_middleware(AccessLogMiddleware, metrics=service.metrics, programs=frozenset(service.programs))
     app.add_middleware(RequestIdMiddleware, echo=echo_request_id)
     if settings.otel:
         _instrument(app)
@@ -128,91 +126,6 @@ def router(
     api = build_router(service)
     api.lifespan_context = lifespan
     return api
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Render every error as problem+json, mapped in one place (``errors.from_exception``)."""
-
-    def render(request: Request, error: ServeError) -> JSONResponse:
-        request_id = getattr(request.state, "request_id", None)
-        request.state.error_code = error.code  # for metrics and the access log
-        return JSONResponse(
-            error.problem(request_id=request_id, instance=request.url.path),
-            status_code=error.status,
-            headers=error.headers(),
-            media_type=PROBLEM_CONTENT_TYPE,
-        )
-
-    async def on_serve_error(request: Request, exc: Exception) -> JSONResponse:
-        return render(request, from_exception(exc))
-
-    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        errors = [
-            {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
-            for err in exc.errors()
-        ]
-        return render(
-            request, InvalidInput("The request does not match the program's input schema.", errors=errors)
-        )
-
-    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
-        response = render(request, HTTPProblem(exc.status_code, str(exc.detail)))
-        response.headers.update(exc.headers or {})
-        return response
-
-    app.add_exception_handler(ServeError, on_serve_error)
-    app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(Exception, on_serve_error)
-
-
-def _document_event_streams(app: FastAPI) -> None:
-    """Describe each SSE operation the OpenAPI 3.2 way: ``itemSchema`` is one event, whose
-    ``data`` is a JSON string whose ``contentSchema`` depends on the event name."""
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        spec = generate()
-        for path, item in spec.get("paths", {}).items():
-            if not path.endswith("/stream"):
-                continue
-            response = item["post"]["responses"]["200"]
-            event_model = response["content"]["text/event-stream"]["schema"]["$ref"].rsplit("/", 1)[1]
-            invoke_response = event_model.removesuffix("StreamEvent") + "InvokeResponse"
-            payloads = {
-                "token": "TokenEvent",
-                "status": "StatusEvent",
-                "prediction": invoke_response,
-                "error": "Problem",
-            }
-            response["content"]["text/event-stream"] = {
-                "itemSchema": {
-                    "oneOf": [
-                        {
-                            "type": "object",
-                            "required": ["event", "data"],
-                            "properties": {
-                                "event": {"const": event},
-                                "data": {
-                                    "type": "string",
-                                    "contentMediaType": "application/json",
-                                    "contentSchema": {"$ref": f"#/components/schemas/{payload}"},
-                                },
-                            },
-                        }
-                        for event, payload in payloads.items()
-                    ]
-                }
-            }
-            spec["components"]["schemas"].pop(event_model, None)
-        app.openapi_schema = spec
-        return spec
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _instrument(app: FastAPI) -> None:
@@ -251,15 +164,6 @@ def _mcp_endpoint(service: Service) -> McpEndpoint | None:
     """MCP tools at /mcp when the optional SDK is installed (``pip install 'dspy-serve[mcp]'``)."""
     if importlib.util.find_spec("mcp") is None:
         return None
-    from dspy_serve.mcp_server import McpEndpoint
+    from dspy_serve.interop.mcp import McpEndpoint
 
     return McpEndpoint(service)
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("dspy-serve")
-    except PackageNotFoundError:
-        return "0.0.0"

@@ -20,6 +20,7 @@ import dotenv
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
+from dspy_serve._version import VERSION
 from dspy_serve.settings import ENV_PREFIX, ServeSettings, load_settings
 
 __all__ = ["main"]
@@ -84,7 +85,7 @@ def _overrides(values: dict[str, Any]) -> dict[str, Any]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.version_option(package_name="dspy-serve")
+@click.version_option(version=VERSION, prog_name="dspy-serve")
 def main() -> None:
     """Serve DSPy programs as typed, async HTTP APIs.
 
@@ -119,8 +120,8 @@ def _run(config: Path | None, **values: Any) -> None:
 @contextlib.contextmanager
 def _or_exit_3() -> Iterator[None]:
     """A program, artifact or interface that cannot be served stops the command: one line, exit 3."""
-    from dspy_serve.loader import ArtifactError, TargetError
-    from dspy_serve.schema import SchemaError
+    from dspy_serve.serving.loader import ArtifactError, TargetError
+    from dspy_serve.serving.schema import SchemaError
 
     try:
         yield
@@ -132,15 +133,15 @@ def _or_exit_3() -> Iterator[None]:
 def serve(settings: ServeSettings) -> None:
     """Run a server until interrupted: build the app (programs load now), then uvicorn."""
     from dspy_serve.app import create_app
+    from dspy_serve.deploy.uvicorn_server import ServeServer, uvicorn_config
     from dspy_serve.logs import configure_logging
-    from dspy_serve.server import ServeServer, uvicorn_config
 
     configure_logging(settings.log_level, settings.log_format)
     if settings.engine == "ray":
         _serve_on_ray(settings)
         return
     if settings.workers > 1:
-        from dspy_serve.workers import run_workers
+        from dspy_serve.deploy.workers import run_workers
 
         click.echo(
             f"dspy-serve: {settings.workers} workers on http://{settings.host}:{settings.port}", err=True
@@ -160,7 +161,7 @@ def serve(settings: ServeSettings) -> None:
 
 def _serve_on_ray(settings: ServeSettings) -> None:
     try:
-        from dspy_serve.ray_serve import run_on_ray
+        from dspy_serve.deploy.ray_serve import run_on_ray
     except ImportError:
         raise click.UsageError("--engine ray needs Ray Serve: pip install 'dspy-serve[ray]'") from None
     if settings.workers > 1:
@@ -250,11 +251,11 @@ def call_command(url: str, name: str, fields: tuple[str, ...], stream: bool, tim
 def _mcp(config: Path | None, **values: Any) -> None:
     settings = _settings(config, values)
     try:
-        from dspy_serve.mcp_server import run_stdio
+        from dspy_serve.interop.mcp import run_stdio
     except ImportError:
         raise click.UsageError("MCP needs the optional SDK: pip install 'dspy-serve[mcp]'") from None
     from dspy_serve.logs import configure_logging
-    from dspy_serve.service import Service
+    from dspy_serve.serving.service import Service
 
     configure_logging(settings.log_level, settings.log_format)  # to stderr: stdout is the protocol
     # Importing a program may print: stdout is the protocol.
@@ -286,13 +287,12 @@ def _out_option(help_text: str) -> click.Option:
 
 
 def _docker(config: Path | None, out: Path, **values: Any) -> None:
-    from importlib.metadata import version
-
-    from dspy_serve.docker import write_deployment
+    from dspy_serve._version import VERSION
+    from dspy_serve.deploy.docker import write_deployment
 
     settings = _settings(config, values)
     try:
-        written = write_deployment(settings, out, version("dspy-serve"))
+        written = write_deployment(settings, out, VERSION)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     for path in written:
@@ -315,8 +315,8 @@ main.add_command(docker_command)
 
 
 def _kuberay(config: Path | None, image: str, out: Path, **values: Any) -> None:
-    from dspy_serve.docker import image_ray_version
-    from dspy_serve.kuberay import SECRET_NAME, write_rayservice
+    from dspy_serve.deploy.docker import image_ray_version
+    from dspy_serve.deploy.kuberay import SECRET_NAME, write_rayservice
 
     settings = _settings(config, values)
     try:

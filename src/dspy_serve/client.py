@@ -4,7 +4,7 @@
 returns a ``dspy.Prediction``, so a served program composes inside a local DSPy program like
 any other step. Errors come back as the server's own typed hierarchy (``dspy_serve.errors``);
 429, 502 and 503 are retried with backoff, honouring ``Retry-After``, within a bounded budget,
-and so is a 5xx that is not dspy-serve's own problem+json (:class:`ProxyError`): it comes
+and so is a 5xx that is not dspy-serve's own problem+json (:class:`~dspy_serve.errors.ProxyError`): it comes
 from a proxy in front, such as Ray Serve's when the replica holding the call died.
 """
 
@@ -21,37 +21,10 @@ import dspy
 import httpx
 
 from dspy_serve import errors
-from dspy_serve.auth import Unauthorized
-from dspy_serve.ratelimit import RateLimited
 
-__all__ = ["Client", "ProxyError", "RemoteProgram", "StatusEvent", "TokenEvent"]
+__all__ = ["Client", "RemoteProgram", "StatusEvent", "TokenEvent"]
 
 _RETRYABLE = {429, 502, 503}
-_BY_CODE: dict[str, type[errors.ServeError]] = {
-    cls.code: cls
-    for cls in (
-        errors.InvalidInput,
-        errors.BadOverride,
-        errors.ModelNotAllowed,
-        errors.Forbidden,
-        errors.ProgramNotFound,
-        errors.ContextTooLong,
-        errors.UpstreamRateLimited,
-        errors.UpstreamError,
-        errors.ServiceUnavailable,
-        errors.Overloaded,
-        errors.RequestTimeout,
-        RateLimited,
-        Unauthorized,
-    )
-}
-
-
-class ProxyError(errors.ServeError):
-    """An error response that dspy-serve did not write: a proxy or load balancer in front of it
-    answered instead (Ray Serve's proxy says 500 when the replica serving the call died)."""
-
-    code = "proxy_error"
 
 
 @dataclass(frozen=True)
@@ -67,7 +40,7 @@ class StatusEvent:
 
 
 def _error(problem: dict[str, Any], status: int) -> errors.ServeError:
-    cls = _BY_CODE.get(str(problem.get("code")))
+    cls = errors.error_class(str(problem.get("code")))
     error = (cls or errors.ServeError)(
         str(problem.get("detail") or problem.get("title") or f"HTTP {status}"),
         errors=problem.get("errors"),
@@ -82,8 +55,9 @@ def _raise_for(response: httpx.Response) -> None:
     if response.status_code < 400:
         return
     if not response.headers.get("content-type", "").startswith(errors.PROBLEM_CONTENT_TYPE):
-        error: errors.ServeError = ProxyError(response.text[:200] or f"HTTP {response.status_code}")
-        error.status = response.status_code
+        error: errors.ServeError = errors.ProxyError(
+            response.status_code, response.text[:200] or f"HTTP {response.status_code}"
+        )
     else:
         problem = response.json()
         error = _error(problem if isinstance(problem, dict) else {}, response.status_code)
@@ -95,7 +69,7 @@ def _raise_for(response: httpx.Response) -> None:
 
 def _retryable(error: errors.ServeError) -> bool:
     # A proxy's 5xx means the program never answered (its replica died, say): try again.
-    return error.status in _RETRYABLE or (isinstance(error, ProxyError) and error.status >= 500)
+    return error.status in _RETRYABLE or (isinstance(error, errors.ProxyError) and error.status >= 500)
 
 
 def _prediction(body: dict[str, Any]) -> dspy.Prediction:

@@ -8,16 +8,21 @@ as RFC 9457 ``application/problem+json``::
     ServeError (500 internal)
     ├── InvalidInput (422)             request body or field failed validation
     ├── BadOverride (400)              options out of range
+    ├── UnsupportedRequest (400)       well-formed, but this program cannot answer it (OpenAI /v1)
+    ├── Unauthorized (401)             missing or unknown API key
     ├── ModelNotAllowed (403)          options.model outside the allow-list (or the key's)
     ├── Forbidden (403)                the API key may not call this program
     ├── ProgramNotFound (404)
     ├── ContextTooLong (413)           the prompt exceeds the model's context window
+    ├── RateLimited (429)              the caller's request or token budget is spent
     ├── UpstreamRateLimited (429)      the LM provider said 429; Retry-After passed on
     ├── UpstreamError (502)            LM server/transport failure, unparseable LM output
     ├── ServiceUnavailable (503)       not ready, shutting down, LM auth/billing/config
     │   └── Overloaded (503)           in-flight limit and queue full; Retry-After
     ├── RequestTimeout (504)           the request's deadline passed
-    └── ClientCancelled (499)          the client went away (only logged)
+    ├── ClientCancelled (499)          the client went away (only logged)
+    ├── HTTPProblem (any)              a routing or protocol error (404, 405, 413 body, ...)
+    └── ProxyError (any, client side)  an error response dspy-serve did not write
 
 Messages are written for the caller: no stack traces, provider payloads or secrets.
 """
@@ -26,24 +31,33 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import dspy
+from pydantic import ValidationError
 
 __all__ = [
+    "PROBLEM_CONTENT_TYPE",
     "BadOverride",
     "ClientCancelled",
     "ContextTooLong",
     "Forbidden",
+    "HTTPProblem",
     "InvalidInput",
     "ModelNotAllowed",
     "Overloaded",
     "ProgramNotFound",
+    "ProxyError",
+    "RateLimited",
     "RequestTimeout",
     "ServeError",
     "ServiceUnavailable",
+    "Unauthorized",
+    "UnsupportedRequest",
     "UpstreamError",
     "UpstreamRateLimited",
+    "error_class",
     "from_exception",
 ]
 
@@ -100,6 +114,34 @@ class ServeError(Exception):
 class InvalidInput(ServeError):
     status, code, title = 422, "invalid_input", "Invalid input"
 
+    @classmethod
+    def from_validation(
+        cls, exc: ValidationError, detail: str | None = None, *, at: Sequence[str | int] = ()
+    ) -> InvalidInput:
+        """Pydantic's errors as ours: field paths under ``at``, never the offending input."""
+        errors = [
+            {"loc": [*at, *err["loc"]], "msg": err["msg"], "type": err["type"]}
+            for err in exc.errors(include_url=False, include_input=False)
+        ]
+        return cls(detail, errors=errors)
+
+
+class UnsupportedRequest(ServeError):
+    """A well-formed request that this program cannot answer as a chat (400, as OpenAI does)."""
+
+    status, code, title = 400, "invalid_request", "Invalid request"
+
+    def __init__(self, detail: str | None = None, *, param: str | None = None, **kwargs: Any) -> None:
+        super().__init__(detail, **kwargs)
+        self.param = param
+
+
+class Unauthorized(ServeError):
+    status, code, title = 401, "unauthorized", "Missing or invalid API key"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
 
 class BadOverride(ServeError):
     status, code, title = 400, "bad_override", "Invalid request options"
@@ -119,6 +161,26 @@ class ProgramNotFound(ServeError):
 
 class ContextTooLong(ServeError):
     status, code, title = 413, "context_window_exceeded", "Input too long for the model's context window"
+
+
+class RateLimited(ServeError):
+    """The caller's own budget (requests or LM tokens per window) is spent."""
+
+    status, code, title = 429, "rate_limited", "Rate limit exceeded"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        retry_after: float | None = None,
+        limit_headers: dict[str, str] | None = None,
+        errors: list[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(detail, retry_after=retry_after, errors=errors)
+        self.limit_headers = limit_headers or {}
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), **self.limit_headers}
 
 
 class UpstreamRateLimited(ServeError):
@@ -154,6 +216,34 @@ class HTTPProblem(ServeError):
 
 class ClientCancelled(ServeError):
     status, code, title = 499, "client_cancelled", "The client closed the request"
+
+
+class ProxyError(ServeError):
+    """An error response that dspy-serve did not write: a proxy or load balancer in front of it
+    answered instead (Ray Serve's proxy says 500 when the replica serving the call died)."""
+
+    code = "proxy_error"
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+
+
+def error_class(code: str) -> type[ServeError] | None:
+    """The class behind a problem's ``code``, for clients that rebuild typed errors from bodies.
+
+    Derived from the hierarchy itself, so a new error type is known to clients without a table
+    to keep in step. Errors whose code is not fixed (HTTPProblem, ProxyError) are not listed.
+    """
+    return _BY_CODE.get(code)
+
+
+def _subclasses(cls: type[ServeError]) -> list[type[ServeError]]:
+    return [sub for direct in cls.__subclasses__() for sub in (direct, *_subclasses(direct))]
+
+
+_FIXED_CODES: list[type[ServeError]] = [ServeError, *_subclasses(ServeError)]
+_BY_CODE = {cls.code: cls for cls in _FIXED_CODES if cls is not HTTPProblem and cls is not ProxyError}
 
 
 def from_exception(exc: BaseException) -> ServeError:

@@ -1,0 +1,1 @@
+"""Running and shipping the app: uvicorn processes, Ray Serve, Docker and KubeRay files."""

@@ -1,0 +1,49 @@
+"""Run an app under uvicorn with dspy-serve's shutdown order.
+
+On SIGTERM/SIGINT: readiness turns 503 and new calls are refused at once (so a load balancer
+stops routing here), uvicorn stops accepting connections, in-flight requests and streams get
+``shutdown_grace`` seconds to finish, what is left is cancelled (closing its LM calls), and
+finally the lifespan closes the LM clients.
+"""
+
+from __future__ import annotations
+
+import math
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from dspy_serve.serving.service import Service
+from dspy_serve.settings import ServeSettings
+
+__all__ = ["ServeServer", "uvicorn_config", "uvicorn_options"]
+
+
+class ServeServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, service: Service) -> None:
+        super().__init__(config)
+        self.service = service
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.service.begin_shutdown()
+        super().handle_exit(sig, frame)
+
+
+def uvicorn_options(settings: ServeSettings) -> dict[str, Any]:
+    """uvicorn's options from the settings: the one source for one process and for ``--workers``."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "lifespan": "on",
+        "log_config": None,  # the CLI configured logging; dspy-serve writes its own access line
+        "access_log": False,
+        # Round up: a grace of 0.5 s must not become 0 s.
+        "timeout_graceful_shutdown": math.ceil(settings.shutdown_grace),
+        "timeout_keep_alive": 5,
+    }
+
+
+def uvicorn_config(app: FastAPI, settings: ServeSettings) -> uvicorn.Config:
+    return uvicorn.Config(app, **uvicorn_options(settings))

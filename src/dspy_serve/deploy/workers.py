@@ -1,0 +1,82 @@
+"""Several worker processes on one port, with uvicorn's process manager.
+
+The parent writes the settings (secrets included) to a private file, readable by this user
+only, and points every worker at it and at one Prometheus multiprocess directory, so that
+``/metrics`` on any worker counts them all. Each worker builds its own app and LMs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from dspy_serve.deploy.uvicorn_server import uvicorn_options
+from dspy_serve.logs import configure_logging
+from dspy_serve.serving.service import Service
+from dspy_serve.settings import ServeSettings
+
+__all__ = ["run_workers", "worker_app"]
+
+SETTINGS_FILE_ENV = "DSPY_SERVE_WORKER_SETTINGS_FILE"
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker (uvicorn calls this factory in each process)."""
+    from dspy_serve.app import create_app
+
+    settings = ServeSettings.model_validate(json.loads(Path(os.environ[SETTINGS_FILE_ENV]).read_text()))
+    # A spawned process inherits no logging set-up: without this, a worker's logs are lost.
+    configure_logging(settings.log_level, settings.log_format)
+    app = create_app(settings)
+    _refuse_new_calls_on_exit(app.state.service)
+    return app
+
+
+def _refuse_new_calls_on_exit(service: Service) -> None:
+    """Turn readiness to 503 on SIGTERM/SIGINT, as a single process does, then let uvicorn drain.
+
+    A worker's uvicorn installs its signal handlers before it calls the app factory, so ours
+    runs first and hands over to theirs.
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        uvicorn_handler = signal.getsignal(sig)
+        if not callable(uvicorn_handler):
+            continue
+
+        def handler(
+            signum: int, frame: FrameType | None, uvicorn_handler: Callable[..., Any] = uvicorn_handler
+        ) -> None:
+            service.begin_shutdown()
+            uvicorn_handler(signum, frame)
+
+        signal.signal(sig, handler)
+
+
+def run_workers(settings: ServeSettings) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="dspy-serve-"))
+    try:
+        settings_file = workdir / "settings.json"
+        settings_file.touch(mode=0o600)
+        settings_file.write_text(json.dumps(settings.to_data(secrets=True)))
+        metrics_dir = workdir / "metrics"
+        metrics_dir.mkdir()
+        os.environ[SETTINGS_FILE_ENV] = str(settings_file)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        uvicorn.run(
+            "dspy_serve.deploy.workers:worker_app",
+            factory=True,
+            workers=settings.workers,
+            **uvicorn_options(settings),
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

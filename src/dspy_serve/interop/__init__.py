@@ -1,0 +1,1 @@
+"""Other protocols over the same pipeline: OpenAI-compatible chat completions and MCP."""

@@ -1,0 +1,1 @@
+"""Language models: the allow-listed registry, pooled HTTP engines, and the embedded local model."""

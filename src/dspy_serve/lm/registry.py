@@ -1,0 +1,233 @@
+"""The LMs a server may use, created once at startup and closed at shutdown.
+
+Callers never name a provider model directly: a per-request ``model`` must be on the
+operator's allow-list, and only the instances built here are ever used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from typing import Any
+
+import dspy
+
+from dspy_serve.errors import BadOverride, ModelNotAllowed, UpstreamRateLimited
+from dspy_serve.lm.pool import pooled_engines
+from dspy_serve.serving.call_scope import current_scope
+from dspy_serve.settings import ServeSettings
+
+__all__ = ["LanguageModels", "ServingLM", "is_local_model"]
+
+logger = logging.getLogger("dspy_serve.lm.registry")
+
+# Errors a provider reports before any output streams: safe to retry even when streaming.
+_RETRYABLE_WHILE_STREAMING = (dspy.LMRateLimitError, dspy.LMServerError)
+
+
+class ServingLM(dspy.LM):
+    """A ``dspy.LM`` whose retries respect the request: never sleep past its deadline, and no
+    new attempt once the client has gone.
+
+    DSPy's own retry loop sleeps whatever the provider asks (a 429 with retry-after 7 s
+    surfaces after 21 s), so it is switched off (``num_retries=0``) and done here instead.
+    """
+
+    def __init__(self, model: str, *, retries: int = 3, **kwargs: Any) -> None:
+        super().__init__(model, num_retries=0, **kwargs)
+        self.serve_retries = retries
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        for attempt in range(self.serve_retries + 1):
+            _check_scope()
+            try:
+                outputs = super().__call__(*args, **kwargs)
+            except Exception as exc:
+                delay = self._retry_delay(exc, attempt)
+                if delay is None:
+                    raise
+            else:
+                _count_call(self.model)
+                return outputs
+            time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def acall(self, *args: Any, **kwargs: Any) -> Any:
+        for attempt in range(self.serve_retries + 1):
+            _check_scope()
+            try:
+                outputs = await super().acall(*args, **kwargs)
+            except Exception as exc:
+                delay = self._retry_delay(exc, attempt)
+                if delay is None:
+                    raise
+            else:
+                _count_call(self.model)
+                return outputs
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _retry_delay(self, exc: Exception, attempt: int) -> float | None:
+        """Seconds to wait before the next attempt, or None to give up now."""
+        if attempt >= self.serve_retries or not dspy.is_retryable_lm_error(exc):
+            return None
+        if dspy.settings.send_stream is not None and not isinstance(exc, _RETRYABLE_WHILE_STREAMING):
+            return None  # output may already have reached the client
+        hint = getattr(exc, "retry_after", None)
+        delay = float(hint) if isinstance(hint, (int, float)) and hint >= 0 else min(0.5 * 2**attempt, 8.0)
+        scope = current_scope()
+        if scope is not None and delay >= scope.remaining():
+            if isinstance(exc, dspy.LMRateLimitError):
+                # Waiting would outlive the request: tell the caller when to come back instead.
+                raise UpstreamRateLimited(
+                    "The LM provider is rate limiting requests; retry later.", retry_after=delay
+                ) from exc
+            return None
+        return delay
+
+
+def _count_call(model: str) -> None:
+    scope = current_scope()
+    if scope is not None:
+        scope.lm_calls[model] += 1
+
+
+def _check_scope() -> None:
+    scope = current_scope()
+    if scope is not None:
+        scope.check()
+
+
+def is_local_model(model: str | None) -> bool:
+    return model is None or model == "local" or model.startswith("local/") or model.endswith(".gguf")
+
+
+# Where a predictor's own LM sends its calls, and with which key: the service's, not the program's.
+_ENDPOINT_KWARGS = frozenset({"api_base", "base_url", "api_key", "model_list"})
+
+
+def allowed_models(settings: ServeSettings, default: dspy.BaseLM | None = None) -> list[str]:
+    """The models this service may call: the default one, then the allow-list."""
+    default_name = default.model if default is not None else settings.model or "local"
+    return list(dict.fromkeys([default_name, *settings.allow_models]))
+
+
+def _same_model(allowed: str, model: str) -> bool:
+    return allowed == model or (is_local_model(allowed) and is_local_model(model))
+
+
+def own_lm_problems(module: dspy.Module, allowed: list[str]) -> list[str]:
+    """Predictors whose own LM (set by their program, or saved in its artifact) names a model
+    outside the allow-list: DSPy would call it directly, past the service's rules."""
+    return [
+        f"predictor {name!r} has its own LM {predictor.lm.model!r}"
+        for name, predictor in module.named_predictors()
+        if predictor.lm is not None and not any(_same_model(a, predictor.lm.model) for a in allowed)
+    ]
+
+
+class LanguageModels:
+    """The default LM and the allow-listed alternatives, one instance each."""
+
+    def __init__(self, settings: ServeSettings, default: dspy.BaseLM | None = None) -> None:
+        self._settings = settings
+        names = allowed_models(settings, default)
+        self.default_name = names[0]
+        self._lms: dict[str, dspy.BaseLM] = {}
+        if default is not None:
+            self._lms[self.default_name] = default  # the caller's own instance, used as given
+        for name in names:
+            if name not in self._lms:
+                self._lms[name] = self._build(name)
+
+    def adopt(self, own: dspy.BaseLM) -> dspy.BaseLM:
+        """Serve a predictor's own LM with this registry's instance of the same model, so its
+        calls get the pool, the deadline-bound retries and the metrics; its request parameters
+        (temperature, max_tokens, ...) are kept. The model was checked against the allow-list
+        when the programs loaded."""
+        name = next(key for key in self._lms if _same_model(key, own.model))
+        kwargs = {k: v for k, v in own.kwargs.items() if k not in _ENDPOINT_KWARGS}
+        return self._lms[name].copy(**kwargs)
+
+    def model_of(self, name: str | None) -> str:
+        """The provider model string behind an allow-list name ("local" -> "local/SmolLM2-...")."""
+        lm = self._lms.get(name or self.default_name)
+        return str(lm.model) if lm is not None else str(name)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._lms)
+
+    @property
+    def uses_local_model(self) -> bool:
+        return any(is_local_model(name) for name in self._lms)
+
+    def select(
+        self, model: str | None = None, *, temperature: float | None = None, max_tokens: int | None = None
+    ) -> dspy.BaseLM:
+        """The LM for one request; options only ever choose among the instances built at startup."""
+        if model is not None and model not in self._lms:
+            raise ModelNotAllowed(
+                f"model {model!r} is not allowed here; allowed: {', '.join(sorted(self._lms))}"
+            )
+        lm = self._lms[model or self.default_name]
+        if max_tokens is not None and max_tokens > self._settings.max_tokens_limit:
+            raise BadOverride(f"max_tokens may be at most {self._settings.max_tokens_limit}")
+        changes = {
+            k: v for k, v in (("temperature", temperature), ("max_tokens", max_tokens)) if v is not None
+        }
+        # A shallow copy: it shares the connection pools, only the request parameters differ.
+        return lm.copy(**changes) if changes else lm
+
+    def _build(self, name: str) -> dspy.BaseLM:
+        settings = self._settings
+        common: dict[str, Any] = {"cache": settings.cache}
+        if settings.temperature is not None:
+            common["temperature"] = settings.temperature
+        if is_local_model(name):
+            from dspy_serve.lm.local import local_engines
+
+            # In-process: no provider to retry against, but the cancellation checks still apply.
+            model, engine, async_engine = local_engines(
+                None if name == "local" else name, max_tokens=settings.max_tokens or 256
+            )
+            return ServingLM(model, retries=0, engine=engine, async_engine=async_engine, **common)
+        if settings.max_tokens is not None:
+            common["max_tokens"] = settings.max_tokens
+        engines = pooled_engines(
+            name,
+            max_connections=settings.connection_pool_size,
+            api_base=settings.api_base,
+            timeout=settings.timeout,
+        )
+        if engines is not None:
+            pooled, async_pooled = engines
+            return ServingLM(
+                name, retries=settings.lm_retries, engine=pooled, async_engine=async_pooled, **common
+            )
+        logger.info("%s is not routed natively by DSPy; its connection pool keeps DSPy's default size", name)
+        if settings.api_base is not None:
+            common["api_base"] = settings.api_base
+        return ServingLM(name, retries=settings.lm_retries, timeout=settings.timeout, **common)
+
+    async def aclose(self) -> None:
+        for lm in self._lms.values():
+            # A custom engine is borrowed by its LM: the owner (this registry) closes it.
+            engines = [getattr(lm, "engine", None), getattr(lm, "_async_engine_spec", None)]
+            closers = [
+                getattr(e, "aclose", None) or getattr(e, "close", None)
+                for e in engines
+                if not isinstance(e, str)
+            ]
+            closers.append(getattr(lm, "aclose", None))
+            try:
+                for closer in closers:
+                    if closer is not None:
+                        result = closer()
+                        if inspect.isawaitable(result):
+                            await result
+            except Exception:  # a failed close must not hide the others
+                logger.warning("closing LM %s failed", lm.model, exc_info=True)
+        self._lms.clear()

@@ -1,0 +1,48 @@
+"""Who is calling, and what their request has cost: one typed object per request.
+
+Every front end makes one (HTTP middleware, the MCP stdio loop), the front door fills in what
+it learns, and the access log and metrics read it when the request ends. Nothing else about a
+request is kept on the side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dspy_serve.errors import ServeError
+from dspy_serve.serving.keys import ApiKey
+
+__all__ = ["Caller"]
+
+
+@dataclass
+class Caller:
+    """One request's caller: identity, key, request id, and its accounting."""
+
+    address: str  # the client address, or a label for a local transport ("stdio")
+    request_id: str | None = None
+    api_key: ApiKey | None = None
+    tokens: int | None = None  # LM tokens charged to this request, once any were
+    cost_usd: float | None = None
+    error_codes: list[str] = field(default_factory=list)  # every error this request reported
+    # Tasks that must live as long as the request (the loop keeps only weak references).
+    held: list[object] = field(default_factory=list, repr=False)
+
+    @property
+    def identity(self) -> str:
+        """Whose budget a call spends: the API key's name, else the client address."""
+        return self.api_key.name if self.api_key is not None else self.address
+
+    def may_call(self, program: str) -> bool:
+        return self.api_key is None or self.api_key.may_call(program)
+
+    def report(self, error: ServeError) -> ServeError:
+        """Note an error this request met (counted and logged once, when the request ends)."""
+        self.error_codes.append(error.code)
+        return error
+
+    def record(self, tokens: int, cost_usd: float | None) -> None:
+        """Add a charged call to this request's accounting (a batch charges once per item)."""
+        self.tokens = (self.tokens or 0) + tokens
+        if cost_usd is not None:
+            self.cost_usd = (self.cost_usd or 0.0) + cost_usd

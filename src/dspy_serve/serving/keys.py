@@ -1,0 +1,76 @@
+"""API keys: who may call, and which programs and models each key may use.
+
+Off unless keys are configured (``DSPY_SERVE_API_KEYS`` or ``api_keys_file``). A key is
+compared, as a SHA-256 digest, with every configured key in constant time, and only its name
+is ever logged or reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dspy_serve.settings import ServeSettings
+
+__all__ = ["ApiKey", "KeyRing", "parse_key_line"]
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    digest: bytes
+    programs: frozenset[str] | None = None  # None: every program
+    models: frozenset[str] | None = None  # None: every allowed model
+
+    def may_call(self, program: str) -> bool:
+        return self.programs is None or program in self.programs
+
+    def may_use(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def parse_key_line(line: str, number: int) -> ApiKey:
+    """``[name:]key [programs=a,b] [models=m1,m2]``."""
+    first, *options = line.split()
+    name, sep, secret = first.partition(":")
+    if not sep:
+        name, secret = f"key-{number}", first
+    restrictions: dict[str, frozenset[str]] = {}
+    for option in options:
+        field, eq, values = option.partition("=")
+        if not eq or field not in ("programs", "models"):
+            raise ValueError(
+                f"API key line {number}: unknown option {field!r} (expected programs= or models=)"
+            )
+        restrictions[field] = frozenset(v for v in values.split(",") if v)
+    if not secret:
+        raise ValueError(f"API key line {number}: empty key")
+    return ApiKey(name, _digest(secret), restrictions.get("programs"), restrictions.get("models"))
+
+
+class KeyRing:
+    def __init__(self, keys: Iterable[ApiKey]) -> None:
+        self._keys = tuple(keys)
+
+    @classmethod
+    def from_settings(cls, settings: ServeSettings) -> KeyRing | None:
+        lines = [secret.get_secret_value() for secret in settings.api_keys]
+        if settings.api_keys_file is not None:
+            text = Path(settings.api_keys_file).read_text(encoding="utf-8")
+            lines += [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        keys = [parse_key_line(line, number) for number, line in enumerate(lines, start=1)]
+        return cls(keys) if keys else None
+
+    def match(self, presented: str) -> ApiKey | None:
+        digest, found = _digest(presented), None
+        for key in self._keys:  # no early exit: the time taken says nothing about which key matched
+            if hmac.compare_digest(digest, key.digest):
+                found = key
+        return found

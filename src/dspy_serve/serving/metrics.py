@@ -1,0 +1,110 @@
+"""Prometheus metrics for ``GET /metrics``.
+
+Each app owns its registry (several apps may live in one process, as in tests). With several
+worker processes, set ``PROMETHEUS_MULTIPROC_DIR`` (``dspy-serve run --workers`` does): every
+process writes its samples there and ``/metrics`` on any worker aggregates them all.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess as prometheus_multiprocess
+
+__all__ = ["Metrics"]
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+        self.registry = CollectorRegistry()
+        if self.multiprocess_dir is not None:
+            prometheus_multiprocess.MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
+            _forget_dead_processes(self.multiprocess_dir)
+        # In multiprocess mode the samples go to files, which the collector above reads.
+        own = None if self.multiprocess_dir is not None else self.registry
+        self.requests = Counter(
+            "dspy_serve_requests", "HTTP requests.", ["program", "endpoint", "status"], registry=own
+        )
+        self.latency = Histogram(
+            "dspy_serve_request_duration_seconds",
+            "HTTP request latency.",
+            ["program", "endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=own,
+        )
+        self.in_flight = Gauge(
+            "dspy_serve_calls_in_flight", "Program calls running.", registry=own, multiprocess_mode="livesum"
+        )
+        self.queued = Gauge(
+            "dspy_serve_calls_queued",
+            "Program calls waiting for a slot.",
+            registry=own,
+            multiprocess_mode="livesum",
+        )
+        self.lm_calls = Counter("dspy_serve_lm_calls", "LM calls made.", ["model"], registry=own)
+        self.cache_hits = Counter(
+            "dspy_serve_lm_cache_hits", "LM calls answered by DSPy's cache.", ["model"], registry=own
+        )
+        self.tokens = Counter("dspy_serve_lm_tokens", "LM tokens.", ["model", "direction"], registry=own)
+        self.cost = Counter("dspy_serve_lm_cost_usd", "Estimated LM cost (USD).", ["model"], registry=own)
+        self.errors = Counter("dspy_serve_errors", "Errors by problem code.", ["code"], registry=own)
+
+    def close(self) -> None:
+        """This process's gauges stop counting (its counters stay: they are history)."""
+        if self.multiprocess_dir is not None:
+            prometheus_multiprocess.mark_process_dead(  # type: ignore[no-untyped-call]
+                os.getpid(), self.multiprocess_dir
+            )
+
+    def observe_call(
+        self,
+        usage: dict[str, dict[str, Any]],
+        cost: dict[str, Any],
+        lm_calls: dict[str, int],
+        cache_hits: dict[str, int],
+    ) -> None:
+        for model, counts in usage.items():
+            self.tokens.labels(model, "in").inc(counts.get("prompt_tokens") or 0)
+            self.tokens.labels(model, "out").inc(counts.get("completion_tokens") or 0)
+        for model, model_cost in cost["by_model"].items():
+            if model_cost["usd"]:
+                self.cost.labels(model).inc(model_cost["usd"])
+        for model, count in lm_calls.items():
+            self.lm_calls.labels(model).inc(count)
+        for model, count in cache_hits.items():
+            if count:
+                self.cache_hits.labels(model).inc(count)
+
+    def observe_request(
+        self, program: str, endpoint: str, status: int, seconds: float, errors: list[str]
+    ) -> None:
+        """One finished request: its count and latency, and every error it reported."""
+        self.requests.labels(program, endpoint, str(status)).inc()
+        self.latency.labels(program, endpoint).observe(seconds)
+        self.count_errors(errors)
+
+    def count_errors(self, codes: list[str]) -> None:
+        for code in codes:
+            self.errors.labels(code).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def _forget_dead_processes(directory: str) -> None:
+    """Drop the live gauges of processes killed before they could (a replica or worker that was
+    SIGKILLed and replaced), or ``calls_in_flight`` would count their calls forever."""
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        pid = int(path.stem.rpartition("_")[2])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            prometheus_multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+        except PermissionError:
+            pass  # alive, another user's

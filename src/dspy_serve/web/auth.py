@@ -1,0 +1,56 @@
+"""The API-key check at the door of every HTTP request.
+
+A key travels as ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``; which keys exist and
+what each may do is :mod:`dspy_serve.serving.keys`.
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from dspy_serve.errors import Unauthorized
+from dspy_serve.serving.keys import KeyRing
+from dspy_serve.web.middleware import send_problem
+from dspy_serve.web.request_state import caller_in
+
+__all__ = ["ApiKeyMiddleware"]
+
+
+class ApiKeyMiddleware:
+    """Require a valid key, except on health checks (and, unless protected, docs and metrics)."""
+
+    OPEN = ("/health/",)
+    DOCS = ("/metrics", "/docs", "/redoc", "/openapi.json")
+
+    def __init__(self, app: ASGIApp, keys: KeyRing, protect_docs: bool = False) -> None:
+        self.app = app
+        self.keys = keys
+        self.protect_docs = protect_docs
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self._is_open(scope["path"]) or scope["method"] == "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        key = self._presented(scope)
+        match = self.keys.match(key) if key else None
+        if match is None:
+            await send_problem(
+                scope, send, Unauthorized("Send a valid API key as 'Authorization: Bearer KEY'.")
+            )
+            return
+        caller_in(scope).api_key = match
+        await self.app(scope, receive, send)
+
+    def _is_open(self, path: str) -> bool:
+        return path.startswith(self.OPEN) or (not self.protect_docs and path.startswith(self.DOCS))
+
+    @staticmethod
+    def _presented(scope: Scope) -> str | None:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer" and token.strip():
+                    return str(token.strip())
+            elif name == b"x-api-key" and value:
+                return str(value.decode("latin-1").strip())
+        return None

@@ -1,0 +1,102 @@
+"""Discovery and health routes: what is served here, and whether it can serve now."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from dspy_serve.errors import PROBLEM_CONTENT_TYPE, ProgramNotFound, ServiceUnavailable
+from dspy_serve.serving.programs import Program
+from dspy_serve.serving.service import Service
+from dspy_serve.web.envelopes import options_model
+from dspy_serve.web.program_routes import ERROR_RESPONSES, add_program_routes
+from dspy_serve.web.request_state import caller_of
+
+__all__ = ["add_discovery_routes", "build_router"]
+
+
+def build_router(service: Service) -> APIRouter:
+    """Every route of the native API: each program's, then discovery and health."""
+    router = APIRouter()
+    options = options_model(service.settings.max_tokens_limit)
+    for program in service.programs.values():
+        add_program_routes(router, service, program, options)
+    add_discovery_routes(router, service)
+    return router
+
+
+def add_discovery_routes(router: APIRouter, service: Service) -> None:
+    @router.get("/programs", tags=["discovery"], summary="The programs served here")
+    async def list_programs() -> list[dict[str, Any]]:
+        return [_describe(service, program) for program in service.programs.values()]
+
+    @router.get(
+        "/programs/{name}",
+        tags=["discovery"],
+        summary="One program",
+        responses={404: {**ERROR_RESPONSES[422], "description": "No such program"}},
+    )
+    async def get_program(name: str) -> dict[str, Any]:
+        program = service.programs.get(name)
+        if program is None:
+            raise ProgramNotFound(f"no program named {name!r}; see GET /programs")
+        return _describe(service, program)
+
+    @router.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(service.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    @router.get("/health/live", tags=["health"], summary="The process is up")
+    async def live() -> dict[str, Any]:
+        return {"status": "ok", "pid": os.getpid()}  # which worker answered
+
+    @router.get(
+        "/health/ready",
+        tags=["health"],
+        summary="Programs loaded and LMs configured",
+        responses={503: ERROR_RESPONSES[503]},
+    )
+    async def ready(request: Request) -> Any:
+        if not service.ready:
+            problem = ServiceUnavailable(f"The service is {service.state.value}.", retry_after=1)
+            return JSONResponse(
+                problem.problem(request_id=caller_of(request).request_id),
+                status_code=problem.status,
+                headers=problem.headers(),
+                media_type=PROBLEM_CONTENT_TYPE,
+            )
+        return {
+            "status": "ready",
+            "programs": {
+                name: {
+                    "optimized": p.loaded.optimized,
+                    "artifact_sha256": p.loaded.artifact.sha256 if p.loaded.artifact else None,
+                }
+                for name, p in service.programs.items()
+            },
+        }
+
+
+def _describe(service: Service, program: Program) -> dict[str, Any]:
+    artifact = program.loaded.artifact
+    lms = service.lms
+    return {
+        "name": program.name,
+        "target": program.loaded.target,
+        "signature": program.interface.signature,
+        "instructions": program.interface.instructions,
+        "input_schema": program.interface.input_schema(),
+        "output_schema": program.interface.output_schema(),
+        "model": lms.model_of(None) if lms else service.settings.model or "local",
+        "allowed_models": lms.names if lms else None,
+        "optimized": program.loaded.optimized,
+        "artifact": {"path": artifact.path, "sha256": artifact.sha256} if artifact else None,
+        "execution": "async" if program.runner is None or program.runner.native_async else "thread",
+        "endpoints": {
+            endpoint: f"/{program.name}/{endpoint}" for endpoint in ("invoke", "stream", "batch")
+        },
+    }

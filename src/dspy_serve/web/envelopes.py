@@ -1,0 +1,181 @@
+"""The HTTP envelope around a program's own inputs and outputs.
+
+A request is ``{"inputs": {...}, "options": {...}}``: the program's fields live alone in
+``inputs``, so per-request options can never collide with a field of the same name.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator, create_model
+from pydantic_core.core_schema import ValidatorFunctionWrapHandler
+
+from dspy_serve.serving.schema import ProgramInterface
+
+__all__ = [
+    "InvalidItem",
+    "Problem",
+    "StatusEvent",
+    "TokenEvent",
+    "TokenUsage",
+    "envelope_models",
+    "options_model",
+    "stream_event_model",
+]
+
+
+class TokenUsage(BaseModel):
+    """Tokens one model spent on a request, as the provider reported them."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+
+
+Usage = dict[str, TokenUsage]
+
+
+class ModelCost(BaseModel):
+    usd: float | None = Field(description="Estimated cost in USD; null when the price is unknown.")
+    reason: str | None = Field(default=None, description="Why the cost is unknown (or zero).")
+
+
+class Cost(BaseModel):
+    """An estimate from DSPy's bundled model prices, never a bill."""
+
+    total_usd: float | None = Field(description="Null when any model's price is unknown.")
+    by_model: dict[str, ModelCost]
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, the shape of every error."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(examples=["urn:dspy-serve:error:invalid_input"])
+    title: str
+    status: int
+    detail: str
+    code: str = Field(description="Stable machine-readable error code.")
+    request_id: str | None = None
+    errors: list[dict[str, Any]] | None = Field(
+        default=None, description="Per-field problems: loc (path), msg, type."
+    )
+    retry_after: float | None = None
+
+
+class InvalidItem:
+    """A batch item that failed validation; kept so the other items still run."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        self.errors = errors
+
+
+def _keep_invalid(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    try:
+        return handler(value)
+    except ValidationError as exc:
+        return InvalidItem([dict(err) for err in exc.errors(include_url=False, include_input=False)])
+
+
+def options_model(max_tokens_limit: int) -> type[BaseModel]:
+    return create_model(
+        "CallOptions",
+        __config__=ConfigDict(extra="forbid"),
+        __doc__="Per-request LM options. `model` must be on the server's allow-list.",
+        model=(str | None, Field(default=None, description="One of the allowed models (see GET /programs).")),
+        temperature=(float | None, Field(default=None, ge=0, le=2)),
+        max_tokens=(int | None, Field(default=None, gt=0, le=max_tokens_limit)),
+    )
+
+
+def envelope_models(
+    prefix: str,
+    interface: ProgramInterface,
+    options: type[BaseModel],
+    max_batch: int,
+    example: dict[str, Any] | None,
+) -> dict[str, type[BaseModel]]:
+    """Request/response models of one program's invoke and batch operations."""
+    # Built at runtime from each program's signature: to the type checker these are plain values.
+    inputs: Any = interface.inputs
+    outputs: Any = interface.outputs
+    optional_options: Any = options | None
+    examples: Any = [{"inputs": example}] if example else None
+    invoke_request = create_model(
+        f"{prefix}InvokeRequest",
+        __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": examples} if examples else None),
+        inputs=(inputs, ...),
+        options=(optional_options, None),
+    )
+    invoke_response = create_model(
+        f"{prefix}InvokeResponse",
+        outputs=(outputs, ...),
+        usage=(Usage, Field(description="Tokens spent by this request, per model.")),
+        cost=(Cost, Field(description="Estimated cost of this request.")),
+        model=(str, Field(description="The LM that served the request.")),
+    )
+    lenient_item: Any = Annotated[inputs, WrapValidator(_keep_invalid)]
+    batch_request = create_model(
+        f"{prefix}BatchRequest",
+        __config__=ConfigDict(
+            extra="forbid", json_schema_extra={"examples": [{"items": [example]}]} if example else None
+        ),
+        items=(list[lenient_item], Field(min_length=1, max_length=max_batch)),
+        options=(optional_options, None),
+    )
+    batch_item = create_model(
+        f"{prefix}BatchItem",
+        index=(int, ...),
+        outputs=(Optional[outputs], None),  # noqa: UP045 - a runtime type expression
+        error=(Problem | None, None),
+        usage=(Usage, Field(default_factory=dict)),
+        cost=(Cost | None, None),
+    )
+    batch_response = create_model(
+        f"{prefix}BatchResponse",
+        items=(list[batch_item], Field(description="One result per input, in input order.")),  # type: ignore[valid-type]
+        usage=(Usage, Field(description="Tokens spent by the whole batch, per model.")),
+        cost=(Cost, Field(description="Estimated cost of the whole batch.")),
+        model=(str, ...),
+    )
+    return {
+        "invoke_request": invoke_request,
+        "invoke_response": invoke_response,
+        "batch_request": batch_request,
+        "batch_response": batch_response,
+    }
+
+
+class TokenEvent(BaseModel):
+    """``event: token``: a piece of a ``str`` output field, as the LM produces it."""
+
+    predictor: str = Field(description="The predictor's name in the program (e.g. 'answer', 'predict').")
+    field: str = Field(description="The output field this chunk belongs to.")
+    chunk: str
+
+
+class StatusEvent(BaseModel):
+    """``event: status``: progress of a multi-step program."""
+
+    message: str
+
+
+def stream_event_model(prefix: str, invoke_response: type[BaseModel]) -> type[BaseModel]:
+    """Documents one SSE event: its name and the JSON in its ``data`` line."""
+    data: Any = TokenEvent | StatusEvent | invoke_response | Problem
+    event: Any = Literal["token", "status", "prediction", "error"]
+    return create_model(
+        f"{prefix}StreamEvent",
+        __doc__="One Server-Sent Event: `event: <event>` then `data: <JSON>`.",
+        event=(event, ...),
+        data=(
+            data,
+            Field(
+                description="token: TokenEvent; status: StatusEvent; prediction: as /invoke; error: Problem"
+            ),
+        ),
+    )

@@ -1,0 +1,162 @@
+"""Server-Sent Events: one streamed call on the wire, in whichever encoding a front end speaks.
+
+:class:`EventStreamResponse` drives a :class:`~dspy_serve.serving.service.CallStream` and
+writes what a :class:`StreamEncoder` makes of each domain event. ``/NAME/stream`` uses
+:class:`ProgramEventEncoder`:
+
+- ``token``: ``{"predictor", "field", "chunk"}``, for every ``str`` output field of every
+  predictor, as the LM produces it. Other types arrive whole in ``prediction``.
+- ``status``: ``{"message"}``, progress ("Running rewrite...", tool calls).
+- ``prediction``: the same body as ``/invoke``'s response; always the last event on success.
+- ``error``: a problem+json body; the stream then ends.
+
+A comment line (``: ping``) is sent whenever nothing else was for ``heartbeat`` seconds, so
+proxies keep the connection open. When the client goes away, the program is cancelled.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import aclosing
+from typing import Any, Protocol
+
+import anyio
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from dspy_serve.serving.events import Finished, Status, StreamEvent, Token
+from dspy_serve.serving.runner import CallResult
+from dspy_serve.serving.service import CallStream
+
+__all__ = [
+    "STREAM_DOC",
+    "EventStreamResponse",
+    "ProgramEventEncoder",
+    "StreamEncoder",
+    "response_body",
+    "sse_event",
+]
+
+STREAM_DOC = (
+    "Server-Sent Events: `token` ({predictor, field, chunk}) for each `str` output field as the LM "
+    "writes it; `status` ({message}) as steps run; then `prediction` (the /invoke body) or `error` "
+    "(problem+json). Non-`str` fields arrive whole in `prediction`. `: ping` comments keep idle "
+    "connections open. Closing the connection cancels the program."
+)
+
+STREAM_HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # nginx: do not buffer the stream
+}
+
+
+class StreamEncoder(Protocol):
+    """A wire format for a streamed call: bytes before the first event, per event, after the last."""
+
+    def opening(self) -> bytes: ...
+
+    def encode(self, event: StreamEvent) -> bytes: ...
+
+    def closing(self) -> bytes: ...
+
+
+def response_body(result: CallResult) -> dict[str, Any]:
+    """The body of /invoke, and of the stream's ``prediction`` event."""
+    return {"outputs": result.outputs, "usage": result.usage, "cost": result.cost, "model": result.model}
+
+
+def sse_event(event: str, data: dict[str, Any]) -> bytes:
+    payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str)
+    return f"event: {event}\ndata: {payload}\n\n".encode()
+
+
+class ProgramEventEncoder:
+    """``/NAME/stream``'s events: token, status, then prediction or error (problem+json)."""
+
+    def __init__(self, request_id: str | None) -> None:
+        self._request_id = request_id
+
+    def opening(self) -> bytes:
+        return b""
+
+    def encode(self, event: StreamEvent) -> bytes:
+        if isinstance(event, Token):
+            return sse_event(
+                "token", {"predictor": event.predictor, "field": event.field, "chunk": event.chunk}
+            )
+        if isinstance(event, Status):
+            return sse_event("status", {"message": event.message})
+        if isinstance(event, Finished):
+            return sse_event("prediction", response_body(event.result))
+        return sse_event("error", event.error.problem(request_id=self._request_id))
+
+    def closing(self) -> bytes:
+        return b""
+
+
+class EventStreamResponse(Response):
+    """Stream one call's events, with heartbeats, stopping the call if the client leaves.
+
+    The call's events are iterated to their end in a task of their own, so its cancel scopes
+    and context variables never cross a ``yield`` into another task.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        stream: CallStream,
+        encoder: StreamEncoder,
+        *,
+        heartbeat: float,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        # Like StreamingResponse: no body, so no Content-Length.
+        self.status_code = 200
+        self.background = None
+        self.init_headers({**STREAM_HEADERS, **(headers or {})})
+        self._stream = stream
+        self._encoder = encoder
+        self._heartbeat = heartbeat
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        send_stream, receive_stream = anyio.create_memory_object_stream[bytes](16)
+        stream, encoder = self._stream, self._encoder
+
+        async def produce() -> None:
+            async with send_stream:
+                if opening := encoder.opening():
+                    await send_stream.send(opening)
+                # The deadline lives here, outside the events' generator: a cancel scope must
+                # not span a yield.
+                with anyio.move_on_after(stream.timeout) as deadline:
+                    async with aclosing(stream.events()) as events:
+                        async for event in events:
+                            if data := encoder.encode(event):  # b"": nothing to say on this wire
+                                await send_stream.send(data)
+                if deadline.cancelled_caught:
+                    await send_stream.send(encoder.encode(stream.timed_out()))
+                if closing := encoder.closing():
+                    await send_stream.send(closing)
+
+        async def watch_disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            group.cancel_scope.cancel()
+
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        async with anyio.create_task_group() as group:
+            group.start_soon(watch_disconnect)
+            group.start_soon(produce)
+            async with receive_stream:
+                while True:
+                    with anyio.move_on_after(self._heartbeat) as idle:
+                        try:
+                            chunk = await receive_stream.receive()
+                        except anyio.EndOfStream:
+                            break
+                    if idle.cancelled_caught:
+                        chunk = b": ping\n\n"
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            group.cancel_scope.cancel()

@@ -1,0 +1,60 @@
+"""A predictor's own LM (set in its program, or saved in its artifact) obeys the allow-list.
+
+DSPy gives a predictor's ``lm`` precedence over the request's, so without this an artifact could
+send calls to any model, past the pool, the retries bounded by the deadline and the metrics.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import dspy
+import httpx
+import pytest
+
+from dspy_serve import create_app
+from tests.support.fake_lm import FakeLM
+from tests.support.metrics import samples
+from tests.support.programs.serving import qa as served_qa
+from tests.support.servers import serving
+from tests.support.settings import PROGRAMS, fake_settings
+
+QA = f"qa={PROGRAMS / 'serving.py'}:qa"
+
+
+def _qa_with_own_lm(model: str, **kwargs: object) -> dspy.Module:
+    program = dspy.Predict("question -> answer")
+    program.lm = dspy.LM(model, **kwargs)  # no api_base: only the service can route it to the fake
+    return program
+
+
+def test_a_predictor_lm_outside_the_allow_list_stops_startup(fake_lm: FakeLM) -> None:
+    with pytest.raises(ValueError, match=r"predictor 'self' has its own LM 'openai/gpt-4o'.*--allow-model"):
+        create_app(fake_settings(fake_lm), programs={"qa": _qa_with_own_lm("openai/gpt-4o")})
+
+
+def test_an_allowed_predictor_lm_is_served_by_the_service_with_its_own_parameters(
+    fake_lm: FakeLM, provider_key: str
+) -> None:
+    settings = fake_settings(fake_lm, allow_models=["openai/fake-large"])
+    closed_port = "http://127.0.0.1:9/v1"  # the service's endpoint must win over the program's
+    program = _qa_with_own_lm("openai/fake-large", temperature=0.3, api_base=closed_port)
+    with serving(create_app(settings, programs={"qa": program})) as server:
+        response = httpx.post(server.base_url + "/qa/invoke", json={"inputs": {"question": "q"}}, timeout=10)
+        metrics = samples(httpx.get(server.base_url + "/metrics", timeout=5).text)
+    assert response.status_code == 200, response.text
+    sent = fake_lm.last_request
+    assert sent["model"] == "fake-large" and sent["temperature"] == 0.3, "its model and parameters"
+    assert metrics[("dspy_serve_lm_calls_total", (("model", "openai/fake-large"),))] == 1
+    assert "openai/fake-large" in response.json()["usage"]
+
+
+def test_a_predictor_lm_saved_in_an_artifact_is_checked_too(fake_lm: FakeLM, tmp_path: Path) -> None:
+    artifact = tmp_path / "qa.json"
+    optimized = copy.deepcopy(served_qa)
+    optimized.lm = dspy.LM("openai/gpt-4o")  # as an optimizer run with a per-predictor LM saves it
+    optimized.save(str(artifact))
+    settings = fake_settings(fake_lm, programs=[QA], artifacts=[str(artifact)])
+    with pytest.raises(ValueError, match=r"program 'qa': predictor 'self' has its own LM 'openai/gpt-4o'"):
+        create_app(settings)

@@ -1,0 +1,173 @@
+"""In-process tier: the ASGI app through httpx's ASGITransport, with DSPy's DummyLM."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import dspy
+import httpx
+import pytest
+from dspy.utils import DummyLM
+from fastapi import FastAPI
+
+import dspy_serve
+from dspy_serve import ServeSettings, create_app, install_error_handlers, router
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    lm = DummyLM([{"answer": "Paris"}] * 20)
+    app = create_app(ServeSettings(), programs={"qa": "question: str -> answer: str"}, lm=lm)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http,
+    ):
+        yield http
+
+
+async def test_invoke_returns_outputs_usage_and_model(client: httpx.AsyncClient) -> None:
+    response = await client.post("/qa/invoke", json={"inputs": {"question": "Capital of France?"}})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["outputs"] == {"answer": "Paris"}
+    assert body["model"] == "dummy"
+    assert set(body["usage"]) == {"dummy"}
+
+
+async def test_request_id_is_echoed_or_generated(client: httpx.AsyncClient) -> None:
+    echoed = await client.get("/health/live", headers={"X-Request-ID": "abc-123"})
+    generated = await client.get("/health/live")
+    unsafe = await client.get("/health/live", headers={"X-Request-ID": "bad id; drop"})
+    assert echoed.headers["x-request-id"] == "abc-123"
+    assert len(generated.headers["x-request-id"]) == 32
+    assert len(unsafe.headers["x-request-id"]) == 32
+
+
+async def test_validation_errors_are_problems_with_field_paths(client: httpx.AsyncClient) -> None:
+    response = await client.post("/qa/invoke", json={"inputs": {"question": 5, "extra": 1}, "opts": {}})
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert {"type", "title", "status", "detail", "code", "request_id"} <= set(problem)
+    locs = {tuple(error["loc"]) for error in problem["errors"]}
+    assert locs == {("body", "inputs", "question"), ("body", "inputs", "extra"), ("body", "opts")}
+
+
+async def test_malformed_json_is_a_422_problem(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/qa/invoke", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.json()["code"] == "invalid_input"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("GET", "/nope", 404), ("GET", "/qa/invoke", 405), ("GET", "/programs/nope", 404)],
+)
+async def test_routing_errors_share_the_problem_shape(
+    client: httpx.AsyncClient, method: str, path: str, status: int
+) -> None:
+    response = await client.request(method, path)
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["status"] == status
+
+
+async def test_openapi_documents_each_program_with_its_schema(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    operation = spec["paths"]["/qa/invoke"]["post"]
+    assert operation["operationId"] == "qa_invoke"
+    schemas = spec["components"]["schemas"]
+    assert schemas["QaInputs"]["properties"]["question"]["type"] == "string"
+    assert schemas["QaInputs"]["additionalProperties"] is False
+    assert schemas["QaOutputs"]["required"] == ["answer"]
+    assert {"422", "429", "503", "504"} <= set(operation["responses"])
+    batch_items = schemas["QaBatchRequest"]["properties"]["items"]
+    assert batch_items["items"] == {"$ref": "#/components/schemas/QaInputs"}
+
+
+async def test_program_description_reports_interface_and_artifact(client: httpx.AsyncClient) -> None:
+    info = (await client.get("/programs/qa")).json()
+    assert info["signature"] == "question -> answer"
+    assert info["optimized"] is False and info["artifact"] is None
+    assert info["execution"] == "async"
+    assert info["input_schema"]["required"] == ["question"]
+
+
+async def test_readiness_follows_the_lifecycle() -> None:
+    app = create_app(ServeSettings(), programs={"qa": "question -> answer"}, lm=DummyLM([{"answer": "x"}]))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        before = await http.get("/health/ready")
+        invoke_before = await http.post("/qa/invoke", json={"inputs": {"question": "q"}})
+        async with app.router.lifespan_context(app):
+            during = await http.get("/health/ready")
+        after = await http.get("/health/ready")
+    assert (before.status_code, during.status_code, after.status_code) == (503, 200, 503)
+    assert invoke_before.status_code == 503 and invoke_before.headers["retry-after"] == "1"
+
+
+async def test_router_mounts_into_an_existing_app() -> None:
+    host = FastAPI(lifespan=None)
+
+    @host.get("/own")
+    async def own() -> dict[str, Any]:
+        return {"mine": True}
+
+    api = router(
+        ServeSettings(), programs={"qa": dspy.Signature("question -> answer")}, lm=DummyLM([{"answer": "ok"}])
+    )
+    host.include_router(api, prefix="/ai")
+    install_error_handlers(host)
+    async with (
+        host.router.lifespan_context(host),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=host), base_url="http://test") as http,
+    ):
+        mounted = await http.post("/ai/qa/invoke", json={"inputs": {"question": "q"}})
+        own_route = await http.get("/own")
+    assert mounted.status_code == 200 and mounted.json()["outputs"] == {"answer": "ok"}
+    assert own_route.json() == {"mine": True}
+
+
+def test_public_api_is_pinned() -> None:
+    assert sorted(dspy_serve.__all__) == [
+        "ArtifactError", "BadOverride", "Client", "ClientCancelled", "ContextTooLong", "Forbidden",
+        "HTTPProblem", "InvalidInput", "ModelNotAllowed", "Overloaded", "ProgramNotFound", "ProxyError",
+        "RateLimited", "RemoteProgram", "RequestTimeout", "SchemaError", "ServeError", "ServeSettings",
+        "ServiceUnavailable", "TargetError", "Unauthorized", "UnsupportedRequest", "UpstreamError",
+        "UpstreamRateLimited", "create_app", "install_error_handlers", "load_settings", "router",
+    ]  # fmt: skip
+
+
+async def test_mlflow_autolog_is_set_up_once_at_startup(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    calls: list[str] = []
+    fake_mlflow = types.ModuleType("mlflow")
+    fake_mlflow.dspy = types.SimpleNamespace(autolog=lambda: calls.append("autolog"))  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "mlflow", fake_mlflow)
+    app = create_app(
+        ServeSettings(mlflow_autolog=True),
+        programs={"qa": "question -> answer"},
+        lm=DummyLM([{"answer": "x"}]),
+    )
+    assert calls == []
+    async with app.router.lifespan_context(app):
+        assert calls == ["autolog"]
+
+
+async def test_mlflow_autolog_without_mlflow_fails_startup_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # importing it raises ImportError
+    app = create_app(
+        ServeSettings(mlflow_autolog=True),
+        programs={"qa": "question -> answer"},
+        lm=DummyLM([{"answer": "x"}]),
+    )
+    with pytest.raises(RuntimeError, match="pip install mlflow"):
+        async with app.router.lifespan_context(app):
+            pass

@@ -1,0 +1,153 @@
+"""API keys, per-key restrictions, CORS and request limits (in-process, DummyLM)."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from dspy.utils import DummyLM
+
+import dspy_serve.serving.keys
+from dspy_serve import ServeSettings, create_app
+from dspy_serve.serving.keys import KeyRing, parse_key_line
+
+SECRET = "sk-serve-TOPSECRET-1"
+OTHER = "sk-serve-TOPSECRET-2"
+
+
+async def client_for(**settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+    lm = DummyLM([{"answer": "ok"}] * 50)
+    programs = {"qa": "question -> answer", "other": "question -> answer"}
+    app = create_app(ServeSettings(**settings), programs=programs, lm=lm)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http,
+    ):
+        yield http
+
+
+@pytest.fixture
+async def secured(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    keys = tmp_path / "keys.txt"
+    keys.write_text(f"# team keys\nweb:{SECRET}\nlimited:{OTHER} programs=qa models=none-extra\n")
+    async for http in client_for(api_keys_file=keys):
+        yield http
+
+
+ASK = {"inputs": {"question": "q"}}
+
+
+async def test_no_key_or_a_wrong_key_is_401(secured: httpx.AsyncClient) -> None:
+    missing = await secured.post("/qa/invoke", json=ASK)
+    wrong = await secured.post("/qa/invoke", json=ASK, headers={"Authorization": "Bearer nope"})
+    for response in (missing, wrong):
+        assert response.status_code == 401
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert response.json()["code"] == "unauthorized"
+        assert response.json()["request_id"] == response.headers["x-request-id"]
+
+
+async def test_a_right_key_works_as_bearer_or_x_api_key(secured: httpx.AsyncClient) -> None:
+    bearer = await secured.post("/qa/invoke", json=ASK, headers={"Authorization": f"Bearer {SECRET}"})
+    header = await secured.post("/qa/invoke", json=ASK, headers={"X-API-Key": SECRET})
+    assert bearer.status_code == header.status_code == 200
+
+
+async def test_health_and_docs_stay_open_by_default(secured: httpx.AsyncClient) -> None:
+    for path in ("/health/live", "/health/ready", "/openapi.json", "/docs"):
+        assert (await secured.get(path)).status_code == 200, path
+
+
+async def test_docs_can_require_a_key() -> None:
+    async for http in client_for(api_keys=[SECRET], protect_docs=True):
+        assert (await http.get("/openapi.json")).status_code == 401
+        assert (await http.get("/openapi.json", headers={"X-API-Key": SECRET})).status_code == 200
+        assert (await http.get("/health/ready")).status_code == 200
+
+
+async def test_a_key_may_be_limited_to_programs_and_models(secured: httpx.AsyncClient) -> None:
+    headers = {"X-API-Key": OTHER}
+    allowed = await secured.post("/qa/invoke", json=ASK, headers=headers)
+    other_program = await secured.post("/other/invoke", json=ASK, headers=headers)
+    other_model = await secured.post(
+        "/qa/invoke", json={**ASK, "options": {"model": "dummy"}}, headers=headers
+    )
+    assert allowed.status_code == 200
+    assert other_program.status_code == 403 and other_program.json()["code"] == "forbidden"
+    assert other_model.status_code == 403 and other_model.json()["code"] == "model_not_allowed"
+
+
+async def test_keys_are_compared_in_constant_time(
+    secured: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    compare = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append(1)
+        return compare(a, b)
+
+    monkeypatch.setattr(dspy_serve.serving.keys.hmac, "compare_digest", spy)
+    await secured.post("/qa/invoke", json=ASK, headers={"X-API-Key": SECRET})
+    assert len(calls) == 2, "every configured key is compared, whichever matches"
+
+
+def test_key_lines_parse_names_and_restrictions() -> None:
+    named = parse_key_line("ci:abc programs=a,b models=m", 1)
+    bare = parse_key_line("xyz", 2)
+    assert (named.name, named.programs, named.models) == ("ci", frozenset({"a", "b"}), frozenset({"m"}))
+    assert (bare.name, bare.programs, bare.models) == ("key-2", None, None)
+    with pytest.raises(ValueError, match="unknown option"):
+        parse_key_line("k rate=5", 3)
+    ring = KeyRing([named, bare])
+    assert ring.match("abc") is named and ring.match("xyz") is bare and ring.match("nope") is None
+
+
+async def test_no_key_appears_in_any_response(secured: httpx.AsyncClient) -> None:
+    headers = {"X-API-Key": SECRET}
+    texts = [
+        (await secured.get("/programs", headers=headers)).text,
+        (await secured.get("/openapi.json")).text,
+        (await secured.post("/qa/invoke", json=ASK, headers=headers)).text,
+        (await secured.post("/qa/invoke", json=ASK, headers={"X-API-Key": SECRET + "x"})).text,
+    ]
+    assert not any(SECRET in text for text in texts)
+
+
+async def test_cors_is_closed_by_default_and_opens_per_origin() -> None:
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    async for http in client_for():
+        closed = await http.options("/qa/invoke", headers=preflight)
+        assert "access-control-allow-origin" not in closed.headers
+    async for http in client_for(cors_origins=["https://app.example"], api_keys=[SECRET]):
+        opened = await http.options("/qa/invoke", headers=preflight)
+        assert opened.status_code == 200
+        assert opened.headers["access-control-allow-origin"] == "https://app.example"
+
+
+async def test_request_size_limits() -> None:
+    async for http in client_for(max_body_bytes=2_000, max_input_chars=100, batch_max_items=3):
+        too_big = await http.post("/qa/invoke", json={"inputs": {"question": "x" * 5_000}})
+
+        async def chunked() -> AsyncIterator[bytes]:
+            for chunk in (b'{"inputs": {"question": "', b"x" * 3_000, b'"}}'):
+                yield chunk
+
+        streamed = await http.post(
+            "/qa/invoke", content=chunked(), headers={"Content-Type": "application/json"}
+        )
+        too_long = await http.post("/qa/invoke", json={"inputs": {"question": "x" * 101}})
+        too_many = await http.post("/qa/batch", json={"items": [{"question": "q"}] * 4})
+        just_right = await http.post("/qa/invoke", json={"inputs": {"question": "x" * 100}})
+    for refused in (too_big, streamed):
+        assert refused.status_code == 413
+        assert refused.headers["content-type"] == "application/problem+json"
+    assert too_long.status_code == 422
+    assert too_long.json()["errors"][0]["loc"] == ["body", "inputs", "question"]
+    assert too_many.status_code == 422
+    assert just_right.status_code == 200
