@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh test
-.venv/bin/ruff check src tests examples bench
+.venv/bin/ruff check src tests examples bench scripts
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"

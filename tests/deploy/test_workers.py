@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import signal
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
+import pytest
 import redis
+from fastapi import FastAPI
 
+from dspy_serve import ServeSettings
 from tests.support.cli import answering_pids, serve_qa
 from tests.support.fake_lm import FakeLM
 from tests.support.metrics import requests_counted
+from tests.support.settings import PROGRAMS
 
 
 def test_two_workers_share_the_port_metrics_and_rate_limit(fake_lm: FakeLM, redis_url: str) -> None:
@@ -56,3 +61,26 @@ def test_sigterm_turns_every_worker_unready_and_lets_calls_in_flight_finish(fake
     stopping = [line for line in output.splitlines() if "shutting down: readiness is 503" in line]
     assert len(stopping) == 2, output[-2000:]  # each worker, before uvicorn drains it
     assert sum("1 in flight" in line for line in stopping) == 1
+
+
+def test_workers_get_the_same_uvicorn_options_as_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One options builder for both paths: a 0.5 s grace is 1 s for workers too, never 0 s."""
+    import uvicorn
+
+    from dspy_serve.deploy.uvicorn_server import uvicorn_config
+    from dspy_serve.deploy.workers import run_workers
+
+    passed: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: passed.update(options))
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "DSPY_SERVE_WORKER_SETTINGS_FILE"):  # run_workers sets them
+        monkeypatch.setenv(name, "restored-after-the-test")
+    settings = ServeSettings(programs=[f"qa={PROGRAMS / 'serving.py'}:qa"], workers=2, shutdown_grace=0.5)
+    run_workers(settings)
+    single = uvicorn_config(FastAPI(), settings)
+    assert passed["workers"] == 2
+    assert passed["timeout_graceful_shutdown"] == single.timeout_graceful_shutdown == 1
+    assert (passed["host"], passed["port"], passed["timeout_keep_alive"]) == (
+        single.host,
+        single.port,
+        single.timeout_keep_alive,
+    )

@@ -95,3 +95,26 @@ async def test_redis_shares_one_budget_across_workers(
         if window == "1/second":
             await asyncio.sleep(1.1)
             assert (await workers[1].post("/qa/invoke", json=ASK)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/qa/invoke", ASK),
+        ("/qa/stream", ASK),
+        ("/qa/batch", {"items": [ASK["inputs"]]}),
+        ("/v1/chat/completions", {"model": "qa", "messages": [{"role": "user", "content": "Capital?"}]}),
+        (
+            "/v1/chat/completions",
+            {"model": "qa", "messages": [{"role": "user", "content": "Capital?"}], "stream": True},
+        ),
+    ],
+)
+async def test_every_endpoint_sends_the_ratelimit_headers(
+    fake_lm: FakeLM, provider_key: str, path: str, body: dict[str, Any]
+) -> None:
+    async for (http,) in clients(fake_lm, rate_limit="5/minute"):
+        response = await http.post(path, json=body)
+    assert response.status_code == 200, response.text
+    assert (response.headers["ratelimit-limit"], response.headers["ratelimit-remaining"]) == ("5", "4")
+    assert 0 <= int(response.headers["ratelimit-reset"]) <= 60

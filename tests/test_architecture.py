@@ -1,0 +1,113 @@
+"""The layers stay layers: checked over the imports of every module, as written in the source.
+
+``serving`` (the call pipeline) and ``lm`` know nothing of HTTP, so every front end (program
+routes, OpenAI-compatible, MCP, whatever comes next) can drive them; ``web`` knows nothing of
+the other protocols or of deployment; the client depends on the error tree alone.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "dspy_serve"
+
+WEB_FRAMEWORKS = ("fastapi", "starlette", "uvicorn")
+
+# Which of our own layers each layer may not import.
+FORBIDDEN: dict[str, tuple[str, ...]] = {
+    "serving": ("web", "interop", "deploy", "app", "cli", "client"),
+    # The LMs sit below the pipeline; they read only the request's deadline (serving.call_scope).
+    "lm": (
+        "web",
+        "interop",
+        "deploy",
+        "app",
+        "cli",
+        "client",
+        *(
+            f"serving.{p.stem}"
+            for p in (PACKAGE / "serving").glob("*.py")
+            if p.stem not in ("call_scope", "__init__")
+        ),
+    ),
+    "web": ("interop", "deploy", "app", "cli", "client"),
+    "interop": ("deploy", "app", "cli", "client"),
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module a file imports, absolute, at any depth (function-level imports included)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module is not None:
+            assert node.level == 0, f"{path}: relative import of {node.module}"
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def layer_modules(layer: str) -> list[Path]:
+    return sorted((PACKAGE / layer).rglob("*.py"))
+
+
+def within(imported: str, layer: str) -> bool:
+    return imported == f"dspy_serve.{layer}" or imported.startswith(f"dspy_serve.{layer}.")
+
+
+@pytest.mark.parametrize("layer", sorted(FORBIDDEN))
+def test_a_layer_never_imports_the_layers_above_it(layer: str) -> None:
+    assert layer_modules(layer), f"no modules in {layer}/"
+    breaches = [
+        f"{module_name(path)} imports {imported}"
+        for path in layer_modules(layer)
+        for imported in imports_of(path)
+        if any(within(imported, above) for above in FORBIDDEN[layer])
+    ]
+    assert breaches == []
+
+
+@pytest.mark.parametrize("layer", ["serving", "lm"])
+def test_the_pipeline_and_the_lms_import_no_web_framework(layer: str) -> None:
+    breaches = [
+        f"{module_name(path)} imports {imported}"
+        for path in layer_modules(layer)
+        for imported in imports_of(path)
+        if imported.split(".")[0] in WEB_FRAMEWORKS
+    ]
+    assert breaches == []
+
+
+def test_the_client_depends_on_the_error_tree_alone() -> None:
+    ours = {name for name in imports_of(PACKAGE / "client.py") if name.startswith("dspy_serve")}
+    assert ours <= {"dspy_serve", "dspy_serve.errors"}
+
+
+def test_every_module_belongs_to_a_layer_or_is_a_known_root() -> None:
+    """A new top-level module is a decision about layers: make it here, not by accident."""
+    roots = {p.name for p in PACKAGE.iterdir() if p.suffix == ".py"}
+    assert roots == {
+        "__init__.py", "__main__.py", "_version.py", "app.py", "cli.py", "client.py", "errors.py",
+        "logs.py", "ray_serve.py", "settings.py",
+    }  # fmt: skip
+
+
+def test_the_checker_sees_a_breach() -> None:
+    """The checks above can fail: an upward import is found, relative imports are refused."""
+    fake = PACKAGE.parent.parent / "build" / "architecture-probe.py"
+    fake.parent.mkdir(exist_ok=True)
+    fake.write_text("def f():\n    from dspy_serve.web.sse import sse_event\n")
+    try:
+        assert "dspy_serve.web.sse" in imports_of(fake)
+        assert within("dspy_serve.web.sse", "web") and not within("dspy_serve.webhooks", "web")
+    finally:
+        fake.unlink()
