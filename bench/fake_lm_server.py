@@ -1,4 +1,4 @@
-"""tests.fake_lm.FakeLM in a process of its own, so its CPU is not the measured process's.
+"""tests.support.fake_lm.FakeLM in a process of its own, so its CPU is not the measured process's.
 
     python -m bench.fake_lm_server --latency 0.1 [--chunk-delay 0.02 --answer-chars 160]
 
@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from tests.fake_lm import FakeLM
+from tests.support.fake_lm import FakeLM
 
 __all__ = ["BenchFakeLM", "main"]
 
