@@ -94,6 +94,7 @@ async def test_program_description_reports_interface_and_artifact(client: httpx.
     assert info["optimized"] is False and info["artifact"] is None
     assert info["execution"] == "async"
     assert info["input_schema"]["required"] == ["question"]
+    assert info["endpoints"] == {"invoke": "/qa/invoke", "stream": "/qa/stream", "batch": "/qa/batch"}
 
 
 async def test_readiness_follows_the_lifecycle() -> None:
