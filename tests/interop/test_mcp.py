@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -145,6 +146,39 @@ def test_the_endpoint_answers_at_mcp_without_a_redirect(server: ServerThread) ->
     )
     assert response.status_code == 200, response.text
     assert "qa" in response.text
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_server_stopped_by_a_signal_leaves_the_next_one_serving(
+    fake_lm: FakeLM, provider_key: str, mode: str
+) -> None:
+    """An exit signal to one uvicorn server in the process (a test's, a worker's) must not end
+    MCP answers of every later server: sse-starlette turns a process-wide flag on for good then."""
+    stopped = ServerThread(with_mcp(create_app(fake_settings(fake_lm, programs=[QA])))).start()
+    stopped.server.handle_exit(signal.SIGTERM, None)
+    stopped.stop()
+    fake_lm.answers = {"answer": "Paris"}
+    with serving(with_mcp(create_app(fake_settings(fake_lm, programs=[QA])))) as server:
+        async with mcp_client(server, mode) as client:
+            tools = (await client.list_tools()).tools
+            result = await client.call_tool("qa", {"question": "Capital of France?"})
+    assert [tool.name for tool in tools] == ["qa"]
+    assert result.structured_content == {"answer": "Paris"}
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE", "PUT"])
+async def test_only_post_is_served_so_no_stream_is_held_open(server: ServerThread, method: str) -> None:
+    """Stateless: no session to resume or end, no server-to-client stream worth holding open."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.request(
+            method,
+            f"{server.base_url}/mcp",
+            headers={"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-11-25"},
+        )
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "http_error"
 
 
 async def test_outside_its_run_context_the_endpoint_answers_503(fake_lm: FakeLM, provider_key: str) -> None:

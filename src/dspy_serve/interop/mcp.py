@@ -10,6 +10,14 @@ them; never a stack trace.
 HTTP runs in stateless mode: every POST is served on its own, with no session to pin to a
 replica, so ``/mcp`` scales out like the rest of the API. The SDK's session manager owns a task
 group that must run for the app's lifetime, hence :meth:`McpEndpoint.run` in the lifespan.
+
+Every answer is one JSON body, never an SSE stream. The SDK writes its streams with
+sse-starlette, which patches ``uvicorn.Server.handle_exit`` to set a process-wide flag (never
+reset) that ends every such stream within half a second: SIGTERM would drop the tool calls in
+flight whatever ``shutdown_grace`` says, and once any server in the process has stopped, every
+later one would end its answers before writing them. A stateless endpoint sends nothing but the
+one result anyway. For the same reason only POST is served: GET would open a stream that carries
+nothing and is held forever, and there is no session for DELETE to end.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dspy_serve._version import VERSION
-from dspy_serve.errors import ServeError, ServiceUnavailable, from_exception
+from dspy_serve.errors import HTTPProblem, ServeError, ServiceUnavailable, from_exception
 from dspy_serve.serving.caller import Caller
 from dspy_serve.serving.programs import Program
 from dspy_serve.serving.service import CallOptions, Service
@@ -107,22 +115,23 @@ class McpEndpoint:
     """Streamable HTTP for one service, as an ASGI app: route it at ``/mcp`` and enter ``run()``
     in the app's lifespan (after ``service.start()``, so calls in flight end before it stops).
 
+    It drains like every other endpoint: once the service stops being ready (SIGTERM) new
+    requests get 503, while calls in flight are plain requests that uvicorn lets finish within
+    ``shutdown_grace`` and then cancels.
+
     ``transport_security`` turns on the SDK's Host/Origin checks against DNS rebinding (off by
     default: behind a proxy the Host header is the public name, which only the operator knows).
     """
 
     def __init__(
-        self,
-        service: Service,
-        *,
-        json_response: bool = False,
-        transport_security: TransportSecuritySettings | None = None,
+        self, service: Service, *, transport_security: TransportSecuritySettings | None = None
     ) -> None:
         self.server = build_server(service)
+        self._service = service
         self._manager = StreamableHTTPSessionManager(
             app=self.server,
             stateless=True,
-            json_response=json_response,
+            json_response=True,  # no sse-starlette stream: see the module docstring
             security_settings=transport_security,
             max_request_body_size=service.settings.max_body_bytes,
         )
@@ -144,11 +153,14 @@ class McpEndpoint:
         return self
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Serve one request; 503 outside :meth:`run` rather than the SDK's crash."""
-        if not self._running:
-            await send_problem(scope, send, ServiceUnavailable("The MCP endpoint is not running."))
-            return
-        await self._manager.handle_request(scope, receive, send)
+        """Serve one POST; 405 for any other method, 503 outside :meth:`run` or while the
+        service is not ready (starting or draining), rather than the SDK's crash or a stream."""
+        if scope["method"] != "POST":
+            await send_problem(scope, send, HTTPProblem(405, "Method Not Allowed"), {"Allow": "POST"})
+        elif not (self._running and self._service.ready):
+            await send_problem(scope, send, ServiceUnavailable("The service is not ready.", retry_after=1))
+        else:
+            await self._manager.handle_request(scope, receive, send)
 
 
 async def serve_stdio(service: Service) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Mapping
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
@@ -22,6 +23,7 @@ __all__ = ["REQUEST_ID_HEADER", "BodyLimitMiddleware", "RequestIdMiddleware", "s
 REQUEST_ID_HEADER = "X-Request-ID"
 # Accept the caller's id only when it cannot smuggle anything into logs or headers.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
 
 class RequestIdMiddleware:
     """Give every request an id (the caller's ``X-Request-ID`` if sane), echoed on the response.
@@ -52,14 +54,18 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id if self.echo else send)
 
 
-async def send_problem(scope: Scope, send: Send, error: ServeError) -> None:
-    """Answer with a problem+json body from middleware, before the app runs."""
+async def send_problem(
+    scope: Scope, send: Send, error: ServeError, headers: Mapping[str, str] | None = None
+) -> None:
+    """Answer with a problem+json body from middleware, before the app runs; ``headers`` are
+    sent too (``Allow`` of a 405)."""
     caller = caller_in(scope)
     caller.report(error)
     body = json.dumps(error.problem(request_id=caller.request_id, instance=scope["path"])).encode()
-    headers = [(b"content-type", PROBLEM_CONTENT_TYPE.encode()), (b"content-length", str(len(body)).encode())]
-    headers += [(name.lower().encode(), value.encode()) for name, value in error.headers().items()]
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    raw = [(b"content-type", PROBLEM_CONTENT_TYPE.encode()), (b"content-length", str(len(body)).encode())]
+    extra = {**error.headers(), **(headers or {})}
+    raw += [(name.lower().encode(), value.encode()) for name, value in extra.items()]
+    await send({"type": "http.response.start", "status": error.status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
 
 
