@@ -1,8 +1,8 @@
 """Side-by-side A/B runs of dspy-serve variants and the in-process ceiling (bench.gc_ab, bench.http_ab).
 
 Every variant is a dspy-serve process with a catalogued model name and its own environment; all
-run at once and are measured in turn with the ceiling, ``rounds`` times, so the machine's noise
-hits them alike. The result is a Markdown table.
+run at once and are measured in turn with the ceiling, ``rounds`` times, in alternating order, so
+the machine's noise hits them alike. The result is a Markdown table.
 """
 
 from __future__ import annotations
@@ -70,7 +70,9 @@ def run_ab(
                 after_start(label, server)
         time.sleep(1)
         for round_ in range(1, args.rounds + 1):
-            for label, server in servers.items():
+            # Alternate the order, so that no variant is always measured right after the ceiling.
+            order = list(servers.items()) if round_ % 2 else list(reversed(servers.items()))
+            for label, server in order:
                 load = ["-m", "bench.load", "--url", server.url, "--body", server.system.body().decode()]
                 outcome = _drive([*load, "--watch", f"server={server.pid}", *window])
                 rows.append(_row(f"{round_} | {label}", outcome))
