@@ -127,3 +127,16 @@ def test_call_prints_the_outputs(fake_lm: FakeLM) -> None:
     assert json.loads(plain.stdout)["outputs"] == {"answer": "Paris"}
     assert streamed.stdout.startswith("Paris\n")
     assert refused.returncode == 1 and "404" in refused.stderr
+
+
+def test_a_program_named_like_a_reserved_route_stops_startup() -> None:
+    result = subprocess.run(
+        [*CLI, "run", f"health={PROGRAMS / 'serving.py'}:qa", "--model", "openai/fake-model"],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 3, result.stderr
+    assert "'health' is reserved" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

@@ -10,10 +10,12 @@ from typing import Any
 import httpx
 import pytest
 from dspy.utils import DummyLM
+from starlette.routing import BaseRoute
 
 import dspy_serve.serving.keys
 from dspy_serve import ServeSettings, create_app
 from dspy_serve.serving.keys import KeyRing, parse_key_line
+from dspy_serve.serving.loader import RESERVED_NAMES, TargetError, parse_target
 
 SECRET = "sk-serve-TOPSECRET-1"
 OTHER = "sk-serve-TOPSECRET-2"
@@ -151,3 +153,53 @@ async def test_request_size_limits() -> None:
     assert too_long.json()["errors"][0]["loc"] == ["body", "inputs", "question"]
     assert too_many.status_code == 422
     assert just_right.status_code == 200
+
+
+async def test_only_the_exact_open_paths_skip_the_key() -> None:
+    """A program named like an open route (docs_qa, metrics_report, redocs, healthy) gets no free pass."""
+    lm = DummyLM([{"answer": "ok"}] * 10)
+    programs = {name: "question -> answer" for name in ("docs_qa", "metrics_report", "redocs", "healthy")}
+    for protect_docs in (False, True):
+        app = create_app(
+            ServeSettings(api_keys=[SECRET], protect_docs=protect_docs), programs=programs, lm=lm
+        )
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http,
+        ):
+            for name in programs:
+                response = await http.post(f"/{name}/invoke", json=ASK)
+                assert response.status_code == 401, (name, response.text)
+            for path in ("/health/livex", "/health/ready/", "/docsx", "/openapi.jsonx", "/metrics/x"):
+                assert (await http.get(path)).status_code == 401, path
+            for path in ("/health/live", "/health/ready"):
+                assert (await http.get(path)).status_code == 200, path
+            docs = [await http.get(path) for path in ("/docs", "/docs/oauth2-redirect", "/redoc", "/metrics")]
+            assert [r.status_code for r in docs] == [401 if protect_docs else 200] * 4
+
+
+@pytest.mark.parametrize(
+    "name", ["health", "docs", "metrics", "v1", "mcp", "programs", "redoc", "playground"]
+)
+def test_a_program_named_like_a_reserved_route_is_refused(name: str) -> None:
+    with pytest.raises(TargetError, match="reserved"):
+        create_app(ServeSettings(), programs={name: "question -> answer"}, lm=DummyLM([]))
+    with pytest.raises(TargetError, match="reserved"):
+        parse_target(f"{name}=examples/qa.py:program")
+
+
+def test_reserved_names_cover_every_route_of_the_app() -> None:
+    app = create_app(ServeSettings(), programs={"qa": "question -> answer"}, lm=DummyLM([]))
+    paths = [getattr(route, "path", None) for route in _every_route(app.routes)]
+    firsts = {path.strip("/").split("/")[0] for path in paths if path}
+    firsts -= {"qa", "{name}"}
+    assert firsts <= RESERVED_NAMES, firsts - RESERVED_NAMES
+
+
+def _every_route(routes: list[BaseRoute]) -> list[BaseRoute]:
+    found: list[BaseRoute] = []
+    for route in routes:
+        found.append(route)
+        inner = getattr(getattr(route, "original_router", None), "routes", None)
+        found += _every_route(inner) if inner else []
+    return found

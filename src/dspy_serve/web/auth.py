@@ -13,14 +13,15 @@ from dspy_serve.serving.keys import KeyRing
 from dspy_serve.web.middleware import send_problem
 from dspy_serve.web.request_state import caller_in
 
-__all__ = ["ApiKeyMiddleware"]
+__all__ = ["DOCS_PATHS", "OPEN_PATHS", "ApiKeyMiddleware"]
+
+# Exact paths, never prefixes: a program named ``docs_qa`` or ``health`` must not inherit them.
+OPEN_PATHS = frozenset({"/health/live", "/health/ready"})
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/metrics"})
 
 
 class ApiKeyMiddleware:
     """Require a valid key, except on health checks (and, unless protected, docs and metrics)."""
-
-    OPEN = ("/health/",)
-    DOCS = ("/metrics", "/docs", "/redoc", "/openapi.json")
 
     def __init__(self, app: ASGIApp, keys: KeyRing, protect_docs: bool = False) -> None:
         self.app = app
@@ -42,7 +43,7 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
     def _is_open(self, path: str) -> bool:
-        return path.startswith(self.OPEN) or (not self.protect_docs and path.startswith(self.DOCS))
+        return path in OPEN_PATHS or (not self.protect_docs and path in DOCS_PATHS)
 
     @staticmethod
     def _presented(scope: Scope) -> str | None:
