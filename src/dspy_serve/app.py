@@ -81,6 +81,9 @@ def create_app(
     keys = KeyRing.from_settings(settings)
     if keys is not None:
         app.add_middleware(ApiKeyMiddleware, keys=keys, protect_docs=settings.protect_docs)
+        logger.info("API keys: on (%d keys)", len(keys))
+    else:
+        logger.warning("API keys: off (every route is open; set DSPY_SERVE_API_KEYS or api_keys_file)")
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

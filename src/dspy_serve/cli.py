@@ -135,8 +135,11 @@ def serve(settings: ServeSettings) -> None:
     from dspy_serve.app import create_app
     from dspy_serve.deploy.uvicorn_server import ServeServer, uvicorn_config
     from dspy_serve.logs import configure_logging
+    from dspy_serve.serving.keys import KeyRing
 
     configure_logging(settings.log_level, settings.log_format)
+    with _or_exit_3():  # before any worker or replica starts: a key source without keys fails open
+        KeyRing.from_settings(settings)
     if settings.engine == "ray":
         _serve_on_ray(settings)
         return

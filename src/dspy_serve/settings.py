@@ -306,4 +306,5 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> ServeSet
         model_config = SettingsConfigDict(toml_file=config_file)
 
     settings = _FromFile(**overrides)
-    return ServeSettings.model_construct(**settings.model_dump())
+    # Keep which fields were given: "configured but empty" differs from "not configured" (API keys).
+    return ServeSettings.model_construct(_fields_set=settings.model_fields_set, **settings.model_dump())
