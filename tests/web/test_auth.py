@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hmac
+import io
+import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ from starlette.routing import BaseRoute
 
 import dspy_serve.serving.keys
 from dspy_serve import ServeSettings, create_app
+from dspy_serve.logs import JsonFormatter, TextFormatter
 from dspy_serve.serving.keys import KeyRing, parse_key_line
 from dspy_serve.serving.loader import RESERVED_NAMES, TargetError, parse_target
 
@@ -203,3 +207,29 @@ def _every_route(routes: list[BaseRoute]) -> list[BaseRoute]:
         inner = getattr(getattr(route, "original_router", None), "routes", None)
         found += _every_route(inner) if inner else []
     return found
+
+
+async def test_control_characters_in_the_path_cannot_forge_log_lines() -> None:
+    """A percent-encoded CR, LF or ESC (or a C1 control) in the path, sent with no key, stays one
+    escaped log line in both formats."""
+    text, lines = io.StringIO(), io.StringIO()
+    handlers = [logging.StreamHandler(text), logging.StreamHandler(lines)]
+    handlers[0].setFormatter(TextFormatter())
+    handlers[1].setFormatter(JsonFormatter())
+    access = logging.getLogger("dspy_serve.access")
+    for handler in handlers:
+        access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    try:
+        async for http in client_for(api_keys=[SECRET]):
+            forged = "/qa%0d%0a2026-01-01 INFO dspy_serve.access: POST /qa/invoke 200%1b[2K%c2%9b"
+            assert (await http.post(forged + "/invoke", json=ASK)).status_code == 401
+    finally:
+        for handler in handlers:
+            access.removeHandler(handler)
+    assert text.getvalue().count("\n") == 1 and "\r" not in text.getvalue()
+    assert "\x1b" not in text.getvalue() and "\x9b" not in text.getvalue()
+    assert "\\x0d\\x0a2026-01-01 INFO" in text.getvalue() and "\\x1b[2K" in text.getvalue()
+    assert lines.getvalue().count("\n") == 1 and "\x9b" not in lines.getvalue()
+    entry = json.loads(lines.getvalue())
+    assert entry["message"].startswith("POST /qa\r\n2026-01-01") and "\x1b[2K\x9b" in entry["message"]
