@@ -38,6 +38,7 @@ import dspy
 from pydantic import ValidationError
 
 __all__ = [
+    "MAX_RETRY_AFTER",
     "PROBLEM_CONTENT_TYPE",
     "BadOverride",
     "ClientCancelled",
@@ -59,11 +60,29 @@ __all__ = [
     "UpstreamRateLimited",
     "error_class",
     "from_exception",
+    "sane_retry_after",
 ]
 
 logger = logging.getLogger("dspy_serve.errors")
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+# The longest wait a provider's Retry-After may ask of us and our callers (one was 309 digits).
+MAX_RETRY_AFTER = 3600.0
+
+
+def sane_retry_after(value: object) -> float | None:
+    """A Retry-After from elsewhere (a provider, a server) as seconds within
+    ``[0, MAX_RETRY_AFTER]``; None when it is not a number at all."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        seconds = float(value)
+    except (ValueError, OverflowError):
+        return None
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 class ServeError(Exception):
@@ -185,6 +204,16 @@ class RateLimited(ServeError):
 
 class UpstreamRateLimited(ServeError):
     status, code, title = 429, "upstream_rate_limited", "The LM provider is rate limiting"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        retry_after: float | None = None,
+        errors: list[dict[str, Any]] | None = None,
+    ) -> None:
+        # The provider's value is passed on, but never an absurd one.
+        super().__init__(detail, retry_after=sane_retry_after(retry_after), errors=errors)
 
 
 class UpstreamError(ServeError):

@@ -275,3 +275,15 @@ def test_lm_connection_pool_is_not_capped_at_dspys_default(fake_lm: FakeLM, prov
     assert response.status_code == 200
     assert all(item["error"] is None for item in response.json()["items"])
     assert fake_lm.peak_in_flight > 100, fake_lm.peak_in_flight
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+def test_an_absurd_provider_retry_after_is_clamped(fake_lm: FakeLM, provider_key: str, retries: int) -> None:
+    fake_lm.when("Capital", RateLimit(retry_after=9e307))  # the header has 308 digits' worth
+    app = create_app(fake_settings(fake_lm, programs=[target("qa")], lm_retries=retries, timeout=3))
+    with serving(app) as server:
+        response = post(server.base_url, "/qa/invoke", {"inputs": {"question": "Capital of France?"}})
+    assert response.status_code == 429, response.text
+    assert response.headers["retry-after"] == "3600"
+    assert response.json()["retry_after"] == 3600
+    assert fake_lm.requests_started == 1
