@@ -13,6 +13,7 @@ as RFC 9457 ``application/problem+json``::
     ├── ModelNotAllowed (403)          options.model outside the allow-list (or the key's)
     ├── Forbidden (403)                the API key may not call this program
     ├── ProgramNotFound (404)
+    ├── UnsupportedMediaType (415)     a body that is not JSON (a cross-site form or text/plain post)
     ├── ContextTooLong (413)           the prompt exceeds the model's context window
     ├── RateLimited (429)              the caller's request or token budget is spent
     ├── UpstreamRateLimited (429)      the LM provider said 429; Retry-After passed on
@@ -55,6 +56,7 @@ __all__ = [
     "ServeError",
     "ServiceUnavailable",
     "Unauthorized",
+    "UnsupportedMediaType",
     "UnsupportedRequest",
     "UpstreamError",
     "UpstreamRateLimited",
@@ -176,6 +178,13 @@ class Forbidden(ServeError):
 
 class ProgramNotFound(ServeError):
     status, code, title = 404, "program_not_found", "Program not found"
+
+
+class UnsupportedMediaType(ServeError):
+    """Only JSON bodies are taken: a browser may send a form or text/plain body to any site,
+    without asking first, but never JSON."""
+
+    status, code, title = 415, "unsupported_media_type", "The body must be JSON"
 
 
 class ContextTooLong(ServeError):

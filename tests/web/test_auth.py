@@ -233,3 +233,58 @@ async def test_control_characters_in_the_path_cannot_forge_log_lines() -> None:
     assert lines.getvalue().count("\n") == 1 and "\x9b" not in lines.getvalue()
     entry = json.loads(lines.getvalue())
     assert entry["message"].startswith("POST /qa\r\n2026-01-01") and "\x1b[2K\x9b" in entry["message"]
+
+
+NOT_JSON = [
+    {"Content-Type": "text/plain"},
+    {"Content-Type": "application/x-www-form-urlencoded"},
+    {"Content-Type": "multipart/form-data; boundary=x"},
+    {},  # an untyped body (a Blob without a type): FastAPI would parse it as JSON
+]
+
+
+async def test_program_routes_and_v1_take_json_only() -> None:
+    """What a web page can post cross-site without a preflight runs nothing (auth is off by default)."""
+    chat = {"model": "qa", "messages": [{"role": "user", "content": "q"}]}
+    async for http in client_for():
+        for headers in NOT_JSON:
+            for path, body in [(f"/qa/{ep}", ASK) for ep in ("invoke", "stream")] + [
+                ("/v1/chat/completions", chat)
+            ]:
+                response = await http.post(path, content=json.dumps(body), headers=headers)
+                assert response.status_code == 415, (path, headers, response.text)
+                if path.startswith("/v1"):
+                    assert response.json()["error"]["code"] == "unsupported_media_type"
+                else:
+                    assert response.json()["code"] == "unsupported_media_type"
+            batch = await http.post(
+                "/qa/batch", content=json.dumps({"items": [ASK["inputs"]]}), headers=headers
+            )
+            assert batch.status_code == 415
+        for media_type in ("application/json", "application/json; charset=utf-8", "application/vnd.qa+json"):
+            headers = {"Content-Type": media_type}
+            assert (
+                await http.post("/qa/invoke", content=json.dumps(ASK), headers=headers)
+            ).status_code == 200
+            assert (
+                await http.post("/v1/chat/completions", content=json.dumps(chat), headers=headers)
+            ).status_code == 200
+
+
+async def test_mcp_takes_json_only() -> None:
+    pytest.importorskip("mcp")
+    call = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "qa", "arguments": {"question": "q"}},
+    }
+    accept = {"Accept": "application/json, text/event-stream"}
+    async for http in client_for():
+        for headers in NOT_JSON:
+            response = await http.post("/mcp", content=json.dumps(call), headers={**accept, **headers})
+            assert response.status_code == 415, (headers, response.text)
+        ok = await http.post(
+            "/mcp", content=json.dumps(call), headers={**accept, "Content-Type": "application/json"}
+        )
+        assert ok.status_code == 200 and '"isError":false' in ok.text.replace(" ", "")

@@ -37,16 +37,16 @@ from mcp_types import (
     TextContent,
     Tool,
 )
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dspy_serve._version import VERSION
-from dspy_serve.errors import ServeError, ServiceUnavailable, from_exception
+from dspy_serve.errors import ServeError, ServiceUnavailable, UnsupportedMediaType, from_exception
 from dspy_serve.serving.caller import Caller
 from dspy_serve.serving.programs import Program
 from dspy_serve.serving.service import CallOptions, Service
 from dspy_serve.web.middleware import send_problem
-from dspy_serve.web.request_state import caller_of
+from dspy_serve.web.request_state import caller_of, require_json
 
 __all__ = ["CALL_META", "PROBLEM_META", "McpEndpoint", "build_server", "run_stdio", "serve_stdio"]
 
@@ -148,6 +148,12 @@ class McpEndpoint:
         if not self._running:
             await send_problem(scope, send, ServiceUnavailable("The MCP endpoint is not running."))
             return
+        if scope["method"] == "POST":  # the SDK says 400 in plain text; say 415 as every route does
+            try:
+                require_json(HTTPConnection(scope))
+            except UnsupportedMediaType as exc:
+                await send_problem(scope, send, exc)
+                return
         await self._manager.handle_request(scope, receive, send)
 
 

@@ -35,7 +35,7 @@ from dspy_serve.serving.front_door import total_tokens
 from dspy_serve.serving.programs import Program
 from dspy_serve.serving.runner import CallResult
 from dspy_serve.serving.service import CallOptions, Service
-from dspy_serve.web.request_state import caller_of, until_disconnected
+from dspy_serve.web.request_state import caller_of, require_json, until_disconnected
 from dspy_serve.web.sse import EventStreamResponse
 
 __all__ = ["ChatRequest", "ChatShape", "build_openai_router", "chat_shape"]
@@ -288,6 +288,7 @@ def build_openai_router(service: Service) -> APIRouter:
     @router.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> Response:
         try:
+            require_json(request)
             body = _validated(ChatRequest, await request.body(), "Invalid request body")
             program = find(body.model)
             shape = chat_shape(program)
