@@ -12,7 +12,8 @@ import dspy
 import httpx
 import pytest
 
-from dspy_serve import create_app
+from dspy_serve import ServeSettings, create_app
+from dspy_serve.deploy.uvicorn_server import uvicorn_options
 from tests.support.fake_lm import FakeLM, Hang, Malformed, RateLimit, ServerError
 from tests.support.servers import serving
 from tests.support.settings import PROGRAMS, fake_settings
@@ -22,6 +23,9 @@ SERVING = PROGRAMS / "serving.py"
 
 def target(name: str) -> str:
     return f"{SERVING}:{name}"
+
+
+ASK_QA = {"inputs": {"question": "Capital of France?"}}
 
 
 def post(server_url: str, path: str, body: dict, **kwargs: object) -> httpx.Response:
@@ -287,3 +291,29 @@ def test_an_absurd_provider_retry_after_is_clamped(fake_lm: FakeLM, provider_key
     assert response.headers["retry-after"] == "3600"
     assert response.json()["retry_after"] == 3600
     assert fake_lm.requests_started == 1
+
+
+@pytest.mark.parametrize("proxies", [[], ["127.0.0.1"]])
+def test_forwarded_headers_count_only_from_configured_proxies(
+    fake_lm: FakeLM, provider_key: str, proxies: list[str]
+) -> None:
+    """From loopback, X-Forwarded-For picks no rate-limit identity unless loopback is a configured proxy."""
+    settings = fake_settings(
+        fake_lm, programs=[target("qa")], rate_limit="1/minute", forwarded_allow_ips=proxies
+    )
+    options = uvicorn_options(settings)
+    proxy_options = {key: options[key] for key in ("proxy_headers", "forwarded_allow_ips")}
+    with serving(create_app(settings), **proxy_options) as server:
+        statuses = [
+            post(
+                server.base_url, "/qa/invoke", ASK_QA, headers={"X-Forwarded-For": f"203.0.113.{i}"}
+            ).status_code
+            for i in (1, 2)
+        ]
+    assert statuses == ([200, 200] if proxies else [200, 429])
+
+
+def test_forwarded_allow_ips_must_be_addresses_or_networks() -> None:
+    assert ServeSettings(forwarded_allow_ips=["10.0.0.0/8", "::1", "*"]).forwarded_allow_ips
+    with pytest.raises(ValueError, match="not an IP address"):
+        ServeSettings(forwarded_allow_ips=["proxy.internal"])
