@@ -288,3 +288,43 @@ async def test_mcp_takes_json_only() -> None:
             "/mcp", content=json.dumps(call), headers={**accept, "Content-Type": "application/json"}
         )
         assert ok.status_code == 200 and '"isError":false' in ok.text.replace(" ", "")
+
+
+async def test_a_restricted_key_sees_only_its_programs(secured: httpx.AsyncClient) -> None:
+    limited, full = {"X-API-Key": OTHER}, {"X-API-Key": SECRET}
+    listed = (await secured.get("/programs", headers=limited)).json()
+    assert [p["name"] for p in listed] == ["qa"]
+    assert (await secured.get("/programs/other", headers=limited)).status_code == 404
+    assert (await secured.get("/programs/qa", headers=limited)).status_code == 200
+    document = (await secured.get("/openapi.json", headers=limited)).json()
+    assert not any(path.startswith("/other/") for path in document["paths"])
+    assert "/qa/invoke" in document["paths"]
+    assert not any(name.startswith("Other") for name in document["components"]["schemas"])
+    assert "QaInputs" in document["components"]["schemas"]
+    everything = (await secured.get("/openapi.json", headers=full)).json()
+    assert "/other/invoke" in everything["paths"] and "OtherInputs" in everything["components"]["schemas"]
+    assert len((await secured.get("/programs", headers=full)).json()) == 2
+
+
+async def test_openapi_declares_the_key_schemes_on_protected_operations(secured: httpx.AsyncClient) -> None:
+    document = (await secured.get("/openapi.json")).json()
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "Authorization: Bearer KEY",
+    }
+    assert schemes["apiKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    for path, item in document["paths"].items():
+        for operation in item.values():
+            if path in ("/health/live", "/health/ready", "/metrics"):
+                assert "security" not in operation, path
+            else:
+                assert operation["security"] == [{"bearer": []}, {"apiKey": []}], path
+                assert "401" in operation["responses"], path
+    async for http in client_for():
+        assert "securitySchemes" not in (await http.get("/openapi.json")).json().get("components", {})
+    async for http in client_for(api_keys=[SECRET], protect_docs=True):
+        protected = (await http.get("/openapi.json", headers={"X-API-Key": SECRET})).json()
+        assert protected["paths"]["/metrics"]["get"]["security"] == [{"bearer": []}, {"apiKey": []}]
+        assert "security" not in protected["paths"]["/health/ready"]["get"]

@@ -317,3 +317,24 @@ def test_forwarded_allow_ips_must_be_addresses_or_networks() -> None:
     assert ServeSettings(forwarded_allow_ips=["10.0.0.0/8", "::1", "*"]).forwarded_allow_ips
     with pytest.raises(ValueError, match="not an IP address"):
         ServeSettings(forwarded_allow_ips=["proxy.internal"])
+
+
+def test_neither_training_demos_nor_server_paths_are_disclosed(
+    fake_lm: FakeLM, provider_key: str, tmp_path: Path
+) -> None:
+    program = dspy.Predict("question -> answer")
+    program.demos = [
+        dspy.Example(question="Secret-TRAINING-question?", answer="Tokyo").with_inputs("question")
+    ]
+    artifact = tmp_path / "qa.json"
+    program.save(str(artifact))
+    app = create_app(fake_settings(fake_lm, programs=["qa=" + target("qa")], artifacts=[str(artifact)]))
+    with serving(app) as server:
+        document = httpx.get(server.base_url + "/openapi.json").text
+        programs = httpx.get(server.base_url + "/programs").json()
+        one = httpx.get(server.base_url + "/programs/qa").json()
+    assert "Secret-TRAINING-question" not in document
+    for described in (programs[0], one):
+        assert described["artifact"]["name"] == "qa.json" and len(described["artifact"]["sha256"]) == 64
+        assert "target" not in described
+        assert str(tmp_path) not in json.dumps(described) and str(PROGRAMS) not in json.dumps(described)

@@ -97,17 +97,17 @@ def envelope_models(
     interface: ProgramInterface,
     options: type[BaseModel],
     max_batch: int,
-    example: dict[str, Any] | None,
 ) -> dict[str, type[BaseModel]]:
-    """Request/response models of one program's invoke and batch operations."""
+    """Request/response models of one program's invoke and batch operations.
+
+    No examples from the program's demos: they are training data, and the document is public."""
     # Built at runtime from each program's signature: to the type checker these are plain values.
     inputs: Any = interface.inputs
     outputs: Any = interface.outputs
     optional_options: Any = options | None
-    examples: Any = [{"inputs": example}] if example else None
     invoke_request = create_model(
         f"{prefix}InvokeRequest",
-        __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": examples} if examples else None),
+        __config__=ConfigDict(extra="forbid"),
         inputs=(inputs, ...),
         options=(optional_options, None),
     )
@@ -121,9 +121,7 @@ def envelope_models(
     lenient_item: Any = Annotated[inputs, WrapValidator(_keep_invalid)]
     batch_request = create_model(
         f"{prefix}BatchRequest",
-        __config__=ConfigDict(
-            extra="forbid", json_schema_extra={"examples": [{"items": [example]}]} if example else None
-        ),
+        __config__=ConfigDict(extra="forbid"),
         items=(list[lenient_item], Field(min_length=1, max_length=max_batch)),
         options=(optional_options, None),
     )

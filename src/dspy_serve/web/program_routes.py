@@ -14,7 +14,7 @@ from dspy_serve.errors import PROBLEM_CONTENT_TYPE, InvalidInput, from_exception
 from dspy_serve.serving import pricing
 from dspy_serve.serving.programs import Program
 from dspy_serve.serving.runner import CallResult
-from dspy_serve.serving.schema import example_inputs, field_values
+from dspy_serve.serving.schema import field_values
 from dspy_serve.serving.service import CallOptions, Service
 from dspy_serve.web.envelopes import InvalidItem, Problem, envelope_models, stream_event_model
 from dspy_serve.web.request_state import caller_of, require_json, until_disconnected
@@ -49,13 +49,7 @@ def add_program_routes(
     """``/NAME/invoke``, ``/NAME/stream`` and ``/NAME/batch``, each one front-door admission."""
     name = program.name
     prefix = program.interface.inputs.__name__.removesuffix("Inputs")
-    models = envelope_models(
-        prefix,
-        program.interface,
-        options,
-        service.settings.batch_max_items,
-        example_inputs(program.interface, program.loaded.module),
-    )
+    models = envelope_models(prefix, program.interface, options, service.settings.batch_max_items)
     InvokeRequest, InvokeResponse = models["invoke_request"], models["invoke_response"]
     BatchRequest, BatchResponse = models["batch_request"], models["batch_response"]
     description = program.interface.instructions or f"Run the DSPy program `{name}`."
