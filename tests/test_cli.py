@@ -178,3 +178,33 @@ def test_the_startup_log_says_whether_auth_is_on(fake_lm: FakeLM) -> None:
             output, _ = process.communicate(timeout=30)
         assert expected in output
         assert "sk-one" not in output and "sk-two" not in output
+
+
+def test_provider_credentials_are_read_from_dotenv_in_the_working_directory(
+    fake_lm: FakeLM, tmp_path: Path
+) -> None:
+    fake_lm.answers = {"answer": "Paris"}
+    (tmp_path / ".env").write_text(f"OPENAI_API_KEY={FAKE_KEY}\nDSPY_SERVE_MODEL=openai/fake-model\n")
+    env = {k: v for k, v in cli_env().items() if k != "OPENAI_API_KEY"}
+    port = free_port()
+    argv = [
+        *CLI,
+        "run",
+        f"qa={PROGRAMS / 'serving.py'}:qa",
+        "--port",
+        str(port),
+        "--api-base",
+        fake_lm.base_url,
+    ]
+    process = subprocess.Popen(
+        argv, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert answering_pids(url, 1, 60), "the server did not become ready"
+        response = httpx.post(url + "/qa/invoke", json={"inputs": {"question": "Capital?"}}, timeout=10)
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+    assert response.status_code == 200, (response.text, output)
+    assert fake_lm.requests_started == 1

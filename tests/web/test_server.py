@@ -338,3 +338,31 @@ def test_neither_training_demos_nor_server_paths_are_disclosed(
         assert described["artifact"]["name"] == "qa.json" and len(described["artifact"]["sha256"]) == 64
         assert "target" not in described
         assert str(tmp_path) not in json.dumps(described) and str(PROGRAMS) not in json.dumps(described)
+
+
+def test_options_are_not_coerced(fake_lm: FakeLM, provider_key: str) -> None:
+    """`"temperature": false` is a mistake, not 0; nor is a number written as a string."""
+    fake_lm.answers = {"answer": "Paris"}
+    app = create_app(fake_settings(fake_lm, programs=[target("qa")]))
+    chat = {"model": "qa", "messages": [{"role": "user", "content": "q"}]}
+    with serving(app) as server:
+        wrong = [
+            {"temperature": False},
+            {"temperature": "0.5"},
+            {"max_tokens": True},
+            {"max_tokens": "100"},
+            {"max_tokens": 10.5},
+            {"model": 1},
+        ]
+        for options in wrong:
+            response = post(server.base_url, "/qa/invoke", {**ASK_QA, "options": options})
+            assert response.status_code == 422, (options, response.text)
+            assert response.json()["errors"][0]["loc"] == ["body", "options", next(iter(options))]
+        for params in ({"temperature": False}, {"max_tokens": "100"}, {"stream": "yes"}, {"n": True}):
+            response = post(server.base_url, "/v1/chat/completions", {**chat, **params})
+            assert response.status_code == 422, (params, response.text)
+        accepted = post(
+            server.base_url, "/qa/invoke", {**ASK_QA, "options": {"temperature": 1, "max_tokens": 50}}
+        )
+    assert accepted.status_code == 200, accepted.text
+    assert fake_lm.requests_started == 1

@@ -74,12 +74,13 @@ class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    max_tokens: int | None = Field(default=None, gt=0)
-    max_completion_tokens: int | None = Field(default=None, gt=0)  # wins over max_tokens
-    stream: bool | None = False
+    # Strict, as OpenAI is: `"temperature": false` or `"stream": "yes"` is an error, not a coercion.
+    temperature: float | None = Field(default=None, ge=0, le=2, strict=True)
+    max_tokens: int | None = Field(default=None, gt=0, strict=True)
+    max_completion_tokens: int | None = Field(default=None, gt=0, strict=True)  # wins over max_tokens
+    stream: bool | None = Field(default=False, strict=True)
     stream_options: StreamOptions | None = None
-    n: int | None = Field(default=None, ge=1, le=1)
+    n: int | None = Field(default=None, ge=1, le=1, strict=True)
 
     def options(self, limit: int) -> CallOptions:
         """The native per-request options within the native limits; no LM override, since

@@ -86,9 +86,13 @@ def options_model(max_tokens_limit: int) -> type[BaseModel]:
         "CallOptions",
         __config__=ConfigDict(extra="forbid"),
         __doc__="Per-request LM options. `model` must be on the server's allow-list.",
-        model=(str | None, Field(default=None, description="One of the allowed models (see GET /programs).")),
-        temperature=(float | None, Field(default=None, ge=0, le=2)),
-        max_tokens=(int | None, Field(default=None, gt=0, le=max_tokens_limit)),
+        # Strict: `"temperature": false` or `"max_tokens": "100"` is a mistake to report, not to coerce.
+        model=(
+            str | None,
+            Field(default=None, strict=True, description="One of the allowed models (see GET /programs)."),
+        ),
+        temperature=(float | None, Field(default=None, ge=0, le=2, strict=True)),
+        max_tokens=(int | None, Field(default=None, gt=0, le=max_tokens_limit, strict=True)),
     )
 
 
