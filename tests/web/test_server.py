@@ -351,7 +351,7 @@ def test_options_are_not_coerced(fake_lm: FakeLM, provider_key: str) -> None:
             {"temperature": "0.5"},
             {"max_tokens": True},
             {"max_tokens": "100"},
-            {"max_tokens": 10.5},
+            {"max_tokens": 10.5},  # 10.0 is an integer, as JSON Schema says
             {"model": 1},
         ]
         for options in wrong:

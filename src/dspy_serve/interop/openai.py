@@ -14,7 +14,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import dspy
 from fastapi import APIRouter, Request, Response
@@ -35,6 +35,7 @@ from dspy_serve.serving.front_door import total_tokens
 from dspy_serve.serving.programs import Program
 from dspy_serve.serving.runner import CallResult
 from dspy_serve.serving.service import CallOptions, Service
+from dspy_serve.web.envelopes import NOT_BOOL_OR_STR
 from dspy_serve.web.request_state import caller_of, require_json, until_disconnected
 from dspy_serve.web.sse import EventStreamResponse
 
@@ -76,11 +77,11 @@ class ChatRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
     # Strict, as OpenAI is: `"temperature": false` or `"stream": "yes"` is an error, not a coercion.
     temperature: float | None = Field(default=None, ge=0, le=2, strict=True)
-    max_tokens: int | None = Field(default=None, gt=0, strict=True)
-    max_completion_tokens: int | None = Field(default=None, gt=0, strict=True)  # wins over max_tokens
+    max_tokens: Annotated[int, Field(gt=0), NOT_BOOL_OR_STR] | None = None
+    max_completion_tokens: Annotated[int, Field(gt=0), NOT_BOOL_OR_STR] | None = None  # wins over max_tokens
     stream: bool | None = Field(default=False, strict=True)
     stream_options: StreamOptions | None = None
-    n: int | None = Field(default=None, ge=1, le=1, strict=True)
+    n: Annotated[int, Field(ge=1, le=1), NOT_BOOL_OR_STR] | None = None
 
     def options(self, limit: int) -> CallOptions:
         """The native per-request options within the native limits; no LM override, since

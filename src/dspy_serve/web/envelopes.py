@@ -8,12 +8,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator, create_model
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WrapValidator,
+    create_model,
+)
+from pydantic_core import PydanticCustomError
 from pydantic_core.core_schema import ValidatorFunctionWrapHandler
 
 from dspy_serve.serving.schema import ProgramInterface
 
 __all__ = [
+    "NOT_BOOL_OR_STR",
     "InvalidItem",
     "Problem",
     "StatusEvent",
@@ -67,6 +77,20 @@ class Problem(BaseModel):
     retry_after: float | None = None
 
 
+def _not_bool_or_str(value: Any) -> Any:
+    if isinstance(value, (bool, str)):
+        raise PydanticCustomError(
+            "int_type", "Input should be a valid integer, not a {kind}", {"kind": type(value).__name__}
+        )
+    return value
+
+
+# An integer as JSON Schema means it: a number without a fraction (`100` or `100.0`), never `true`
+# or `"100"`, which pydantic's lax mode would coerce. Put it after the constraints in `Annotated`,
+# so that they stay in the JSON schema: `Annotated[int, Field(gt=0), NOT_BOOL_OR_STR]`.
+NOT_BOOL_OR_STR = BeforeValidator(_not_bool_or_str)
+
+
 class InvalidItem:
     """A batch item that failed validation; kept so the other items still run."""
 
@@ -92,7 +116,7 @@ def options_model(max_tokens_limit: int) -> type[BaseModel]:
             Field(default=None, strict=True, description="One of the allowed models (see GET /programs)."),
         ),
         temperature=(float | None, Field(default=None, ge=0, le=2, strict=True)),
-        max_tokens=(int | None, Field(default=None, gt=0, le=max_tokens_limit, strict=True)),
+        max_tokens=(Annotated[int, Field(gt=0, le=max_tokens_limit), NOT_BOOL_OR_STR] | None, None),
     )
 
 
