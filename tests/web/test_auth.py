@@ -287,7 +287,8 @@ async def test_mcp_takes_json_only() -> None:
         ok = await http.post(
             "/mcp", content=json.dumps(call), headers={**accept, "Content-Type": "application/json"}
         )
-        assert ok.status_code == 200 and '"isError":false' in ok.text.replace(" ", "")
+        assert ok.status_code == 200, ok.text
+        assert '"result"' in ok.text and '"isError":true' not in ok.text.replace(" ", ""), ok.text
 
 
 async def test_a_restricted_key_sees_only_its_programs(secured: httpx.AsyncClient) -> None:
