@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.cli import CLI, cli_env, free_port
+from tests.support.cli import CLI, answering_pids, cli_env, free_port, serve_qa
 from tests.support.fake_lm import FakeLM
 from tests.support.settings import FAKE_KEY, PROGRAMS
 
@@ -127,3 +127,84 @@ def test_call_prints_the_outputs(fake_lm: FakeLM) -> None:
     assert json.loads(plain.stdout)["outputs"] == {"answer": "Paris"}
     assert streamed.stdout.startswith("Paris\n")
     assert refused.returncode == 1 and "404" in refused.stderr
+
+
+def test_a_program_named_like_a_reserved_route_stops_startup() -> None:
+    result = subprocess.run(
+        [*CLI, "run", f"health={PROGRAMS / 'serving.py'}:qa", "--model", "openai/fake-model"],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 3, result.stderr
+    assert "'health' is reserved" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_a_key_source_without_keys_stops_startup(tmp_path: Path) -> None:
+    empty = tmp_path / "keys.txt"
+    empty.write_text("# nobody yet\n   # not:a-key\n")
+    runs = {
+        "missing file": ([f"--api-keys-file={tmp_path / 'missing.txt'}"], {}),
+        "empty file": ([f"--api-keys-file={empty}"], {}),
+        "empty list": ([], {"DSPY_SERVE_API_KEYS": " , "}),
+    }
+    for label, (flags, env) in runs.items():
+        result = subprocess.run(
+            [*CLI, "run", f"{PROGRAMS / 'serving.py'}:qa", "--model", "openai/fake-model", *flags],
+            env=cli_env(**env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+        assert result.returncode == 3, (label, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and ("API key" in lines[0] or "key file" in lines[0]), (label, lines)
+        assert "Traceback" not in result.stderr
+
+
+def test_the_startup_log_says_whether_auth_is_on(fake_lm: FakeLM) -> None:
+    for env, expected in (
+        ({"DSPY_SERVE_API_KEYS": "a:sk-one,b:sk-two"}, "API keys: on (2 keys)"),
+        ({}, "API keys: off"),
+    ):
+        process, url = serve_qa(fake_lm, "--log-format", "text", **env)
+        try:
+            assert answering_pids(url, 1, 60), "the server did not become ready"
+        finally:
+            process.send_signal(signal.SIGINT)
+            output, _ = process.communicate(timeout=30)
+        assert expected in output
+        assert "sk-one" not in output and "sk-two" not in output
+
+
+def test_provider_credentials_are_read_from_dotenv_in_the_working_directory(
+    fake_lm: FakeLM, tmp_path: Path
+) -> None:
+    fake_lm.answers = {"answer": "Paris"}
+    (tmp_path / ".env").write_text(f"OPENAI_API_KEY={FAKE_KEY}\nDSPY_SERVE_MODEL=openai/fake-model\n")
+    env = {k: v for k, v in cli_env().items() if k != "OPENAI_API_KEY"}
+    port = free_port()
+    argv = [
+        *CLI,
+        "run",
+        f"qa={PROGRAMS / 'serving.py'}:qa",
+        "--port",
+        str(port),
+        "--api-base",
+        fake_lm.base_url,
+    ]
+    process = subprocess.Popen(
+        argv, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert answering_pids(url, 1, 60), "the server did not become ready"
+        response = httpx.post(url + "/qa/invoke", json={"inputs": {"question": "Capital?"}}, timeout=10)
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+    assert response.status_code == 200, (response.text, output)
+    assert fake_lm.requests_started == 1

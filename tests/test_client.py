@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import threading
 from collections.abc import Iterator
 
 import dspy
@@ -14,7 +17,7 @@ from starlette.routing import Route
 
 from dspy_serve import ModelNotAllowed, UpstreamError, create_app
 from dspy_serve.client import Client, RemoteProgram, StatusEvent, TokenEvent
-from dspy_serve.errors import ProxyError
+from dspy_serve.errors import MAX_RETRY_AFTER, ProxyError, RateLimited
 from tests.support.fake_lm import FakeLM, ServerError
 from tests.support.servers import ServerThread, serving
 from tests.support.settings import PROGRAMS, fake_settings
@@ -128,3 +131,48 @@ def test_a_remote_program_composes_inside_a_local_program(server: ServerThread, 
         result = Pipeline(client.program("qa"))(question="Capital of France?")
     assert result.polished == "It is Paris."
     assert "Paris" in str(fake_lm.requests[-1]["messages"])  # the local step saw the remote answer
+
+
+@pytest.mark.parametrize("retry_after", ["100000", "9" * 309])
+def test_a_retry_after_past_the_timeout_is_raised_not_slept(retry_after: str) -> None:
+    """A server asking for more time than the client has left gets its error back at once."""
+    asked: list[int] = []
+
+    async def rate_limited(request: Request) -> Response:
+        asked.append(1)
+        body = {"type": "x", "title": "t", "status": 429, "detail": "d", "code": "rate_limited"}
+        headers = {"Retry-After": retry_after, "Content-Type": "application/problem+json"}
+        return Response(json.dumps(body), 429, headers=headers)
+
+    outcome: list[BaseException] = []
+
+    def call(client: Client) -> None:
+        try:
+            client.program("qa")(question="q")
+        except BaseException as exc:
+            outcome.append(exc)
+
+    app = Starlette(routes=[Route("/qa/invoke", rate_limited, methods=["POST"])])
+    with serving(app) as proxy, Client(proxy.base_url, timeout=5, retries=3) as client:
+        caller = threading.Thread(target=call, args=(client,), daemon=True)
+        caller.start()
+        caller.join(30)
+        assert not caller.is_alive(), "the client slept through a Retry-After past its timeout"
+    assert len(outcome) == 1 and isinstance(outcome[0], RateLimited)
+    assert outcome[0].retry_after == MAX_RETRY_AFTER  # clamped: the value is still passed on, sanely
+    assert asked == [1]
+
+
+async def test_async_retries_never_wait_past_the_timeout() -> None:
+    asked: list[int] = []
+
+    async def rate_limited(request: Request) -> Response:
+        asked.append(1)
+        return Response("slow down", 429, headers={"Retry-After": "3"})
+
+    app = Starlette(routes=[Route("/qa/invoke", rate_limited, methods=["POST"])])
+    with serving(app) as proxy:
+        async with Client(proxy.base_url, timeout=2, retries=5) as client:
+            with pytest.raises(ProxyError) as raised:
+                await asyncio.wait_for(client.program("qa").acall(question="q"), 30)
+    assert raised.value.retry_after == 3 and asked == [1]

@@ -24,7 +24,7 @@ from dspy_serve.web.access_log import AccessLogMiddleware
 from dspy_serve.web.auth import ApiKeyMiddleware
 from dspy_serve.web.discovery import build_router
 from dspy_serve.web.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from dspy_serve.web.openapi import document_event_streams
+from dspy_serve.web.openapi import add_docs_routes, document_event_streams, document_security
 from dspy_serve.web.problems import install_error_handlers
 
 if TYPE_CHECKING:
@@ -68,6 +68,10 @@ def create_app(
         version=VERSION,
         description="DSPy programs served by dspy-serve. Errors are RFC 9457 problem+json.",
         lifespan=lifespan,
+        # Served by add_docs_routes instead: the document depends on the caller's key.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = service
     app.include_router(build_router(service))
@@ -76,11 +80,16 @@ def create_app(
         # A Route, not a mount: a mount only matches "/mcp/", so every POST would be redirected.
         app.router.routes.append(Route("/mcp", mcp.asgi_app, name="mcp", include_in_schema=False))
     document_event_streams(app)
+    add_docs_routes(app, list(service.programs))
     install_error_handlers(app)
     # Added innermost first: request ids wrap everything, CORS answers preflights before auth.
     keys = KeyRing.from_settings(settings)
     if keys is not None:
+        document_security(app, protect_docs=settings.protect_docs)
         app.add_middleware(ApiKeyMiddleware, keys=keys, protect_docs=settings.protect_docs)
+        logger.info("API keys: on (%d keys)", len(keys))
+    else:
+        logger.warning("API keys: off (every route is open; set DSPY_SERVE_API_KEYS or api_keys_file)")
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

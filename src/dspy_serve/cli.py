@@ -102,8 +102,10 @@ def main() -> None:
 
 def _settings(config: Path | None, values: dict[str, Any]) -> ServeSettings:
     """The settings of `run` and `mcp`: flags over env, .env and the TOML file."""
-    # Provider credentials (OPENAI_API_KEY, ...) may live in .env, as users expect.
-    dotenv.load_dotenv(override=False)
+    # Provider credentials (OPENAI_API_KEY, ...) may live in the working directory's .env (the one
+    # the settings read), as users expect; the real environment wins. (Without a path, python-dotenv
+    # searches from this module's directory, not the working one.)
+    dotenv.load_dotenv(Path(".env"), override=False)
     try:
         settings = load_settings(config, **_overrides(values))
     except (ValidationError, FileNotFoundError, ValueError) as exc:
@@ -135,8 +137,11 @@ def serve(settings: ServeSettings) -> None:
     from dspy_serve.app import create_app
     from dspy_serve.deploy.uvicorn_server import ServeServer, uvicorn_config
     from dspy_serve.logs import configure_logging
+    from dspy_serve.serving.keys import KeyRing
 
     configure_logging(settings.log_level, settings.log_format)
+    with _or_exit_3():  # before any worker or replica starts: a key source without keys fails open
+        KeyRing.from_settings(settings)
     if settings.engine == "ray":
         _serve_on_ray(settings)
         return

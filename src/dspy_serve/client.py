@@ -3,9 +3,10 @@
 ``Client(url).program("qa")`` returns a :class:`RemoteProgram`, a ``dspy.Module``: calling it
 returns a ``dspy.Prediction``, so a served program composes inside a local DSPy program like
 any other step. Errors come back as the server's own typed hierarchy (``dspy_serve.errors``);
-429, 502 and 503 are retried with backoff, honouring ``Retry-After``, within a bounded budget,
-and so is a 5xx that is not dspy-serve's own problem+json (:class:`~dspy_serve.errors.ProxyError`): it comes
-from a proxy in front, such as Ray Serve's when the replica holding the call died.
+429, 502 and 503 are retried with backoff, honouring ``Retry-After`` (clamped), never past the
+client's ``timeout``, and so is a 5xx that is not dspy-serve's own problem+json
+(:class:`~dspy_serve.errors.ProxyError`): it comes from a proxy in front, such as Ray Serve's
+when the replica holding the call died.
 """
 
 from __future__ import annotations
@@ -63,8 +64,12 @@ def _raise_for(response: httpx.Response) -> None:
         error = _error(problem if isinstance(problem, dict) else {}, response.status_code)
     retry_after = response.headers.get("retry-after")
     if retry_after and retry_after.isdigit():
-        error.retry_after = float(retry_after)
+        error.retry_after = errors.sane_retry_after(retry_after)
     raise error
+
+
+def _remaining(deadline: float) -> float:
+    return max(deadline - time.monotonic(), 0.001)
 
 
 def _retryable(error: errors.ServeError) -> bool:
@@ -107,6 +112,7 @@ class Client:
         self._http = httpx.Client(transport=transport, **common)
         self._ahttp = httpx.AsyncClient(transport=async_transport, **common)
         self.retries = retries
+        self.timeout = timeout
 
     def program(self, name: str) -> RemoteProgram:
         return RemoteProgram(self, name)
@@ -117,39 +123,45 @@ class Client:
         return list(response.json())
 
     # --- transport with retries -----------------------------------------------------------------
+    # A call, its retries and the waits between them all fit in ``timeout``: a Retry-After that
+    # would outlive it is raised at once (with its value) instead of slept through.
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        deadline = time.monotonic() + self.timeout
         for attempt in range(self.retries + 1):
             try:
-                response = self._http.post(path, json=body)
+                response = self._http.post(path, json=body, timeout=_remaining(deadline))
                 _raise_for(response)
                 return dict(response.json())
             except (errors.ServeError, httpx.TransportError) as exc:
-                delay = self._delay(exc, attempt)
+                delay = self._delay(exc, attempt, deadline)
                 if delay is None:
                     raise
             time.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def apost(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        deadline = time.monotonic() + self.timeout
         for attempt in range(self.retries + 1):
             try:
-                response = await self._ahttp.post(path, json=body)
+                response = await self._ahttp.post(path, json=body, timeout=_remaining(deadline))
                 _raise_for(response)
                 return dict(response.json())
             except (errors.ServeError, httpx.TransportError) as exc:
-                delay = self._delay(exc, attempt)
+                delay = self._delay(exc, attempt, deadline)
                 if delay is None:
                     raise
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _delay(self, exc: Exception, attempt: int) -> float | None:
+    def _delay(self, exc: Exception, attempt: int, deadline: float) -> float | None:
+        """Seconds to wait before the next attempt, or None to give up now."""
         if attempt >= self.retries:
             return None
         if isinstance(exc, errors.ServeError) and not _retryable(exc):
             return None
-        hint = getattr(exc, "retry_after", None)
-        return float(hint) if isinstance(hint, (int, float)) else min(0.25 * 2**attempt, 4.0)
+        hint = errors.sane_retry_after(getattr(exc, "retry_after", None))
+        delay = hint if hint is not None else min(0.25 * 2**attempt, 4.0)
+        return delay if delay < deadline - time.monotonic() else None
 
     def stream_lines(self, path: str, body: dict[str, Any]) -> Iterator[str]:
         with self._http.stream("POST", path, json=body) as response:

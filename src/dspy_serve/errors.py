@@ -13,6 +13,7 @@ as RFC 9457 ``application/problem+json``::
     ├── ModelNotAllowed (403)          options.model outside the allow-list (or the key's)
     ├── Forbidden (403)                the API key may not call this program
     ├── ProgramNotFound (404)
+    ├── UnsupportedMediaType (415)     a body that is not JSON (a cross-site form or text/plain post)
     ├── ContextTooLong (413)           the prompt exceeds the model's context window
     ├── RateLimited (429)              the caller's request or token budget is spent
     ├── UpstreamRateLimited (429)      the LM provider said 429; Retry-After passed on
@@ -38,6 +39,7 @@ import dspy
 from pydantic import ValidationError
 
 __all__ = [
+    "MAX_RETRY_AFTER",
     "PROBLEM_CONTENT_TYPE",
     "BadOverride",
     "ClientCancelled",
@@ -54,16 +56,35 @@ __all__ = [
     "ServeError",
     "ServiceUnavailable",
     "Unauthorized",
+    "UnsupportedMediaType",
     "UnsupportedRequest",
     "UpstreamError",
     "UpstreamRateLimited",
     "error_class",
     "from_exception",
+    "sane_retry_after",
 ]
 
 logger = logging.getLogger("dspy_serve.errors")
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+# The longest wait a provider's Retry-After may ask of us and our callers (one was 309 digits).
+MAX_RETRY_AFTER = 3600.0
+
+
+def sane_retry_after(value: object) -> float | None:
+    """A Retry-After from elsewhere (a provider, a server) as seconds within
+    ``[0, MAX_RETRY_AFTER]``; None when it is not a number at all."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        seconds = float(value)
+    except (ValueError, OverflowError):
+        return None
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 class ServeError(Exception):
@@ -159,6 +180,13 @@ class ProgramNotFound(ServeError):
     status, code, title = 404, "program_not_found", "Program not found"
 
 
+class UnsupportedMediaType(ServeError):
+    """Only JSON bodies are taken: a browser may send a form or text/plain body to any site,
+    without asking first, but never JSON."""
+
+    status, code, title = 415, "unsupported_media_type", "The body must be JSON"
+
+
 class ContextTooLong(ServeError):
     status, code, title = 413, "context_window_exceeded", "Input too long for the model's context window"
 
@@ -185,6 +213,16 @@ class RateLimited(ServeError):
 
 class UpstreamRateLimited(ServeError):
     status, code, title = 429, "upstream_rate_limited", "The LM provider is rate limiting"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        retry_after: float | None = None,
+        errors: list[dict[str, Any]] | None = None,
+    ) -> None:
+        # The provider's value is passed on, but never an absurd one.
+        super().__init__(detail, retry_after=sane_retry_after(retry_after), errors=errors)
 
 
 class UpstreamError(ServeError):

@@ -13,10 +13,22 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-__all__ = ["JsonFormatter", "configure_logging"]
+__all__ = ["JsonFormatter", "TextFormatter", "configure_logging", "escape_controls"]
 
 # Record attributes that are not ours to print (uvicorn adds a terminal-coloured copy).
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
+
+# Characters that would end a log line or drive a terminal (CR, LF, ESC, C1 controls, Unicode
+# line separators): a caller chooses some logged values (the path, percent-decoded), so they
+# are written escaped, in both formats.
+_CONTROLS = [*range(0x00, 0x20), *range(0x7F, 0xA0), 0x2028, 0x2029]
+_TEXT_ESCAPES = {code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" for code in _CONTROLS}
+_JSON_ESCAPES = {code: f"\\u{code:04x}" for code in _CONTROLS if code >= 0x7F}  # json escapes < 0x20
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\x1b``), on one line."""
+    return text.translate(_TEXT_ESCAPES)
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,17 +42,18 @@ class JsonFormatter(logging.Formatter):
         entry.update({key: value for key, value in vars(record).items() if key not in _STANDARD})
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return json.dumps(entry, default=str, ensure_ascii=False).translate(_JSON_ESCAPES)
 
 
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
-    def format(self, record: logging.LogRecord) -> str:
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = escape_controls(super().formatMessage(record))
         extra = {key: value for key, value in vars(record).items() if key not in _STANDARD}
-        line = super().format(record)
-        return line + ("  " + " ".join(f"{k}={v}" for k, v in extra.items()) if extra else "")
+        fields = " ".join(f"{escape_controls(str(k))}={escape_controls(str(v))}" for k, v in extra.items())
+        return line + ("  " + fields if fields else "")
 
 
 def configure_logging(level: str, fmt: Literal["auto", "json", "text"] = "auto") -> None:

@@ -8,6 +8,7 @@ file, defaults. Unknown keys in ``.env`` or TOML are errors, not silently ignore
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -168,6 +169,13 @@ class ServeSettings(BaseSettings):
         description="Where limits are counted: 'memory://' (this process) or 'redis://host:port' "
         "(shared by workers and replicas).",
     )
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Proxies (IPs or networks, '*' for any) whose X-Forwarded-For and X-Forwarded-Proto "
+        "are believed. None by default: the client address is the connection's, so a caller cannot "
+        "choose its rate-limit identity.",
+        json_schema_extra={"cli": "--forwarded-allow-ip"},
+    )
     max_body_bytes: int = Field(default=1_000_000, gt=0, description="Largest request body (413 beyond).")
     max_input_chars: int = Field(
         default=100_000, gt=0, description="Longest string any input field may hold (422 beyond)."
@@ -241,7 +249,14 @@ class ServeSettings(BaseSettings):
         return (init_settings, env_settings, dotenv_settings, TomlConfigSettingsSource(settings_cls))
 
     @field_validator(
-        "programs", "artifacts", "allow_models", "signatures", "api_keys", "cors_origins", mode="before"
+        "programs",
+        "artifacts",
+        "allow_models",
+        "signatures",
+        "api_keys",
+        "cors_origins",
+        "forwarded_allow_ips",
+        mode="before",
     )
     @classmethod
     def _split_lists(cls, value: Any, info: ValidationInfo) -> Any:
@@ -254,6 +269,17 @@ class ServeSettings(BaseSettings):
                 return json.loads(value)
             separator = ";" if info.field_name == "signatures" else ","
             return [item.strip() for item in value.split(separator) if item.strip()]
+        return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        for proxy in value:
+            if proxy != "*":
+                try:
+                    ipaddress.ip_network(proxy, strict=False)
+                except ValueError:
+                    raise ValueError(f"{proxy!r} is not an IP address or network (or '*')") from None
         return value
 
     @model_validator(mode="after")
@@ -306,4 +332,5 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> ServeSet
         model_config = SettingsConfigDict(toml_file=config_file)
 
     settings = _FromFile(**overrides)
-    return ServeSettings.model_construct(**settings.model_dump())
+    # Keep which fields were given: "configured but empty" differs from "not configured" (API keys).
+    return ServeSettings.model_construct(_fields_set=settings.model_fields_set, **settings.model_dump())

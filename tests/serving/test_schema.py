@@ -1,5 +1,5 @@
 """``derive_interface``: a program's DSPy fields become the pydantic models (and JSON schema) of
-its HTTP contract, from whichever source describes them; ``example_inputs`` picks a demo."""
+its HTTP contract, from whichever source describes them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import dspy
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from dspy_serve.serving.schema import ProgramInterface, SchemaError, derive_interface, example_inputs
+from dspy_serve.serving.schema import ProgramInterface, SchemaError, derive_interface
 from tests.support.programs import future_programs as fp
 from tests.support.programs import sample_programs as sp
 
@@ -364,41 +364,3 @@ def test_declared_argument_overrides_serve_signature() -> None:
 
     assert interface.signature == "question -> answer"
     assert interface.instructions == "Answer the question."
-
-
-# --- example_inputs -------------------------------------------------------------------------------
-
-
-def test_example_inputs_is_none_without_demos() -> None:
-    program = dspy.Predict(sp.QA)
-
-    assert example_inputs(derive_interface("qa", program), program) is None
-
-
-def test_example_inputs_are_a_demos_inputs() -> None:
-    program = dspy.Predict(sp.QA)
-    program.demos = [dspy.Example(question="Capital of France?", answer="Paris").with_inputs("question")]
-
-    assert example_inputs(derive_interface("qa", program), program) == {"question": "Capital of France?"}
-
-
-def test_example_inputs_skip_a_demo_that_does_not_validate() -> None:
-    program = dspy.Predict(sp.Constrained)
-    program.demos = [
-        dspy.Example(rating=9, words=["too high"], verdict="no"),
-        dspy.Example(rating=4, words=["fine"], verdict="ok"),
-    ]
-
-    assert example_inputs(derive_interface("constrained", program), program) == {
-        "rating": 4,
-        "words": ["fine"],
-    }
-
-
-def test_example_inputs_come_from_a_nested_predictors_demos() -> None:
-    program = sp.RAG()
-    program.respond.predict.demos = [
-        {"context": ["c"], "question": "Who?", "answer": "Ada", "confidence": 1.0}
-    ]
-
-    assert example_inputs(derive_interface("rag", program), program) == {"question": "Who?"}

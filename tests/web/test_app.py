@@ -137,7 +137,8 @@ def test_public_api_is_pinned() -> None:
         "ArtifactError", "BadOverride", "Client", "ClientCancelled", "ContextTooLong", "Forbidden",
         "HTTPProblem", "InvalidInput", "ModelNotAllowed", "Overloaded", "ProgramNotFound", "ProxyError",
         "RateLimited", "RemoteProgram", "RequestTimeout", "SchemaError", "ServeError", "ServeSettings",
-        "ServiceUnavailable", "TargetError", "Unauthorized", "UnsupportedRequest", "UpstreamError",
+        "ServiceUnavailable", "TargetError", "Unauthorized", "UnsupportedMediaType", "UnsupportedRequest",
+        "UpstreamError",
         "UpstreamRateLimited", "create_app", "install_error_handlers", "load_settings", "router",
     ]  # fmt: skip
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hmac
+import io
+import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -10,10 +13,13 @@ from typing import Any
 import httpx
 import pytest
 from dspy.utils import DummyLM
+from starlette.routing import BaseRoute
 
 import dspy_serve.serving.keys
 from dspy_serve import ServeSettings, create_app
+from dspy_serve.logs import JsonFormatter, TextFormatter
 from dspy_serve.serving.keys import KeyRing, parse_key_line
+from dspy_serve.serving.loader import RESERVED_NAMES, TargetError, parse_target
 
 SECRET = "sk-serve-TOPSECRET-1"
 OTHER = "sk-serve-TOPSECRET-2"
@@ -151,3 +157,175 @@ async def test_request_size_limits() -> None:
     assert too_long.json()["errors"][0]["loc"] == ["body", "inputs", "question"]
     assert too_many.status_code == 422
     assert just_right.status_code == 200
+
+
+async def test_only_the_exact_open_paths_skip_the_key() -> None:
+    """A program named like an open route (docs_qa, metrics_report, redocs, healthy) gets no free pass."""
+    lm = DummyLM([{"answer": "ok"}] * 10)
+    programs = {name: "question -> answer" for name in ("docs_qa", "metrics_report", "redocs", "healthy")}
+    for protect_docs in (False, True):
+        app = create_app(
+            ServeSettings(api_keys=[SECRET], protect_docs=protect_docs), programs=programs, lm=lm
+        )
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http,
+        ):
+            for name in programs:
+                response = await http.post(f"/{name}/invoke", json=ASK)
+                assert response.status_code == 401, (name, response.text)
+            for path in ("/health/livex", "/health/ready/", "/docsx", "/openapi.jsonx", "/metrics/x"):
+                assert (await http.get(path)).status_code == 401, path
+            for path in ("/health/live", "/health/ready"):
+                assert (await http.get(path)).status_code == 200, path
+            docs = [await http.get(path) for path in ("/docs", "/docs/oauth2-redirect", "/redoc", "/metrics")]
+            assert [r.status_code for r in docs] == [401 if protect_docs else 200] * 4
+
+
+@pytest.mark.parametrize(
+    "name", ["health", "docs", "metrics", "v1", "mcp", "programs", "redoc", "playground"]
+)
+def test_a_program_named_like_a_reserved_route_is_refused(name: str) -> None:
+    with pytest.raises(TargetError, match="reserved"):
+        create_app(ServeSettings(), programs={name: "question -> answer"}, lm=DummyLM([]))
+    with pytest.raises(TargetError, match="reserved"):
+        parse_target(f"{name}=examples/qa.py:program")
+
+
+def test_reserved_names_cover_every_route_of_the_app() -> None:
+    app = create_app(ServeSettings(), programs={"qa": "question -> answer"}, lm=DummyLM([]))
+    paths = [getattr(route, "path", None) for route in _every_route(app.routes)]
+    firsts = {path.strip("/").split("/")[0] for path in paths if path}
+    firsts -= {"qa", "{name}"}
+    assert firsts <= RESERVED_NAMES, firsts - RESERVED_NAMES
+
+
+def _every_route(routes: list[BaseRoute]) -> list[BaseRoute]:
+    found: list[BaseRoute] = []
+    for route in routes:
+        found.append(route)
+        inner = getattr(getattr(route, "original_router", None), "routes", None)
+        found += _every_route(inner) if inner else []
+    return found
+
+
+async def test_control_characters_in_the_path_cannot_forge_log_lines() -> None:
+    """A percent-encoded CR, LF or ESC (or a C1 control) in the path, sent with no key, stays one
+    escaped log line in both formats."""
+    text, lines = io.StringIO(), io.StringIO()
+    handlers = [logging.StreamHandler(text), logging.StreamHandler(lines)]
+    handlers[0].setFormatter(TextFormatter())
+    handlers[1].setFormatter(JsonFormatter())
+    access = logging.getLogger("dspy_serve.access")
+    for handler in handlers:
+        access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    try:
+        async for http in client_for(api_keys=[SECRET]):
+            forged = "/qa%0d%0a2026-01-01 INFO dspy_serve.access: POST /qa/invoke 200%1b[2K%c2%9b"
+            assert (await http.post(forged + "/invoke", json=ASK)).status_code == 401
+    finally:
+        for handler in handlers:
+            access.removeHandler(handler)
+    assert text.getvalue().count("\n") == 1 and "\r" not in text.getvalue()
+    assert "\x1b" not in text.getvalue() and "\x9b" not in text.getvalue()
+    assert "\\x0d\\x0a2026-01-01 INFO" in text.getvalue() and "\\x1b[2K" in text.getvalue()
+    assert lines.getvalue().count("\n") == 1 and "\x9b" not in lines.getvalue()
+    entry = json.loads(lines.getvalue())
+    assert entry["message"].startswith("POST /qa\r\n2026-01-01") and "\x1b[2K\x9b" in entry["message"]
+
+
+NOT_JSON = [
+    {"Content-Type": "text/plain"},
+    {"Content-Type": "application/x-www-form-urlencoded"},
+    {"Content-Type": "multipart/form-data; boundary=x"},
+    {},  # an untyped body (a Blob without a type): FastAPI would parse it as JSON
+]
+
+
+async def test_program_routes_and_v1_take_json_only() -> None:
+    """What a web page can post cross-site without a preflight runs nothing (auth is off by default)."""
+    chat = {"model": "qa", "messages": [{"role": "user", "content": "q"}]}
+    async for http in client_for():
+        for headers in NOT_JSON:
+            for path, body in [(f"/qa/{ep}", ASK) for ep in ("invoke", "stream")] + [
+                ("/v1/chat/completions", chat)
+            ]:
+                response = await http.post(path, content=json.dumps(body), headers=headers)
+                assert response.status_code == 415, (path, headers, response.text)
+                if path.startswith("/v1"):
+                    assert response.json()["error"]["code"] == "unsupported_media_type"
+                else:
+                    assert response.json()["code"] == "unsupported_media_type"
+            batch = await http.post(
+                "/qa/batch", content=json.dumps({"items": [ASK["inputs"]]}), headers=headers
+            )
+            assert batch.status_code == 415
+        for media_type in ("application/json", "application/json; charset=utf-8", "application/vnd.qa+json"):
+            headers = {"Content-Type": media_type}
+            assert (
+                await http.post("/qa/invoke", content=json.dumps(ASK), headers=headers)
+            ).status_code == 200
+            assert (
+                await http.post("/v1/chat/completions", content=json.dumps(chat), headers=headers)
+            ).status_code == 200
+
+
+async def test_mcp_takes_json_only() -> None:
+    pytest.importorskip("mcp")
+    call = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "qa", "arguments": {"question": "q"}},
+    }
+    accept = {"Accept": "application/json, text/event-stream"}
+    async for http in client_for():
+        for headers in NOT_JSON:
+            response = await http.post("/mcp", content=json.dumps(call), headers={**accept, **headers})
+            assert response.status_code == 415, (headers, response.text)
+        ok = await http.post(
+            "/mcp", content=json.dumps(call), headers={**accept, "Content-Type": "application/json"}
+        )
+        assert ok.status_code == 200, ok.text
+        assert '"result"' in ok.text and '"isError":true' not in ok.text.replace(" ", ""), ok.text
+
+
+async def test_a_restricted_key_sees_only_its_programs(secured: httpx.AsyncClient) -> None:
+    limited, full = {"X-API-Key": OTHER}, {"X-API-Key": SECRET}
+    listed = (await secured.get("/programs", headers=limited)).json()
+    assert [p["name"] for p in listed] == ["qa"]
+    assert (await secured.get("/programs/other", headers=limited)).status_code == 404
+    assert (await secured.get("/programs/qa", headers=limited)).status_code == 200
+    document = (await secured.get("/openapi.json", headers=limited)).json()
+    assert not any(path.startswith("/other/") for path in document["paths"])
+    assert "/qa/invoke" in document["paths"]
+    assert not any(name.startswith("Other") for name in document["components"]["schemas"])
+    assert "QaInputs" in document["components"]["schemas"]
+    everything = (await secured.get("/openapi.json", headers=full)).json()
+    assert "/other/invoke" in everything["paths"] and "OtherInputs" in everything["components"]["schemas"]
+    assert len((await secured.get("/programs", headers=full)).json()) == 2
+
+
+async def test_openapi_declares_the_key_schemes_on_protected_operations(secured: httpx.AsyncClient) -> None:
+    document = (await secured.get("/openapi.json")).json()
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "Authorization: Bearer KEY",
+    }
+    assert schemes["apiKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    for path, item in document["paths"].items():
+        for operation in item.values():
+            if path in ("/health/live", "/health/ready", "/metrics"):
+                assert "security" not in operation, path
+            else:
+                assert operation["security"] == [{"bearer": []}, {"apiKey": []}], path
+                assert "401" in operation["responses"], path
+    async for http in client_for():
+        assert "securitySchemes" not in (await http.get("/openapi.json")).json().get("components", {})
+    async for http in client_for(api_keys=[SECRET], protect_docs=True):
+        protected = (await http.get("/openapi.json", headers={"X-API-Key": SECRET})).json()
+        assert protected["paths"]["/metrics"]["get"]["security"] == [{"bearer": []}, {"apiKey": []}]
+        assert "security" not in protected["paths"]["/health/ready"]["get"]

@@ -12,7 +12,8 @@ import dspy
 import httpx
 import pytest
 
-from dspy_serve import create_app
+from dspy_serve import ServeSettings, create_app
+from dspy_serve.deploy.uvicorn_server import uvicorn_options
 from tests.support.fake_lm import FakeLM, Hang, Malformed, RateLimit, ServerError
 from tests.support.servers import serving
 from tests.support.settings import PROGRAMS, fake_settings
@@ -22,6 +23,9 @@ SERVING = PROGRAMS / "serving.py"
 
 def target(name: str) -> str:
     return f"{SERVING}:{name}"
+
+
+ASK_QA = {"inputs": {"question": "Capital of France?"}}
 
 
 def post(server_url: str, path: str, body: dict, **kwargs: object) -> httpx.Response:
@@ -272,3 +276,90 @@ def test_lm_connection_pool_is_not_capped_at_dspys_default(fake_lm: FakeLM, prov
     assert response.status_code == 200
     assert all(item["error"] is None for item in response.json()["items"])
     assert fake_lm.peak_in_flight > 100, fake_lm.peak_in_flight
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+def test_an_absurd_provider_retry_after_is_clamped(fake_lm: FakeLM, provider_key: str, retries: int) -> None:
+    fake_lm.when("Capital", RateLimit(retry_after=9e307))  # the header has 308 digits' worth
+    app = create_app(fake_settings(fake_lm, programs=[target("qa")], lm_retries=retries, timeout=3))
+    with serving(app) as server:
+        response = post(server.base_url, "/qa/invoke", {"inputs": {"question": "Capital of France?"}})
+    assert response.status_code == 429, response.text
+    assert response.headers["retry-after"] == "3600"
+    assert response.json()["retry_after"] == 3600
+    assert fake_lm.requests_started == 1
+
+
+@pytest.mark.parametrize("proxies", [[], ["127.0.0.1"]])
+def test_forwarded_headers_count_only_from_configured_proxies(
+    fake_lm: FakeLM, provider_key: str, proxies: list[str]
+) -> None:
+    """From loopback, X-Forwarded-For picks no rate-limit identity unless loopback is a configured proxy."""
+    settings = fake_settings(
+        fake_lm, programs=[target("qa")], rate_limit="1/minute", forwarded_allow_ips=proxies
+    )
+    options = uvicorn_options(settings)
+    proxy_options = {key: options[key] for key in ("proxy_headers", "forwarded_allow_ips")}
+    with serving(create_app(settings), **proxy_options) as server:
+        statuses = [
+            post(
+                server.base_url, "/qa/invoke", ASK_QA, headers={"X-Forwarded-For": f"203.0.113.{i}"}
+            ).status_code
+            for i in (1, 2)
+        ]
+    assert statuses == ([200, 200] if proxies else [200, 429])
+
+
+def test_forwarded_allow_ips_must_be_addresses_or_networks() -> None:
+    assert ServeSettings(forwarded_allow_ips=["10.0.0.0/8", "::1", "*"]).forwarded_allow_ips
+    with pytest.raises(ValueError, match="not an IP address"):
+        ServeSettings(forwarded_allow_ips=["proxy.internal"])
+
+
+def test_neither_training_demos_nor_server_paths_are_disclosed(
+    fake_lm: FakeLM, provider_key: str, tmp_path: Path
+) -> None:
+    program = dspy.Predict("question -> answer")
+    program.demos = [
+        dspy.Example(question="Secret-TRAINING-question?", answer="Tokyo").with_inputs("question")
+    ]
+    artifact = tmp_path / "qa.json"
+    program.save(str(artifact))
+    app = create_app(fake_settings(fake_lm, programs=["qa=" + target("qa")], artifacts=[str(artifact)]))
+    with serving(app) as server:
+        document = httpx.get(server.base_url + "/openapi.json").text
+        programs = httpx.get(server.base_url + "/programs").json()
+        one = httpx.get(server.base_url + "/programs/qa").json()
+    assert "Secret-TRAINING-question" not in document
+    for described in (programs[0], one):
+        assert described["artifact"]["name"] == "qa.json" and len(described["artifact"]["sha256"]) == 64
+        assert "target" not in described
+        assert str(tmp_path) not in json.dumps(described) and str(PROGRAMS) not in json.dumps(described)
+
+
+def test_options_are_not_coerced(fake_lm: FakeLM, provider_key: str) -> None:
+    """`"temperature": false` is a mistake, not 0; nor is a number written as a string."""
+    fake_lm.answers = {"answer": "Paris"}
+    app = create_app(fake_settings(fake_lm, programs=[target("qa")]))
+    chat = {"model": "qa", "messages": [{"role": "user", "content": "q"}]}
+    with serving(app) as server:
+        wrong = [
+            {"temperature": False},
+            {"temperature": "0.5"},
+            {"max_tokens": True},
+            {"max_tokens": "100"},
+            {"max_tokens": 10.5},  # 10.0 is an integer, as JSON Schema says
+            {"model": 1},
+        ]
+        for options in wrong:
+            response = post(server.base_url, "/qa/invoke", {**ASK_QA, "options": options})
+            assert response.status_code == 422, (options, response.text)
+            assert response.json()["errors"][0]["loc"] == ["body", "options", next(iter(options))]
+        for params in ({"temperature": False}, {"max_tokens": "100"}, {"stream": "yes"}, {"n": True}):
+            response = post(server.base_url, "/v1/chat/completions", {**chat, **params})
+            assert response.status_code == 422, (params, response.text)
+        accepted = post(
+            server.base_url, "/qa/invoke", {**ASK_QA, "options": {"temperature": 1, "max_tokens": 50}}
+        )
+    assert accepted.status_code == 200, accepted.text
+    assert fake_lm.requests_started == 1

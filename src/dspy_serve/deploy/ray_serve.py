@@ -138,6 +138,9 @@ def run_on_ray(settings: ServeSettings) -> None:
     # A fresh path, made by each replica on its own node (the cluster's nodes share no disk).
     metrics_dir = str(Path(tempfile.gettempdir()) / f"dspy-serve-metrics-{uuid.uuid4().hex[:12]}")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phone-home from a serving process
+    # Ray's proxy is a uvicorn server that reads this when it starts (its default trusts loopback):
+    # only the configured proxies may set the client address the replicas rate-limit by.
+    os.environ["FORWARDED_ALLOW_IPS"] = ",".join(settings.forwarded_allow_ips)
     if local or _is_loopback(settings.ray_address):
         # Ray's single-machine mode, read when ray is first imported: every Ray process then
         # uses the loopback address as its node IP (else Ray swaps 127.0.0.1 for the machine's

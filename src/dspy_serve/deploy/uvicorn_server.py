@@ -42,6 +42,10 @@ def uvicorn_options(settings: ServeSettings) -> dict[str, Any]:
         # Round up: a grace of 0.5 s must not become 0 s.
         "timeout_graceful_shutdown": math.ceil(settings.shutdown_grace),
         "timeout_keep_alive": 5,
+        # X-Forwarded-For decides the client address (and so its rate limit) only from the
+        # configured proxies; uvicorn's default trusts loopback, where any local caller sits.
+        "proxy_headers": bool(settings.forwarded_allow_ips),
+        "forwarded_allow_ips": list(settings.forwarded_allow_ips),
     }
 
 

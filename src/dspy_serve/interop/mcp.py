@@ -45,16 +45,22 @@ from mcp_types import (
     TextContent,
     Tool,
 )
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dspy_serve._version import VERSION
-from dspy_serve.errors import HTTPProblem, ServeError, ServiceUnavailable, from_exception
+from dspy_serve.errors import (
+    HTTPProblem,
+    ServeError,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+    from_exception,
+)
 from dspy_serve.serving.caller import Caller
 from dspy_serve.serving.programs import Program
 from dspy_serve.serving.service import CallOptions, Service
 from dspy_serve.web.middleware import send_problem
-from dspy_serve.web.request_state import caller_of
+from dspy_serve.web.request_state import caller_of, require_json
 
 __all__ = ["CALL_META", "PROBLEM_META", "McpEndpoint", "build_server", "run_stdio", "serve_stdio"]
 
@@ -153,14 +159,21 @@ class McpEndpoint:
         return self
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Serve one POST; 405 for any other method, 503 outside :meth:`run` or while the
-        service is not ready (starting or draining), rather than the SDK's crash or a stream."""
+        """Serve one POST of JSON; 405 for any other method, 415 for another body type (the SDK
+        says 400 in plain text), 503 outside :meth:`run` or while the service is not ready
+        (starting or draining), rather than the SDK's crash or a stream."""
         if scope["method"] != "POST":
             await send_problem(scope, send, HTTPProblem(405, "Method Not Allowed"), {"Allow": "POST"})
-        elif not (self._running and self._service.ready):
+            return
+        if not (self._running and self._service.ready):
             await send_problem(scope, send, ServiceUnavailable("The service is not ready.", retry_after=1))
-        else:
-            await self._manager.handle_request(scope, receive, send)
+            return
+        try:
+            require_json(HTTPConnection(scope))
+        except UnsupportedMediaType as exc:
+            await send_problem(scope, send, exc)
+            return
+        await self._manager.handle_request(scope, receive, send)
 
 
 async def serve_stdio(service: Service) -> None:

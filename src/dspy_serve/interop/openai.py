@@ -14,7 +14,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import dspy
 from fastapi import APIRouter, Request, Response
@@ -35,7 +35,8 @@ from dspy_serve.serving.front_door import total_tokens
 from dspy_serve.serving.programs import Program
 from dspy_serve.serving.runner import CallResult
 from dspy_serve.serving.service import CallOptions, Service
-from dspy_serve.web.request_state import caller_of, until_disconnected
+from dspy_serve.web.envelopes import NOT_BOOL_OR_STR
+from dspy_serve.web.request_state import caller_of, require_json, until_disconnected
 from dspy_serve.web.sse import EventStreamResponse
 
 __all__ = ["ChatRequest", "ChatShape", "build_openai_router", "chat_shape"]
@@ -74,12 +75,13 @@ class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    max_tokens: int | None = Field(default=None, gt=0)
-    max_completion_tokens: int | None = Field(default=None, gt=0)  # wins over max_tokens
-    stream: bool | None = False
+    # Strict, as OpenAI is: `"temperature": false` or `"stream": "yes"` is an error, not a coercion.
+    temperature: float | None = Field(default=None, ge=0, le=2, strict=True)
+    max_tokens: Annotated[int, Field(gt=0), NOT_BOOL_OR_STR] | None = None
+    max_completion_tokens: Annotated[int, Field(gt=0), NOT_BOOL_OR_STR] | None = None  # wins over max_tokens
+    stream: bool | None = Field(default=False, strict=True)
     stream_options: StreamOptions | None = None
-    n: int | None = Field(default=None, ge=1, le=1)
+    n: Annotated[int, Field(ge=1, le=1), NOT_BOOL_OR_STR] | None = None
 
     def options(self, limit: int) -> CallOptions:
         """The native per-request options within the native limits; no LM override, since
@@ -288,6 +290,7 @@ def build_openai_router(service: Service) -> APIRouter:
     @router.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> Response:
         try:
+            require_json(request)
             body = _validated(ChatRequest, await request.body(), "Invalid request body")
             program = find(body.model)
             shape = chat_shape(program)

@@ -14,7 +14,7 @@ from typing import Any
 
 import dspy
 
-from dspy_serve.errors import BadOverride, ModelNotAllowed, UpstreamRateLimited
+from dspy_serve.errors import BadOverride, ModelNotAllowed, UpstreamRateLimited, sane_retry_after
 from dspy_serve.lm.pool import pooled_engines
 from dspy_serve.serving.call_scope import current_scope
 from dspy_serve.settings import ServeSettings
@@ -75,8 +75,8 @@ class ServingLM(dspy.LM):
             return None
         if dspy.settings.send_stream is not None and not isinstance(exc, _RETRYABLE_WHILE_STREAMING):
             return None  # output may already have reached the client
-        hint = getattr(exc, "retry_after", None)
-        delay = float(hint) if isinstance(hint, (int, float)) and hint >= 0 else min(0.5 * 2**attempt, 8.0)
+        hint = sane_retry_after(getattr(exc, "retry_after", None))
+        delay = hint if hint is not None else min(0.5 * 2**attempt, 8.0)
         scope = current_scope()
         if scope is not None and delay >= scope.remaining():
             if isinstance(exc, dspy.LMRateLimitError):

@@ -1,8 +1,9 @@
 """API keys: who may call, and which programs and models each key may use.
 
-Off unless keys are configured (``DSPY_SERVE_API_KEYS`` or ``api_keys_file``). A key is
-compared, as a SHA-256 digest, with every configured key in constant time, and only its name
-is ever logged or reported.
+Off unless keys are configured (``DSPY_SERVE_API_KEYS`` or ``api_keys_file``). A key source
+that is configured but yields no key stops the start-up: failing open would serve everyone. A
+key is compared, as a SHA-256 digest, with every configured key in constant time, and only its
+name is ever logged or reported.
 """
 
 from __future__ import annotations
@@ -15,7 +16,11 @@ from pathlib import Path
 
 from dspy_serve.settings import ServeSettings
 
-__all__ = ["ApiKey", "KeyRing", "parse_key_line"]
+__all__ = ["ApiKey", "KeyConfigError", "KeyRing", "parse_key_line"]
+
+
+class KeyConfigError(ValueError):
+    """A configured key source is missing, unreadable, or holds no key: auth would silently be off."""
 
 
 @dataclass(frozen=True)
@@ -59,14 +64,28 @@ class KeyRing:
     def __init__(self, keys: Iterable[ApiKey]) -> None:
         self._keys = tuple(keys)
 
+    def __len__(self) -> int:
+        return len(self._keys)
+
     @classmethod
     def from_settings(cls, settings: ServeSettings) -> KeyRing | None:
-        lines = [secret.get_secret_value() for secret in settings.api_keys]
+        """The configured keys; None when no key source is configured at all."""
+        configured = "api_keys" in settings.model_fields_set or settings.api_keys_file is not None
+        lines = [secret.get_secret_value().strip() for secret in settings.api_keys]
+        lines = [line for line in lines if line]
         if settings.api_keys_file is not None:
-            text = Path(settings.api_keys_file).read_text(encoding="utf-8")
-            lines += [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+            lines += _key_file_lines(Path(settings.api_keys_file))
         keys = [parse_key_line(line, number) for number, line in enumerate(lines, start=1)]
-        return cls(keys) if keys else None
+        if not keys:
+            if configured:
+                where = (
+                    f"the key file {settings.api_keys_file}"
+                    if settings.api_keys_file
+                    else "DSPY_SERVE_API_KEYS"
+                )
+                raise KeyConfigError(f"{where} holds no API key: add one, or unset it to serve without keys")
+            return None
+        return cls(keys)
 
     def match(self, presented: str) -> ApiKey | None:
         digest, found = _digest(presented), None
@@ -74,3 +93,13 @@ class KeyRing:
             if hmac.compare_digest(digest, key.digest):
                 found = key
         return found
+
+
+def _key_file_lines(path: Path) -> list[str]:
+    """The key lines of a key file: blank lines and comments (``#``, even indented) skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise KeyConfigError(f"cannot read the key file {path}: {exc.strerror or exc}") from None
+    stripped = (line.strip() for line in text.splitlines())
+    return [line for line in stripped if line and not line.startswith("#")]

@@ -23,7 +23,22 @@ import dspy
 
 from dspy_serve.settings import ServeSettings
 
-__all__ = ["ArtifactError", "LoadedProgram", "TargetError", "load_program", "parse_target", "relocate_files"]
+__all__ = [
+    "RESERVED_NAMES",
+    "ArtifactError",
+    "LoadedProgram",
+    "TargetError",
+    "check_program_name",
+    "load_program",
+    "parse_target",
+    "relocate_files",
+]
+
+# First path segments the app routes itself (and `playground`, planned): a program's routes
+# live under /NAME/, so a program of one of these names would shadow them or share their access.
+RESERVED_NAMES = frozenset(
+    {"docs", "health", "mcp", "metrics", "openapi", "openapi.json", "playground", "programs", "redoc", "v1"}
+)
 
 
 class TargetError(ValueError):
@@ -63,7 +78,17 @@ def parse_target(spec: str) -> tuple[str, str]:
     name = alias or attr
     if not name.replace("-", "_").isidentifier():
         raise TargetError(f"{spec!r}: program name {name!r} must be letters, digits, '_' or '-'")
+    check_program_name(name)
     return name, target
+
+
+def check_program_name(name: str) -> None:
+    """Refuse a name whose routes would collide with the server's own (``/health``, ``/docs``...)."""
+    if name.lower() in RESERVED_NAMES:
+        raise TargetError(
+            f"program name {name!r} is reserved for the server's own routes "
+            f"({', '.join(sorted(RESERVED_NAMES))}); serve it under another name with 'alias=TARGET'"
+        )
 
 
 def relocate_files(settings: ServeSettings, move: Callable[[str], str]) -> ServeSettings:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import dspy
 
 from dspy_serve.lm.registry import allowed_models, own_lm_problems
-from dspy_serve.serving.loader import LoadedProgram, load_program, parse_target
+from dspy_serve.serving.loader import LoadedProgram, check_program_name, load_program, parse_target
 from dspy_serve.serving.runner import ProgramRunner
 from dspy_serve.serving.schema import ProgramInterface, derive_interface
 from dspy_serve.settings import ServeSettings
@@ -65,6 +65,7 @@ def _load_all(
             raise ValueError(f"two programs are named {name!r}; rename one with 'alias=TARGET'")
         targets[name] = target
     for name, obj in given.items():
+        check_program_name(name)
         if name in targets:
             raise ValueError(f"two programs are named {name!r}")
         targets[name] = obj if isinstance(obj, dspy.Module) else dspy.Predict(obj)

@@ -30,7 +30,7 @@ from pydantic.fields import FieldInfo
 
 from dspy_serve.errors import InvalidInput
 
-__all__ = ["ProgramInterface", "SchemaError", "derive_interface", "example_inputs", "field_values"]
+__all__ = ["ProgramInterface", "SchemaError", "derive_interface", "field_values"]
 
 FieldSpec = tuple[Any, FieldInfo]
 
@@ -318,19 +318,3 @@ def _build(
     return ProgramInterface(
         instructions=instructions or "", inputs=input_model, outputs=output_model, signature=signature
     )
-
-
-def example_inputs(interface: ProgramInterface, module: dspy.Module) -> dict[str, Any] | None:
-    """An example request for the docs: a demo from the optimized state when there is one."""
-    fields = interface.inputs.model_fields
-    for _, predictor in module.named_predictors():
-        for demo in getattr(predictor, "demos", []) or []:
-            values = dict(demo) if not isinstance(demo, dict) else demo
-            if all(name in values for name, info in fields.items() if info.is_required()):
-                example = {name: values[name] for name in fields if name in values}
-                try:
-                    interface.inputs.model_validate(example)
-                except Exception:
-                    continue
-                return example
-    return None

@@ -13,14 +13,15 @@ from dspy_serve.serving.keys import KeyRing
 from dspy_serve.web.middleware import send_problem
 from dspy_serve.web.request_state import caller_in
 
-__all__ = ["ApiKeyMiddleware"]
+__all__ = ["DOCS_PATHS", "OPEN_PATHS", "ApiKeyMiddleware"]
+
+# Exact paths, never prefixes: a program named ``docs_qa`` or ``health`` must not inherit them.
+OPEN_PATHS = frozenset({"/health/live", "/health/ready"})
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/metrics"})
 
 
 class ApiKeyMiddleware:
     """Require a valid key, except on health checks (and, unless protected, docs and metrics)."""
-
-    OPEN = ("/health/",)
-    DOCS = ("/metrics", "/docs", "/redoc", "/openapi.json")
 
     def __init__(self, app: ASGIApp, keys: KeyRing, protect_docs: bool = False) -> None:
         self.app = app
@@ -28,21 +29,22 @@ class ApiKeyMiddleware:
         self.protect_docs = protect_docs
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self._is_open(scope["path"]) or scope["method"] == "OPTIONS":
+        if scope["type"] != "http" or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
         key = self._presented(scope)
         match = self.keys.match(key) if key else None
-        if match is None:
+        if match is None and not self._is_open(scope["path"]):
             await send_problem(
                 scope, send, Unauthorized("Send a valid API key as 'Authorization: Bearer KEY'.")
             )
             return
+        # Known on open paths too: the OpenAPI document a key holder sees is filtered by its key.
         caller_in(scope).api_key = match
         await self.app(scope, receive, send)
 
     def _is_open(self, path: str) -> bool:
-        return path.startswith(self.OPEN) or (not self.protect_docs and path.startswith(self.DOCS))
+        return path in OPEN_PATHS or (not self.protect_docs and path in DOCS_PATHS)
 
     @staticmethod
     def _presented(scope: Scope) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -30,9 +31,10 @@ def build_router(service: Service) -> APIRouter:
 
 
 def add_discovery_routes(router: APIRouter, service: Service) -> None:
-    @router.get("/programs", tags=["discovery"], summary="The programs served here")
-    async def list_programs() -> list[dict[str, Any]]:
-        return [_describe(service, program) for program in service.programs.values()]
+    @router.get("/programs", tags=["discovery"], summary="The programs served here (those your key may call)")
+    async def list_programs(request: Request) -> list[dict[str, Any]]:
+        caller = caller_of(request)
+        return [_describe(service, p) for p in service.programs.values() if caller.may_call(p.name)]
 
     @router.get(
         "/programs/{name}",
@@ -40,9 +42,9 @@ def add_discovery_routes(router: APIRouter, service: Service) -> None:
         summary="One program",
         responses={404: {**ERROR_RESPONSES[422], "description": "No such program"}},
     )
-    async def get_program(name: str) -> dict[str, Any]:
+    async def get_program(name: str, request: Request) -> dict[str, Any]:
         program = service.programs.get(name)
-        if program is None:
+        if program is None or not caller_of(request).may_call(name):  # 404: not even its existence
             raise ProgramNotFound(f"no program named {name!r}; see GET /programs")
         return _describe(service, program)
 
@@ -86,7 +88,6 @@ def _describe(service: Service, program: Program) -> dict[str, Any]:
     lms = service.lms
     return {
         "name": program.name,
-        "target": program.loaded.target,
         "signature": program.interface.signature,
         "instructions": program.interface.instructions,
         "input_schema": program.interface.input_schema(),
@@ -94,7 +95,8 @@ def _describe(service: Service, program: Program) -> dict[str, Any]:
         "model": lms.model_of(None) if lms else service.settings.model or "local",
         "allowed_models": lms.names if lms else None,
         "optimized": program.loaded.optimized,
-        "artifact": {"path": artifact.path, "sha256": artifact.sha256} if artifact else None,
+        # Never a server path: the name and the hash say which state is served.
+        "artifact": {"name": Path(artifact.path).name, "sha256": artifact.sha256} if artifact else None,
         "execution": "async" if program.runner is None or program.runner.native_async else "thread",
         "endpoints": {
             endpoint: f"/{program.name}/{endpoint}" for endpoint in ("invoke", "stream", "batch")

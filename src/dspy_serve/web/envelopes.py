@@ -8,12 +8,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator, create_model
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WrapValidator,
+    create_model,
+)
+from pydantic_core import PydanticCustomError
 from pydantic_core.core_schema import ValidatorFunctionWrapHandler
 
 from dspy_serve.serving.schema import ProgramInterface
 
 __all__ = [
+    "NOT_BOOL_OR_STR",
     "InvalidItem",
     "Problem",
     "StatusEvent",
@@ -67,6 +77,20 @@ class Problem(BaseModel):
     retry_after: float | None = None
 
 
+def _not_bool_or_str(value: Any) -> Any:
+    if isinstance(value, (bool, str)):
+        raise PydanticCustomError(
+            "int_type", "Input should be a valid integer, not a {kind}", {"kind": type(value).__name__}
+        )
+    return value
+
+
+# An integer as JSON Schema means it: a number without a fraction (`100` or `100.0`), never `true`
+# or `"100"`, which pydantic's lax mode would coerce. Put it after the constraints in `Annotated`,
+# so that they stay in the JSON schema: `Annotated[int, Field(gt=0), NOT_BOOL_OR_STR]`.
+NOT_BOOL_OR_STR = BeforeValidator(_not_bool_or_str)
+
+
 class InvalidItem:
     """A batch item that failed validation; kept so the other items still run."""
 
@@ -86,9 +110,13 @@ def options_model(max_tokens_limit: int) -> type[BaseModel]:
         "CallOptions",
         __config__=ConfigDict(extra="forbid"),
         __doc__="Per-request LM options. `model` must be on the server's allow-list.",
-        model=(str | None, Field(default=None, description="One of the allowed models (see GET /programs).")),
-        temperature=(float | None, Field(default=None, ge=0, le=2)),
-        max_tokens=(int | None, Field(default=None, gt=0, le=max_tokens_limit)),
+        # Strict: `"temperature": false` or `"max_tokens": "100"` is a mistake to report, not to coerce.
+        model=(
+            str | None,
+            Field(default=None, strict=True, description="One of the allowed models (see GET /programs)."),
+        ),
+        temperature=(float | None, Field(default=None, ge=0, le=2, strict=True)),
+        max_tokens=(Annotated[int, Field(gt=0, le=max_tokens_limit), NOT_BOOL_OR_STR] | None, None),
     )
 
 
@@ -97,17 +125,17 @@ def envelope_models(
     interface: ProgramInterface,
     options: type[BaseModel],
     max_batch: int,
-    example: dict[str, Any] | None,
 ) -> dict[str, type[BaseModel]]:
-    """Request/response models of one program's invoke and batch operations."""
+    """Request/response models of one program's invoke and batch operations.
+
+    No examples from the program's demos: they are training data, and the document is public."""
     # Built at runtime from each program's signature: to the type checker these are plain values.
     inputs: Any = interface.inputs
     outputs: Any = interface.outputs
     optional_options: Any = options | None
-    examples: Any = [{"inputs": example}] if example else None
     invoke_request = create_model(
         f"{prefix}InvokeRequest",
-        __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": examples} if examples else None),
+        __config__=ConfigDict(extra="forbid"),
         inputs=(inputs, ...),
         options=(optional_options, None),
     )
@@ -121,9 +149,7 @@ def envelope_models(
     lenient_item: Any = Annotated[inputs, WrapValidator(_keep_invalid)]
     batch_request = create_model(
         f"{prefix}BatchRequest",
-        __config__=ConfigDict(
-            extra="forbid", json_schema_extra={"examples": [{"items": [example]}]} if example else None
-        ),
+        __config__=ConfigDict(extra="forbid"),
         items=(list[lenient_item], Field(min_length=1, max_length=max_batch)),
         options=(optional_options, None),
     )

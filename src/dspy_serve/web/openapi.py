@@ -1,12 +1,114 @@
-"""Touches to the generated OpenAPI document that FastAPI cannot express by itself."""
+"""Touches to the generated OpenAPI document that FastAPI cannot express by itself, and the
+documentation routes, which serve each caller the part of the document its key may call."""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterator
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import HTMLResponse, JSONResponse
 
-__all__ = ["document_event_streams"]
+from dspy_serve.serving.caller import Caller
+from dspy_serve.web.auth import DOCS_PATHS, OPEN_PATHS
+from dspy_serve.web.request_state import caller_of
+
+__all__ = ["add_docs_routes", "document_event_streams", "document_security", "visible_to"]
+
+# Both ways a key may travel (see web/auth.py); either one satisfies an operation.
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer KEY"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
+_UNAUTHORIZED = {
+    "description": "Missing or invalid API key",
+    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
+
+
+def document_security(app: FastAPI, *, protect_docs: bool) -> None:
+    """Declare the API-key schemes, and on every operation that needs a key, that it does (so
+    clients, and schemathesis' ``ignored_auth`` check, can see the auth). Only with keys on."""
+    generate = app.openapi
+    open_paths = OPEN_PATHS if protect_docs else OPEN_PATHS | DOCS_PATHS
+
+    def openapi() -> dict[str, Any]:
+        spec = generate()
+        components = spec.setdefault("components", {})
+        if "securitySchemes" in components:  # the document is built once, then cached
+            return spec
+        components["securitySchemes"] = SECURITY_SCHEMES
+        components.setdefault("schemas", {}).setdefault("Problem", {"type": "object"})
+        for path, item in spec.get("paths", {}).items():
+            if path in open_paths:
+                continue
+            for operation in item.values():
+                operation["security"] = [{name: []} for name in SECURITY_SCHEMES]
+                operation.setdefault("responses", {}).setdefault("401", _UNAUTHORIZED)
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def visible_to(spec: dict[str, Any], caller: Caller, programs: Collection[str]) -> dict[str, Any]:
+    """The document as ``caller`` may see it: without the programs its key may not call, nor
+    the schemas only they use (their names and fields are theirs)."""
+    hidden = {name for name in programs if not caller.may_call(name)}
+    if not hidden:
+        return spec
+    paths = {path: item for path, item in spec.get("paths", {}).items() if path.split("/")[1] not in hidden}
+    schemas = spec.get("components", {}).get("schemas", {})
+    kept: set[str] = set()
+    pending = list(_refs(paths))
+    while pending:
+        name = pending.pop()
+        if name not in kept and name in schemas:
+            kept.add(name)
+            pending.extend(_refs(schemas[name]))
+    components = {**spec.get("components", {}), "schemas": {k: v for k, v in schemas.items() if k in kept}}
+    return {**spec, "paths": paths, "components": components}
+
+
+def _refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str):
+                yield value.rsplit("/", 1)[-1]
+            else:
+                yield from _refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _refs(value)
+
+
+def add_docs_routes(app: FastAPI, programs: Collection[str]) -> None:
+    """``/openapi.json`` (per caller), ``/docs`` (Swagger UI) and ``/redoc``: FastAPI's own,
+    except that the document is filtered by the caller's key."""
+
+    def prefix(request: Request) -> str:
+        return str(request.scope.get("root_path", "")).rstrip("/")
+
+    async def openapi(request: Request) -> JSONResponse:
+        return JSONResponse(visible_to(app.openapi(), caller_of(request), programs))
+
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=prefix(request) + "/openapi.json",
+            title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=prefix(request) + "/docs/oauth2-redirect",
+        )
+
+    async def oauth2_redirect(request: Request) -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    async def redoc(request: Request) -> HTMLResponse:
+        return get_redoc_html(openapi_url=prefix(request) + "/openapi.json", title=f"{app.title} - ReDoc")
+
+    app.add_route("/openapi.json", openapi, include_in_schema=False)
+    app.add_route("/docs", swagger_ui, include_in_schema=False)
+    app.add_route("/docs/oauth2-redirect", oauth2_redirect, include_in_schema=False)
+    app.add_route("/redoc", redoc, include_in_schema=False)
 
 
 def document_event_streams(app: FastAPI) -> None:

@@ -7,17 +7,17 @@ the handlers' annotations at runtime.)
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel
 
 from dspy_serve.errors import PROBLEM_CONTENT_TYPE, InvalidInput, from_exception
 from dspy_serve.serving import pricing
 from dspy_serve.serving.programs import Program
 from dspy_serve.serving.runner import CallResult
-from dspy_serve.serving.schema import example_inputs, field_values
+from dspy_serve.serving.schema import field_values
 from dspy_serve.serving.service import CallOptions, Service
 from dspy_serve.web.envelopes import InvalidItem, Problem, envelope_models, stream_event_model
-from dspy_serve.web.request_state import caller_of, until_disconnected
+from dspy_serve.web.request_state import caller_of, require_json, until_disconnected
 from dspy_serve.web.sse import STREAM_DOC, EventStreamResponse, ProgramEventEncoder, response_body
 
 __all__ = ["ERROR_RESPONSES", "add_program_routes"]
@@ -29,6 +29,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         401: "Missing or invalid API key (when keys are configured)",
         403: "Model not on the allow-list, or not allowed for this API key",
         413: "Request body too large, or input too long for the model's context window",
+        415: "The body is not JSON (Content-Type must be application/json)",
         422: "Invalid input (field paths in `errors`)",
         429: "The LM provider is rate limiting (see Retry-After)",
         502: "The LM provider failed or answered unparseably",
@@ -37,6 +38,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     }.items()
 }
 
+# Checked before the body is parsed: 415 for a form or text/plain post, which a browser sends
+# cross-site without a preflight.
+_JSON_ONLY = [Depends(require_json)]
+
 
 def add_program_routes(
     router: APIRouter, service: Service, program: Program, options: type[BaseModel]
@@ -44,13 +49,7 @@ def add_program_routes(
     """``/NAME/invoke``, ``/NAME/stream`` and ``/NAME/batch``, each one front-door admission."""
     name = program.name
     prefix = program.interface.inputs.__name__.removesuffix("Inputs")
-    models = envelope_models(
-        prefix,
-        program.interface,
-        options,
-        service.settings.batch_max_items,
-        example_inputs(program.interface, program.loaded.module),
-    )
+    models = envelope_models(prefix, program.interface, options, service.settings.batch_max_items)
     InvokeRequest, InvokeResponse = models["invoke_request"], models["invoke_response"]
     BatchRequest, BatchResponse = models["batch_request"], models["batch_response"]
     description = program.interface.instructions or f"Run the DSPy program `{name}`."
@@ -89,6 +88,7 @@ def add_program_routes(
         f"/{name}/invoke",
         invoke,
         methods=["POST"],
+        dependencies=_JSON_ONLY,
         response_model=InvokeResponse,
         responses=ERROR_RESPONSES,
         summary=f"Run {name}",
@@ -112,6 +112,7 @@ def add_program_routes(
         f"/{name}/stream",
         stream,
         methods=["POST"],
+        dependencies=_JSON_ONLY,
         response_class=EventStreamResponse,
         response_model=None,
         status_code=200,
@@ -128,6 +129,7 @@ def add_program_routes(
         f"/{name}/batch",
         batch,
         methods=["POST"],
+        dependencies=_JSON_ONLY,
         response_model=BatchResponse,
         responses=ERROR_RESPONSES,
         summary=f"Run {name} on many inputs",

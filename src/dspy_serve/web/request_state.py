@@ -14,10 +14,10 @@ from typing import TypeVar
 from starlette.requests import HTTPConnection
 from starlette.types import Scope
 
-from dspy_serve.errors import ClientCancelled
+from dspy_serve.errors import ClientCancelled, UnsupportedMediaType
 from dspy_serve.serving.caller import Caller
 
-__all__ = ["caller_in", "caller_of", "until_disconnected"]
+__all__ = ["caller_in", "caller_of", "require_json", "until_disconnected"]
 
 T = TypeVar("T")
 
@@ -38,6 +38,18 @@ def caller_in(scope: Scope) -> Caller:
 
 def caller_of(connection: HTTPConnection) -> Caller:
     return caller_in(connection.scope)
+
+
+def require_json(connection: HTTPConnection) -> None:
+    """Refuse a body that is not declared JSON (``application/json`` or ``application/*+json``).
+
+    A web page can make a visitor's browser post a form or ``text/plain`` (or an untyped body)
+    to any site, a local server included, without asking first; JSON needs a CORS preflight.
+    """
+    media_type = connection.headers.get("content-type", "").partition(";")[0].strip().lower()
+    kind, _, subtype = media_type.partition("/")
+    if kind != "application" or not (subtype == "json" or subtype.endswith("+json")):
+        raise UnsupportedMediaType("Send the body as JSON, with 'Content-Type: application/json'.")
 
 
 async def until_disconnected(connection: HTTPConnection, work: Awaitable[T]) -> T:
