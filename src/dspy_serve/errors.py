@@ -6,6 +6,7 @@ included) into one, by type, never by matching message text. The HTTP layer rend
 as RFC 9457 ``application/problem+json``::
 
     ServeError (500 internal)
+├── InvalidProgramOutput (500)     the program's own outputs do not fit its declared schema
     ├── InvalidInput (422)             request body or field failed validation
     ├── BadOverride (400)              options out of range
     ├── UnsupportedRequest (400)       well-formed, but this program cannot answer it (OpenAI /v1)
@@ -45,6 +46,7 @@ __all__ = [
     "Forbidden",
     "HTTPProblem",
     "InvalidInput",
+    "InvalidProgramOutput",
     "ModelNotAllowed",
     "Overloaded",
     "ProgramNotFound",
@@ -83,6 +85,8 @@ class ServeError(Exception):
         self.detail = detail or self.title
         self.errors = errors
         self.retry_after = retry_after
+        # Tokens already spent when the call failed (per model): still billed, still reported.
+        self.usage: dict[str, dict[str, Any]] | None = None
         super().__init__(self.detail)
 
     def headers(self) -> dict[str, str]:
@@ -108,6 +112,8 @@ class ServeError(Exception):
             body["errors"] = self.errors
         if self.retry_after is not None:
             body["retry_after"] = self.retry_after
+        if self.usage:
+            body["usage"] = self.usage
         return body
 
 
@@ -124,6 +130,16 @@ class InvalidInput(ServeError):
             for err in exc.errors(include_url=False, include_input=False)
         ]
         return cls(detail, errors=errors)
+
+
+class InvalidProgramOutput(ServeError):
+    """The program returned something its own published schema does not allow.
+
+    A 500, not a 502: no upstream answered badly (an unparseable LM answer is a 502
+    ``upstream_error``), the served program broke its contract, and retrying will not help.
+    ``errors`` holds the field paths under ``outputs``."""
+
+    status, code, title = 500, "invalid_program_output", "The program's outputs do not match its schema"
 
 
 class UnsupportedRequest(ServeError):
