@@ -8,12 +8,12 @@ import sys
 import textwrap
 from pathlib import Path
 
-RETRIEVAL = '''
+RETRIEVAL = """
 def search(question, k=2):
     return [f"passage {i} about {question}" for i in range(k)]
-'''
+"""
 
-PROGRAM = '''
+PROGRAM = """
 import dspy
 
 from retrieval import search
@@ -28,9 +28,9 @@ class CompanyRAG(dspy.Module):
         context = search(question)
         answer = self.respond(context=context, question=question).answer
         return dspy.Prediction(context=context, answer=answer)
-'''
+"""
 
-SAVE = '''
+SAVE = """
 import sys
 import dspy
 import company_rag
@@ -39,7 +39,7 @@ program = company_rag.CompanyRAG()
 program.respond.predict.demos = [dspy.Example(context=["c"], question="2+2?", reasoning="add", answer="4")]
 by_value = sys.argv[2] == "by-value"
 program.save(sys.argv[1], save_program=True, modules_to_serialize=[company_rag] if by_value else None)
-'''
+"""
 
 
 def save_user_program(root: Path, *, by_value: bool) -> tuple[str, Path]:

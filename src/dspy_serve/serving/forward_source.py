@@ -7,9 +7,11 @@ the caller asks the user to declare the interface instead of guessing it.
 from __future__ import annotations
 
 import ast
+import importlib.util
 import inspect
 import textwrap
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import dspy
 
@@ -30,9 +32,32 @@ def _function_tree(owner: type, entry: str) -> ast.FunctionDef | ast.AsyncFuncti
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(vars(owner)[entry])))
     except (OSError, TypeError, SyntaxError):
-        return None
+        return _function_in_module_file(owner, entry)
     function = tree.body[0]
     return function if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)) else None
+
+
+def _function_in_module_file(owner: type, entry: str) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
+    """A class unpickled by value (``save_program`` with ``modules_to_serialize``) has no source of
+    its own: read it from its module's file when that is importable, without importing it."""
+    try:
+        spec = importlib.util.find_spec(owner.__module__)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+        return None
+    try:
+        body: list[ast.stmt] = ast.parse(Path(spec.origin).read_text(encoding="utf-8")).body
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return None
+    for part in [*owner.__qualname__.split("."), entry]:
+        node = next((n for n in body if getattr(n, "name", None) == part), None)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and part == entry:
+            return node
+        if not isinstance(node, ast.ClassDef):
+            return None
+        body = node.body
+    return None
 
 
 def returned_names(module: dspy.Module, owner: type | None = None) -> list[str] | None:

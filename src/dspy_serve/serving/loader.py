@@ -230,8 +230,7 @@ def _program_from_directory(path: Path, allow_pickle: bool, folder: Path | None)
         ) from exc
     except Exception as exc:  # unpickling can raise almost anything
         raise ArtifactError(
-            f"{path} does not hold a program saved with save_program=True "
-            f"({type(exc).__name__}: {exc})"
+            f"{path} does not hold a program saved with save_program=True ({type(exc).__name__}: {exc})"
         ) from exc
     if not isinstance(program, dspy.Module):
         raise ArtifactError(f"{path} does not hold a dspy.Module")

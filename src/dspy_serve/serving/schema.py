@@ -320,20 +320,35 @@ def _build(
 
 def _check_json_schemas(name: str, kind: str, fields: dict[str, FieldSpec]) -> None:
     """A field without a JSON schema would break /openapi.json and /programs for every program
-    in the process: refuse it here, at startup, by name."""
+    in the process: refuse it here, at startup, by name. OpenAPI documents each model a field
+    reaches on its own, so each is checked too."""
     for field_name, (annotation, info) in fields.items():
-        model = create_model(  # type: ignore[call-overload]
+        field_model = create_model(  # type: ignore[call-overload]
             "Field", __config__=ConfigDict(arbitrary_types_allowed=True), **{field_name: (annotation, info)}
         )
-        for mode in ("validation", "serialization"):
-            try:
-                model.model_json_schema(mode=mode)
-            except PydanticUserError as exc:
-                raise SchemaError(
-                    f"{name}: {kind} field {field_name!r} of type {_type_name(annotation)} cannot be "
-                    f"described as JSON ({type(exc).__name__}); give it a type that has a JSON schema, "
-                    f"or {_DECLARE}"
-                ) from exc
+        for model in [field_model, *_models_in(annotation)]:
+            for mode in ("validation", "serialization"):
+                try:
+                    model.model_json_schema(mode=mode)
+                except PydanticUserError as exc:
+                    raise SchemaError(
+                        f"{name}: {kind} field {field_name!r} of type {_type_name(annotation)} cannot be "
+                        f"described as JSON ({type(exc).__name__}); give it a type that has a JSON schema, "
+                        f"or {_DECLARE}"
+                    ) from exc
+
+
+def _models_in(annotation: Any, seen: set[type] | None = None) -> list[type[BaseModel]]:
+    seen = set() if seen is None else seen
+    found: list[type[BaseModel]] = []
+    if inspect.isclass(annotation) and issubclass(annotation, BaseModel) and annotation not in seen:
+        seen.add(annotation)
+        found.append(annotation)
+        for info in annotation.model_fields.values():
+            found.extend(_models_in(info.annotation, seen))
+    for arg in typing.get_args(annotation):
+        found.extend(_models_in(arg, seen))
+    return found
 
 
 def _type_name(annotation: Any) -> str:

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 
 import dspy
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidatorFunctionWrapHandler, WrapValidator, create_model
 from pydantic.fields import FieldInfo
 
 __all__ = ["ToolDescription", "to_wire", "wire_input_type", "wire_output_type"]
@@ -41,10 +41,7 @@ class ToolDescription(BaseModel):
     args: dict[str, Any] = Field(default_factory=dict, description="JSON schema of each argument, by name.")
 
 
-def _described_tool(value: Any) -> dspy.Tool:
-    if isinstance(value, dspy.Tool):
-        return value
-    described = ToolDescription.model_validate(value)
+def _described_tool(described: ToolDescription) -> dspy.Tool:
 
     def not_run_here(**kwargs: Any) -> Any:
         raise RuntimeError(f"tool {described.name!r} was described by the caller; the server cannot run it")
@@ -52,11 +49,12 @@ def _described_tool(value: Any) -> dspy.Tool:
     return dspy.Tool(not_run_here, name=described.name, desc=described.description or "", args=described.args)
 
 
-_TOOL_INPUT = Annotated[
-    dspy.Tool,
-    PlainValidator(_described_tool),
-    WithJsonSchema(ToolDescription.model_json_schema()),
-]
+def _tool_from_description(value: Any, handler: ValidatorFunctionWrapHandler) -> dspy.Tool:
+    return value if isinstance(value, dspy.Tool) else _described_tool(handler(value))
+
+
+# Documented (and flattened into OpenAPI) as a ToolDescription: dspy.Tool has no JSON schema.
+_TOOL_INPUT = Annotated[ToolDescription, WrapValidator(_tool_from_description)]
 
 
 def wire_input_type(annotation: Any) -> Any:
@@ -151,7 +149,7 @@ def to_wire(value: Any) -> Any:
     if isinstance(value, dspy.Type):
         return _type_to_wire(value)
     if isinstance(value, BaseModel):
-        return value  # the program's own model: its class and serializers describe it
+        return value.model_dump(mode="json", by_alias=True)  # the program's own model, as it dumps itself
     if isinstance(value, Mapping):
         return {key: to_wire(item) for key, item in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):

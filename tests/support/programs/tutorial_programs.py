@@ -232,3 +232,20 @@ plan_tool_calls = dspy.Predict(PlanToolCalls)
 
 # --- Image inputs, for per-item validation in a batch -----------------------------------------------
 describe_image = dspy.Predict("image: dspy.Image -> caption")
+
+
+# --- A program that breaks its own declared contract -------------------------------------------------
+class CountLetters(dspy.Module):
+    """Declares an integer, returns the LM's text: its outputs fail their own schema."""
+
+    serve_signature = "word -> count: int"
+
+    def __init__(self):
+        super().__init__()
+        self.predict = dspy.Predict("word -> count")
+
+    def forward(self, word: str):
+        return dspy.Prediction(count=self.predict(word=word).count)
+
+
+broken_contract = CountLetters()
