@@ -17,7 +17,7 @@ import pytest
 from dspy_serve import create_app
 from tests.support.cli import CLI, cli_env
 from tests.support.endpoints import ENDPOINTS, batch, chat, invoke, mcp_call, outputs_via, stream_events
-from tests.support.fake_lm import FakeLM, prompt_text
+from tests.support.fake_lm import FakeLM, ServerError, prompt_text
 from tests.support.programs import tutorial_programs as tp
 from tests.support.saved_programs import save_user_program
 from tests.support.servers import ServerThread, serving
@@ -123,12 +123,12 @@ def server(_fake_lm_server: FakeLM, tmp_path_factory: pytest.TempPathFactory) ->
             yield running
 
 
-@pytest.mark.parametrize("endpoint", ENDPOINTS)
-@pytest.mark.parametrize("program", list(CASES))
+SERVED = [(program, endpoint) for program, case in CASES.items() for endpoint in case.endpoints]
+
+
+@pytest.mark.parametrize(("program", "endpoint"), SERVED, ids=[f"{p}-{e}" for p, e in SERVED])
 def test_serves(server: ServerThread, fake_lm: FakeLM, program: str, endpoint: str) -> None:
     case = CASES[program]
-    if endpoint not in case.endpoints:
-        pytest.skip(f"{program} is not served on {endpoint} (see its own test)")
     fake_lm.answers = case.answers
 
     outputs = outputs_via(endpoint, server.base_url, program, case.inputs)
@@ -288,3 +288,16 @@ def test_saved_program_directories_are_served_as_saved(server: ServerThread, fak
     # The saved demo (2+2?) reached the LM: the program is the saved one, not a fresh instance.
     assert len(fake_lm.requests) == 2
     assert all("2+2?" in prompt_text(request) for request in fake_lm.requests)
+
+
+def test_a_call_failing_after_spending_tokens_reports_them(server: ServerThread, fake_lm: FakeLM) -> None:
+    fake_lm.answers = {"answer": "Paris"}
+    fake_lm.when("draft", ServerError(500))  # the second step of DraftThenAnswer fails; the first was paid
+
+    response = invoke(server.base_url, "nested", {"question": "Capital?"})
+    item = batch(server.base_url, "nested", [{"question": "Capital?"}]).json()["items"][0]
+
+    assert response.status_code == 502
+    assert response.json()["usage"]["openai/fake-model"]["total_tokens"] > 0
+    assert item["error"]["code"] == "upstream_error"
+    assert item["usage"]["openai/fake-model"]["total_tokens"] > 0

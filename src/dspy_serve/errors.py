@@ -30,6 +30,7 @@ Messages are written for the caller: no stack traces, provider payloads or secre
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Sequence
@@ -61,6 +62,7 @@ __all__ = [
     "UpstreamRateLimited",
     "error_class",
     "from_exception",
+    "note_usage",
 ]
 
 logger = logging.getLogger("dspy_serve.errors")
@@ -262,8 +264,31 @@ _FIXED_CODES: list[type[ServeError]] = [ServeError, *_subclasses(ServeError)]
 _BY_CODE = {cls.code: cls for cls in _FIXED_CODES if cls is not HTTPProblem and cls is not ProxyError}
 
 
+_SPENT = "_dspy_serve_usage"
+
+
+def note_usage(exc: BaseException, usage: dict[str, dict[str, Any]]) -> None:
+    """Keep the tokens a failed call had already spent on what it raised, so that the error the
+    caller gets (whatever it is classified as) still reports them."""
+    if not usage:
+        return
+    if isinstance(exc, ServeError):
+        exc.usage = exc.usage or usage
+    else:
+        with contextlib.suppress(AttributeError):  # a type with __slots__: nothing to report then
+            setattr(exc, _SPENT, usage)
+
+
 def from_exception(exc: BaseException) -> ServeError:
-    """Classify anything raised while serving a call, by exception type."""
+    """Classify anything raised while serving a call, by exception type; tokens it had already
+    spent (see :func:`note_usage`) stay on the error."""
+    error = _classify(exc)
+    if error.usage is None:
+        error.usage = getattr(exc, _SPENT, None)
+    return error
+
+
+def _classify(exc: BaseException) -> ServeError:
     if isinstance(exc, ServeError):
         return exc
     if isinstance(exc, dspy.LMRateLimitError):

@@ -20,7 +20,7 @@ import dspy
 from dspy.streaming import StatusMessage, StreamResponse
 from pydantic import BaseModel
 
-from dspy_serve.errors import InvalidProgramOutput
+from dspy_serve.errors import InvalidProgramOutput, note_usage
 from dspy_serve.serving.call_scope import CallScope, enter_scope
 from dspy_serve.serving.loader import LoadedProgram
 from dspy_serve.serving.schema import ProgramInterface
@@ -88,8 +88,9 @@ class ProgramRunner:
                     prediction = await self.program.module.acall(**inputs)
                 else:
                     prediction = await self._call_in_thread(**inputs)
-            except BaseException:
+            except BaseException as exc:
                 scope.cancel()  # a worker thread still running stops at its next LM call
+                note_usage(exc, tracker.get_total_tokens())
                 raise
             return _result(self._outputs(prediction), tracker, lm, scope)
 
@@ -131,8 +132,9 @@ class ProgramRunner:
                         elif isinstance(item, (StreamResponse, StatusMessage)):
                             yield item
                 yield final
-            except BaseException:
+            except BaseException as exc:
                 scope.cancel()
+                note_usage(exc, tracker.get_total_tokens())
                 raise
 
     async def _call_in_thread(self, **inputs: Any) -> Any:
