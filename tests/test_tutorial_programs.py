@@ -88,6 +88,12 @@ CASES: dict[str, Case] = {
         tool_calls_proposed,
         endpoints=["invoke", "batch", "stream", "mcp"],  # two required inputs: not a chat (see v1 test)
     ),
+    "describe_image": Case(
+        {"image": {"url": "https://example.com/cat.png"}},
+        {"caption": "A cat."},
+        {"caption": "A cat."},
+        endpoints=["invoke", "batch", "stream", "mcp"],  # an image is not a chat message
+    ),
     "saved_by_reference": Case(
         {"question": "2+2?"},
         {"reasoning": "r", "answer": "4"},
@@ -107,7 +113,7 @@ def server(_fake_lm_server: FakeLM, tmp_path_factory: pytest.TempPathFactory) ->
     by_reference, reference_dir = save_user_program(root / "ref", by_value=False)
     by_value, value_dir = save_user_program(root / "value", by_value=True)
     programs = [tutorial(name) for name in CASES if not name.startswith("saved_")]
-    programs += [tutorial("broken_contract"), tutorial("describe_image")]
+    programs += [tutorial("broken_contract")]
     programs += [f"saved_by_reference={by_reference}", f"saved_by_value={by_value}"]
     settings = fake_settings(
         _fake_lm_server,
@@ -239,10 +245,13 @@ def test_tool_descriptions_serve_and_the_schema_documents_stay_valid(server: Ser
     assert missing_name.json()["errors"][0]["loc"] == ["body", "inputs", "tools", 0, "name"]
 
 
-def test_a_program_with_two_required_inputs_is_not_a_chat(server: ServerThread) -> None:
-    response = chat(server.base_url, "plan_tool_calls", "Weather in Paris?")
+@pytest.mark.parametrize("program", ["plan_tool_calls", "describe_image"])
+def test_a_program_that_cannot_take_a_chat_message_is_refused_on_v1(
+    server: ServerThread, program: str
+) -> None:
+    response = chat(server.base_url, program, "Weather in Paris?")
     assert response.status_code == 400
-    assert response.json()["error"]["code"] is not None
+    assert f"POST /{program}/invoke" in response.json()["error"]["message"]  # where to go instead
 
 
 def test_a_bare_value_with_a_declared_output_streams_to_its_end(
