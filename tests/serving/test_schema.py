@@ -567,3 +567,15 @@ class TakesAHook(dspy.Signature):
 def test_an_input_without_a_json_schema_is_refused_at_startup_by_name() -> None:
     with pytest.raises(SchemaError, match=r"input field 'hook' of type Hook cannot be described as JSON"):
         derive_interface("hooked", dspy.Predict(TakesAHook))
+
+
+class LoggedChainOfThought(dspy.ChainOfThought):
+    def forward(self, **kwargs: Any) -> Any:
+        print("calling with", sorted(kwargs))
+        return super().forward(**kwargs)
+
+
+def test_a_thin_subclass_of_a_dspy_wrapper_passing_kwargs_on_keeps_the_wrappers_interface() -> None:
+    interface = derive_interface("cot", LoggedChainOfThought("question -> answer"))
+
+    assert interface.signature == "question -> reasoning, answer"

@@ -35,7 +35,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 
 from dspy_serve.errors import InvalidInput
-from dspy_serve.serving.forward_source import entry_name, kwargs_use, returned_names
+from dspy_serve.serving.forward_source import KwargsUse, entry_name, kwargs_use, returned_names
 from dspy_serve.serving.wire import wire_input_type, wire_output_type
 
 __all__ = ["ProgramInterface", "SchemaError", "derive_interface", "example_inputs", "field_values"]
@@ -145,7 +145,8 @@ def _from_kwargs_forward(name: str, module: dspy.Module, predictors: list[dspy.P
     own = getattr(module, "signature", None)
     if isinstance(own, str):
         own = dspy.ensure_signature(own)
-    if _is_builtin(module):
+    use = None if _is_builtin(module) else kwargs_use(module)
+    if _is_builtin(module) or (not _is_signature(own) and _passes_kwargs_to_builtin(module, use)):
         if not predictors:
             raise SchemaError(f"{name}: no predictors and no typed forward(); {_DECLARE}")
         first = own if _is_signature(own) else predictors[0].signature
@@ -154,7 +155,6 @@ def _from_kwargs_forward(name: str, module: dspy.Module, predictors: list[dspy.P
     cls = type(module).__name__
     if not _is_signature(own):
         raise SchemaError(f"{name}: {cls}.forward(**kwargs) does not say which inputs it takes; {_DECLARE}")
-    use = kwargs_use(module)
     returned = returned_names(module)
     problems: list[str] = []
     if use is None or returned is None:
@@ -172,6 +172,16 @@ def _from_kwargs_forward(name: str, module: dspy.Module, predictors: list[dspy.P
             f"({'; '.join(problems)}); {_DECLARE}"
         )
     return _from_signature(name, own)
+
+
+def _passes_kwargs_to_builtin(module: dspy.Module, use: KwargsUse | None) -> bool:
+    """A thin subclass of a DSPy wrapper (``class Logged(dspy.ChainOfThought)``) whose forward
+    hands its kwargs on untouched: the wrapper's own interface holds."""
+    builtin_base = any(
+        cls.__module__.split(".")[0] == "dspy" and cls is not dspy.Module and "forward" in vars(cls)
+        for cls in type(module).__mro__[1:]
+    )
+    return builtin_base and use is not None and not use.read and not use.computed
 
 
 _DECLARE = (
