@@ -7,11 +7,16 @@ descriptions, defaults and constraints, so OpenAPI documents exactly what the pr
 Where the interface comes from, first match wins:
 1. an explicit declaration: ``serve_signature`` on the module (a Signature class or string),
    or a signature given in the settings;
-2. a ``dspy.Predict`` (its signature), or a built-in wrapper whose ``forward(**kwargs)``
-   hides its fields (the inputs of its first predictor or its ``signature``, the outputs of its
-   last predictor: ChainOfThought adds ``reasoning``);
-3. a custom ``forward``: its parameters (type hints, else the input field of the predictor that
-   takes them) and what it returns (a ``dspy.Prediction(...)`` or a predictor's result).
+2. a ``dspy.Predict`` (its signature); ``BestOfN``/``Refine`` (the module they run); a built-in
+   wrapper whose ``forward(**kwargs)`` hides its fields (the inputs of its first predictor or its
+   ``signature``, the outputs of its last predictor: ChainOfThought adds ``reasoning``);
+3. a user's ``forward(**kwargs)``: its ``self.signature``, only when its source follows it;
+4. a custom ``forward``: its parameters (type hints, else the input field of the predictor that
+   takes them) and what it returns (a ``dspy.Prediction(...)`` or a predictor's result), each
+   returned field typed by forward's return annotation or a predictor's output field, else any JSON.
+
+DSPy types are published in their wire form (see :mod:`dspy_serve.serving.wire`), and a field
+without a JSON schema is refused here, so one program never breaks the documents of the others.
 """
 
 from __future__ import annotations
