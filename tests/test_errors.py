@@ -14,6 +14,7 @@ from dspy_serve.errors import (
     ContextTooLong,
     HTTPProblem,
     InvalidInput,
+    InvalidProgramOutput,
     ModelNotAllowed,
     Overloaded,
     ProgramNotFound,
@@ -23,6 +24,7 @@ from dspy_serve.errors import (
     UpstreamError,
     UpstreamRateLimited,
     from_exception,
+    note_usage,
 )
 from dspy_serve.web.envelopes import Problem
 
@@ -182,6 +184,7 @@ def test_unexpected_exception_maps_to_500_internal_without_its_message() -> None
         (ContextTooLong(), 413, "context_window_exceeded"),
         (UpstreamRateLimited(retry_after=3), 429, "upstream_rate_limited"),
         (UpstreamError(), 502, "upstream_error"),
+        (InvalidProgramOutput(), 500, "invalid_program_output"),
         (ServiceUnavailable(), 503, "unavailable"),
         (Overloaded(retry_after=1), 503, "overloaded"),
         (RequestTimeout(), 504, "timeout"),
@@ -232,3 +235,15 @@ def test_problem_validates_against_the_published_problem_model() -> None:
     problem = Problem.model_validate(body)
 
     assert (problem.status, problem.code, problem.retry_after) == (429, "upstream_rate_limited", 7)
+
+
+def test_tokens_spent_before_a_failure_stay_on_the_error_it_becomes() -> None:
+    spent = {"openai/gpt-4o-mini": {"total_tokens": 12}}
+    raw = dspy.LMServerError("boom")
+    note_usage(raw, spent)
+
+    error = from_exception(raw)
+
+    assert isinstance(error, UpstreamError)
+    assert error.usage == spent and error.problem()["usage"] == spent
+    assert "usage" not in from_exception(dspy.LMServerError("no tokens")).problem()

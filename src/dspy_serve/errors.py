@@ -6,6 +6,7 @@ included) into one, by type, never by matching message text. The HTTP layer rend
 as RFC 9457 ``application/problem+json``::
 
     ServeError (500 internal)
+├── InvalidProgramOutput (500)     the program's own outputs do not fit its declared schema
     ├── InvalidInput (422)             request body or field failed validation
     ├── BadOverride (400)              options out of range
     ├── UnsupportedRequest (400)       well-formed, but this program cannot answer it (OpenAI /v1)
@@ -30,6 +31,7 @@ Messages are written for the caller: no stack traces, provider payloads or secre
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Sequence
@@ -47,6 +49,7 @@ __all__ = [
     "Forbidden",
     "HTTPProblem",
     "InvalidInput",
+    "InvalidProgramOutput",
     "ModelNotAllowed",
     "Overloaded",
     "ProgramNotFound",
@@ -62,6 +65,7 @@ __all__ = [
     "UpstreamRateLimited",
     "error_class",
     "from_exception",
+    "note_usage",
     "sane_retry_after",
 ]
 
@@ -104,6 +108,8 @@ class ServeError(Exception):
         self.detail = detail or self.title
         self.errors = errors
         self.retry_after = retry_after
+        # Tokens already spent when the call failed (per model): still billed, still reported.
+        self.usage: dict[str, dict[str, Any]] | None = None
         super().__init__(self.detail)
 
     def headers(self) -> dict[str, str]:
@@ -129,6 +135,8 @@ class ServeError(Exception):
             body["errors"] = self.errors
         if self.retry_after is not None:
             body["retry_after"] = self.retry_after
+        if self.usage:
+            body["usage"] = self.usage
         return body
 
 
@@ -145,6 +153,16 @@ class InvalidInput(ServeError):
             for err in exc.errors(include_url=False, include_input=False)
         ]
         return cls(detail, errors=errors)
+
+
+class InvalidProgramOutput(ServeError):
+    """The program returned something its own published schema does not allow.
+
+    A 500, not a 502: no upstream answered badly (an unparseable LM answer is a 502
+    ``upstream_error``), the served program broke its contract, and retrying will not help.
+    ``errors`` holds the field paths under ``outputs``."""
+
+    status, code, title = 500, "invalid_program_output", "The program's outputs do not match its schema"
 
 
 class UnsupportedRequest(ServeError):
@@ -284,8 +302,31 @@ _FIXED_CODES: list[type[ServeError]] = [ServeError, *_subclasses(ServeError)]
 _BY_CODE = {cls.code: cls for cls in _FIXED_CODES if cls is not HTTPProblem and cls is not ProxyError}
 
 
+_SPENT = "_dspy_serve_usage"
+
+
+def note_usage(exc: BaseException, usage: dict[str, dict[str, Any]]) -> None:
+    """Keep the tokens a failed call had already spent on what it raised, so that the error the
+    caller gets (whatever it is classified as) still reports them."""
+    if not usage:
+        return
+    if isinstance(exc, ServeError):
+        exc.usage = exc.usage or usage
+    else:
+        with contextlib.suppress(AttributeError):  # a type with __slots__: nothing to report then
+            setattr(exc, _SPENT, usage)
+
+
 def from_exception(exc: BaseException) -> ServeError:
-    """Classify anything raised while serving a call, by exception type."""
+    """Classify anything raised while serving a call, by exception type; tokens it had already
+    spent (see :func:`note_usage`) stay on the error."""
+    error = _classify(exc)
+    if error.usage is None:
+        error.usage = getattr(exc, _SPENT, None)
+    return error
+
+
+def _classify(exc: BaseException) -> ServeError:
     if isinstance(exc, ServeError):
         return exc
     if isinstance(exc, dspy.LMRateLimitError):

@@ -58,3 +58,49 @@ def test_a_predictor_lm_saved_in_an_artifact_is_checked_too(fake_lm: FakeLM, tmp
     settings = fake_settings(fake_lm, programs=[QA], artifacts=[str(artifact)])
     with pytest.raises(ValueError, match=r"program 'qa': predictor 'self' has its own LM 'openai/gpt-4o'"):
         create_app(settings)
+
+
+# --- LMs held outside predictors ------------------------------------------------------------------
+
+
+class HoldsLMs(dspy.Module):
+    def __init__(self, shared: dspy.BaseLM) -> None:
+        super().__init__()
+        self.answer = dspy.Predict("question -> answer")
+        self.answer.lm = shared
+        self.judge = shared  # the same LM in two places
+        self.pool = [dspy.LM("openai/pool-a"), {"b": dspy.LM("openai/pool-b")}]
+
+    def forward(self, question: str) -> dspy.Prediction:
+        return self.answer(question=question)
+
+
+def test_every_held_lm_is_found_with_where_it_is() -> None:
+    from dspy_serve.lm.held import held_lms
+
+    program = HoldsLMs(dspy.LM("openai/shared"))
+
+    found = {held.where: held.lm.model for held in held_lms(program)}
+
+    assert found == {
+        "predictor 'answer'": "openai/shared",
+        "attribute 'judge'": "openai/shared",
+        "attribute 'pool[0]'": "openai/pool-a",
+        "attribute \"pool[1]['b']\"": "openai/pool-b",
+    }
+
+
+def test_held_lms_are_replaced_by_the_services_and_a_shared_one_stays_shared(
+    fake_lm: FakeLM, provider_key: str
+) -> None:
+    from dspy_serve.lm.registry import LanguageModels, adopt_held_lms
+
+    settings = fake_settings(fake_lm, allow_models=["openai/shared", "openai/pool-a", "openai/pool-b"])
+    program = HoldsLMs(dspy.LM("openai/shared", cache=True, temperature=0.2))
+
+    adopt_held_lms(program, LanguageModels(settings))
+
+    assert program.answer.lm is program.judge
+    assert program.judge.kwargs["temperature"] == 0.2 and program.judge.cache is False
+    assert isinstance(program.pool[0], type(program.judge)) and type(program.judge).__name__ == "ServingLM"
+    assert program.pool[1]["b"].model == "openai/pool-b"

@@ -12,6 +12,7 @@ import pytest
 
 from dspy_serve.serving.loader import ArtifactError, TargetError, load_program, parse_target
 from tests.support.programs import sample_programs as sp
+from tests.support.saved_programs import save_user_program
 from tests.support.settings import PROGRAMS
 
 SAMPLES = PROGRAMS / "sample_programs.py"
@@ -381,3 +382,38 @@ def test_save_program_directory_loads_with_an_instance_target(tmp_path: Path) ->
     )
 
     assert demo_questions(loaded.module.predict) == ["2+2?"]
+
+
+# --- save_program directories of the user's own classes (saved in another process) ----------------
+
+
+@pytest.mark.parametrize("by_value", [False, True], ids=["by-reference", "by-value"])
+def test_save_program_directory_of_a_user_class_loads_from_the_targets_folder(
+    tmp_path: Path, by_value: bool
+) -> None:
+    target, directory = save_user_program(tmp_path, by_value=by_value)
+
+    loaded = load_program("rag", target, artifact=directory, allow_pickle=True)
+
+    assert type(loaded.module).__name__ == "CompanyRAG"
+    assert demo_questions(loaded.module.respond.predict) == ["2+2?"]
+    assert loaded.module.forward.__globals__["search"]("q") == ["passage 0 about q", "passage 1 about q"]
+
+
+@pytest.mark.parametrize("by_value", [False, True], ids=["by-reference", "by-value"])
+def test_save_program_directory_whose_code_is_gone_names_the_missing_module(
+    tmp_path: Path, by_value: bool
+) -> None:
+    _, directory = save_user_program(tmp_path, by_value=by_value)
+    missing = "company_rag" if not by_value else "retrieval"  # by value, only its imports are needed
+    (tmp_path / "project" / f"{missing}.py").rename(tmp_path / f"{missing}.py.moved")
+    elsewhere = tmp_path / "elsewhere.py"
+    elsewhere.write_text("import dspy\nprogram = dspy.Predict('question -> answer')\n", encoding="utf-8")
+
+    with pytest.raises(ArtifactError) as caught:
+        load_program("rag", f"{elsewhere}:program", artifact=directory, allow_pickle=True)
+
+    message = str(caught.value)
+    assert f"needs the module {missing!r}" in message
+    assert str(tmp_path) in message  # where it looked
+    assert "save_program" in message

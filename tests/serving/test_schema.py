@@ -4,6 +4,7 @@ its HTTP contract, from whichever source describes them."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import dspy
@@ -11,8 +12,10 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from dspy_serve.serving.schema import ProgramInterface, SchemaError, derive_interface
+from dspy_serve.serving.wire import to_wire
 from tests.support.programs import future_programs as fp
 from tests.support.programs import sample_programs as sp
+from tests.support.programs import tutorial_programs as tp
 
 VALID_INPUTS: dict[str, Any] = {
     "text": "hello",
@@ -265,12 +268,15 @@ def test_custom_module_typed_parameter_keeps_its_predictor_field_description() -
     assert properties(interface.inputs)["question"]["description"] == "The user's question."
 
 
-def test_custom_module_prediction_outputs_are_typed_from_predictor_fields() -> None:
+def test_custom_module_prediction_outputs_are_typed_from_predictor_output_fields_only() -> None:
     interface = derive_interface("rag", sp.RAG())
 
     assert list(interface.outputs.model_fields) == ["answer", "context"]
     assert properties(interface.outputs)["answer"]["type"] == "string"  # an output field
-    assert properties(interface.outputs)["context"]["items"] == {"type": "string"}  # an input field
+    # `context` is only a predictor's INPUT field: its type is not the program's to promise.
+    assert "type" not in properties(interface.outputs)["context"]
+    assert "Any JSON" in properties(interface.outputs)["context"]["description"]
+    interface.outputs.model_validate({"answer": "a", "context": ["p1", {"title": "t"}]})
 
 
 def test_custom_module_docstring_becomes_the_instructions() -> None:
@@ -364,3 +370,174 @@ def test_declared_argument_overrides_serve_signature() -> None:
 
     assert interface.signature == "question -> answer"
     assert interface.instructions == "Answer the question."
+
+
+# --- forward(**kwargs), wrappers, return annotations ----------------------------------------------
+
+
+def test_kwargs_forward_following_its_self_signature_is_served_by_it() -> None:
+    interface = derive_interface("summarize", tp.Summarize())
+
+    assert interface.signature == "document -> summary"
+    assert interface.instructions == "Summarize a document in one sentence."
+
+
+def test_kwargs_forward_of_a_user_module_without_a_signature_is_refused_naming_the_declaration() -> None:
+    with pytest.raises(SchemaError, match=r"does not say which inputs.*serve_signature.*--signature"):
+        derive_interface("rag", tp.KwargsRAG())
+
+
+def test_kwargs_forward_computing_a_signature_input_itself_is_refused() -> None:
+    with pytest.raises(SchemaError, match=r"it computes \['context'\] itself"):
+        derive_interface("rag", tp.KwargsRAGWithSignature())
+
+
+class ReadsUndeclared(dspy.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.signature = dspy.Signature("question -> answer")
+        self.predict = dspy.Predict(self.signature)
+
+    def forward(self, **kwargs: Any) -> Any:
+        return self.predict(question=f"{kwargs['question']} ({kwargs.get('style', 'plain')})")
+
+
+class ReturnsSomethingElse(ReadsUndeclared):
+    def forward(self, **kwargs: Any) -> Any:
+        return dspy.Prediction(text=self.predict(**kwargs).answer)
+
+
+def test_kwargs_forward_reading_an_undeclared_input_is_refused() -> None:
+    with pytest.raises(SchemaError, match=r"it reads \['style'\] from kwargs"):
+        derive_interface("q", ReadsUndeclared())
+
+
+def test_kwargs_forward_not_returning_its_signatures_outputs_is_refused() -> None:
+    with pytest.raises(SchemaError, match=r"it does not return \['answer'\]"):
+        derive_interface("q", ReturnsSomethingElse())
+
+
+def test_kwargs_forward_refusal_is_lifted_by_a_declaration() -> None:
+    interface = derive_interface("rag", tp.KwargsRAG(), "question -> answer")
+
+    assert interface.signature == "question -> answer"
+
+
+def test_best_of_n_and_refine_are_derived_from_the_module_they_run() -> None:
+    def reward(args: dict[str, Any], prediction: dspy.Prediction) -> float:
+        return 1.0
+
+    for wrapper in (dspy.BestOfN, dspy.Refine):
+        interface = derive_interface("rag", wrapper(module=tp.RAG(), N=2, reward_fn=reward, threshold=1.0))
+        assert interface.signature == "question -> context, response"
+
+
+class Verdict(BaseModel):
+    label: str
+    confidence: float
+
+
+class ReturnsAModel(dspy.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.predict = dspy.Predict("text -> label")
+
+    def forward(self, text: str) -> Verdict:
+        return Verdict(label=self.predict(text=text).label, confidence=0.5)
+
+
+def test_a_pydantic_model_return_annotation_declares_the_outputs() -> None:
+    interface = derive_interface("verdict", ReturnsAModel())
+
+    assert interface.signature == "text -> label, confidence"
+    assert properties(interface.outputs)["confidence"]["type"] == "number"
+
+
+def test_a_returned_field_named_like_an_input_field_only_is_any_json() -> None:
+    interface = derive_interface("multihop", tp.Hop())
+
+    assert interface.outputs.model_validate({"notes": [{"free": "form"}], "titles": ["t"]})
+    assert properties(interface.outputs)["titles"]["items"] == {"type": "string"}  # an output field
+
+
+# --- DSPy types on the wire -----------------------------------------------------------------------
+
+
+def test_code_output_is_documented_and_sent_as_a_string() -> None:
+    interface = derive_interface("code", tp.write_code)
+    value = to_wire(dspy.Code["python"](code="print(1)"))
+
+    assert properties(interface.outputs)["code"]["type"] == "string"
+    assert interface.outputs.model_validate({"reasoning": "r", "code": value}).model_dump(mode="json") == {
+        "reasoning": "r",
+        "code": "print(1)",
+    }
+
+
+def test_audio_output_is_an_object_of_its_fields_not_a_prompt_encoding() -> None:
+    interface = derive_interface("speaker", tp.Speaker())
+    value = to_wire(dspy.Audio(data="AAAA", audio_format="wav"))
+
+    assert value == {"data": "AAAA", "audio_format": "wav"}
+    schema = interface.output_schema()
+    assert schema["properties"]["audio"] == {"$ref": "#/$defs/Audio"}
+    assert schema["$defs"]["Audio"]["required"] == ["data", "audio_format"]
+
+
+def test_nested_predictions_models_and_types_become_plain_json() -> None:
+    returned = dspy.Prediction(
+        answer="a",
+        draft=dspy.Prediction(answer="d", image=dspy.Image(url="https://example.com/x.png")),
+        verdict=Verdict(label="ok", confidence=1.0),
+        steps=(dspy.Prediction(step=1),),
+    )
+
+    assert to_wire(returned) == {
+        "answer": "a",
+        "draft": {"answer": "d", "image": {"url": "https://example.com/x.png"}},
+        "verdict": {"label": "ok", "confidence": 1.0},
+        "steps": [{"step": 1}],
+    }
+
+
+def test_tool_inputs_are_described_in_json_and_become_dspy_tools() -> None:
+    interface = derive_interface("plan", tp.plan_tool_calls)
+
+    values = interface.validate_inputs(
+        {"question": "q", "tools": [{"name": "get_weather", "args": {"city": {"type": "string"}}}]}, "bad"
+    )
+
+    (tool,) = values["tools"]
+    assert isinstance(tool, dspy.Tool)
+    assert (tool.name, tool.args) == ("get_weather", {"city": {"type": "string"}})
+    assert interface.input_schema()["$defs"]["ToolDescription"]["required"] == ["name"]
+    with pytest.raises(RuntimeError, match="described by the caller"):
+        tool.func(city="Paris")
+
+
+class Hook(BaseModel):
+    callback: Callable[[str], str]
+
+
+class TakesAHook(dspy.Signature):
+    """Takes something JSON cannot carry."""
+
+    hook: Hook = dspy.InputField()
+    answer: str = dspy.OutputField()
+
+
+def test_an_input_without_a_json_schema_is_refused_at_startup_by_name() -> None:
+    with pytest.raises(SchemaError, match=r"input field 'hook' of type Hook cannot be described as JSON"):
+        derive_interface("hooked", dspy.Predict(TakesAHook))
+
+
+class LoggedChainOfThought(dspy.ChainOfThought):
+    def forward(self, **kwargs: Any) -> Any:
+        print("calling with", sorted(kwargs))
+        return super().forward(**kwargs)
+
+
+def test_a_thin_subclass_of_a_dspy_wrapper_passing_kwargs_on_keeps_the_wrappers_interface() -> None:
+    interface = derive_interface("cot", LoggedChainOfThought("question -> answer"))
+
+    assert interface.signature == "question -> reasoning, answer"

@@ -15,11 +15,12 @@ from typing import Any
 import dspy
 
 from dspy_serve.errors import BadOverride, ModelNotAllowed, UpstreamRateLimited, sane_retry_after
+from dspy_serve.lm.held import held_lms
 from dspy_serve.lm.pool import pooled_engines
 from dspy_serve.serving.call_scope import current_scope
 from dspy_serve.settings import ServeSettings
 
-__all__ = ["LanguageModels", "ServingLM", "is_local_model"]
+__all__ = ["LanguageModels", "ServingLM", "adopt_held_lms", "is_local_model", "own_lm_problems"]
 
 logger = logging.getLogger("dspy_serve.lm.registry")
 
@@ -119,13 +120,24 @@ def _same_model(allowed: str, model: str) -> bool:
 
 
 def own_lm_problems(module: dspy.Module, allowed: list[str]) -> list[str]:
-    """Predictors whose own LM (set by their program, or saved in its artifact) names a model
-    outside the allow-list: DSPy would call it directly, past the service's rules."""
+    """LMs the program holds itself (a predictor's own, set by the program or saved in its
+    artifact; an attribute it calls directly; a module-level LM its code names) whose model is
+    outside the allow-list: DSPy would call them directly, past the service's rules."""
     return [
-        f"predictor {name!r} has its own LM {predictor.lm.model!r}"
-        for name, predictor in module.named_predictors()
-        if predictor.lm is not None and not any(_same_model(a, predictor.lm.model) for a in allowed)
+        f"{held.where} has its own LM {held.lm.model!r}"
+        for held in held_lms(module)
+        if not any(_same_model(a, held.lm.model) for a in allowed)
     ]
+
+
+def adopt_held_lms(module: dspy.Module, lms: LanguageModels) -> None:
+    """Put the service's client in place of every LM the program holds (see :meth:`LanguageModels.adopt`);
+    an LM held in two places stays one object."""
+    adopted: dict[int, dspy.BaseLM] = {}
+    for held in held_lms(module):
+        if id(held.lm) not in adopted:
+            adopted[id(held.lm)] = lms.adopt(held.lm)
+        held.replace(adopted[id(held.lm)])
 
 
 class LanguageModels:

@@ -122,8 +122,10 @@ def load_program(
     """Import (or accept) a program and load its optimized state."""
     label = f"<{type(target).__name__} instance>" if isinstance(target, dspy.Module) else str(target)
     if artifact is not None and Path(artifact).is_dir():
-        # A save_program directory holds the whole program: it replaces the target's object.
-        module = _program_from_directory(Path(artifact), allow_pickle)
+        # A save_program directory holds the whole program: it replaces the target's object. Its
+        # classes (by reference) or their imports (by value) come from the target's folder.
+        folder = _importable_folder(target)
+        module = _program_from_directory(Path(artifact), allow_pickle, folder)
     elif isinstance(target, dspy.Module):
         module = target
     else:
@@ -211,15 +213,50 @@ def _import_file(path: Path) -> Any:
     return module
 
 
-def _program_from_directory(path: Path, allow_pickle: bool) -> dspy.Module:
+def _importable_folder(target: str | dspy.Module) -> Path | None:
+    """Put a file target's folder on ``sys.path`` (as importing it would), and return it."""
+    if isinstance(target, dspy.Module):
+        return None
+    location = target.rpartition(":")[0]
+    if not (location.endswith(".py") or "/" in location or "\\" in location):
+        return None  # package.module:NAME is importable already, or says why when imported
+    path = Path(location)
+    if not path.is_file():
+        raise TargetError(f"program file not found: {path}")
+    folder = path.resolve().parent
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    return folder
+
+
+def _program_from_directory(path: Path, allow_pickle: bool, folder: Path | None) -> dspy.Module:
     if not allow_pickle:
         raise ArtifactError(
             f"{path} is a save_program=True directory (pickle); pass --allow-pickle to load it"
         )
+    where = f"the target's folder {folder} or sys.path" if folder else "sys.path"
     try:
         program = dspy.load(str(path), allow_pickle=True)
+    except ModuleNotFoundError as exc:
+        raise ArtifactError(
+            f"{path}: the program saved there needs the module {exc.name!r}, which cannot be imported "
+            f"from {where}. A save_program=True directory stores the user's classes by reference "
+            "(or, with modules_to_serialize, by value but not what they import): put that module "
+            "next to the target file or on PYTHONPATH"
+        ) from exc
+    except AttributeError as exc:
+        raise ArtifactError(
+            f"{path}: the program saved there refers to code that is no longer where it was saved "
+            f"({exc}); serve it with the code it was saved from"
+        ) from exc
+    except FileNotFoundError as exc:
+        raise ArtifactError(
+            f"{path} is not a save_program=True directory: {Path(exc.filename or '').name or exc} is missing"
+        ) from exc
     except Exception as exc:  # unpickling can raise almost anything
-        raise ArtifactError(f"{path} does not hold a program saved with save_program=True: {exc}") from exc
+        raise ArtifactError(
+            f"{path} does not hold a program saved with save_program=True ({type(exc).__name__}: {exc})"
+        ) from exc
     if not isinstance(program, dspy.Module):
         raise ArtifactError(f"{path} does not hold a dspy.Module")
     return program

@@ -10,7 +10,7 @@ once its request is cancelled or times out it stops at its next LM call.
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,10 +18,13 @@ from typing import Any
 import anyio
 import dspy
 from dspy.streaming import StatusMessage, StreamResponse
+from pydantic import BaseModel
 
+from dspy_serve.errors import InvalidProgramOutput, note_usage
 from dspy_serve.serving.call_scope import CallScope, enter_scope
 from dspy_serve.serving.loader import LoadedProgram
 from dspy_serve.serving.schema import ProgramInterface
+from dspy_serve.serving.wire import to_wire
 
 __all__ = ["CallResult", "ProgramRunner", "has_native_async"]
 
@@ -85,8 +88,9 @@ class ProgramRunner:
                     prediction = await self.program.module.acall(**inputs)
                 else:
                     prediction = await self._call_in_thread(**inputs)
-            except BaseException:
+            except BaseException as exc:
                 scope.cancel()  # a worker thread still running stops at its next LM call
+                note_usage(exc, tracker.get_total_tokens())
                 raise
             return _result(self._outputs(prediction), tracker, lm, scope)
 
@@ -101,7 +105,7 @@ class ProgramRunner:
         from dspy_serve.serving.streaming import JsonStringDecoder, ProgressMessages, listeners_for
 
         module = self.program.module
-        target = module if self.native_async else _InThread(module, self._call_in_thread)
+        target = _InThread(module, module.acall if self.native_async else self._call_in_thread)
         streamer = dspy.streamify(
             target,
             status_message_provider=getattr(module, "serve_status_messages", None)
@@ -128,8 +132,9 @@ class ProgramRunner:
                         elif isinstance(item, (StreamResponse, StatusMessage)):
                             yield item
                 yield final
-            except BaseException:
+            except BaseException as exc:
                 scope.cancel()
+                note_usage(exc, tracker.get_total_tokens())
                 raise
 
     async def _call_in_thread(self, **inputs: Any) -> Any:
@@ -139,15 +144,36 @@ class ProgramRunner:
         return await anyio.to_thread.run_sync(call, limiter=self._threads, abandon_on_cancel=True)
 
     def _outputs(self, prediction: Any) -> dict[str, Any]:
+        """The declared output fields of what the program returned, as the JSON their schema
+        documents (nested Predictions, DSPy types, ...). A bare value (``return "Paris"``) is the
+        one declared output."""
         fields = self.interface.outputs.model_fields
-        if isinstance(prediction, dspy.Prediction):
+        if isinstance(prediction, _BareValue):
+            prediction = prediction._value
+        if isinstance(prediction, (dspy.Example, dict)):  # Prediction included
             present = prediction.keys()  # a Prediction is not a Mapping: `in` needs its keys
-            values = {name: prediction.get(name) for name in fields if name in present}
-        elif isinstance(prediction, dict):
-            values = {name: prediction[name] for name in fields if name in prediction}
+            values = {name: prediction[name] for name in fields if name in present}
+        elif _carries_fields(prediction, fields):
+            values = {name: getattr(prediction, name) for name in fields if hasattr(prediction, name)}
+        elif len(fields) == 1:
+            values = {next(iter(fields)): prediction}
         else:
-            raise TypeError(f"program returned {type(prediction).__name__}, expected a dspy.Prediction")
-        return values
+            raise InvalidProgramOutput(
+                f"The program returned a bare {type(prediction).__name__}, but it declares "
+                f"{len(fields)} outputs ({', '.join(fields)}): return a dspy.Prediction with them.",
+                errors=[{"loc": ["outputs"], "msg": "expected a dspy.Prediction", "type": "model_type"}],
+            )
+        return {name: to_wire(value) for name, value in values.items()}
+
+
+def _carries_fields(value: Any, fields: Mapping[str, Any]) -> bool:
+    """A returned pydantic model whose attributes are the declared outputs (not a DSPy type or a
+    model that is itself the one output)."""
+    return (
+        isinstance(value, BaseModel)
+        and not isinstance(value, dspy.Type)
+        and all(hasattr(value, name) for name in fields)
+    )
 
 
 def _result(outputs: dict[str, Any], tracker: Any, lm: dspy.BaseLM, scope: CallScope) -> CallResult:
@@ -159,11 +185,25 @@ def _result(outputs: dict[str, Any], tracker: Any, lm: dspy.BaseLM, scope: CallS
 
 
 class _InThread:
-    """What ``dspy.streamify`` needs of a program, for a sync-only module run in our threads."""
+    """What ``dspy.streamify`` needs of a program: its predictors, and an ``acall`` (the module's
+    own, or a sync-only module run in our threads) that always returns a Prediction, since
+    streamify ends its stream only on one (a bare ``return "Paris"`` would hang it)."""
 
     def __init__(self, module: dspy.Module, run: Any) -> None:
         self._module = module
-        self.acall = run
+        self._run = run
+
+    async def acall(self, **inputs: Any) -> dspy.Prediction:
+        returned = await self._run(**inputs)
+        return returned if isinstance(returned, dspy.Prediction) else _BareValue(returned)
 
     def named_predictors(self) -> Any:
         return self._module.named_predictors()
+
+
+class _BareValue(dspy.Prediction):
+    """A program's return value that is not a Prediction, carried through streamify as one."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__()
+        self._value = value

@@ -7,28 +7,41 @@ descriptions, defaults and constraints, so OpenAPI documents exactly what the pr
 Where the interface comes from, first match wins:
 1. an explicit declaration: ``serve_signature`` on the module (a Signature class or string),
    or a signature given in the settings;
-2. a ``dspy.Predict`` (its signature), or a built-in wrapper whose ``forward(**kwargs)``
-   hides its fields (the inputs of its first predictor or its ``signature``, the outputs of its
-   last predictor: ChainOfThought adds ``reasoning``);
-3. a custom ``forward``: its parameters (type hints, else the input field of the predictor that
-   takes them) and what it returns (a ``dspy.Prediction(...)`` or a predictor's result).
+2. a ``dspy.Predict`` (its signature); ``BestOfN``/``Refine`` (the module they run); a built-in
+   wrapper whose ``forward(**kwargs)`` hides its fields (the inputs of its first predictor or its
+   ``signature``, the outputs of its last predictor: ChainOfThought adds ``reasoning``);
+3. a user's ``forward(**kwargs)``: its ``self.signature``, only when its source follows it;
+4. a custom ``forward``: its parameters (type hints, else the input field of the predictor that
+   takes them) and what it returns (a ``dspy.Prediction(...)`` or a predictor's result), each
+   returned field typed by forward's return annotation or a predictor's output field, else any JSON.
+
+DSPy types are published in their wire form (see :mod:`dspy_serve.serving.wire`), and a field
+without a JSON schema is refused here, so one program never breaks the documents of the others.
 """
 
 from __future__ import annotations
 
-import ast
 import inspect
-import textwrap
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 import dspy
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    PydanticUserError,
+    ValidationError,
+    create_model,
+)
 from pydantic.fields import FieldInfo
 
 from dspy_serve.errors import InvalidInput
+from dspy_serve.serving.forward_source import KwargsUse, entry_name, kwargs_use, returned_names
+from dspy_serve.serving.wire import wire_input_type, wire_output_type
 
 __all__ = ["ProgramInterface", "SchemaError", "derive_interface", "field_values"]
 
@@ -92,26 +105,17 @@ def derive_interface(
 def _derive(name: str, module: dspy.Module, declared: str | type[dspy.Signature] | None) -> ProgramInterface:
     declared = declared or getattr(module, "serve_signature", None)
     if declared is not None:
-        signature = dspy.ensure_signature(declared)
-        return _build(
-            name, signature.instructions, _fields(signature.input_fields), _fields(signature.output_fields)
-        )
+        return _from_signature(name, dspy.ensure_signature(declared))
     if isinstance(module, dspy.Predict):
-        signature = module.signature
-        return _build(
-            name, signature.instructions, _fields(signature.input_fields), _fields(signature.output_fields)
-        )
+        return _from_signature(name, module.signature)
+    wrapped = _wrapped_program(module)
+    if wrapped is not None:  # BestOfN / Refine: the module they run decides
+        return _derive(name, wrapped, None)
 
     predictors = [predictor for _, predictor in module.named_predictors()]
     parameters = _forward_parameters(module)
-    if parameters is None:  # forward(**kwargs): a built-in wrapper
-        if not predictors:
-            raise SchemaError(f"{name}: no predictors and no typed forward(); declare `serve_signature`")
-        own = getattr(module, "signature", None)
-        first = own if _is_signature(own) else predictors[0].signature
-        last = predictors[-1].signature
-        instructions = first.instructions
-        return _build(name, instructions, _fields(first.input_fields), _fields(last.output_fields))
+    if parameters is None:
+        return _from_kwargs_forward(name, module, predictors)
 
     inputs = _inputs_from_parameters(name, module, parameters, predictors)
     outputs = _outputs_from_forward(name, module, predictors)
@@ -120,6 +124,75 @@ def _derive(name: str, module: dspy.Module, declared: str | type[dspy.Signature]
         inspect.cleandoc(own_doc) if own_doc else (predictors[0].signature.instructions if predictors else "")
     )
     return _build(name, instructions, inputs, outputs)
+
+
+def _from_signature(name: str, signature: type[dspy.Signature]) -> ProgramInterface:
+    return _build(
+        name, signature.instructions, _fields(signature.input_fields), _fields(signature.output_fields)
+    )
+
+
+def _is_builtin(module: dspy.Module) -> bool:
+    """The entry method is DSPy's own (ChainOfThought, ReAct, ...), not the user's."""
+    owner = next(cls for cls in type(module).__mro__ if entry_name(module) in vars(cls))
+    return owner.__module__.split(".")[0] == "dspy"
+
+
+def _wrapped_program(module: dspy.Module) -> dspy.Module | None:
+    inner = getattr(module, "module", None)
+    return inner if _is_builtin(module) and isinstance(inner, dspy.Module) else None
+
+
+def _from_kwargs_forward(name: str, module: dspy.Module, predictors: list[dspy.Predict]) -> ProgramInterface:
+    """``forward(**kwargs)`` hides its fields. DSPy's wrappers follow their ``signature`` (or their
+    first predictor's) in and their last predictor's out; a user's module is served only by what
+    it declares in ``self.signature``, and only when its source shows that it follows it."""
+    own = getattr(module, "signature", None)
+    if isinstance(own, str):
+        own = dspy.ensure_signature(own)
+    use = None if _is_builtin(module) else kwargs_use(module)
+    if _is_builtin(module) or (not _is_signature(own) and _passes_kwargs_to_builtin(module, use)):
+        if not predictors:
+            raise SchemaError(f"{name}: no predictors and no typed forward(); {_DECLARE}")
+        first = own if _is_signature(own) else predictors[0].signature
+        last = predictors[-1].signature
+        return _build(name, first.instructions, _fields(first.input_fields), _fields(last.output_fields))
+    cls = type(module).__name__
+    if not _is_signature(own):
+        raise SchemaError(f"{name}: {cls}.forward(**kwargs) does not say which inputs it takes; {_DECLARE}")
+    returned = returned_names(module)
+    problems: list[str] = []
+    if use is None or returned is None:
+        problems.append("its source does not show what it takes and returns")
+    else:
+        if computed := sorted(use.computed & set(own.input_fields)):
+            problems.append(f"it computes {computed} itself, which self.signature takes as inputs")
+        if undeclared := sorted(use.read - set(own.input_fields)):
+            problems.append(f"it reads {undeclared} from kwargs, which self.signature does not declare")
+        if unreturned := [field for field in own.output_fields if field not in returned]:
+            problems.append(f"it does not return {unreturned}, which self.signature declares as outputs")
+    if problems:
+        raise SchemaError(
+            f"{name}: {cls}.forward(**kwargs) does not follow its self.signature "
+            f"({'; '.join(problems)}); {_DECLARE}"
+        )
+    return _from_signature(name, own)
+
+
+def _passes_kwargs_to_builtin(module: dspy.Module, use: KwargsUse | None) -> bool:
+    """A thin subclass of a DSPy wrapper (``class Logged(dspy.ChainOfThought)``) whose forward
+    hands its kwargs on untouched: the wrapper's own interface holds."""
+    builtin_base = any(
+        cls.__module__.split(".")[0] == "dspy" and cls is not dspy.Module and "forward" in vars(cls)
+        for cls in type(module).__mro__[1:]
+    )
+    return builtin_base and use is not None and not use.read and not use.computed
+
+
+_DECLARE = (
+    "declare its interface with `serve_signature = 'question -> answer'` on the module "
+    "or --signature NAME='question -> answer'"
+)
 
 
 def _is_signature(obj: Any) -> TypeGuard[type[dspy.Signature]]:
@@ -151,13 +224,8 @@ def _is_optional(annotation: Any) -> bool:
     return type(None) in getattr(annotation, "__args__", ())
 
 
-def _entry_name(module: dspy.Module) -> str:
-    """``forward``, or ``aforward`` for an async-only module (served through ``acall``)."""
-    return "forward" if callable(getattr(type(module), "forward", None)) else "aforward"
-
-
 def _forward_parameters(module: dspy.Module) -> list[inspect.Parameter] | None:
-    forward = getattr(type(module), _entry_name(module))
+    forward = getattr(type(module), entry_name(module))
     params = list(inspect.signature(forward).parameters.values())[1:]
     named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     if not named and any(p.kind is p.VAR_KEYWORD for p in params):
@@ -198,7 +266,7 @@ def _inputs_from_parameters(
 def _resolved_hints(name: str, module: dspy.Module) -> dict[str, Any]:
     """forward()'s type hints, resolved even under ``from __future__ import annotations``."""
     try:
-        return typing.get_type_hints(getattr(type(module), _entry_name(module)))
+        return typing.get_type_hints(getattr(type(module), entry_name(module)))
     except Exception as exc:
         raise SchemaError(
             f"{name}: cannot resolve the type hints of forward() ({exc}); "
@@ -209,96 +277,37 @@ def _resolved_hints(name: str, module: dspy.Module) -> dict[str, Any]:
 def _outputs_from_forward(
     name: str, module: dspy.Module, predictors: list[dspy.Predict]
 ) -> dict[str, FieldSpec]:
+    """Returned fields, typed by what declares them: forward's return annotation (a Signature or
+    a pydantic model), else a predictor's output field of that name, else any JSON. Never an
+    input field: a program passes its inputs' values on, not their types."""
     returned = _resolved_hints(name, module).get("return")
     if _is_signature(returned):
         return _fields(returned.output_fields)
+    if _is_plain_model(returned):
+        return {field_name: (info.annotation, info) for field_name, info in returned.model_fields.items()}
     known: dict[str, FieldSpec] = {}
     for predictor in predictors:
-        for field_name, info in {
-            **predictor.signature.input_fields,
-            **predictor.signature.output_fields,
-        }.items():
+        for field_name, info in predictor.signature.output_fields.items():
             known.setdefault(field_name, (info.annotation, _public_field(info)))
-    names = _returned_names(module)
+    names = returned_names(module)
     if names is None:
         raise SchemaError(
             f"{name}: cannot tell which fields {type(module).__name__}.forward() returns; return "
-            "dspy.Prediction(field=...) or a predictor's result, or declare `serve_signature` "
-            "(e.g. serve_signature = 'question -> answer') on the module"
+            f"dspy.Prediction(field=...) or a predictor's result, or {_DECLARE}"
         )
-    return {field_name: known.get(field_name, (Any, Field())) for field_name in names}
+    return {field_name: known.get(field_name) or _any_json() for field_name in names}
 
 
-def _returned_names(module: dspy.Module, owner: type | None = None) -> list[str] | None:
-    """Read forward()'s source for what it returns; None when it is not statically clear."""
-    mro, entry = type(module).__mro__, _entry_name(module)
-    owner = owner or next(cls for cls in mro if entry in vars(cls))
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(vars(owner)[entry])))
-    except (OSError, TypeError, SyntaxError):
-        return None
-    function = tree.body[0]
-    assigned = {
-        target.id: node.value
-        for node in ast.walk(function)
-        if isinstance(node, ast.Assign)
-        for target in node.targets
-        if isinstance(target, ast.Name)
-    }
-    names: list[str] = []
-    for node in ast.walk(function):
-        if not isinstance(node, ast.Return) or node.value is None:
-            continue
-        value = node.value
-        if isinstance(value, ast.Await):
-            value = value.value
-        if isinstance(value, ast.Name) and value.id in assigned:
-            value = assigned[value.id]
-        if isinstance(value, ast.Await):
-            value = value.value
-        if _is_super_forward(value):
-            parent = next((cls for cls in mro[mro.index(owner) + 1 :] if "forward" in vars(cls)), None)
-            found = _returned_names(module, parent) if parent not in (None, dspy.Module) else None
-        else:
-            found = _names_of(module, value)
-        if found is None:
-            return None
-        names.extend(n for n in found if n not in names)
-    return names or None
-
-
-def _is_super_forward(value: ast.expr) -> bool:
-    """``super().forward(...)``: the parent's return statements decide."""
+def _is_plain_model(annotation: Any) -> TypeGuard[type[BaseModel]]:
     return (
-        isinstance(value, ast.Call)
-        and isinstance(value.func, ast.Attribute)
-        and value.func.attr == "forward"
-        and isinstance(value.func.value, ast.Call)
-        and isinstance(value.func.value.func, ast.Name)
-        and value.func.value.func.id == "super"
+        inspect.isclass(annotation)
+        and issubclass(annotation, BaseModel)
+        and not issubclass(annotation, (dspy.Type, dspy.Example))
     )
 
 
-def _names_of(module: dspy.Module, value: ast.expr) -> list[str] | None:
-    if not isinstance(value, ast.Call):
-        return None
-    func = value.func
-    if (isinstance(func, ast.Attribute) and func.attr == "Prediction") or (
-        isinstance(func, ast.Name) and func.id == "Prediction"
-    ):
-        if any(keyword.arg is None for keyword in value.keywords):
-            return None
-        return [keyword.arg for keyword in value.keywords if keyword.arg]
-    # self.step(...) or self.step.acall(...) where step is a predictor or a built-in wrapper.
-    if isinstance(func, ast.Attribute) and func.attr in ("acall", "__call__"):
-        func = func.value
-    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "self":
-        step = getattr(module, func.attr, None)
-        if isinstance(step, dspy.Module):
-            steps = [p for _, p in step.named_predictors()]
-            if steps:
-                return list(steps[-1].signature.output_fields)
-    return None
+def _any_json() -> FieldSpec:
+    return (JsonValue, Field(description="Any JSON: the program does not declare this field's type."))
 
 
 def _build(
@@ -308,6 +317,10 @@ def _build(
         raise SchemaError(f"{name}: the program has no output fields")
     model_name = "".join(part.capitalize() for part in name.replace("-", "_").split("_")) or "Program"
     strict = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    inputs = {key: (wire_input_type(annotation), info) for key, (annotation, info) in inputs.items()}
+    outputs = {key: (wire_output_type(annotation), info) for key, (annotation, info) in outputs.items()}
+    _check_json_schemas(name, "input", inputs)
+    _check_json_schemas(name, "output", outputs)
     input_model = create_model(
         f"{model_name}Inputs", __config__=strict, __doc__=instructions or None, **inputs
     )  # type: ignore[call-overload]
@@ -318,3 +331,40 @@ def _build(
     return ProgramInterface(
         instructions=instructions or "", inputs=input_model, outputs=output_model, signature=signature
     )
+
+
+def _check_json_schemas(name: str, kind: str, fields: dict[str, FieldSpec]) -> None:
+    """A field without a JSON schema would break /openapi.json and /programs for every program
+    in the process: refuse it here, at startup, by name. OpenAPI documents each model a field
+    reaches on its own, so each is checked too."""
+    for field_name, (annotation, info) in fields.items():
+        field_model = create_model(  # type: ignore[call-overload]
+            "Field", __config__=ConfigDict(arbitrary_types_allowed=True), **{field_name: (annotation, info)}
+        )
+        for model in [field_model, *_models_in(annotation)]:
+            for mode in ("validation", "serialization"):
+                try:
+                    model.model_json_schema(mode=mode)
+                except PydanticUserError as exc:
+                    raise SchemaError(
+                        f"{name}: {kind} field {field_name!r} of type {_type_name(annotation)} cannot be "
+                        f"described as JSON ({type(exc).__name__}); give it a type that has a JSON schema, "
+                        f"or {_DECLARE}"
+                    ) from exc
+
+
+def _models_in(annotation: Any, seen: set[type] | None = None) -> list[type[BaseModel]]:
+    seen = set() if seen is None else seen
+    found: list[type[BaseModel]] = []
+    if inspect.isclass(annotation) and issubclass(annotation, BaseModel) and annotation not in seen:
+        seen.add(annotation)
+        found.append(annotation)
+        for info in annotation.model_fields.values():
+            found.extend(_models_in(info.annotation, seen))
+    for arg in typing.get_args(annotation):
+        found.extend(_models_in(arg, seen))
+    return found
+
+
+def _type_name(annotation: Any) -> str:
+    return annotation.__name__ if inspect.isclass(annotation) else str(annotation)

@@ -25,9 +25,16 @@ import anyio
 import dspy
 from dspy.streaming import StatusMessage, StreamResponse
 from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError
 
-from dspy_serve.errors import RequestTimeout, ServeError, ServiceUnavailable, UpstreamError, from_exception
-from dspy_serve.lm.registry import LanguageModels
+from dspy_serve.errors import (
+    InvalidProgramOutput,
+    RequestTimeout,
+    ServeError,
+    ServiceUnavailable,
+    from_exception,
+)
+from dspy_serve.lm.registry import LanguageModels, adopt_held_lms
 from dspy_serve.serving import pricing, tracing
 from dspy_serve.serving.call_scope import CallScope
 from dspy_serve.serving.caller import Caller
@@ -87,9 +94,7 @@ class Service:
         self.front_door = FrontDoor(RateLimiter(self.settings))
         adapter = _adapter(self.settings, self.lms)
         for program in self.programs.values():
-            for _, predictor in program.loaded.module.named_predictors():
-                if predictor.lm is not None:
-                    predictor.lm = self.lms.adopt(predictor.lm)
+            adopt_held_lms(program.loaded.module, self.lms)
             program.runner = ProgramRunner(program.loaded, program.interface, self._threads, adapter)
         # Everything built so far (DSPy, the programs, the LMs) lives as long as the process:
         # keep it out of every future garbage collection, which otherwise walks it again and
@@ -182,19 +187,33 @@ class Service:
         schema; then price the call, count it and charge it to the caller."""
         try:
             validated = program.interface.outputs.model_validate(result.outputs)
-        except ValidationError as exc:
-            errors = [
-                {"loc": ["outputs", *err["loc"]], "msg": err["msg"], "type": err["type"]}
-                for err in exc.errors(include_url=False, include_input=False)
-            ]
-            raise UpstreamError(
-                "The program's outputs do not match its declared output types.", errors=errors
-            ) from exc
+            outputs = validated.model_dump(mode="json")
+        except (ValidationError, PydanticSerializationError) as exc:
+            # The tokens were spent: count and charge them, and report them with the error.
+            await self._account(result, caller)
+            error = InvalidProgramOutput(
+                "The program's outputs do not match its declared output types.", errors=_output_errors(exc)
+            )
+            error.usage = result.usage
+            raise error from exc
+        cost = await self._account(result, caller)
+        return dataclasses.replace(result, outputs=outputs, cost=cost)
+
+    async def _account(self, result: CallResult, caller: Caller) -> dict[str, Any]:
         cost = pricing.estimate(result.usage)
         self.metrics.observe_call(result.usage, cost, result.lm_calls, result.cache_hits)
         assert self.front_door is not None  # started, or _begin would have refused
         await self.front_door.charge(caller, result.usage, cost)
-        return dataclasses.replace(result, outputs=validated.model_dump(mode="json"), cost=cost)
+        return cost
+
+
+def _output_errors(exc: ValidationError | PydanticSerializationError) -> list[dict[str, Any]]:
+    if isinstance(exc, PydanticSerializationError):
+        return [{"loc": ["outputs"], "msg": "a value is not JSON-serializable", "type": "serialization"}]
+    return [
+        {"loc": ["outputs", *err["loc"]], "msg": err["msg"], "type": err["type"]}
+        for err in exc.errors(include_url=False, include_input=False)
+    ]
 
 
 class CallStream:

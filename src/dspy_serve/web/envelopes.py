@@ -102,7 +102,14 @@ def _keep_invalid(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
     try:
         return handler(value)
     except ValidationError as exc:
-        return InvalidItem([dict(err) for err in exc.errors(include_url=False, include_input=False)])
+        # loc, msg and type only: an error's ctx can hold the exception a type's own validator
+        # raised (dspy.Image's ValueError), which is not JSON and would fail the whole batch.
+        return InvalidItem(
+            [
+                {"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]}
+                for err in exc.errors(include_url=False, include_input=False)
+            ]
+        )
 
 
 def options_model(max_tokens_limit: int) -> type[BaseModel]:

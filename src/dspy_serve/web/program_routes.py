@@ -75,7 +75,8 @@ def add_program_routes(
                 try:
                     result: CallResult = await service.call(program, field_values(item), options, caller)
                 except Exception as exc:  # each item owns its error; the others go on
-                    return {"index": index, "error": caller.report(from_exception(exc)).problem()}
+                    error = caller.report(from_exception(exc))
+                    return {"index": index, "error": error.problem(), "usage": error.usage or {}}
             return {"index": index, "outputs": result.outputs, "usage": result.usage, "cost": result.cost}
 
         everything = asyncio.gather(*(run_one(i, item) for i, item in enumerate(items)))

@@ -1,0 +1,172 @@
+"""What a custom ``forward`` does with its arguments and what it returns, read from its source.
+
+Only what is statically clear counts: when the source does not say, the answer is None and
+the caller asks the user to declare the interface instead of guessing it.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import inspect
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dspy
+
+__all__ = ["KwargsUse", "entry_name", "kwargs_use", "returned_names"]
+
+
+def entry_name(module: dspy.Module) -> str:
+    """``forward``, or ``aforward`` for an async-only module (served through ``acall``)."""
+    return "forward" if callable(getattr(type(module), "forward", None)) else "aforward"
+
+
+def _entry_owner(module: dspy.Module) -> type:
+    entry = entry_name(module)
+    return next(cls for cls in type(module).__mro__ if entry in vars(cls))
+
+
+def _function_tree(owner: type, entry: str) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(vars(owner)[entry])))
+    except (OSError, TypeError, SyntaxError):
+        return _function_in_module_file(owner, entry)
+    function = tree.body[0]
+    return function if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)) else None
+
+
+def _function_in_module_file(owner: type, entry: str) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
+    """A class unpickled by value (``save_program`` with ``modules_to_serialize``) has no source of
+    its own: read it from its module's file when that is importable, without importing it."""
+    try:
+        spec = importlib.util.find_spec(owner.__module__)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+        return None
+    try:
+        body: list[ast.stmt] = ast.parse(Path(spec.origin).read_text(encoding="utf-8")).body
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return None
+    for part in [*owner.__qualname__.split("."), entry]:
+        node = next((n for n in body if getattr(n, "name", None) == part), None)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and part == entry:
+            return node
+        if not isinstance(node, ast.ClassDef):
+            return None
+        body = node.body
+    return None
+
+
+def returned_names(module: dspy.Module, owner: type | None = None) -> list[str] | None:
+    """The output fields ``forward`` returns; None when it is not statically clear."""
+    mro, entry = type(module).__mro__, entry_name(module)
+    owner = owner or _entry_owner(module)
+    function = _function_tree(owner, entry)
+    if function is None:
+        return None
+    assigned = {
+        target.id: node.value
+        for node in ast.walk(function)
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    names: list[str] = []
+    for node in ast.walk(function):
+        if not isinstance(node, ast.Return) or node.value is None:
+            continue
+        value = node.value
+        if isinstance(value, ast.Await):
+            value = value.value
+        if isinstance(value, ast.Name) and value.id in assigned:
+            value = assigned[value.id]
+        if isinstance(value, ast.Await):
+            value = value.value
+        if _is_super_forward(value):
+            parent = next((cls for cls in mro[mro.index(owner) + 1 :] if "forward" in vars(cls)), None)
+            found = returned_names(module, parent) if parent not in (None, dspy.Module) else None
+        else:
+            found = _names_of(module, value)
+        if found is None:
+            return None
+        names.extend(n for n in found if n not in names)
+    return names or None
+
+
+def _is_super_forward(value: ast.expr) -> bool:
+    """``super().forward(...)``: the parent's return statements decide."""
+    return (
+        isinstance(value, ast.Call)
+        and isinstance(value.func, ast.Attribute)
+        and value.func.attr == "forward"
+        and isinstance(value.func.value, ast.Call)
+        and isinstance(value.func.value.func, ast.Name)
+        and value.func.value.func.id == "super"
+    )
+
+
+def _names_of(module: dspy.Module, value: ast.expr) -> list[str] | None:
+    if not isinstance(value, ast.Call):
+        return None
+    func = value.func
+    if (isinstance(func, ast.Attribute) and func.attr == "Prediction") or (
+        isinstance(func, ast.Name) and func.id == "Prediction"
+    ):
+        if any(keyword.arg is None for keyword in value.keywords):
+            return None
+        return [keyword.arg for keyword in value.keywords if keyword.arg]
+    # self.step(...) or self.step.acall(...) where step is a predictor or a built-in wrapper.
+    if isinstance(func, ast.Attribute) and func.attr in ("acall", "__call__"):
+        func = func.value
+    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "self":
+        step = getattr(module, func.attr, None)
+        if isinstance(step, dspy.Module):
+            steps = [p for _, p in step.named_predictors()]
+            if steps:
+                return list(steps[-1].signature.output_fields)
+    return None
+
+
+@dataclass
+class KwargsUse:
+    """What ``forward(**kwargs)`` does with ``kwargs``, as far as its source says."""
+
+    read: set[str] = field(default_factory=set)  # kwargs["x"], kwargs.get("x"): inputs it needs
+    computed: set[str] = field(default_factory=set)  # set by forward itself: not the caller's
+
+
+def kwargs_use(module: dspy.Module) -> KwargsUse | None:
+    """None when the source cannot be read."""
+    function = _function_tree(_entry_owner(module), entry_name(module))
+    if function is None or function.args.kwarg is None:
+        return None
+    name = function.args.kwarg.arg
+    use = KwargsUse()
+    for node in ast.walk(function):
+        if isinstance(node, ast.Subscript) and _is_name(node.value, name):
+            key = _constant_key(node.slice)
+            if key is not None:
+                (use.computed if isinstance(node.ctx, ast.Store) else use.read).add(key)
+        elif isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Attribute) and _is_name(func.value, name) and node.args:
+                key = _constant_key(node.args[0])
+                if key is not None and func.attr in ("get", "pop"):
+                    use.read.add(key)
+                elif key is not None and func.attr == "setdefault":
+                    use.computed.add(key)
+            if any(kw.arg is None and _is_name(kw.value, name) for kw in node.keywords):
+                # step(context=..., **kwargs): forward supplies `context` itself.
+                use.computed.update(kw.arg for kw in node.keywords if kw.arg is not None)
+    return use
+
+
+def _is_name(node: ast.expr, name: str) -> bool:
+    return isinstance(node, ast.Name) and node.id == name
+
+
+def _constant_key(node: ast.expr) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
