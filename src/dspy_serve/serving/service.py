@@ -38,6 +38,7 @@ from dspy_serve.serving.metrics import Metrics
 from dspy_serve.serving.programs import Program, ProgramsArg, load_programs
 from dspy_serve.serving.ratelimit import RateLimiter
 from dspy_serve.serving.runner import SERVER_SAFE_DSPY_SETTINGS, CallResult, ProgramRunner
+from dspy_serve.serving.streaming import well_formed
 from dspy_serve.settings import ServeSettings
 
 __all__ = ["CallOptions", "CallStream", "Service", "ServiceState"]
@@ -194,7 +195,8 @@ class Service:
         self.metrics.observe_call(result.usage, cost, result.lm_calls, result.cache_hits)
         assert self.front_door is not None  # started, or _begin would have refused
         await self.front_door.charge(caller, result.usage, cost)
-        return dataclasses.replace(result, outputs=validated.model_dump(mode="json"), cost=cost)
+        outputs = _well_formed_data(validated.model_dump(mode="json"))
+        return dataclasses.replace(result, outputs=outputs, cost=cost)
 
 
 class CallStream:
@@ -228,7 +230,7 @@ class CallStream:
                 async for item in items:
                     if isinstance(item, StreamResponse):
                         if item.chunk:
-                            yield Token(item.predict_name, item.signature_field_name, item.chunk)
+                            yield Token(item.predict_name, item.signature_field_name, well_formed(item.chunk))
                     elif isinstance(item, StatusMessage):
                         yield Status(item.message)
                     else:
@@ -240,6 +242,17 @@ class CallStream:
         """The deadline passed: stop the program's LM work and say so."""
         self._scope.cancel()
         return Failed(self._caller.report(self._service.timeout_error()))
+
+
+def _well_formed_data(value: Any) -> Any:
+    """JSON data whose strings can all be encoded: an LM's lone surrogate becomes U+FFFD."""
+    if isinstance(value, str):
+        return well_formed(value)
+    if isinstance(value, list):
+        return [_well_formed_data(item) for item in value]
+    if isinstance(value, dict):
+        return {well_formed(key): _well_formed_data(item) for key, item in value.items()}
+    return value
 
 
 def _adapter(settings: ServeSettings, lms: LanguageModels) -> dspy.Adapter | None:
