@@ -168,6 +168,12 @@ class ServeSettings(BaseSettings):
         description="Where limits are counted: 'memory://' (this process) or 'redis://host:port' "
         "(shared by workers and replicas).",
     )
+    rate_limit_storage_timeout: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds one rate-limit storage call may take (within the request's deadline); "
+        "when the storage is down or slower, calls are refused with 503 and Retry-After.",
+    )
     max_body_bytes: int = Field(default=1_000_000, gt=0, description="Largest request body (413 beyond).")
     max_input_chars: int = Field(
         default=100_000, gt=0, description="Longest string any input field may hold (422 beyond)."

@@ -88,6 +88,8 @@ class ProgramRunner:
             except BaseException:
                 scope.cancel()  # a worker thread still running stops at its next LM call
                 raise
+            finally:
+                scope.usage = tracker.get_total_tokens()  # charged whatever the outcome
             return _result(self._outputs(prediction), tracker, lm, scope)
 
     async def stream(
@@ -131,6 +133,8 @@ class ProgramRunner:
             except BaseException:
                 scope.cancel()
                 raise
+            finally:
+                scope.usage = tracker.get_total_tokens()  # charged whatever the outcome
 
     async def _call_in_thread(self, **inputs: Any) -> Any:
         # anyio copies the context (DSPy settings, usage tracker, call scope) into the worker
