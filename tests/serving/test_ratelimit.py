@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,6 +16,7 @@ import redis
 
 from dspy_serve import create_app
 from tests.support.fake_lm import FakeLM
+from tests.support.redis_server import RedisServer, redis_server
 from tests.support.settings import PROGRAMS, fake_settings
 
 ASK = {"inputs": {"question": "Capital of France?"}}
@@ -170,3 +174,64 @@ def test_a_stream_left_by_its_client_is_charged(fake_lm: FakeLM, provider_key: s
         assert fake_lm.wait_for(lambda: fake_lm.requests_disconnected == 1, timeout=5)
         after = httpx.post(server.base_url + "/two/invoke", json={"inputs": {"question": "q"}}, timeout=30)
     assert after.status_code == 429, after.text
+
+
+# --- the storage down or hung: a typed 503, readiness says so, and the deadline holds ---------------
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, to stop or pause."""
+    with redis_server(tmp_path) as server:
+        yield server
+
+
+def no_tracebacks(caplog: pytest.LogCaptureFixture) -> bool:
+    return not any(record.exc_info or "Traceback" in record.getMessage() for record in caplog.records)
+
+
+async def test_a_stopped_redis_is_a_503_with_retry_after_and_unready(
+    fake_lm: FakeLM, provider_key: str, own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    limits = {"rate_limit": "100/minute", "token_rate_limit": "100000/hour"}
+    async for (http,) in clients(fake_lm, rate_limit_storage=own_redis.url, **limits):
+        assert (await http.post("/qa/invoke", json=ASK)).status_code == 200
+        assert (await http.get("/health/ready")).status_code == 200
+        own_redis.process.terminate()
+        own_redis.process.wait(timeout=10)
+        await asyncio.sleep(1.1)  # past the readiness answer kept from before
+        refused = await http.post("/qa/invoke", json=ASK)
+        streamed = await http.post("/qa/stream", json=ASK)
+        ready = await http.get("/health/ready")
+    for response in (refused, streamed, ready):
+        assert response.status_code == 503, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert int(response.headers["retry-after"]) >= 1
+    assert "storage" in refused.json()["detail"] and "storage" in ready.json()["detail"]
+    assert fake_lm.requests_started == 1
+    assert no_tracebacks(caplog)
+
+
+async def test_a_hung_redis_is_a_503_within_the_deadline_and_recovers(
+    fake_lm: FakeLM, provider_key: str, own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = {"rate_limit": "100/minute", "token_rate_limit": "100000/hour", "timeout": 3.0}
+    async for (http,) in clients(fake_lm, rate_limit_storage=own_redis.url, **settings):
+        assert (await http.post("/qa/invoke", json=ASK)).status_code == 200
+        own_redis.process.send_signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(1.1)  # past the readiness answer kept from before
+            started = time.monotonic()
+            refused = await http.post("/qa/invoke", json=ASK, timeout=30)
+            waited = time.monotonic() - started
+            ready = await http.get("/health/ready", timeout=30)
+        finally:
+            own_redis.process.send_signal(signal.SIGCONT)
+        await asyncio.sleep(1.1)
+        recovered = await http.post("/qa/invoke", json=ASK)
+        ready_again = await http.get("/health/ready")
+    assert refused.status_code == 503 and "retry-after" in refused.headers, refused.text
+    assert waited < 3.0, "a hung storage must not hold a call past its deadline"
+    assert ready.status_code == 503
+    assert recovered.status_code == 200 and ready_again.status_code == 200
+    assert no_tracebacks(caplog)

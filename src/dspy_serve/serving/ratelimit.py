@@ -32,6 +32,8 @@ __all__ = ["RateLimiter"]
 
 logger = logging.getLogger("dspy_serve.ratelimit")
 
+_HEALTH_TTL = 1.0  # seconds a storage health check is reused
+
 
 class RateLimiter:
     def __init__(self, settings: ServeSettings) -> None:
@@ -57,6 +59,7 @@ class RateLimiter:
         # which counts every token spent, even past the limit (the call was already made).
         self._requests_limiter = MovingWindowRateLimiter(self._storage)
         self._limiter = FixedWindowRateLimiter(self._storage)
+        self._health: tuple[float, bool] = (-math.inf, True)  # (checked at, answer)
 
     @property
     def enabled(self) -> bool:
@@ -105,14 +108,20 @@ class RateLimiter:
                 await self._storage.incr(key, expiry, amount=-count)
 
     async def healthy(self) -> bool:
-        """Whether the storage answers (a PING for Redis), within the storage timeout."""
+        """Whether the storage answers (a PING for Redis), within the storage timeout. The answer
+        is kept for a second, so frequent probes from many places cost one PING."""
         if not self.enabled or not self.shared:
             return True
+        checked_at, answer = self._health
+        if time.monotonic() - checked_at < _HEALTH_TTL:
+            return answer
         try:
             with self._storage_calls():
-                return bool(await self._storage.check())
+                answer = bool(await self._storage.check())
         except ServiceUnavailable:
-            return False
+            answer = False
+        self._health = (time.monotonic(), answer)
+        return answer
 
     @contextmanager
     def _storage_calls(self, within: float | None = None) -> Iterator[None]:

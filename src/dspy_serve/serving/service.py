@@ -131,6 +131,10 @@ class Service:
     def ready(self) -> bool:
         return self.state is ServiceState.READY
 
+    async def limits_storage_healthy(self) -> bool:
+        """Whether the rate-limit storage answers: without it every call would be refused."""
+        return self.front_door is None or await self.front_door.healthy()
+
     # --- calls ----------------------------------------------------------------------------------
     async def admit(
         self, caller: Caller, program: Program, options: CallOptions, *, requests: int = 1
