@@ -252,7 +252,7 @@ class CallStream:
         """Tokens and statuses as the program runs, then exactly one Finished or Failed."""
         service, capacity = self._service, self._service.capacity
         assert capacity is not None
-        reserved = 0
+        reserved = -1  # nothing to settle until a reservation is made
         try:
             reserved = await service._reserve(self._caller, self._lm, self._scope)
             async with (
