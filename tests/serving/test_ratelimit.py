@@ -16,6 +16,7 @@ import redis
 
 from dspy_serve import create_app
 from tests.support.fake_lm import FakeLM
+from tests.support.metrics import requests_counted
 from tests.support.redis_server import RedisServer, redis_server
 from tests.support.settings import PROGRAMS, fake_settings
 
@@ -172,6 +173,9 @@ def test_a_stream_left_by_its_client_is_charged(fake_lm: FakeLM, provider_key: s
                 if line.startswith("data: ") and json.loads(line[6:]).get("predictor") == "answer":
                     break  # the first step is done and paid for; leave during the second
         assert fake_lm.wait_for(lambda: fake_lm.requests_disconnected == 1, timeout=5)
+        # The stream's request has ended (and settled) once it is counted.
+        metrics = server.base_url + "/metrics"
+        assert fake_lm.wait_for(lambda: requests_counted(httpx.get(metrics).text, "stream") == 1, timeout=5)
         after = httpx.post(server.base_url + "/two/invoke", json={"inputs": {"question": "q"}}, timeout=30)
     assert after.status_code == 429, after.text
 
