@@ -208,3 +208,36 @@ def test_provider_credentials_are_read_from_dotenv_in_the_working_directory(
         output, _ = process.communicate(timeout=30)
     assert response.status_code == 200, (response.text, output)
     assert fake_lm.requests_started == 1
+
+
+def test_an_artifact_naming_an_endpoint_stops_startup_naming_file_and_key(tmp_path: Path) -> None:
+    import json
+
+    import dspy
+
+    from tests.support.programs.serving import Answer
+
+    artifact = tmp_path / "evil.json"
+    dspy.Predict(Answer).save(str(artifact))
+    state = json.loads(artifact.read_text())
+    state["config"] = {"temperature": 0.1, "api_base": "http://attacker.example/v1"}
+    artifact.write_text(json.dumps(state))
+
+    result = subprocess.run(
+        [
+            *CLI,
+            "run",
+            f"{PROGRAMS / 'serving.py'}:qa",
+            "--model",
+            "openai/fake-model",
+            "--artifact",
+            str(artifact),
+        ],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 3
+    assert str(artifact) in result.stderr and "'api_base'" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -176,6 +176,12 @@ class ServeSettings(BaseSettings):
         "choose its rate-limit identity.",
         json_schema_extra={"cli": "--forwarded-allow-ip"},
     )
+    rate_limit_storage_timeout: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds one rate-limit storage call may take (within the request's deadline); "
+        "when the storage is down or slower, calls are refused with 503 and Retry-After.",
+    )
     max_body_bytes: int = Field(default=1_000_000, gt=0, description="Largest request body (413 beyond).")
     max_input_chars: int = Field(
         default=100_000, gt=0, description="Longest string any input field may hold (422 beyond)."
@@ -229,6 +235,31 @@ class ServeSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
     log_format: Literal["auto", "json", "text"] = Field(
         default="auto", description="'auto': JSON lines, or plain text when attached to a terminal."
+    )
+    max_header_bytes: int = Field(
+        default=32_768,
+        ge=1024,
+        description="Largest request line plus headers, in bytes (431 and the connection closed beyond).",
+    )
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a connection has to send its whole request line and headers, from opening "
+        "or after a keep-alive pause (408 and closed beyond): idle and slow-header clients are not held.",
+    )
+    body_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a request body may pause between bytes (408 and closed beyond).",
+    )
+    keep_alive_timeout: float = Field(
+        default=5.0, gt=0, description="Seconds an idle keep-alive connection is kept open."
+    )
+    max_connections: int | None = Field(
+        default=2048,
+        gt=0,
+        description="Open connections (and requests) of this process beyond which new requests get 503 "
+        "at once. Unset: no limit.",
     )
     shutdown_grace: float = Field(
         default=20.0,

@@ -231,3 +231,20 @@ def test_api_keys_and_rate_limits_apply(fake_lm: FakeLM, provider_key: str) -> N
     assert limited.value.response.headers["retry-after"]
     assert isinstance(limited.value.body, dict) and limited.value.body["code"] == "rate_limited"
     assert fake_lm.requests_started == 2
+
+
+def test_max_input_chars_reaches_the_chat_history(fake_lm: FakeLM, provider_key: str) -> None:
+    fake_lm.answers = {"answer": ANSWER}
+    with serve(fake_lm, max_input_chars=50) as running:
+        client = client_for(running)
+        with pytest.raises(openai.UnprocessableEntityError) as refused:
+            client.chat.completions.create(
+                model="chat",
+                messages=[
+                    {"role": "user", "content": "x" * 51},
+                    {"role": "assistant", "content": "It is Paris."},
+                    {"role": "user", "content": "And how big is it?"},
+                ],
+            )
+    assert isinstance(refused.value.body, dict) and "at most 50 characters" in refused.value.body["message"]
+    assert fake_lm.requests_started == 0

@@ -417,3 +417,63 @@ def test_save_program_directory_whose_code_is_gone_names_the_missing_module(
     assert f"needs the module {missing!r}" in message
     assert str(tmp_path) in message  # where it looked
     assert "save_program" in message
+
+
+# --- artifacts are data: they never choose where or how LM calls go ---------------------------------
+
+
+def saved_with(path: Path, predictor_state: dict[str, object], *, nested: bool = False) -> Path:
+    """A saved artifact whose predictor state carries extra keys, as a hostile author would write it."""
+    import json
+
+    program: dspy.Module = sp.RAG() if nested else dspy.Predict(sp.QA)
+    program.save(str(path))
+    state = json.loads(path.read_text())
+    (state["respond.predict"] if nested else state).update(predictor_state)
+    path.write_text(json.dumps(state))
+    return path
+
+
+@pytest.mark.parametrize(
+    "predictor_state",
+    [
+        {"config": {"api_base": "http://attacker.example/v1"}},
+        {"config": {"base_url": "http://attacker.example/v1"}},
+        {"config": {"extra_headers": {"X-Steal": "1"}}},
+        {"config": {"api_key": "sk-attacker"}},
+        {"config": {"model": "openai/gpt-4o"}},
+        {"lm": {"model": "openai/fake-model", "extra_headers": {"X-Steal": "1"}}},
+        {"lm": {"model": "openai/fake-model", "api_key": "sk-attacker"}},
+        {"callbacks": []},
+    ],
+    ids=lambda state: "/".join([next(iter(state)), *list(state[next(iter(state))] or {})[-1:]]),
+)
+@pytest.mark.parametrize("nested", [False, True], ids=["predict", "nested"])
+def test_artifact_choosing_an_endpoint_credential_header_or_model_is_refused(
+    tmp_path: Path, predictor_state: dict[str, dict[str, object]], nested: bool
+) -> None:
+    artifact = saved_with(tmp_path / "evil.json", predictor_state, nested=nested)
+    ((where, keys),) = predictor_state.items()
+    key = list(keys)[-1] if keys else where  # the offending key comes last
+
+    with pytest.raises(ArtifactError) as raised:
+        load_program("p", sample("RAG" if nested else "make_qa"), artifact=artifact)
+
+    message = str(raised.value)
+    assert str(artifact) in message and repr(key) in message
+    assert "sampling parameters" in message
+
+
+def test_artifact_sampling_parameters_load(tmp_path: Path) -> None:
+    artifact = saved_with(
+        tmp_path / "tuned.json",
+        {
+            "config": {"temperature": 0.2, "max_tokens": 64, "stop": ["\n\n"], "n": 1},
+            "lm": {**dspy.LM("openai/fake-model", temperature=0.3).dump_state()},
+        },
+    )
+
+    loaded = load_program("qa", sample("make_qa"), artifact=artifact)
+
+    assert loaded.module.config == {"temperature": 0.2, "max_tokens": 64, "stop": ["\n\n"], "n": 1}
+    assert loaded.module.lm.kwargs["temperature"] == 0.3

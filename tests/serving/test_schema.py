@@ -541,3 +541,55 @@ def test_a_thin_subclass_of_a_dspy_wrapper_passing_kwargs_on_keeps_the_wrappers_
     interface = derive_interface("cot", LoggedChainOfThought("question -> answer"))
 
     assert interface.signature == "question -> reasoning, answer"
+
+
+# --- max_input_chars reaches every string of the inputs ---------------------------------------------
+
+
+class Note(BaseModel):
+    text: str
+
+
+class Nested(dspy.Signature):
+    """Inputs that hold strings below the top level."""
+
+    question: str = dspy.InputField()
+    note: Note = dspy.InputField()
+    meta: dict[str, Any] = dspy.InputField()
+    history: dspy.History = dspy.InputField()
+    answer: str = dspy.OutputField()
+
+
+NESTED_OK: dict[str, Any] = {
+    "question": "q",
+    "note": {"text": "short"},
+    "meta": {"k": ["short"]},
+    "history": {"messages": [{"question": "short", "answer": "short"}]},
+}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "where"),
+    [
+        ("note", {"text": "x" * 11}, "text"),
+        ("meta", {"k": ["x" * 11]}, "k.0"),
+        ("meta", {"k": {"deeper": "x" * 11}}, "k.deeper"),
+        ("history", {"messages": [{"question": "x" * 11}]}, "messages.0.question"),
+        ("history", dspy.History(messages=[{"question": "ok"}, {"answer": "x" * 11}]), "messages.1.answer"),
+    ],
+    ids=["model", "dict-list", "dict-dict", "history", "history-object"],
+)
+def test_max_input_chars_reaches_strings_nested_in_models_dicts_and_history(
+    field: str, value: Any, where: str
+) -> None:
+    from dspy_serve.errors import InvalidInput
+
+    interface = derive_interface("nested", dspy.Predict(Nested), max_input_chars=10)
+    assert interface.validate_inputs(NESTED_OK, "ok")["note"] == Note(text="short")
+
+    with pytest.raises(InvalidInput) as refused:
+        interface.validate_inputs({**NESTED_OK, field: value}, "too long")
+
+    (error,) = refused.value.errors or []
+    assert error["loc"] == [field] and error["type"] == "string_too_long"
+    assert f"at most 10 characters (at {where})" in error["msg"]

@@ -184,6 +184,51 @@ def test_json_string_chunks_decode_to_text_whatever_the_split(split: int) -> Non
     assert "".join(decoder.feed(piece) for piece in pieces) == 'Say "hi"\nto café \\ now'
 
 
+@pytest.mark.parametrize("split", [1, 2, 5, 6, 7, 11, 12, 13, 100])
+def test_json_string_decoding_survives_surrogates_and_invalid_escapes(split: int) -> None:
+    from dspy_serve.serving.streaming import JsonStringDecoder
+
+    raw = (
+        '"pair \\uD83D\\uDE00, lone \\uD83D, low \\uDE00, bad \\uZZZZ, '
+        'high-high \\uD83D\\uD83D\\uDE00 \\uD83D"'
+    )
+    decoder = JsonStringDecoder()
+    pieces = [raw[i : i + split] for i in range(0, len(raw), split)]
+    text = "".join(decoder.feed(piece) for piece in pieces)
+    assert text == "pair \U0001f600, lone \ufffd, low \ufffd, bad \\uZZZZ, high-high \ufffd\U0001f600 \ufffd"
+    text.encode("utf-8")  # always encodable
+
+
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [
+        ('{"answer": "smile \\uD83D\\uDE00"}', "smile \U0001f600"),
+        ('{"answer": "bad \\uZZZZ escape"}', "bad \\uZZZZ escape"),
+        ('{"answer": "lone \\uD83D surrogate"}', "lone \ufffd surrogate"),
+    ],
+    ids=["surrogate-pair", "invalid-escape", "lone-surrogate"],
+)
+def test_json_adapter_escapes_never_end_a_stream_or_an_invoke_in_a_500(
+    fake_lm: FakeLM, provider_key: str, written: str, expected: str
+) -> None:
+    from tests.support.fake_lm import Answer
+
+    fake_lm.chunk_chars = 3
+    app = create_app(fake_settings(fake_lm, programs=[target("qa")], adapter="json"))
+    with serving(app) as server:
+        fake_lm.push(Answer(text=written))
+        events = stream(server.base_url, "/qa/stream", {"inputs": {"question": "Smile?"}})
+        fake_lm.push(Answer(text=written))
+        invoked = httpx.post(
+            server.base_url + "/qa/invoke", json={"inputs": {"question": "Smile?"}}, timeout=30
+        )
+    assert [name for _, name, _ in events][-1] == "prediction", events[-1]
+    assert events[-1][2]["outputs"] == {"answer": expected}
+    assert "".join(data["chunk"] for _, name, data in events if name == "token") == expected
+    assert invoked.status_code == 200, invoked.text
+    assert invoked.json()["outputs"] == {"answer": expected}
+
+
 def test_every_event_matches_the_documented_schema(fake_lm: FakeLM, provider_key: str) -> None:
     import jsonschema
 

@@ -8,6 +8,7 @@ finally the lifespan closes the LM clients.
 
 from __future__ import annotations
 
+import functools
 import math
 from types import FrameType
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from dspy_serve.deploy.http_guard import ConnectionLimits, GuardedHttpToolsProtocol
 from dspy_serve.serving.service import Service
 from dspy_serve.settings import ServeSettings
 
@@ -41,11 +43,20 @@ def uvicorn_options(settings: ServeSettings) -> dict[str, Any]:
         "access_log": False,
         # Round up: a grace of 0.5 s must not become 0 s.
         "timeout_graceful_shutdown": math.ceil(settings.shutdown_grace),
-        "timeout_keep_alive": 5,
+        "timeout_keep_alive": settings.keep_alive_timeout,
         # X-Forwarded-For decides the client address (and so its rate limit) only from the
         # configured proxies; uvicorn's default trusts loopback, where any local caller sits.
         "proxy_headers": bool(settings.forwarded_allow_ips),
         "forwarded_allow_ips": list(settings.forwarded_allow_ips),
+        # Bounds that hold before any request reaches the app (docs/behavior.md, "Connections").
+        "http": functools.partial(
+            GuardedHttpToolsProtocol,
+            limits=ConnectionLimits(
+                settings.max_header_bytes, settings.header_timeout, settings.body_timeout
+            ),
+        ),
+        "h11_max_incomplete_event_size": settings.max_header_bytes,  # should h11 ever be chosen
+        "limit_concurrency": settings.max_connections,
     }
 
 

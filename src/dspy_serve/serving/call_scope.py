@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any
 
 from dspy_serve.errors import ClientCancelled, RequestTimeout
 
@@ -26,6 +27,9 @@ class CallScope:
     deadline: float
     cancelled: threading.Event = field(default_factory=threading.Event)
     lm_calls: Counter[str] = field(default_factory=Counter)  # answered LM calls, by model
+    # Tokens spent, by model, as DSPy's usage tracker saw them: left here by the runner when the
+    # call ends, however it ends, so a failed or abandoned call is charged too.
+    usage: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def starting_now(cls, timeout: float) -> CallScope:

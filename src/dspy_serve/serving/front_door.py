@@ -35,14 +35,32 @@ class FrontDoor:
             return {}
         return await self._limiter.admit(caller.identity, requests)
 
-    async def charge(
-        self, caller: Caller, usage: Mapping[str, Mapping[str, Any]], cost: Mapping[str, Any]
+    async def reserve(self, caller: Caller, max_tokens: int, *, within: float) -> int:
+        """Hold one call's worth of tokens (its ``max_tokens``) of the caller's token budget
+        before the call starts; 429 when the budget has no room. Returns what to settle."""
+        if self._limiter is None:
+            return 0
+        return await self._limiter.reserve(caller.identity, max_tokens, within=within)
+
+    async def settle(
+        self,
+        caller: Caller,
+        reserved: int,
+        usage: Mapping[str, Mapping[str, Any]],
+        cost: Mapping[str, Any],
+        *,
+        within: float,
     ) -> None:
-        """Count the tokens a call spent against the caller's budget and in its accounting."""
+        """Charge what a call spent, whatever its outcome, in place of its reservation: against
+        the caller's budget and in its accounting."""
         tokens = total_tokens(usage)
         caller.record(tokens, cost.get("total_usd"))
         if self._limiter is not None:
-            await self._limiter.charge(caller.identity, tokens)
+            await self._limiter.settle(caller.identity, reserved, tokens, within=within)
+
+    async def healthy(self) -> bool:
+        """Whether the rate-limit storage answers (always, when it lives in this process)."""
+        return self._limiter is None or await self._limiter.healthy()
 
 
 def total_tokens(usage: Mapping[str, Mapping[str, Any]]) -> int:

@@ -310,6 +310,61 @@ def _check_state_fits(module: dspy.Module, path: Path, name: str) -> None:
                 f"{path} does not fit program {name!r}: predictor {param_name!r} was saved with "
                 f"{len(saved_fields)} fields, the program has {len(predictor.signature.fields)}"
             )
+    for param_name, saved_state in by_predictor.items():
+        if param_name != "metadata" and isinstance(saved_state, dict):
+            _check_state_is_data(saved_state, path, param_name, bare=isinstance(module, dspy.Predict))
+
+
+# What a predictor's saved state may hold. DSPy sets every other key as an attribute, and merges
+# ``config`` (and its LM's settings) into every LM call: an artifact could otherwise name the
+# endpoint, the credential, the headers or the model of every call.
+_PREDICTOR_STATE_KEYS = frozenset({"traces", "train", "demos", "signature", "fields", "lm", "config"})
+_SAMPLING_PARAMETERS = frozenset(
+    {
+        "temperature", "top_p", "top_k", "min_p", "max_tokens", "max_completion_tokens", "n",
+        "num_generations", "stop", "presence_penalty", "frequency_penalty", "repetition_penalty",
+        "seed", "logprobs", "top_logprobs", "rollout_id",
+    }
+)  # fmt: skip
+# What DSPy's own LM.dump_state() writes besides sampling parameters: the model is checked
+# against the allow-list when the programs load; the rest is inert when empty.
+_LM_STATE_KEYS = frozenset({"_dspy_lm_class", "model", "model_type", "cache", "num_retries"})
+_LM_STATE_IF_EMPTY = frozenset({"finetuning_model", "launch_kwargs", "train_kwargs"})
+
+
+def _check_state_is_data(state: dict[str, Any], path: Path, predictor: str, *, bare: bool) -> None:
+    """Refuse an artifact that would choose where, how or with what LM calls are made.
+
+    Refused rather than stripped: the file is not what its author's tools write, and serving it
+    minus some keys would silently serve a program nobody optimized."""
+    allowed = _PREDICTOR_STATE_KEYS | {"metadata"} if bare else _PREDICTOR_STATE_KEYS
+
+    def refuse(key: str, where: str) -> ArtifactError:
+        return ArtifactError(
+            f"{path}: predictor {predictor!r} sets {key!r} in its {where}; an artifact may only set "
+            f"sampling parameters ({', '.join(sorted(_SAMPLING_PARAMETERS))}), never an endpoint, "
+            "credential, header or model: remove the key"
+        )
+
+    for key in state:
+        if key not in allowed:
+            raise refuse(key, "saved state")
+    config = state.get("config")
+    if config is not None:
+        if not isinstance(config, dict):
+            raise refuse("config", "saved state (not a mapping)")
+        for key in config:
+            if key not in _SAMPLING_PARAMETERS:
+                raise refuse(key, "config")
+    lm = state.get("lm")
+    if lm is not None:
+        if not isinstance(lm, dict):
+            raise refuse("lm", "saved state (not a mapping)")
+        for key, value in lm.items():
+            if key in _LM_STATE_IF_EMPTY and not value:
+                continue
+            if key not in _LM_STATE_KEYS and key not in _SAMPLING_PARAMETERS:
+                raise refuse(key, "saved LM")
 
 
 def _sha256_file(path: Path) -> str:

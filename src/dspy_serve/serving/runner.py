@@ -92,6 +92,8 @@ class ProgramRunner:
                 scope.cancel()  # a worker thread still running stops at its next LM call
                 note_usage(exc, tracker.get_total_tokens())
                 raise
+            finally:
+                scope.usage = tracker.get_total_tokens()  # charged whatever the outcome
             return _result(self._outputs(prediction), tracker, lm, scope)
 
     async def stream(
@@ -136,6 +138,8 @@ class ProgramRunner:
                 scope.cancel()
                 note_usage(exc, tracker.get_total_tokens())
                 raise
+            finally:
+                scope.usage = tracker.get_total_tokens()  # charged whatever the outcome
 
     async def _call_in_thread(self, **inputs: Any) -> Any:
         # anyio copies the context (DSPy settings, usage tracker, call scope) into the worker

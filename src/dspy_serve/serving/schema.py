@@ -36,8 +36,10 @@ from pydantic import (
     PydanticUserError,
     ValidationError,
     create_model,
+    field_validator,
 )
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 from dspy_serve.errors import InvalidInput
 from dspy_serve.serving.forward_source import KwargsUse, entry_name, kwargs_use, returned_names
@@ -97,9 +99,41 @@ def derive_interface(
     capped = type(
         base.__name__,
         (base,),
-        {"model_config": config, "__module__": base.__module__, "__doc__": base.__doc__},
+        {
+            "model_config": config,
+            "__module__": base.__module__,
+            "__doc__": base.__doc__,
+            "_cap_nested_strings": field_validator("*")(_nested_strings_capped(max_input_chars)),
+        },
     )
     return ProgramInterface(interface.instructions, capped, interface.outputs, interface.signature)
+
+
+def _nested_strings_capped(max_chars: int) -> Any:
+    """A validator refusing any string longer than ``max_chars`` inside a value: in nested models,
+    dicts (keys too), lists and ``dspy.History``, which ``str_max_length`` does not reach."""
+
+    def check(cls: type[BaseModel], value: Any) -> Any:
+        pending: list[tuple[str, Any]] = [("", value)]
+        while pending:
+            path, item = pending.pop()
+            if isinstance(item, str):
+                if len(item) > max_chars:
+                    raise PydanticCustomError(
+                        "string_too_long",
+                        "String should have at most {max_length} characters (at {path})",
+                        {"max_length": max_chars, "path": path.lstrip(".") or "."},
+                    )
+            elif isinstance(item, BaseModel):
+                pending.extend((f"{path}.{name}", getattr(item, name)) for name in type(item).model_fields)
+            elif isinstance(item, dict):
+                for key, entry in item.items():
+                    pending.extend(((f"{path}.{key!s:.40}", key), (f"{path}.{key!s:.40}", entry)))
+            elif isinstance(item, (list, tuple, set, frozenset)):
+                pending.extend((f"{path}.{index}", entry) for index, entry in enumerate(item))
+        return value
+
+    return classmethod(check)
 
 
 def _derive(name: str, module: dspy.Module, declared: str | type[dspy.Signature] | None) -> ProgramInterface:

@@ -45,11 +45,15 @@ from dspy_serve.serving.metrics import Metrics
 from dspy_serve.serving.programs import Program, ProgramsArg, load_programs
 from dspy_serve.serving.ratelimit import RateLimiter
 from dspy_serve.serving.runner import SERVER_SAFE_DSPY_SETTINGS, CallResult, ProgramRunner
+from dspy_serve.serving.streaming import well_formed
 from dspy_serve.settings import ServeSettings
 
 __all__ = ["CallOptions", "CallStream", "Service", "ServiceState"]
 
 logger = logging.getLogger("dspy_serve")
+
+# Seconds the token charge of a call may take past its deadline (a call that timed out pays too).
+_SETTLE_AT_LEAST = 0.25
 
 
 class ServiceState(StrEnum):
@@ -132,6 +136,10 @@ class Service:
     def ready(self) -> bool:
         return self.state is ServiceState.READY
 
+    async def limits_storage_healthy(self) -> bool:
+        """Whether the rate-limit storage answers: without it every call would be refused."""
+        return self.front_door is None or await self.front_door.healthy()
+
     # --- calls ----------------------------------------------------------------------------------
     async def admit(
         self, caller: Caller, program: Program, options: CallOptions, *, requests: int = 1
@@ -148,18 +156,22 @@ class Service:
         """Run one validated call: allow-listed LM, capacity, deadline; errors stay typed."""
         runner, lm, capacity = self._begin(program, options)
         scope = CallScope.starting_now(self.settings.timeout)
+        reserved = await self._reserve(caller, lm, scope)
         try:
-            with anyio.fail_after(self.settings.timeout), tracing.program_span(program.name, lm.model):
-                async with capacity.slot():
-                    result = await runner.call(inputs, lm=lm, scope=scope)
-        except TimeoutError:
-            scope.cancel()
-            raise self.timeout_error() from None
-        except ServeError:
-            raise
-        except Exception as exc:
-            raise from_exception(exc) from exc
-        return await self._finish(program, result, caller)
+            try:
+                with anyio.fail_after(self.settings.timeout), tracing.program_span(program.name, lm.model):
+                    async with capacity.slot():
+                        result = await runner.call(inputs, lm=lm, scope=scope)
+            except TimeoutError:
+                scope.cancel()
+                raise self.timeout_error() from None
+            except ServeError:
+                raise
+            except Exception as exc:
+                raise from_exception(exc) from exc
+            return await self._finish(program, result)
+        finally:
+            await self._settle(caller, reserved, scope)
 
     def stream(
         self, program: Program, inputs: dict[str, Any], options: CallOptions, caller: Caller
@@ -182,29 +194,48 @@ class Service:
         lm = self.lms.select(options.model, temperature=options.temperature, max_tokens=options.max_tokens)
         return program.runner, lm, self.capacity
 
-    async def _finish(self, program: Program, result: CallResult, caller: Caller) -> CallResult:
+    async def _finish(self, program: Program, result: CallResult) -> CallResult:
         """Never return what the program did not declare: validate the outputs against the
-        schema; then price the call, count it and charge it to the caller."""
+        schema; then price the call and count it. (Its tokens are charged by ``_settle``,
+        whatever the outcome.)"""
         try:
             validated = program.interface.outputs.model_validate(result.outputs)
-            outputs = validated.model_dump(mode="json")
+            outputs = _well_formed_data(validated.model_dump(mode="json"))
         except (ValidationError, PydanticSerializationError) as exc:
-            # The tokens were spent: count and charge them, and report them with the error.
-            await self._account(result, caller)
+            # The tokens were spent: count them, and report them with the error.
+            self._count(result)
             error = InvalidProgramOutput(
                 "The program's outputs do not match its declared output types.", errors=_output_errors(exc)
             )
             error.usage = result.usage
             raise error from exc
-        cost = await self._account(result, caller)
-        return dataclasses.replace(result, outputs=outputs, cost=cost)
+        return dataclasses.replace(result, outputs=outputs, cost=self._count(result))
 
-    async def _account(self, result: CallResult, caller: Caller) -> dict[str, Any]:
+    def _count(self, result: CallResult) -> dict[str, Any]:
         cost = pricing.estimate(result.usage)
         self.metrics.observe_call(result.usage, cost, result.lm_calls, result.cache_hits)
-        assert self.front_door is not None  # started, or _begin would have refused
-        await self.front_door.charge(caller, result.usage, cost)
         return cost
+
+    async def _reserve(self, caller: Caller, lm: dspy.BaseLM, scope: CallScope) -> int:
+        """Hold the most one LM call may spend (its ``max_tokens``) of the caller's token budget."""
+        assert self.front_door is not None  # started, or _begin would have refused
+        max_tokens = lm.kwargs.get("max_tokens") or self.settings.max_tokens_limit
+        return await self.front_door.reserve(caller, int(max_tokens), within=scope.remaining())
+
+    async def _settle(self, caller: Caller, reserved: int, scope: CallScope) -> None:
+        """Charge what the call spent, whatever its outcome (finished, failed after spending,
+        timed out, or left by its client): the runner leaves the usage on the scope."""
+        assert self.front_door is not None
+        cost = pricing.estimate(scope.usage) if scope.usage else {}
+        # Shielded: a cancelled request (client gone, deadline passed) still pays; the storage
+        # calls are bounded by what is left of the deadline, and never less than a moment.
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.front_door.settle(
+                    caller, reserved, scope.usage, cost, within=max(scope.remaining(), _SETTLE_AT_LEAST)
+                )
+            except ServeError as exc:  # the storage failed: the call's own outcome stands
+                logger.warning("the tokens of a call could not be charged: %s", exc.detail)
 
 
 def _output_errors(exc: ValidationError | PydanticSerializationError) -> list[dict[str, Any]]:
@@ -237,9 +268,11 @@ class CallStream:
 
     async def events(self) -> AsyncGenerator[StreamEvent, None]:
         """Tokens and statuses as the program runs, then exactly one Finished or Failed."""
-        capacity = self._service.capacity
+        service, capacity = self._service, self._service.capacity
         assert capacity is not None
+        reserved = -1  # nothing to settle until a reservation is made
         try:
+            reserved = await service._reserve(self._caller, self._lm, self._scope)
             async with (
                 capacity.slot(),
                 aclosing(self._runner.stream(self._inputs, lm=self._lm, scope=self._scope)) as items,
@@ -247,18 +280,35 @@ class CallStream:
                 async for item in items:
                     if isinstance(item, StreamResponse):
                         if item.chunk:
-                            yield Token(item.predict_name, item.signature_field_name, item.chunk)
+                            yield Token(item.predict_name, item.signature_field_name, well_formed(item.chunk))
                     elif isinstance(item, StatusMessage):
                         yield Status(item.message)
                     else:
-                        yield Finished(await self._service._finish(self._program, item, self._caller))
+                        finished = await service._finish(self._program, item)
+                        await service._settle(self._caller, reserved, self._scope)
+                        reserved = -1  # settled
+                        yield Finished(finished)
         except Exception as exc:
             yield Failed(self._caller.report(from_exception(exc)))
+        finally:
+            if reserved >= 0:
+                await service._settle(self._caller, reserved, self._scope)
 
     def timed_out(self) -> Failed:
         """The deadline passed: stop the program's LM work and say so."""
         self._scope.cancel()
         return Failed(self._caller.report(self._service.timeout_error()))
+
+
+def _well_formed_data(value: Any) -> Any:
+    """JSON data whose strings can all be encoded: an LM's lone surrogate becomes U+FFFD."""
+    if isinstance(value, str):
+        return well_formed(value)
+    if isinstance(value, list):
+        return [_well_formed_data(item) for item in value]
+    if isinstance(value, dict):
+        return {well_formed(key): _well_formed_data(item) for key, item in value.items()}
+    return value
 
 
 def _adapter(settings: ServeSettings, lms: LanguageModels) -> dspy.Adapter | None:

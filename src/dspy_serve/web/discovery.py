@@ -59,12 +59,16 @@ def add_discovery_routes(router: APIRouter, service: Service) -> None:
     @router.get(
         "/health/ready",
         tags=["health"],
-        summary="Programs loaded and LMs configured",
+        summary="Programs loaded, LMs configured, rate-limit storage answering",
         responses={503: ERROR_RESPONSES[503]},
     )
     async def ready(request: Request) -> Any:
+        problem = None
         if not service.ready:
             problem = ServiceUnavailable(f"The service is {service.state.value}.", retry_after=1)
+        elif not await service.limits_storage_healthy():
+            problem = ServiceUnavailable("The rate-limit storage is not answering.", retry_after=1)
+        if problem is not None:
             return JSONResponse(
                 problem.problem(request_id=caller_of(request).request_id),
                 status_code=problem.status,
