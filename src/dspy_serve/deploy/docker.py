@@ -137,6 +137,8 @@ def dockerfile(settings: ServeSettings, located: ContainerSettings, project: Pat
         ]
     wheel = f"/tmp/wheels/{wheel_name()}"
     install = f'RUN pip install "{wheel}[{",".join(_extras(settings))}]"'
+    if local:
+        install += " --no-binary llama-cpp-python"  # never a wheel built natively elsewhere
     if on_ray:
         install += f' "ray[serve]=={image_ray_version()}"'
     if settings.mlflow_autolog:
