@@ -291,18 +291,44 @@ def _out_option(help_text: str) -> click.Option:
     )
 
 
-def _docker(config: Path | None, out: Path, **values: Any) -> None:
-    from dspy_serve._version import VERSION
-    from dspy_serve.deploy.docker import write_deployment
+def _deployable(config: Path | None, values: dict[str, Any]) -> ServeSettings:
+    """The settings of `docker` and `kuberay`, checked as `run` checks them, before any file is written."""
+    from dspy_serve.deploy.container import check_programs, container_settings
 
     settings = _settings(config, values)
     try:
-        written = write_deployment(settings, out, VERSION)
+        container_settings(settings)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    with _or_exit_3():
+        check_programs(settings)
+    return settings
+
+
+def _from_environment_note(settings: ServeSettings) -> None:
+    from dspy_serve.deploy.container import container_settings
+
+    for variable in container_settings(settings).from_environment:
+        click.echo(f"{variable} holds a credential: it is not written; set it in the environment", err=True)
+
+
+def _docker(config: Path | None, out: Path, **values: Any) -> None:
+    from dspy_serve.deploy.docker import write_deployment
+
+    settings = _deployable(config, values)
+    try:
+        written = write_deployment(settings, out)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     for path in written:
         click.echo(f"wrote {path}")
-    click.echo("Next: cp .env.example .env (add credentials), then docker compose up --build", err=True)
+    _from_environment_note(settings)
+    env = out / ".env"
+    click.echo(
+        f"Next: cp {out / '.env.example'} {env} (add credentials), then "
+        f"docker compose -f {out / 'compose.yaml'} up --build",
+        err=True,
+    )
 
 
 docker_command = click.Command(
@@ -310,28 +336,38 @@ docker_command = click.Command(
     callback=_docker,
     params=[
         *run_command.params,
-        _out_option("Directory to write Dockerfile, compose.yaml and .env.example to."),
+        _out_option(
+            "Directory inside the project to write the Dockerfile, its .dockerignore, "
+            "compose.yaml, .env.example and the dspy-serve wheel to."
+        ),
     ],
     help="Write a production Dockerfile, compose.yaml and .env.example that run these programs with "
-    "these options. Paths must be relative to the project directory (the build context).",
+    "these options. Run it from the project directory (the build context); paths must be relative to it.",
     context_settings={"max_content_width": 110},
 )
 main.add_command(docker_command)
 
 
-def _kuberay(config: Path | None, image: str, out: Path, **values: Any) -> None:
+def _kuberay(config: Path | None, image: str, name: str | None, out: Path, **values: Any) -> None:
     from dspy_serve.deploy.docker import image_ray_version
-    from dspy_serve.deploy.kuberay import SECRET_NAME, write_rayservice
+    from dspy_serve.deploy.kuberay import service_name, write_rayservice
 
-    settings = _settings(config, values)
+    settings = _deployable(config, values)
     try:
-        path = write_rayservice(settings, image, image_ray_version(), out)
+        name = service_name(settings, name)
+        path = write_rayservice(settings, image, image_ray_version(), out, name)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(f"wrote {path}")
+    _from_environment_note(settings)
+    keys = (
+        f", kubectl create secret generic {name}-api-keys --from-file=api_keys={settings.api_keys_file}"
+        if settings.api_keys_file
+        else ""
+    )
     click.echo(
         f"Next: build {image} with `dspy-serve docker --engine ray` (same TARGETs), push it, "
-        f"kubectl create secret generic {SECRET_NAME} --from-env-file=.env, kubectl apply -f {path}",
+        f"kubectl create secret generic {name}-secrets --from-env-file=.env{keys}, kubectl apply -f {path}",
         err=True,
     )
 
@@ -345,6 +381,12 @@ kuberay_command = click.Command(
             ["--image", "image"],
             required=True,
             help="The image the pods run: built from `dspy-serve docker --engine ray`, in your registry.",
+        ),
+        click.Option(
+            ["--name", "name"],
+            default=None,
+            help="The RayService's name (and its Secrets' prefix), unique in the namespace. "
+            "Default: dspy-serve-PROGRAMS.",
         ),
         _out_option("Directory to write rayservice.yaml to."),
     ],

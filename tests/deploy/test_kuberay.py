@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from dspy_serve.deploy.docker import image_ray_version
-from tests.support.files import write_files
+from tests.support.files import ROOT, deploy_command, write_files
 
 pytest.importorskip("ray.serve")
 
@@ -75,7 +75,9 @@ def test_pods_match_the_image_scale_with_replicas_and_read_secrets_from_a_secret
     worker = workers["template"]["spec"]["containers"][0]
     for container in (head, worker):
         assert container["image"] == IMAGE
-        assert container["envFrom"] == [{"secretRef": {"name": "dspy-serve-secrets", "optional": True}}]
+        assert container["envFrom"] == [
+            {"secretRef": {"name": "dspy-serve-program-secrets", "optional": True}}
+        ]
         assert {"name": "PROMETHEUS_MULTIPROC_DIR", "value": "/tmp/dspy-serve-metrics"} in container["env"]
     assert {port["containerPort"] for port in head["ports"]} >= {6379, 8265, 8000}
 
@@ -85,3 +87,46 @@ def test_fixed_replicas_need_no_autoscaler(tmp_path: Path) -> None:
     cluster = manifest["spec"]["rayClusterConfig"]
     assert cluster["enableInTreeAutoscaling"] is False
     assert json.dumps(cluster["workerGroupSpecs"][0]["maxReplicas"]) == "3"
+
+
+def test_the_name_is_derived_from_the_programs_or_given_so_two_services_do_not_collide(
+    tmp_path: Path,
+) -> None:
+    derived = kuberay(tmp_path / "a", "qa=examples/qa.py:program", "rag=examples/rag.py:program")
+    assert derived["metadata"]["name"] == "dspy-serve-qa-rag"
+    given = kuberay(tmp_path / "b", "qa=examples/qa.py:program", "--name", "support-bot")
+    assert given["metadata"]["name"] == "support-bot"
+    head = given["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["envFrom"] == [{"secretRef": {"name": "support-bot-secrets", "optional": True}}]
+    result = deploy_command("kuberay", ROOT, "examples/qa.py:program", "--image", IMAGE, "--name", "Bad_Name")
+    assert result.returncode == 2 and "--name 'Bad_Name'" in result.stderr
+
+
+def test_an_api_key_file_is_mounted_from_a_secret_never_written(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text("ops:key-in-a-file-must-not-appear\n")
+    manifest = kuberay(tmp_path, "qa=examples/qa.py:program", "--api-keys-file", str(keys), "--name", "qa")
+    args = yaml.safe_load(manifest["spec"]["serveConfigV2"])["applications"][0]["args"]
+    assert args["api_keys_file"] == "/run/secrets/api_keys"
+    cluster = manifest["spec"]["rayClusterConfig"]
+    for group in (cluster["headGroupSpec"], cluster["workerGroupSpecs"][0]):
+        pod = group["template"]["spec"]
+        assert {
+            "name": "api-keys",
+            "secret": {"secretName": "qa-api-keys", "items": [{"key": "api_keys", "path": "api_keys"}]},
+        } in pod["volumes"]
+        mount = {"name": "api-keys", "mountPath": "/run/secrets", "readOnly": True}
+        assert mount in pod["containers"][0]["volumeMounts"]
+    assert "key-in-a-file-must-not-appear" not in (tmp_path / "rayservice.yaml").read_text()
+
+
+def test_targets_are_checked_before_the_manifest_is_written(tmp_path: Path) -> None:
+    result = deploy_command(
+        "kuberay", ROOT, "examples/qa.py:nothing", "--image", IMAGE, "--out", str(tmp_path / "k8s")
+    )
+    assert result.returncode == 3 and result.stderr.startswith("dspy-serve: cannot start:")
+    assert "has no attribute 'nothing'" in result.stderr and not (tmp_path / "k8s").exists()
+    result = deploy_command(
+        "kuberay", ROOT, "examples/qa.py:program", "--workers", "2", "--image", IMAGE, "--out", str(tmp_path)
+    )
+    assert result.returncode == 2 and "on Ray, use --replicas" in result.stderr
