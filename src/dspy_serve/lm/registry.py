@@ -7,6 +7,7 @@ operator's allow-list, and only the instances built here are ever used.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import time
@@ -33,6 +34,11 @@ class ServingLM(dspy.LM):
 
     DSPy's own retry loop sleeps whatever the provider asks (a 429 with retry-after 7 s
     surfaces after 21 s), so it is switched off (``num_retries=0``) and done here instead.
+
+    A sync call made in a thread working for a request (a sync-only program, a tool, a
+    ``dspy.Parallel`` branch) runs on the request's event loop through the async client: the
+    thread waits, and cancelling the request closes the connection instead of letting the
+    provider finish (and bill) an answer nobody reads.
     """
 
     def __init__(self, model: str, *, retries: int = 3, **kwargs: Any) -> None:
@@ -40,6 +46,9 @@ class ServingLM(dspy.LM):
         self.serve_retries = retries
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        scope = current_scope()
+        if scope is not None and scope.off_loop():
+            return scope.run_on_loop(functools.partial(self.acall, *args, **kwargs))
         for attempt in range(self.serve_retries + 1):
             _check_scope()
             try:

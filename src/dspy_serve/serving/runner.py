@@ -1,10 +1,12 @@
 """Run one program call without ever blocking the event loop.
 
 Programs with a native ``aforward`` (every DSPy built-in, and custom modules that define one)
-are awaited through ``acall``. Sync-only programs run in a bounded thread pool of our own,
-sized from the server's in-flight limit rather than DSPy's global default of 8, with the
-request's DSPy context copied into the thread. A sync call cannot be interrupted mid-flight:
-once its request is cancelled or times out it stops at its next LM call.
+are awaited through ``acall``; their sync tools run in worker threads
+(:mod:`dspy_serve.serving.offload`). Sync-only programs, and programs with callbacks of their
+own, run in a bounded thread pool of our own, sized from the server's in-flight limit rather
+than DSPy's global default of 8, with the request's DSPy context copied into the thread; their
+LM calls run on the event loop (see :class:`~dspy_serve.lm.registry.ServingLM`), so a
+cancelled or timed-out request closes its LM connection whichever path it took.
 """
 
 from __future__ import annotations
@@ -18,20 +20,26 @@ from typing import Any
 import anyio
 import dspy
 from dspy.streaming import StatusMessage, StreamResponse
+from dspy.utils.usage_tracker import UsageTracker
 
-from dspy_serve.serving.call_scope import CallScope, enter_scope
+from dspy_serve.serving.call_scope import SCOPE_SETTING, CallScope, enter_scope
 from dspy_serve.serving.loader import LoadedProgram
+from dspy_serve.serving.offload import has_own_callbacks, keep_tools_off_loop
 from dspy_serve.serving.schema import ProgramInterface
 
 __all__ = ["CallResult", "ProgramRunner", "has_native_async"]
 
-# Per-request DSPy settings that keep a long-lived server's memory flat and its callers apart.
+# Process-wide DSPy settings that keep a long-lived server's memory flat and its callers apart.
 SERVER_SAFE_DSPY_SETTINGS: dict[str, Any] = {
     "disable_history": True,
     "max_history_size": 0,
     "max_trace_size": 0,
     "provide_traceback": False,
 }
+
+# Each call gets a trace of its own (BestOfN and Refine read it to give feedback), holding at
+# most this many steps: the oldest are dropped, as DSPy does, and the trace dies with the call.
+CALL_TRACE_STEPS = 100
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,14 @@ def has_native_async(module: dspy.Module) -> bool:
     return aforward_owner <= forward_owner and aforward_owner < len(mro)
 
 
+class _CallUsage(UsageTracker):
+    """One call's usage tracker, shared with the threads ``dspy.Parallel`` starts (DSPy gives
+    each a deep copy it never merges back, so their tokens would go unreported)."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _CallUsage:
+        return self
+
+
 class ProgramRunner:
     """Calls one program under a request's LM, adapter and scope, and collects its usage."""
 
@@ -68,75 +84,79 @@ class ProgramRunner:
     ) -> None:
         self.program = program
         self.interface = interface
-        self.native_async = has_native_async(program.module)
+        keep_tools_off_loop(program.module)
+        self.native_async = has_native_async(program.module) and not has_own_callbacks(program.module)
         self._threads = threads
         self._adapter = adapter
 
-    def _settings(self, lm: dspy.BaseLM) -> dict[str, Any]:
-        settings: dict[str, Any] = {"lm": lm, **SERVER_SAFE_DSPY_SETTINGS}
+    def _settings(self, lm: dspy.BaseLM, scope: CallScope, usage: UsageTracker) -> dict[str, Any]:
+        settings: dict[str, Any] = {
+            "lm": lm,
+            **SERVER_SAFE_DSPY_SETTINGS,
+            "trace": [],
+            "max_trace_size": CALL_TRACE_STEPS,
+            "usage_tracker": usage,
+            SCOPE_SETTING: scope,
+        }
         if self._adapter is not None:
             settings["adapter"] = self._adapter
         return settings
 
+    async def _run(self, inputs: dict[str, Any], scope: CallScope) -> Any:
+        if self.native_async:
+            return await self.program.module.acall(**inputs)
+        return await scope.run_in_thread(functools.partial(self.program.module, **inputs))
+
     async def call(self, inputs: dict[str, Any], *, lm: dspy.BaseLM, scope: CallScope) -> CallResult:
-        with enter_scope(scope), dspy.context(**self._settings(lm)), dspy.track_usage() as tracker:
+        scope.attach(self._threads)
+        usage = _CallUsage()
+        with enter_scope(scope), dspy.context(**self._settings(lm, scope, usage)):
             try:
-                if self.native_async:
-                    prediction = await self.program.module.acall(**inputs)
-                else:
-                    prediction = await self._call_in_thread(**inputs)
+                prediction = await self._run(inputs, scope)
             except BaseException:
-                scope.cancel()  # a worker thread still running stops at its next LM call
+                scope.cancel()  # LM calls of a worker thread still running are cancelled too
                 raise
-            return _result(self._outputs(prediction), tracker, lm, scope)
+            return _result(self._outputs(prediction), usage, lm, scope)
 
     async def stream(
         self, inputs: dict[str, Any], *, lm: dspy.BaseLM, scope: CallScope
     ) -> AsyncGenerator[StreamResponse | StatusMessage | CallResult, None]:
-        """Token chunks and status messages as the program runs, then its :class:`CallResult`.
-
-        Listeners are made per call: DSPy's StreamListener keeps state and streams nothing
-        after its first use (dspy#8425).
-        """
-        from dspy_serve.serving.streaming import JsonStringDecoder, ProgressMessages, listeners_for
+        """Token chunks and status messages as the program runs, then its :class:`CallResult`."""
+        from dspy_serve.serving.streaming import (
+            JsonStringDecoder,
+            PredictorNames,
+            ProgramReturned,
+            ProgressMessages,
+            stream_program,
+        )
 
         module = self.program.module
-        target = module if self.native_async else _InThread(module, self._call_in_thread)
-        streamer = dspy.streamify(
-            target,
-            status_message_provider=getattr(module, "serve_status_messages", None)
-            or ProgressMessages(module),
-            stream_listeners=listeners_for(module),
-            is_async_program=True,
-        )
+        names = PredictorNames(module)
+        provider = getattr(module, "serve_status_messages", None) or ProgressMessages(module, names)
         decoders: dict[tuple[str, str], JsonStringDecoder] | None = (
             {} if isinstance(self._adapter, dspy.JSONAdapter) else None
         )
-        with enter_scope(scope), dspy.context(**self._settings(lm)), dspy.track_usage() as tracker:
+        scope.attach(self._threads)
+        usage = _CallUsage()
+        with enter_scope(scope), dspy.context(**self._settings(lm, scope, usage)):
             try:
-                # Drained or closed here, in this task: streamify's generator holds a task group.
-                async with aclosing(streamer(**inputs)) as items:
+                # Drained or closed here, in this task: the stream holds a task group.
+                run = functools.partial(self._run, inputs, scope)
+                async with aclosing(stream_program(run, names, provider)) as items:
                     async for item in items:
-                        if isinstance(item, dspy.Prediction):
-                            final = _result(self._outputs(item), tracker, lm, scope)
+                        if isinstance(item, ProgramReturned):
+                            yield _result(self._outputs(item.value), usage, lm, scope)
                         elif isinstance(item, StreamResponse) and decoders is not None:
                             key = (item.predict_name, item.signature_field_name)
                             chunk = decoders.setdefault(key, JsonStringDecoder()).feed(item.chunk)
                             yield StreamResponse(
                                 item.predict_name, item.signature_field_name, chunk, item.is_last_chunk
                             )
-                        elif isinstance(item, (StreamResponse, StatusMessage)):
+                        else:
                             yield item
-                yield final
             except BaseException:
                 scope.cancel()
                 raise
-
-    async def _call_in_thread(self, **inputs: Any) -> Any:
-        # anyio copies the context (DSPy settings, usage tracker, call scope) into the worker
-        # and lets DSPy's streaming reach back to the loop with anyio.from_thread.
-        call = functools.partial(self.program.module, **inputs)
-        return await anyio.to_thread.run_sync(call, limiter=self._threads, abandon_on_cancel=True)
 
     def _outputs(self, prediction: Any) -> dict[str, Any]:
         fields = self.interface.outputs.model_fields
@@ -150,20 +170,9 @@ class ProgramRunner:
         return values
 
 
-def _result(outputs: dict[str, Any], tracker: Any, lm: dspy.BaseLM, scope: CallScope) -> CallResult:
+def _result(outputs: dict[str, Any], tracker: UsageTracker, lm: dspy.BaseLM, scope: CallScope) -> CallResult:
     """Outputs and accounting: LM calls that reported no usage were answered from the cache."""
     billed = {model: len(entries) for model, entries in tracker.usage_data.items()}
     calls = dict(scope.lm_calls)
     hits = {model: max(0, count - billed.get(model, 0)) for model, count in calls.items()}
     return CallResult(outputs, tracker.get_total_tokens(), lm.model, calls, hits)
-
-
-class _InThread:
-    """What ``dspy.streamify`` needs of a program, for a sync-only module run in our threads."""
-
-    def __init__(self, module: dspy.Module, run: Any) -> None:
-        self._module = module
-        self.acall = run
-
-    def named_predictors(self) -> Any:
-        return self._module.named_predictors()
