@@ -54,7 +54,6 @@ class ServedTool(dspy.Tool):
         return _TOOL_CALL(self, **kwargs)
 
 
-
 def _tools_in(value: Any) -> Iterator[dspy.Tool]:
     if isinstance(value, dspy.Tool):
         yield value

@@ -64,6 +64,19 @@ def has_native_async(module: dspy.Module) -> bool:
     return aforward_owner <= forward_owner and aforward_owner < len(mro)
 
 
+class _CallTrace(list[Any]):
+    """One call's trace, never longer than :data:`CALL_TRACE_STEPS`: DSPy bounds what a
+    predictor appends, not what BestOfN and Refine extend it with."""
+
+    def append(self, step: Any) -> None:
+        super().append(step)
+        del self[:-CALL_TRACE_STEPS]
+
+    def extend(self, steps: Any) -> None:
+        super().extend(steps)
+        del self[:-CALL_TRACE_STEPS]
+
+
 class _CallUsage(UsageTracker):
     """One call's usage tracker, shared with the threads ``dspy.Parallel`` starts (DSPy gives
     each a deep copy it never merges back, so their tokens would go unreported)."""
@@ -93,7 +106,7 @@ class ProgramRunner:
         settings: dict[str, Any] = {
             "lm": lm,
             **SERVER_SAFE_DSPY_SETTINGS,
-            "trace": [],
+            "trace": _CallTrace(),
             "max_trace_size": CALL_TRACE_STEPS,
             "usage_tracker": usage,
             SCOPE_SETTING: scope,

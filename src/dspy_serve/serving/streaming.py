@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeAlias
 
@@ -26,10 +27,18 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 import dspy
+from anyio.streams.memory import MemoryObjectSendStream
 from dspy.streaming import StatusMessage, StatusMessageProvider, StreamListener, StreamResponse
 from dspy.utils.callback import BaseCallback
 
-__all__ = ["JsonStringDecoder", "PredictorNames", "ProgramReturned", "ProgressMessages", "stream_program"]
+__all__ = [
+    "JsonStringDecoder",
+    "PredictorNames",
+    "ProgramReturned",
+    "ProgressMessages",
+    "one_response",
+    "stream_program",
+]
 
 
 class PredictorNames:
@@ -69,6 +78,37 @@ class ProgressMessages(StatusMessageProvider):
         if name is None:
             return None
         return "Running..." if name == "self" else f"Running {name}..."
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """A token chunk of one LM response (see :func:`one_response`)."""
+
+    response: object
+    chunk: Any
+
+
+class _ResponseStream:
+    """The send side of a stream as one LM response sees it: its chunks carry its tag."""
+
+    def __init__(self, send: MemoryObjectSendStream[Any]) -> None:
+        self._send, self._response = send, object()
+
+    async def send(self, item: Any) -> None:
+        await self._send.send(_Chunk(self._response, item))
+
+
+@contextmanager
+def one_response() -> Iterator[None]:
+    """Around one LM call: its chunks are told apart from those of other responses of the same
+    predictor streaming at the same time (``dspy.Parallel`` branches), which DSPy's chunks
+    cannot do (same predictor id, and the native engine gives no response id)."""
+    send = dspy.settings.send_stream
+    if not isinstance(send, MemoryObjectSendStream):
+        yield
+        return
+    with dspy.context(send_stream=_ResponseStream(send)):
+        yield
 
 
 @dataclass(frozen=True)
@@ -128,16 +168,16 @@ async def stream_program(
     Iterate it to its end or close it in one task (it holds a task group).
     """
     send, receive = anyio.create_memory_object_stream[Any](math.inf)  # never blocks a sender
-    token, loop_thread = anyio.lowlevel.current_token(), threading.get_ident()
+    loop, loop_thread = anyio.lowlevel.current_token(), threading.get_ident()
 
     def emit(item: Any) -> None:
         if threading.get_ident() == loop_thread:
             send.send_nowait(item)
         else:
-            anyio.from_thread.run_sync(send.send_nowait, item, token=token)
+            anyio.from_thread.run_sync(send.send_nowait, item, token=loop)
 
     progress = _Progress(provider, names, emit)
-    listeners: dict[tuple[str, str], StreamListener] = {}
+    listeners: dict[tuple[str, str, object], StreamListener] = {}
 
     async def produce() -> None:
         async with send:
@@ -147,10 +187,11 @@ async def stream_program(
                 value = await run()
             send.send_nowait(ProgramReturned(value))
 
-    def listeners_of(step: str) -> list[StreamListener]:
+    def listeners_of(step: str, response: object) -> list[StreamListener]:
+        # One set per LM response: dspy.Parallel runs one predictor in several threads at once.
         return [
             listeners.setdefault(
-                (step, field),
+                (step, field, response),
                 StreamListener(signature_field_name=field, predict_name=step, allow_reuse=True),
             )
             for field in names.string_fields.get(step, ())
@@ -167,10 +208,14 @@ async def stream_program(
                         if last := listener.finalize():
                             yield last
                     yield item
-                elif (step := progress.steps.get(getattr(item, "predict_id", None) or 0)) is not None:
-                    for listener in listeners_of(step):
-                        if chunk := listener.receive(item):
-                            yield chunk
+                else:
+                    response, chunk = (
+                        (item.response, item.chunk) if isinstance(item, _Chunk) else (None, item)
+                    )
+                    step = progress.steps.get(getattr(chunk, "predict_id", None) or 0)
+                    for listener in listeners_of(step, response) if step is not None else ():
+                        if streamed := listener.receive(chunk):
+                            yield streamed
     except BaseExceptionGroup as group:
         raise _single(group) from None
 

@@ -40,7 +40,9 @@ async def lookup_population(city: str) -> int:
 
 
 # The ReAct tutorial's agent: sync tools, one of them slow.
-agent = dspy.ReAct("question -> answer", tools=[search_wikipedia, evaluate_math, lookup_population], max_iters=5)
+agent = dspy.ReAct(
+    "question -> answer", tools=[search_wikipedia, evaluate_math, lookup_population], max_iters=5
+)
 
 
 class Researcher(dspy.Module):
@@ -62,8 +64,28 @@ def one_word_answer(args: dict[str, object], pred: dspy.Prediction) -> float:
     return 1.0 if len(str(pred.answer).split()) == 1 else 0.0
 
 
-best_of_3 = dspy.BestOfN(module=dspy.ChainOfThought("question -> answer"), N=3, reward_fn=one_word_answer, threshold=1.0)
-refine = dspy.Refine(module=dspy.ChainOfThought("question -> answer"), N=3, reward_fn=one_word_answer, threshold=1.0)
+best_of_3 = dspy.BestOfN(
+    module=dspy.ChainOfThought("question -> answer"), N=3, reward_fn=one_word_answer, threshold=1.0
+)
+refine = dspy.Refine(
+    module=dspy.ChainOfThought("question -> answer"), N=3, reward_fn=one_word_answer, threshold=1.0
+)
+
+
+class Shout(dspy.Module):
+    """Returns a bare string, with the output it declares."""
+
+    serve_signature = "question -> answer"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qa = dspy.Predict("question -> answer")
+
+    def forward(self, question: str) -> str:
+        return str(self.qa(question=question).answer).upper()
+
+
+shout = Shout()
 
 
 class ParallelQA(dspy.Module):
