@@ -273,28 +273,33 @@ def test_refine_feedback_sees_the_attempts_trajectory(server: ServerThread, fake
 # --- 13. a sync program's in-flight LM request closes with its request ------------------------
 
 
-def test_a_sync_programs_lm_request_closes_when_the_client_leaves(fake_lm: FakeLM, provider_key: str) -> None:
-    fake_lm.push(Hang())
-    app = create_app(fake_settings(fake_lm, programs=[f"rag={PROGRAMS}:sync_rag"]))
-    with serving(app) as server:
-        with pytest.raises(httpx.ReadTimeout):
-            httpx.post(f"{server.base_url}/rag/invoke", json={"inputs": INPUTS["sync_rag"]}, timeout=0.5)
-        assert fake_lm.wait_for(lambda: fake_lm.requests_disconnected == 1, timeout=0.5)
-
-
-@pytest.mark.parametrize("name", ["sync_rag", "parallel_qa"])
-def test_a_sync_programs_lm_requests_close_at_the_deadline(
-    fake_lm: FakeLM, provider_key: str, name: str
+@pytest.mark.parametrize(("name", "lm_calls"), [("sync_rag", 1), ("parallel_qa", 3)])
+def test_a_sync_programs_lm_requests_close_when_the_client_leaves(
+    fake_lm: FakeLM, provider_key: str, name: str, lm_calls: int
 ) -> None:
     fake_lm.when("Capital", Hang())
-    app = create_app(fake_settings(fake_lm, programs=[f"{name}={PROGRAMS}:{name}"], timeout=1.0))
+    app = create_app(fake_settings(fake_lm, programs=[f"{name}={PROGRAMS}:{name}"]))
     with serving(app) as server:
-        response = httpx.post(f"{server.base_url}/{name}/invoke", json={"inputs": INPUTS[name]}, timeout=30)
-        assert response.status_code == 504
-        started = fake_lm.requests_started
-        assert fake_lm.wait_for(lambda: fake_lm.requests_disconnected == started, timeout=0.5)
-        events = stream(server, name, INPUTS[name])
-        assert events[-1][0] == "error" and events[-1][1]["status"] == 504
-        assert fake_lm.wait_for(
-            lambda: fake_lm.requests_disconnected == fake_lm.requests_started, timeout=0.5
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{server.base_url}/{name}/invoke", json={"inputs": INPUTS[name]}, timeout=1.0)
+        assert fake_lm.requests_started == lm_calls
+        assert fake_lm.wait_for(lambda: fake_lm.requests_disconnected == lm_calls, timeout=0.5)
+
+
+def test_a_sync_programs_lm_request_closes_at_the_deadline(
+    fake_lm: FakeLM, provider_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The LM call starts 0.6 s into the 1 s deadline: its own HTTP timeout (1 s) would end it
+    # 0.6 s after the deadline; the deadline itself must close it.
+    monkeypatch.setattr(agent_programs, "RETRIEVE_SECONDS", 0.6)
+    fake_lm.when("Capital", Hang())
+    app = create_app(fake_settings(fake_lm, programs=[f"rag={PROGRAMS}:sync_rag"], timeout=1.0))
+    with serving(app) as server:
+        response = httpx.post(
+            f"{server.base_url}/rag/invoke", json={"inputs": INPUTS["sync_rag"]}, timeout=30
         )
+        assert response.status_code == 504
+        assert fake_lm.wait_for(lambda: fake_lm.requests_disconnected == 1, timeout=0.5)
+        events = stream(server, "rag", INPUTS["sync_rag"])
+        assert events[-1][0] == "error" and events[-1][1]["status"] == 504
+        assert fake_lm.wait_for(lambda: fake_lm.requests_disconnected == 2, timeout=0.5)

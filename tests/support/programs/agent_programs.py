@@ -105,9 +105,12 @@ class ParallelQA(dspy.Module):
 parallel_qa = ParallelQA()
 
 
+RETRIEVE_SECONDS = 0.05
+
+
 def retrieve(question: str) -> list[str]:
     """A sync retriever, as the RAG tutorial's ``search``."""
-    time.sleep(0.05)
+    time.sleep(RETRIEVE_SECONDS)
     return [f"Notes about {question}."]
 
 
