@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import httpx
 import httpx2
 import openai
@@ -103,7 +104,7 @@ def test_every_program_answers_on_invoke_batch_and_stream(server: ServerThread, 
     assert events[-1][1]["outputs"] == outputs
 
 
-@pytest.mark.parametrize("name", ["agent", "researcher", "refine", "parallel_qa", "sync_rag"])
+@pytest.mark.parametrize("name", ["agent", "researcher", "best_of_3", "refine", "parallel_qa", "sync_rag"])
 def test_every_program_answers_on_v1_and_mcp(server: ServerThread, name: str) -> None:
     client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0, timeout=30)
     completion = client.chat.completions.create(
@@ -119,16 +120,27 @@ def test_every_program_answers_on_v1_and_mcp(server: ServerThread, name: str) ->
         "stop"
     ]
 
-    async def call_tool() -> Any:
+    result = call_tool(server, name)
+    assert not result.is_error, result.content
+    assert result.structured_content == completion.model_extra["dspy_outputs"]  # type: ignore[index]
+
+
+def call_tool(server: ServerThread, name: str) -> Any:
+    async def call() -> Any:
         http = httpx2.AsyncClient(timeout=30)
         async with Client(streamable_http_client(f"{server.base_url}/mcp", http_client=http)) as mcp:
             return await mcp.call_tool(name, INPUTS[name])
 
-    import anyio
+    return anyio.run(call)
 
-    result = anyio.run(call_tool)
+
+def test_audio_inputs_on_mcp_and_not_from_a_chat(server: ServerThread) -> None:
+    result = call_tool(server, "transcribe")
     assert not result.is_error, result.content
-    assert result.structured_content == completion.model_extra["dspy_outputs"]  # type: ignore[index]
+    assert result.structured_content == {"transcript": "hello"}
+    client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0, timeout=30)
+    with pytest.raises(openai.BadRequestError):  # a chat message cannot carry a dspy.Audio input
+        client.chat.completions.create(model="transcribe", messages=[{"role": "user", "content": "hi"}])
 
 
 # --- 3. sync tools never block the event loop -------------------------------------------------
