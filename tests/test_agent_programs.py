@@ -35,6 +35,7 @@ CLIP = {"data": base64.b64encode(b"RIFF\x24\x00\x00\x00WAVEfmt ").decode(), "aud
 INPUTS: dict[str, dict[str, Any]] = {name: {"question": "Capital of France?"} for name in NAMES}
 INPUTS["transcribe"] = {"clip": CLIP}
 ANSWER = "Paris"
+TOOLS = ["search_wikipedia", "lookup_population", "finish"]  # what agent_script has the agent call
 
 
 def agent_script(fake: FakeLM) -> None:
@@ -191,6 +192,19 @@ def test_react_streams_every_iteration(server: ServerThread) -> None:
     assert all(f"Step {n}:" in thoughts for n in (1, 2, 3)), thoughts
     assert tokens_by_step(events)[("extract.predict", "answer")] == ANSWER
     assert events[-1][0] == "prediction"
+
+
+def test_react_streams_every_iteration_as_text_under_json_adapter(
+    fake_lm: FakeLM, provider_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(agent_programs, "TOOL_SECONDS", 0.01)
+    agent_script(fake_lm)
+    app = create_app(fake_settings(fake_lm, programs=[f"agent={PROGRAMS}:agent"], adapter="json"))
+    with serving(app) as server:
+        events = stream(server, "agent", INPUTS["agent"])
+    thoughts = tokens_by_step(events)[("react", "next_thought")]
+    assert thoughts == "".join(f"Step {n}: I should call {tool}." for n, tool in enumerate(TOOLS, 1))
+    assert events[-1][0] == "prediction" and events[-1][1]["outputs"]["answer"] == ANSWER
 
 
 @pytest.mark.parametrize("name", ["best_of_3", "refine"])

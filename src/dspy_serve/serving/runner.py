@@ -136,7 +136,6 @@ class ProgramRunner:
     ) -> AsyncGenerator[StreamResponse | StatusMessage | CallResult, None]:
         """Token chunks and status messages as the program runs, then its :class:`CallResult`."""
         from dspy_serve.serving.streaming import (
-            JsonStringDecoder,
             PredictorNames,
             ProgramReturned,
             ProgressMessages,
@@ -146,25 +145,17 @@ class ProgramRunner:
         module = self.program.module
         names = PredictorNames(module)
         provider = getattr(module, "serve_status_messages", None) or ProgressMessages(module, names)
-        decoders: dict[tuple[str, str], JsonStringDecoder] | None = (
-            {} if isinstance(self._adapter, dspy.JSONAdapter) else None
-        )
+        json_strings = isinstance(self._adapter, dspy.JSONAdapter)
         scope.attach(self._threads)
         usage = _CallUsage()
         with enter_scope(scope), dspy.context(**self._settings(lm, scope, usage)):
             try:
-                # Drained or closed here, in this task: the stream holds a task group.
                 run = functools.partial(self._run, inputs, scope)
-                async with aclosing(stream_program(run, names, provider)) as items:
+                # Drained or closed here, in this task: the stream holds a task group.
+                async with aclosing(stream_program(run, names, provider, json_strings=json_strings)) as items:
                     async for item in items:
                         if isinstance(item, ProgramReturned):
                             yield _result(self._outputs(item.value), usage, lm, scope)
-                        elif isinstance(item, StreamResponse) and decoders is not None:
-                            key = (item.predict_name, item.signature_field_name)
-                            chunk = decoders.setdefault(key, JsonStringDecoder()).feed(item.chunk)
-                            yield StreamResponse(
-                                item.predict_name, item.signature_field_name, chunk, item.is_last_chunk
-                            )
                         else:
                             yield item
             except BaseException:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeAlias
 
@@ -160,10 +160,15 @@ class _Progress(BaseCallback):
 
 
 async def stream_program(
-    run: Callable[[], Awaitable[Any]], names: PredictorNames, provider: StatusMessageProvider
+    run: Callable[[], Awaitable[Any]],
+    names: PredictorNames,
+    provider: StatusMessageProvider,
+    *,
+    json_strings: bool = False,
 ) -> AsyncGenerator[StreamItem, None]:
     """Run ``run()`` with DSPy streaming on: token chunks of every string output field of every
     step, status messages, then exactly one :class:`ProgramReturned` (or the program's error).
+    With ``json_strings`` (JSONAdapter), chunks are decoded from JSON string syntax to text.
 
     Iterate it to its end or close it in one task (it holds a task group).
     """
@@ -171,13 +176,15 @@ async def stream_program(
     loop, loop_thread = anyio.lowlevel.current_token(), threading.get_ident()
 
     def emit(item: Any) -> None:
-        if threading.get_ident() == loop_thread:
-            send.send_nowait(item)
-        else:
-            anyio.from_thread.run_sync(send.send_nowait, item, token=loop)
+        # A thread abandoned by a cancelled call may still report progress: nobody listens.
+        with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.RunFinishedError):
+            if threading.get_ident() == loop_thread:
+                send.send_nowait(item)
+            else:
+                anyio.from_thread.run_sync(send.send_nowait, item, token=loop)
 
     progress = _Progress(provider, names, emit)
-    listeners: dict[tuple[str, str, object], StreamListener] = {}
+    fields: dict[tuple[str, str, object], _FieldStream] = {}
 
     async def produce() -> None:
         async with send:
@@ -187,13 +194,10 @@ async def stream_program(
                 value = await run()
             send.send_nowait(ProgramReturned(value))
 
-    def listeners_of(step: str, response: object) -> list[StreamListener]:
+    def fields_of(step: str, response: object) -> list[_FieldStream]:
         # One set per LM response: dspy.Parallel runs one predictor in several threads at once.
         return [
-            listeners.setdefault(
-                (step, field, response),
-                StreamListener(signature_field_name=field, predict_name=step, allow_reuse=True),
-            )
+            fields.setdefault((step, field, response), _FieldStream(step, field, json_strings))
             for field in names.string_fields.get(step, ())
         ]
 
@@ -201,11 +205,11 @@ async def stream_program(
         async with anyio.create_task_group() as tasks, receive:
             tasks.start_soon(produce)
             async for item in receive:
-                if isinstance(item, (StatusMessage, StreamResponse)):
+                if isinstance(item, StatusMessage):
                     yield item
                 elif isinstance(item, ProgramReturned):
-                    for listener in listeners.values():
-                        if last := listener.finalize():
+                    for field in fields.values():
+                        if last := field.finalize():
                             yield last
                     yield item
                 else:
@@ -213,11 +217,36 @@ async def stream_program(
                         (item.response, item.chunk) if isinstance(item, _Chunk) else (None, item)
                     )
                     step = progress.steps.get(getattr(chunk, "predict_id", None) or 0)
-                    for listener in listeners_of(step, response) if step is not None else ():
-                        if streamed := listener.receive(chunk):
+                    for field in fields_of(step, response) if step is not None else ():
+                        if streamed := field.receive(chunk):
                             yield streamed
     except BaseExceptionGroup as group:
         raise _single(group) from None
+
+
+class _FieldStream:
+    """One output field of one LM response: DSPy's listener, and the JSON decoding."""
+
+    def __init__(self, step: str, field: str, json_strings: bool) -> None:
+        # Reusable: an LM that does not go through ServingLM has its responses' chunks untold
+        # apart, so one listener hears them one after the other.
+        self._listener = StreamListener(signature_field_name=field, predict_name=step, allow_reuse=True)
+        self._json_strings = json_strings
+        self._decoder = JsonStringDecoder()
+
+    def receive(self, chunk: Any) -> StreamResponse | None:
+        return self._decoded(self._listener.receive(chunk))
+
+    def finalize(self) -> StreamResponse | None:
+        return self._decoded(self._listener.finalize())
+
+    def _decoded(self, item: StreamResponse | None) -> StreamResponse | None:
+        if item is None or not self._json_strings:
+            return item
+        text = self._decoder.feed(item.chunk)
+        if item.is_last_chunk:
+            self._decoder = JsonStringDecoder()
+        return StreamResponse(item.predict_name, item.signature_field_name, text, item.is_last_chunk)
 
 
 def _single(group: BaseExceptionGroup[Any]) -> BaseException:
