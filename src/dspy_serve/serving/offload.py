@@ -30,8 +30,9 @@ _TOOL_ACALL = dspy.Tool.acall.__wrapped__
 
 
 def _is_async(func: Any) -> bool:
-    """An async function, or an object whose ``__call__`` is one."""
-    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(vars(type(func)).get("__call__"))
+    """An async function, or an object whose ``__call__`` (own or inherited) is one."""
+    call = next((vars(cls)["__call__"] for cls in type(func).__mro__ if "__call__" in vars(cls)), None)
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(call)
 
 
 class ServedTool(dspy.Tool):
