@@ -166,9 +166,8 @@ def test_leaving_mid_invoke_stops_the_program(fake_lm: FakeLM, provider_key: str
             httpx.post(server.base_url + "/two/invoke", json={"inputs": {"question": "q"}}, timeout=0.3)
         time.sleep(2.5)  # past the first call's latency, and the second's if it had started
     assert fake_lm.requests_started == 1, "the second LM call must never start"
-    if program == "TwoStepAsync":
-        # An async program's in-flight LM request is closed at once.
-        assert fake_lm.requests_disconnected == 1
+    # The in-flight LM request is closed at once, for a sync-only program too.
+    assert fake_lm.requests_disconnected == 1
 
 
 # --- decoding JSONAdapter's raw string chunks -------------------------------------------------

@@ -257,6 +257,29 @@ def compose_answer(body: Body, overrides: Mapping[str, Any]) -> str:
     return "\n\n".join([*sections, "[[ ## completed ## ]]"])
 
 
+_OBSERVATION = re.compile(r"\[\[ ## observation_(\d+) ## \]\]")
+
+
+def react_agent(*steps: tuple[str, Mapping[str, Any]], **final: Any) -> Callable[[Body], dict[str, Any]]:
+    """Answers (for ``FakeLM.answers``) that drive a ``dspy.ReAct`` agent: call each
+    ``(tool_name, tool_args)`` of ``steps`` in turn, then ``finish``; ``final`` gives the
+    extract step's fields (say ``answer="Paris"``). The step is read from the trajectory in the
+    prompt (how many ``observation_N`` it holds), so concurrent agents do not interfere.
+    """
+
+    def answer(body: Body) -> dict[str, Any]:
+        done = len(set(_OBSERVATION.findall(prompt_text(body))))
+        tool, args = steps[done] if done < len(steps) else ("finish", {})
+        return {
+            "next_thought": f"Step {done + 1}: I should call {tool}.",
+            "next_tool_name": tool,
+            "next_tool_args": dict(args),
+            **final,
+        }
+
+    return answer
+
+
 def _tokens(text: str) -> int:
     return math.ceil(len(text) / 4)
 

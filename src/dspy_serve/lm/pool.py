@@ -8,6 +8,12 @@ sized from the server's in-flight limit and handed to ``dspy.LM`` as its engine,
 capabilities DSPy would have found for the model itself, so adapters behave the same.
 
 Models the native engine does not route (LiteLLM-only providers) keep DSPy's default engine.
+
+Like DSPy's own ``engine="auto"``, a request the native route cannot carry (an audio part on
+the Chat Completions wire) goes through LiteLLM instead, decided before any I/O: the engine
+refuses it with :class:`NativeRouteRefused`, and ``ServingLM`` sends the same call through
+DSPy's LiteLLM engine with the same endpoint, key, deadline-bound retries and metrics (LiteLLM
+keeps its own connection pool).
 """
 
 from __future__ import annotations
@@ -17,26 +23,50 @@ from typing import Any
 
 import dspy
 
-__all__ = ["pooled_engines"]
+__all__ = ["NativeRouteRefused", "pooled_engines"]
+
+
+class NativeRouteRefused(Exception):
+    """The native engine cannot carry this request; ``clients`` reach the same endpoint
+    through DSPy's LiteLLM engine."""
+
+    def __init__(self, reason: BaseException, clients: dict[str, Any]) -> None:
+        super().__init__(str(reason))
+        self.clients = clients
 
 
 class _Declared:
-    """Capability hints DSPy reads from a custom engine (dspy.clients.capabilities)."""
+    """Capability hints DSPy reads from a custom engine (dspy.clients.capabilities), and the
+    choice between the native engine and the LiteLLM fallback."""
 
-    def __init__(self, inner: Any, capabilities: Any) -> None:
+    def __init__(self, inner: Any, capabilities: Any, clients: dict[str, Any]) -> None:
         self._inner = inner
+        self._clients = clients
         self.supports_function_calling = capabilities.function_calling
         self.supports_reasoning = capabilities.reasoning
         self.supports_response_schema = capabilities.response_schema
         self.supported_params = capabilities.params
 
+    def _route(self, request: Any) -> Any:
+        """The native engine, unless it would refuse the request's content (planned offline;
+        only non-text content can be refused, so text-only requests skip the ~0.1 ms plan)."""
+        from dspy.lm15 import TextPart, UnsupportedFeatureError
+
+        if all(isinstance(part, TextPart) for message in request.messages for part in message.parts):
+            return self._inner
+        try:
+            self._inner.plan(request)
+        except UnsupportedFeatureError as exc:
+            raise NativeRouteRefused(exc, self._clients) from exc
+        return self._inner
+
 
 class PooledEngine(_Declared):
     def complete(self, request: Any) -> Any:
-        return self._inner.complete(request)
+        return self._route(request).complete(request)
 
     def stream(self, request: Any) -> Iterator[Any]:
-        return self._inner.stream(request)  # type: ignore[no-any-return]
+        return self._route(request).stream(request)  # type: ignore[no-any-return]
 
     def close(self) -> None:
         self._inner.close()
@@ -44,10 +74,10 @@ class PooledEngine(_Declared):
 
 class AsyncPooledEngine(_Declared):
     async def complete(self, request: Any) -> Any:
-        return await self._inner.complete(request)
+        return await self._route(request).complete(request)
 
     def stream(self, request: Any) -> AsyncIterator[Any]:
-        return self._inner.stream(request)  # type: ignore[no-any-return]
+        return self._route(request).stream(request)  # type: ignore[no-any-return]
 
     async def aclose(self) -> None:
         await self._inner.aclose()
@@ -78,6 +108,6 @@ def pooled_engines(
     )
     declared = capabilities(probe)
     return (
-        PooledEngine(LM15Engine(config, model_type="chat"), declared),
-        AsyncPooledEngine(AsyncLM15Engine(config, model_type="chat"), declared),
+        PooledEngine(LM15Engine(config, model_type="chat"), declared, clients),
+        AsyncPooledEngine(AsyncLM15Engine(config, model_type="chat"), declared, clients),
     )

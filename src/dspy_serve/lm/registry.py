@@ -7,17 +7,20 @@ operator's allow-list, and only the instances built here are ever used.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import time
+from contextlib import AbstractContextManager
 from typing import Any
 
 import dspy
 
 from dspy_serve.errors import BadOverride, ModelNotAllowed, UpstreamRateLimited, sane_retry_after
 from dspy_serve.lm.held import held_lms
-from dspy_serve.lm.pool import pooled_engines
+from dspy_serve.lm.pool import NativeRouteRefused, pooled_engines
 from dspy_serve.serving.call_scope import current_scope
+from dspy_serve.serving.streaming import one_response
 from dspy_serve.settings import ServeSettings
 
 __all__ = ["LanguageModels", "ServingLM", "adopt_held_lms", "is_local_model", "own_lm_problems"]
@@ -34,6 +37,11 @@ class ServingLM(dspy.LM):
 
     DSPy's own retry loop sleeps whatever the provider asks (a 429 with retry-after 7 s
     surfaces after 21 s), so it is switched off (``num_retries=0``) and done here instead.
+
+    A sync call made in a thread working for a request (a sync-only program, a tool, a
+    ``dspy.Parallel`` branch) runs on the request's event loop through the async client: the
+    thread waits, and cancelling the request closes the connection instead of letting the
+    provider finish (and bill) an answer nobody reads.
     """
 
     def __init__(self, model: str, *, retries: int = 3, **kwargs: Any) -> None:
@@ -41,10 +49,23 @@ class ServingLM(dspy.LM):
         self.serve_retries = retries
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        scope = current_scope()
+        if scope is not None and scope.off_loop():
+            return scope.run_on_loop(functools.partial(self.acall, *args, **kwargs))
+        with one_response():
+            return self._call(*args, **kwargs)
+
+    def _call(self, *args: Any, **kwargs: Any) -> Any:
         for attempt in range(self.serve_retries + 1):
             _check_scope()
             try:
-                outputs = super().__call__(*args, **kwargs)
+                try:
+                    outputs = super().__call__(*args, **kwargs)
+                except Exception as exc:
+                    if (compatible := self._compatible(exc)) is None:
+                        raise
+                    with _as_adapter_call(compatible, kwargs):
+                        outputs = dspy.LM.__call__(compatible, *args, **kwargs)
             except Exception as exc:
                 delay = self._retry_delay(exc, attempt)
                 if delay is None:
@@ -56,10 +77,21 @@ class ServingLM(dspy.LM):
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def acall(self, *args: Any, **kwargs: Any) -> Any:
+        with one_response():
+            return await self._acall(*args, **kwargs)
+
+    async def _acall(self, *args: Any, **kwargs: Any) -> Any:
         for attempt in range(self.serve_retries + 1):
             _check_scope()
             try:
-                outputs = await super().acall(*args, **kwargs)
+                try:
+                    outputs = await super().acall(*args, **kwargs)
+                except Exception as exc:
+                    if (compatible := self._compatible(exc)) is None:
+                        raise
+                    await asyncio.to_thread(_import_litellm)  # seconds, the first time: not on the loop
+                    with _as_adapter_call(compatible, kwargs):
+                        outputs = await dspy.LM.acall(compatible, *args, **kwargs)
             except Exception as exc:
                 delay = self._retry_delay(exc, attempt)
                 if delay is None:
@@ -69,6 +101,16 @@ class ServingLM(dspy.LM):
                 return outputs
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _compatible(self, exc: BaseException) -> dspy.LM | None:
+        """This LM on DSPy's LiteLLM engine, when the pooled native engine refused the request
+        before sending it (content its route cannot carry), as DSPy's ``engine="auto"`` does."""
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, NativeRouteRefused):
+            cause = cause.__cause__
+        if cause is None:
+            return None
+        return self.copy(engine="litellm", **cause.clients)
 
     def _retry_delay(self, exc: Exception, attempt: int) -> float | None:
         """Seconds to wait before the next attempt, or None to give up now."""
@@ -87,6 +129,20 @@ class ServingLM(dspy.LM):
                 ) from exc
             return None
         return delay
+
+
+def _import_litellm() -> None:
+    from dspy.clients._litellm import get_litellm
+
+    get_litellm(feature="dspy.LM")
+
+
+def _as_adapter_call(lm: dspy.LM, kwargs: dict[str, Any]) -> AbstractContextManager[None]:
+    """The adapter's own messages, handed on to the LiteLLM twin: still DSPy's call, not a
+    user's deprecated ``messages=`` call (DSPy warns only about those)."""
+    from dspy.clients._deprecation import adapter_message_call
+
+    return adapter_message_call(lm, kwargs.get("messages"))  # type: ignore[no-any-return]
 
 
 def _count_call(model: str) -> None:

@@ -1,23 +1,38 @@
 """The deadline and cancellation state of one request, visible to every LM call it makes.
 
 It lives in a context variable, so it follows the call into DSPy's own tasks and into the
-worker thread of a sync-only program (contexts are copied there), and LM calls can check it.
+worker thread of a sync-only program (contexts are copied there), and in DSPy's settings, so it
+also reaches the threads DSPy starts itself (``dspy.Parallel`` copies only those). LM calls check
+it, and a worker thread uses it to run its LM calls on the request's event loop, where
+cancelling the request closes their connections.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
+import dspy
 
 from dspy_serve.errors import ClientCancelled, RequestTimeout
 
-__all__ = ["CallScope", "current_scope", "enter_scope"]
+__all__ = ["SCOPE_SETTING", "CallScope", "current_scope", "enter_scope"]
+
+T = TypeVar("T")
+
+# The DSPy settings key that carries the scope into threads DSPy starts (dspy.Parallel).
+SCOPE_SETTING = "dspy_serve_call_scope"
 
 
 @dataclass
@@ -30,6 +45,10 @@ class CallScope:
     # Tokens spent, by model, as DSPy's usage tracker saw them: left here by the runner when the
     # call ends, however it ends, so a failed or abandoned call is charged too.
     usage: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _loop: anyio.lowlevel.EventLoopToken | None = field(default=None, repr=False)
+    _loop_thread: int | None = field(default=None, repr=False)
+    _on_loop: set[anyio.CancelScope] = field(default_factory=set, repr=False)
+    _threads: anyio.CapacityLimiter | None = field(default=None, repr=False)
 
     @classmethod
     def starting_now(cls, timeout: float) -> CallScope:
@@ -39,7 +58,11 @@ class CallScope:
         return self.deadline - time.monotonic()
 
     def cancel(self) -> None:
+        """Stop the request's LM work: no new LM call starts, and those running on its event
+        loop for a worker thread are cancelled, which closes their connections."""
         self.cancelled.set()
+        for cancel_scope in list(self._on_loop):
+            self._call_on_loop(cancel_scope.cancel)
 
     def check(self) -> None:
         """Raise instead of starting more LM work for a request nobody waits for."""
@@ -48,12 +71,68 @@ class CallScope:
         if self.remaining() <= 0:
             raise RequestTimeout()
 
+    # --- sync code in worker threads, LM calls on the event loop ---------------------------------
+    def attach(self, threads: anyio.CapacityLimiter) -> None:
+        """Remember the event loop running the request (call this on it) and the worker threads
+        its sync code may use."""
+        self._loop = anyio.lowlevel.current_token()
+        self._loop_thread = threading.get_ident()
+        self._threads = threads
+
+    async def run_in_thread(self, func: Callable[[], T]) -> T:
+        """Run sync user code (a program, a tool) in a worker thread, never on the event loop.
+
+        The context (DSPy settings, this scope) is copied into the thread. A cancelled request
+        stops waiting at once; the thread itself stops at its next LM call.
+        """
+        return await anyio.to_thread.run_sync(func, limiter=self._threads, abandon_on_cancel=True)
+
+    def off_loop(self) -> bool:
+        """True in a thread that works for this request while its event loop runs elsewhere."""
+        return self._loop is not None and threading.get_ident() != self._loop_thread
+
+    def run_on_loop(self, work: Callable[[], Awaitable[T]]) -> T:
+        """Await ``work()`` on the request's event loop and wait here for its result.
+
+        It runs as part of the request: cancelling the request or passing its deadline cancels
+        it there (an HTTP request in flight is closed at once) and raises the typed error here.
+        """
+
+        async def guarded() -> T:
+            with anyio.move_on_after(self.remaining()) as cancel_scope:
+                self._on_loop.add(cancel_scope)
+                if self.cancelled.is_set():
+                    cancel_scope.cancel()
+                try:
+                    return await work()
+                finally:
+                    self._on_loop.discard(cancel_scope)
+            self.check()
+            raise ClientCancelled("the request was cancelled")  # pragma: no cover - check() raised
+
+        try:
+            return anyio.from_thread.run(guarded, token=self._loop)
+        except (concurrent.futures.CancelledError, anyio.RunFinishedError):
+            # The request's own task was cancelled (anyio cancels the worker's tasks with it).
+            raise ClientCancelled("the request was cancelled") from None
+
+    def _call_on_loop(self, func: Callable[[], Any]) -> None:
+        if self._loop is None or threading.get_ident() == self._loop_thread:
+            func()
+        else:
+            with suppress(anyio.RunFinishedError):
+                anyio.from_thread.run_sync(func, token=self._loop)
+
 
 _current: ContextVar[CallScope | None] = ContextVar("dspy_serve_call_scope", default=None)
 
 
 def current_scope() -> CallScope | None:
-    return _current.get()
+    scope = _current.get()
+    if scope is None:
+        carried = dspy.settings.get(SCOPE_SETTING)
+        scope = carried if isinstance(carried, CallScope) else None
+    return scope
 
 
 @contextmanager

@@ -1,10 +1,12 @@
 """Run one program call without ever blocking the event loop.
 
 Programs with a native ``aforward`` (every DSPy built-in, and custom modules that define one)
-are awaited through ``acall``. Sync-only programs run in a bounded thread pool of our own,
-sized from the server's in-flight limit rather than DSPy's global default of 8, with the
-request's DSPy context copied into the thread. A sync call cannot be interrupted mid-flight:
-once its request is cancelled or times out it stops at its next LM call.
+are awaited through ``acall``; their sync tools run in worker threads
+(:mod:`dspy_serve.serving.offload`). Sync-only programs, and programs with callbacks of their
+own, run in a bounded thread pool of our own, sized from the server's in-flight limit rather
+than DSPy's global default of 8, with the request's DSPy context copied into the thread; their
+LM calls run on the event loop (see :class:`~dspy_serve.lm.registry.ServingLM`), so a
+cancelled or timed-out request closes its LM connection whichever path it took.
 """
 
 from __future__ import annotations
@@ -18,23 +20,29 @@ from typing import Any
 import anyio
 import dspy
 from dspy.streaming import StatusMessage, StreamResponse
+from dspy.utils.usage_tracker import UsageTracker
 from pydantic import BaseModel
 
 from dspy_serve.errors import InvalidProgramOutput, note_usage
-from dspy_serve.serving.call_scope import CallScope, enter_scope
+from dspy_serve.serving.call_scope import SCOPE_SETTING, CallScope, enter_scope
 from dspy_serve.serving.loader import LoadedProgram
+from dspy_serve.serving.offload import has_own_callbacks, keep_tools_off_loop
 from dspy_serve.serving.schema import ProgramInterface
 from dspy_serve.serving.wire import to_wire
 
 __all__ = ["CallResult", "ProgramRunner", "has_native_async"]
 
-# Per-request DSPy settings that keep a long-lived server's memory flat and its callers apart.
+# Process-wide DSPy settings that keep a long-lived server's memory flat and its callers apart.
 SERVER_SAFE_DSPY_SETTINGS: dict[str, Any] = {
     "disable_history": True,
     "max_history_size": 0,
     "max_trace_size": 0,
     "provide_traceback": False,
 }
+
+# Each call gets a trace of its own (BestOfN and Refine read it to give feedback), holding at
+# most this many steps: the oldest are dropped, as DSPy does, and the trace dies with the call.
+CALL_TRACE_STEPS = 100
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,27 @@ def has_native_async(module: dspy.Module) -> bool:
     return aforward_owner <= forward_owner and aforward_owner < len(mro)
 
 
+class _CallTrace(list[Any]):
+    """One call's trace, never longer than :data:`CALL_TRACE_STEPS`: DSPy bounds what a
+    predictor appends, not what BestOfN and Refine extend it with."""
+
+    def append(self, step: Any) -> None:
+        super().append(step)
+        del self[:-CALL_TRACE_STEPS]
+
+    def extend(self, steps: Any) -> None:
+        super().extend(steps)
+        del self[:-CALL_TRACE_STEPS]
+
+
+class _CallUsage(UsageTracker):
+    """One call's usage tracker, shared with the threads ``dspy.Parallel`` starts (DSPy gives
+    each a deep copy it never merges back, so their tokens would go unreported)."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _CallUsage:
+        return self
+
+
 class ProgramRunner:
     """Calls one program under a request's LM, adapter and scope, and collects its usage."""
 
@@ -71,89 +100,82 @@ class ProgramRunner:
     ) -> None:
         self.program = program
         self.interface = interface
-        self.native_async = has_native_async(program.module)
+        keep_tools_off_loop(program.module)
+        self.native_async = has_native_async(program.module) and not has_own_callbacks(program.module)
         self._threads = threads
         self._adapter = adapter
 
-    def _settings(self, lm: dspy.BaseLM) -> dict[str, Any]:
-        settings: dict[str, Any] = {"lm": lm, **SERVER_SAFE_DSPY_SETTINGS}
+    def _settings(self, lm: dspy.BaseLM, scope: CallScope, usage: UsageTracker) -> dict[str, Any]:
+        settings: dict[str, Any] = {
+            "lm": lm,
+            **SERVER_SAFE_DSPY_SETTINGS,
+            "trace": _CallTrace(),
+            "max_trace_size": CALL_TRACE_STEPS,
+            "usage_tracker": usage,
+            SCOPE_SETTING: scope,
+        }
         if self._adapter is not None:
             settings["adapter"] = self._adapter
         return settings
 
+    async def _run(self, inputs: dict[str, Any], scope: CallScope) -> Any:
+        if self.native_async:
+            return await self.program.module.acall(**inputs)
+        return await scope.run_in_thread(functools.partial(self.program.module, **inputs))
+
     async def call(self, inputs: dict[str, Any], *, lm: dspy.BaseLM, scope: CallScope) -> CallResult:
-        with enter_scope(scope), dspy.context(**self._settings(lm)), dspy.track_usage() as tracker:
+        scope.attach(self._threads)
+        usage = _CallUsage()
+        with enter_scope(scope), dspy.context(**self._settings(lm, scope, usage)):
             try:
-                if self.native_async:
-                    prediction = await self.program.module.acall(**inputs)
-                else:
-                    prediction = await self._call_in_thread(**inputs)
+                prediction = await self._run(inputs, scope)
             except BaseException as exc:
-                scope.cancel()  # a worker thread still running stops at its next LM call
-                note_usage(exc, tracker.get_total_tokens())
+                scope.cancel()  # LM calls of a worker thread still running are cancelled too
+                note_usage(exc, usage.get_total_tokens())
                 raise
             finally:
-                scope.usage = tracker.get_total_tokens()  # charged whatever the outcome
-            return _result(self._outputs(prediction), tracker, lm, scope)
+                scope.usage = usage.get_total_tokens()  # charged whatever the outcome
+            return _result(self._outputs(prediction), usage, lm, scope)
 
     async def stream(
         self, inputs: dict[str, Any], *, lm: dspy.BaseLM, scope: CallScope
     ) -> AsyncGenerator[StreamResponse | StatusMessage | CallResult, None]:
-        """Token chunks and status messages as the program runs, then its :class:`CallResult`.
-
-        Listeners are made per call: DSPy's StreamListener keeps state and streams nothing
-        after its first use (dspy#8425).
-        """
-        from dspy_serve.serving.streaming import JsonStringDecoder, ProgressMessages, listeners_for
+        """Token chunks and status messages as the program runs, then its :class:`CallResult`."""
+        from dspy_serve.serving.streaming import (
+            PredictorNames,
+            ProgramReturned,
+            ProgressMessages,
+            stream_program,
+        )
 
         module = self.program.module
-        target = _InThread(module, module.acall if self.native_async else self._call_in_thread)
-        streamer = dspy.streamify(
-            target,
-            status_message_provider=getattr(module, "serve_status_messages", None)
-            or ProgressMessages(module),
-            stream_listeners=listeners_for(module),
-            is_async_program=True,
-        )
-        decoders: dict[tuple[str, str], JsonStringDecoder] | None = (
-            {} if isinstance(self._adapter, dspy.JSONAdapter) else None
-        )
-        with enter_scope(scope), dspy.context(**self._settings(lm)), dspy.track_usage() as tracker:
+        names = PredictorNames(module)
+        provider = getattr(module, "serve_status_messages", None) or ProgressMessages(module, names)
+        json_strings = isinstance(self._adapter, dspy.JSONAdapter)
+        scope.attach(self._threads)
+        usage = _CallUsage()
+        with enter_scope(scope), dspy.context(**self._settings(lm, scope, usage)):
             try:
-                # Drained or closed here, in this task: streamify's generator holds a task group.
-                async with aclosing(streamer(**inputs)) as items:
+                run = functools.partial(self._run, inputs, scope)
+                # Drained or closed here, in this task: the stream holds a task group.
+                async with aclosing(stream_program(run, names, provider, json_strings=json_strings)) as items:
                     async for item in items:
-                        if isinstance(item, dspy.Prediction):
-                            final = _result(self._outputs(item), tracker, lm, scope)
-                        elif isinstance(item, StreamResponse) and decoders is not None:
-                            key = (item.predict_name, item.signature_field_name)
-                            chunk = decoders.setdefault(key, JsonStringDecoder()).feed(item.chunk)
-                            yield StreamResponse(
-                                item.predict_name, item.signature_field_name, chunk, item.is_last_chunk
-                            )
-                        elif isinstance(item, (StreamResponse, StatusMessage)):
+                        if isinstance(item, ProgramReturned):
+                            yield _result(self._outputs(item.value), usage, lm, scope)
+                        else:
                             yield item
-                yield final
             except BaseException as exc:
                 scope.cancel()
-                note_usage(exc, tracker.get_total_tokens())
+                note_usage(exc, usage.get_total_tokens())
                 raise
             finally:
-                scope.usage = tracker.get_total_tokens()  # charged whatever the outcome
-
-    async def _call_in_thread(self, **inputs: Any) -> Any:
-        # anyio copies the context (DSPy settings, usage tracker, call scope) into the worker
-        # and lets DSPy's streaming reach back to the loop with anyio.from_thread.
-        call = functools.partial(self.program.module, **inputs)
-        return await anyio.to_thread.run_sync(call, limiter=self._threads, abandon_on_cancel=True)
+                scope.usage = usage.get_total_tokens()  # charged whatever the outcome
 
     def _outputs(self, prediction: Any) -> dict[str, Any]:
         """The declared output fields of what the program returned, as the JSON their schema
         documents (nested Predictions, DSPy types, ...). A bare value (``return "Paris"``) is the
         one declared output."""
         fields = self.interface.outputs.model_fields
-        if isinstance(prediction, _BareValue):
-            prediction = prediction._value
         if isinstance(prediction, (dspy.Example, dict)):  # Prediction included
             present = prediction.keys()  # a Prediction is not a Mapping: `in` needs its keys
             values = {name: prediction[name] for name in fields if name in present}
@@ -180,34 +202,9 @@ def _carries_fields(value: Any, fields: Mapping[str, Any]) -> bool:
     )
 
 
-def _result(outputs: dict[str, Any], tracker: Any, lm: dspy.BaseLM, scope: CallScope) -> CallResult:
+def _result(outputs: dict[str, Any], tracker: UsageTracker, lm: dspy.BaseLM, scope: CallScope) -> CallResult:
     """Outputs and accounting: LM calls that reported no usage were answered from the cache."""
     billed = {model: len(entries) for model, entries in tracker.usage_data.items()}
     calls = dict(scope.lm_calls)
     hits = {model: max(0, count - billed.get(model, 0)) for model, count in calls.items()}
     return CallResult(outputs, tracker.get_total_tokens(), lm.model, calls, hits)
-
-
-class _InThread:
-    """What ``dspy.streamify`` needs of a program: its predictors, and an ``acall`` (the module's
-    own, or a sync-only module run in our threads) that always returns a Prediction, since
-    streamify ends its stream only on one (a bare ``return "Paris"`` would hang it)."""
-
-    def __init__(self, module: dspy.Module, run: Any) -> None:
-        self._module = module
-        self._run = run
-
-    async def acall(self, **inputs: Any) -> dspy.Prediction:
-        returned = await self._run(**inputs)
-        return returned if isinstance(returned, dspy.Prediction) else _BareValue(returned)
-
-    def named_predictors(self) -> Any:
-        return self._module.named_predictors()
-
-
-class _BareValue(dspy.Prediction):
-    """A program's return value that is not a Prediction, carried through streamify as one."""
-
-    def __init__(self, value: Any) -> None:
-        super().__init__()
-        self._value = value
