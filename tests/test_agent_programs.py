@@ -87,7 +87,7 @@ def tokens_by_step(events: list[tuple[str, Any]]) -> dict[tuple[str, str], str]:
 # --- the whole matrix -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n != "shout"])
+@pytest.mark.parametrize("name", NAMES)
 def test_every_program_answers_on_invoke_batch_and_stream(server: ServerThread, name: str) -> None:
     inputs = INPUTS[name]
     invoked = httpx.post(f"{server.base_url}/{name}/invoke", json={"inputs": inputs}, timeout=30)
@@ -239,8 +239,8 @@ def test_parallel_in_a_sync_module_streams_and_reports_all_usage(
 def test_a_program_returning_a_bare_value_ends_its_stream(server: ServerThread) -> None:
     started = time.monotonic()
     events = stream(server, "shout", INPUTS["shout"])
-    assert events[-1][0] in ("prediction", "error")
-    assert events[-1][1].get("status") != 504
+    assert events[-1][0] == "prediction", events[-1]
+    assert events[-1][1]["outputs"]["answer"].isupper()  # the bare value fills the declared output
     assert time.monotonic() - started < 10  # the deadline is 10 s: it must not be waited out
 
 

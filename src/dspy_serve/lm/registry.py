@@ -19,8 +19,8 @@ import dspy
 from dspy_serve.errors import BadOverride, ModelNotAllowed, UpstreamRateLimited, sane_retry_after
 from dspy_serve.lm.held import held_lms
 from dspy_serve.lm.pool import NativeRouteRefused, pooled_engines
+from dspy_serve.lm.response_tags import one_response
 from dspy_serve.serving.call_scope import current_scope
-from dspy_serve.serving.streaming import one_response
 from dspy_serve.settings import ServeSettings
 
 __all__ = ["LanguageModels", "ServingLM", "adopt_held_lms", "is_local_model", "own_lm_problems"]

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeAlias
 
@@ -27,16 +27,16 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 import dspy
-from anyio.streams.memory import MemoryObjectSendStream
 from dspy.streaming import StatusMessage, StatusMessageProvider, StreamListener, StreamResponse
 from dspy.utils.callback import BaseCallback
+
+from dspy_serve.lm.response_tags import TaggedChunk
 
 __all__ = [
     "JsonStringDecoder",
     "PredictorNames",
     "ProgramReturned",
     "ProgressMessages",
-    "one_response",
     "stream_program",
     "well_formed",
 ]
@@ -79,37 +79,6 @@ class ProgressMessages(StatusMessageProvider):
         if name is None:
             return None
         return "Running..." if name == "self" else f"Running {name}..."
-
-
-@dataclass(frozen=True)
-class _Chunk:
-    """A token chunk of one LM response (see :func:`one_response`)."""
-
-    response: object
-    chunk: Any
-
-
-class _ResponseStream:
-    """The send side of a stream as one LM response sees it: its chunks carry its tag."""
-
-    def __init__(self, send: MemoryObjectSendStream[Any]) -> None:
-        self._send, self._response = send, object()
-
-    async def send(self, item: Any) -> None:
-        await self._send.send(_Chunk(self._response, item))
-
-
-@contextmanager
-def one_response() -> Iterator[None]:
-    """Around one LM call: its chunks are told apart from those of other responses of the same
-    predictor streaming at the same time (``dspy.Parallel`` branches), which DSPy's chunks
-    cannot do (same predictor id, and the native engine gives no response id)."""
-    send = dspy.settings.send_stream
-    if not isinstance(send, MemoryObjectSendStream):
-        yield
-        return
-    with dspy.context(send_stream=_ResponseStream(send)):
-        yield
 
 
 @dataclass(frozen=True)
@@ -215,7 +184,7 @@ async def stream_program(
                     yield item
                 else:
                     response, chunk = (
-                        (item.response, item.chunk) if isinstance(item, _Chunk) else (None, item)
+                        (item.response, item.chunk) if isinstance(item, TaggedChunk) else (None, item)
                     )
                     step = progress.steps.get(getattr(chunk, "predict_id", None) or 0)
                     for field in fields_of(step, response) if step is not None else ():

@@ -1,0 +1,50 @@
+"""Tell apart the token chunks of LM responses streaming at the same time.
+
+DSPy's chunks name their predictor but not their response: concurrent responses of one
+predictor (``dspy.Parallel`` branches) would interleave beyond repair, and the native engine
+gives no response id. Each LM call wraps the stream's send side so its chunks carry a tag of
+their own; the streaming pipeline (:mod:`dspy_serve.serving.streaming`) routes by it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import dspy
+from anyio.streams.memory import MemoryObjectSendStream
+
+__all__ = ["TaggedChunk", "one_response"]
+
+
+@dataclass(frozen=True)
+class TaggedChunk:
+    """A token chunk of one LM response, with its tag (see :func:`one_response`)."""
+
+    response: object
+    chunk: Any
+
+
+class _ResponseStream:
+    """The send side of a stream as one LM response sees it: its chunks carry its tag."""
+
+    def __init__(self, send: MemoryObjectSendStream[Any]) -> None:
+        self._send, self._response = send, object()
+
+    async def send(self, item: Any) -> None:
+        await self._send.send(TaggedChunk(self._response, item))
+
+
+@contextmanager
+def one_response() -> Iterator[None]:
+    """Around one LM call: its chunks are told apart from those of other responses of the same
+    predictor streaming at the same time (``dspy.Parallel`` branches), which DSPy's chunks
+    cannot do (same predictor id, and the native engine gives no response id)."""
+    send = dspy.settings.send_stream
+    if not isinstance(send, MemoryObjectSendStream):
+        yield
+        return
+    with dspy.context(send_stream=_ResponseStream(send)):
+        yield
