@@ -131,30 +131,43 @@ def _or_exit_3() -> Iterator[None]:
 
 
 def serve(settings: ServeSettings) -> None:
-    """Run a server until interrupted: build the app (programs load now), then uvicorn."""
+    """Run a server until interrupted: load the programs, check the LMs, bind the port, then serve.
+
+    Everything that can be wrong with the command is found here, in this process, before any
+    worker starts: a mistake is one line and exit 3, never a worker crashing in a loop.
+    """
     from dspy_serve.app import create_app
-    from dspy_serve.deploy.uvicorn_server import ServeServer, uvicorn_config
+    from dspy_serve.deploy.uvicorn_server import ServeServer, bind_socket, socket_url, uvicorn_config
+    from dspy_serve.lm.checks import check_lms
     from dspy_serve.logs import configure_logging
+    from dspy_serve.serving.service import Service
 
     configure_logging(settings.log_level, settings.log_format)
     if settings.engine == "ray":
         _serve_on_ray(settings)
         return
+    with _or_exit_3():
+        if settings.workers > 1:
+            Service(settings)  # each worker loads its own; this one only proves they will load
+        else:
+            app = create_app(settings)
+        check_lms(settings, probe=settings.check_lm)
+        sock = bind_socket(settings.host, settings.port)
+    url = socket_url(sock)
     if settings.workers > 1:
         from dspy_serve.deploy.workers import run_workers
 
-        click.echo(
-            f"dspy-serve: {settings.workers} workers on http://{settings.host}:{settings.port}", err=True
-        )
+        click.echo(f"dspy-serve: starting {settings.workers} workers on {url}  (docs: {url}/docs)", err=True)
         with contextlib.suppress(KeyboardInterrupt):
-            run_workers(settings)
+            run_workers(settings, sock)
         return
-    with _or_exit_3():
-        app = create_app(settings)
-    click.echo(f"dspy-serve: serving on http://{settings.host}:{settings.port}  (docs: /docs)", err=True)
-    server = ServeServer(uvicorn_config(app, settings), app.state.service)
+
+    def announce() -> None:
+        click.echo(f"dspy-serve: serving on {url}  (docs: {url}/docs)", err=True)
+
+    server = ServeServer(uvicorn_config(app, settings), app.state.service, on_started=announce)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it captured, after shutdown
-        server.run()
+        server.run(sockets=[sock])
     if not server.started:
         sys.exit(3)
 
@@ -166,7 +179,10 @@ def _serve_on_ray(settings: ServeSettings) -> None:
         raise click.UsageError("--engine ray needs Ray Serve: pip install 'dspy-serve[ray]'") from None
     if settings.workers > 1:
         raise click.UsageError("--workers is for --engine uvicorn; on Ray, use --replicas")
+    from dspy_serve.lm.checks import check_lms
+
     with _or_exit_3():
+        check_lms(settings, probe=settings.check_lm)
         run_on_ray(settings)
 
 
@@ -259,8 +275,11 @@ def _mcp(config: Path | None, **values: Any) -> None:
 
     configure_logging(settings.log_level, settings.log_format)  # to stderr: stdout is the protocol
     # Importing a program may print: stdout is the protocol.
+    from dspy_serve.lm.checks import check_lms
+
     with _or_exit_3(), contextlib.redirect_stdout(sys.stderr):
         service = Service(settings)
+        check_lms(settings, probe=settings.check_lm)
     with contextlib.suppress(KeyboardInterrupt):
         run_stdio(service)
 

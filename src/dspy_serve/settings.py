@@ -102,6 +102,11 @@ class ServeSettings(BaseSettings):
     lm_connections: int | None = Field(
         default=None, gt=0, description="LM connection pool size. Unset: sized from max_in_flight."
     )
+    check_lm: bool = Field(
+        default=False,
+        description="At startup, make one tiny call to each configured model; if one fails, the "
+        "command stops with the reason (exit 3) instead of serving.",
+    )
 
     # --- DSPy response cache --------------------------------------------------------------------
     cache: bool = Field(

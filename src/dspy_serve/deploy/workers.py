@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.supervisors import Multiprocess
 
 from dspy_serve.deploy.uvicorn_server import uvicorn_options
 from dspy_serve.logs import configure_logging
@@ -62,7 +64,7 @@ def _refuse_new_calls_on_exit(service: Service) -> None:
         signal.signal(sig, handler)
 
 
-def run_workers(settings: ServeSettings) -> None:
+def run_workers(settings: ServeSettings, sock: socket.socket) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="dspy-serve-"))
     try:
         settings_file = workdir / "settings.json"
@@ -72,11 +74,13 @@ def run_workers(settings: ServeSettings) -> None:
         metrics_dir.mkdir()
         os.environ[SETTINGS_FILE_ENV] = str(settings_file)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-        uvicorn.run(
+        config = uvicorn.Config(
             "dspy_serve.deploy.workers:worker_app",
             factory=True,
             workers=settings.workers,
             **uvicorn_options(settings),
         )
+        # The parent bound the port (a taken one is a clear message there, and --port 0 is known).
+        Multiprocess(config, sockets=[sock]).run()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

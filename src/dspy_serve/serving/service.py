@@ -27,6 +27,7 @@ from dspy.streaming import StatusMessage, StreamResponse
 from pydantic import ValidationError
 
 from dspy_serve.errors import RequestTimeout, ServeError, ServiceUnavailable, UpstreamError, from_exception
+from dspy_serve.lm.checks import missing_credentials
 from dspy_serve.lm.registry import LanguageModels
 from dspy_serve.serving import pricing, tracing
 from dspy_serve.serving.call_scope import CallScope
@@ -78,6 +79,8 @@ class Service:
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         _configure_dspy(self.settings)
+        for problem in missing_credentials(self.settings, self._given_lm):
+            logger.error("%s: calls to it will fail", problem)  # the CLI refuses to start instead
         # Loading a local model reads ~100 MB: keep it off the event loop.
         self.lms = await anyio.to_thread.run_sync(LanguageModels, self.settings, self._given_lm)
         self._threads = anyio.CapacityLimiter(self.settings.sync_thread_count)
