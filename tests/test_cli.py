@@ -125,5 +125,61 @@ def test_call_prints_the_outputs(fake_lm: FakeLM) -> None:
         )
     assert plain.returncode == 0, plain.stderr
     assert json.loads(plain.stdout)["outputs"] == {"answer": "Paris"}
-    assert streamed.stdout.startswith("Paris\n")
-    assert refused.returncode == 1 and "404" in refused.stderr
+    assert streamed.stdout.startswith("answer: Paris\n")
+    assert refused.returncode == 1 and "404 program_not_found" in refused.stderr
+    assert "no program named 'nope' on this server; it serves: qa" in refused.stderr
+
+
+def test_call_streams_each_field_under_its_label_and_names_bad_fields(fake_lm: FakeLM) -> None:
+    from dspy_serve import create_app
+    from tests.support.servers import serving
+    from tests.support.settings import fake_settings
+
+    fake_lm.answers = {"reasoning": "France's capital.", "answer": "Paris"}
+    os.environ.setdefault("OPENAI_API_KEY", FAKE_KEY)
+    app = create_app(fake_settings(fake_lm, programs=[f"cot={PROGRAMS / 'sample_programs.py'}:cot"]))
+    with serving(app) as server:
+        streamed = subprocess.run(
+            [*CLI, "call", server.base_url, "cot", "question=Capital?", "--stream"],
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        invalid = subprocess.run(
+            [*CLI, "call", server.base_url, "cot", "questio=Capital?"],
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout.startswith("predict.reasoning: France's capital.\npredict.answer: Paris\n"), (
+        streamed.stdout
+    )
+    assert invalid.returncode == 1
+    assert invalid.stderr.splitlines() == [
+        "dspy-serve: 422 invalid_input: The request does not match the program's input schema.",
+        "  inputs.question: Field required",
+        "  inputs.questio: Extra inputs are not permitted",
+    ]
+
+
+def test_call_to_a_server_that_is_not_there_is_one_line() -> None:
+    port = free_port()
+    for url, reason in (
+        (f"127.0.0.1:{port}", "Connection refused"),
+        ("ftp://example", "unsupported protocol"),
+    ):
+        result = subprocess.run(
+            [*CLI, "call", url, "qa", "question=q", "--timeout", "5"],
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 1
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+        assert result.stderr.startswith("dspy-serve: cannot reach ") and reason in result.stderr, (
+            result.stderr
+        )

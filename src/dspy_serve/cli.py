@@ -231,7 +231,9 @@ def call_command(url: str, name: str, fields: tuple[str, ...], stream: bool, tim
     import json
     import os
 
-    from dspy_serve.client import Client, StatusEvent, TokenEvent
+    import httpx
+
+    from dspy_serve.client import Client
     from dspy_serve.errors import ServeError
 
     inputs: dict[str, object] = {}
@@ -243,25 +245,43 @@ def call_command(url: str, name: str, fields: tuple[str, ...], stream: bool, tim
             inputs[key] = json.loads(raw)
         except ValueError:
             inputs[key] = raw
-    with Client(url, api_key=os.environ.get("DSPY_SERVE_CLIENT_KEY"), timeout=timeout) as client:
-        program = client.program(name)
-        try:
-            if stream:
-                prediction = None
-                for event in program.stream(**inputs):
-                    if isinstance(event, TokenEvent):
-                        click.echo(event.chunk, nl=False)
-                    elif not isinstance(event, StatusEvent):
-                        prediction = event
-                click.echo()
-            else:
-                prediction = program(**inputs)
-        except ServeError as exc:
-            click.echo(f"dspy-serve: {exc.status} {exc.code}: {exc.detail}", err=True)
-            sys.exit(1)
+    if "://" not in url:
+        url = "http://" + url  # "127.0.0.1:8000" means what it says
+    try:
+        with Client(url, api_key=os.environ.get("DSPY_SERVE_CLIENT_KEY"), timeout=timeout) as client:
+            program = client.program(name)
+            prediction = _print_stream(program.stream(**inputs)) if stream else program(**inputs)
+    except ServeError as exc:
+        click.echo(f"dspy-serve: {exc.status} {exc.code}: {exc.detail}", err=True)
+        for line in exc.field_errors():
+            click.echo(f"  {line}", err=True)
+        sys.exit(1)
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        reason = str(exc) or type(exc).__name__
+        click.echo(f"dspy-serve: cannot reach {url}: {reason}", err=True)
+        sys.exit(1)
     outputs = dict(prediction.items()) if prediction is not None else {}
     usage = prediction.get_lm_usage() if prediction is not None else {}
     click.echo(json.dumps({"outputs": outputs, "usage": usage}, indent=2))
+
+
+def _print_stream(events: Iterator[Any]) -> Any:
+    """Print tokens as they arrive, each field under its own label; return the prediction."""
+    from dspy_serve.client import StatusEvent, TokenEvent
+
+    prediction, current = None, None
+    for event in events:
+        if isinstance(event, TokenEvent):
+            label = event.field if event.predictor in ("", "self") else f"{event.predictor}.{event.field}"
+            if label != current:
+                click.echo(("\n" if current is not None else "") + f"{label}: ", nl=False)
+                current = label
+            click.echo(event.chunk, nl=False)
+        elif not isinstance(event, StatusEvent):
+            prediction = event
+    if current is not None:
+        click.echo()
+    return prediction
 
 
 def _mcp(config: Path | None, **values: Any) -> None:
