@@ -25,6 +25,7 @@ from dspy_serve.web.auth import ApiKeyMiddleware
 from dspy_serve.web.discovery import build_router
 from dspy_serve.web.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from dspy_serve.web.openapi import document_event_streams
+from dspy_serve.web.pages import add_pages
 from dspy_serve.web.problems import install_error_handlers
 
 if TYPE_CHECKING:
@@ -68,8 +69,11 @@ def create_app(
         version=VERSION,
         description="DSPy programs served by dspy-serve. Errors are RFC 9457 problem+json.",
         lifespan=lifespan,
+        docs_url=None,  # served from the package by add_pages, not from a CDN
+        redoc_url=None,
     )
     app.state.service = service
+    add_pages(app, service)
     app.include_router(build_router(service))
     app.include_router(build_openai_router(service))
     if mcp is not None:

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from dspy_serve.errors import RequestTimeout, ServeError, ServiceUnavailable, UpstreamError, from_exception
 from dspy_serve.lm.checks import missing_credentials
-from dspy_serve.lm.registry import LanguageModels
+from dspy_serve.lm.registry import LanguageModels, allowed_models
 from dspy_serve.serving import pricing, tracing
 from dspy_serve.serving.call_scope import CallScope
 from dspy_serve.serving.caller import Caller
@@ -125,6 +125,11 @@ class Service:
             await self.lms.aclose()
         self.metrics.close()
         self.state = ServiceState.STOPPED
+
+    @property
+    def model_names(self) -> list[str]:
+        """The models callers may pick, the default first (known before startup builds them)."""
+        return allowed_models(self.settings, self._given_lm)
 
     @property
     def ready(self) -> bool:

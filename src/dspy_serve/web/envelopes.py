@@ -81,14 +81,26 @@ def _keep_invalid(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         return InvalidItem([dict(err) for err in exc.errors(include_url=False, include_input=False)])
 
 
-def options_model(max_tokens_limit: int) -> type[BaseModel]:
+def options_model(max_tokens_limit: int, models: list[str]) -> type[BaseModel]:
+    """The options of a call. Each field's example is a value this server accepts, so the docs'
+    "Try it out" request works as given (a generated ``"model": "string"`` would be a 403)."""
     return create_model(
         "CallOptions",
         __config__=ConfigDict(extra="forbid"),
         __doc__="Per-request LM options. `model` must be on the server's allow-list.",
-        model=(str | None, Field(default=None, description="One of the allowed models (see GET /programs).")),
-        temperature=(float | None, Field(default=None, ge=0, le=2)),
-        max_tokens=(int | None, Field(default=None, gt=0, le=max_tokens_limit)),
+        model=(
+            str | None,
+            Field(
+                default=None,
+                description=f"One of the allowed models: {', '.join(models)}.",
+                examples=models[:1],
+            ),
+        ),
+        temperature=(float | None, Field(default=None, ge=0, le=2, examples=[0.7])),
+        max_tokens=(
+            int | None,
+            Field(default=None, gt=0, le=max_tokens_limit, examples=[min(256, max_tokens_limit)]),
+        ),
     )
 
 
