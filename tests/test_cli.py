@@ -33,6 +33,32 @@ def test_help_documents_every_setting() -> None:
         assert flag in result.stdout
 
 
+def test_run_help_groups_the_options_and_types_them() -> None:
+    result = subprocess.run([*CLI, "run", "--help"], capture_output=True, text=True, timeout=60, check=True)
+    help_text = result.stdout
+    assert "run [OPTIONS] [TARGET]..." in help_text
+    headings = [
+        line for line in help_text.splitlines() if line and not line[0].isspace() and line.endswith(":")
+    ]
+    assert headings == [
+        "Command:",
+        "Programs:",
+        "Language model:",
+        "DSPy response cache:",
+        "Limits:",
+        "Security:",
+        "HTTP server:",
+        "Scaling:",
+        "Logging and tracing:",
+    ]
+    for typed in ("--timeout FLOAT", "--port INTEGER", "--api-keys-file PATH", "--adapter [auto|chat|json]"):
+        assert typed in help_text
+    bad = subprocess.run(
+        [*CLI, "run", "x.py:p", "--port", "eighty"], env=cli_env(), capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 2 and "'eighty' is not a valid integer" in bad.stderr
+
+
 def test_run_serves_a_program_until_interrupted(fake_lm: FakeLM, tmp_path: Path) -> None:
     fake_lm.answers = {"answer": "Paris"}
     port = free_port()

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from dspy_serve._version import VERSION
-from dspy_serve.settings import ENV_PREFIX, ServeSettings, load_settings
+from dspy_serve.settings import ENV_PREFIX, ServeSettings, load_settings, setting_sections
 
 __all__ = ["main"]
 
@@ -47,6 +47,42 @@ def _is_bool(annotation: Any) -> bool:
     return annotation is bool
 
 
+def _click_type(annotation: Any) -> Any:
+    """The click type of a setting, so help shows INTEGER, FLOAT, PATH or the choices."""
+    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    inner = args[0] if len(args) == 1 and typing.get_origin(annotation) is not Literal else annotation
+    choices = _choices(inner)
+    if choices:
+        return click.Choice(choices)
+    if inner is int:
+        return click.INT
+    if inner is float:
+        return click.FLOAT
+    if inner is Path:
+        return click.Path(path_type=Path)
+    return click.STRING
+
+
+class _GroupedCommand(click.Command):
+    """A command whose ``--help`` lists the settings under their sections of settings.py
+    (programs, language model, limits, security, ...), not as one flat list."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        section_of = {name: title for title, names in setting_sections().items() for name in names}
+        grouped: dict[str, list[tuple[str, str]]] = {"Command": []}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if isinstance(param, click.Argument) and param.name in ServeSettings.model_fields:
+                record = ("[TARGET]...", ServeSettings.model_fields[param.name].description or "")
+            if record is not None:
+                title = section_of.get(param.name or "", "Command")
+                grouped.setdefault(title[0].upper() + title[1:], []).append(record)
+        for title, records in grouped.items():
+            if records:
+                with formatter.section(title):
+                    formatter.write_dl(records)
+
+
 def _settings_params() -> list[click.Parameter]:
     params: list[click.Parameter] = []
     for name, info in ServeSettings.model_fields.items():
@@ -54,7 +90,7 @@ def _settings_params() -> list[click.Parameter]:
         envvar = f"{ENV_PREFIX}{name.upper()}"
         help_text = f"{info.description or ''} [env: {envvar}]"
         if flag == "positional":
-            params.append(click.Argument([name], nargs=-1, required=False))
+            params.append(click.Argument([name], nargs=-1, required=False, metavar="[TARGET]..."))
             continue
         if flag == "env-only":
             continue
@@ -68,9 +104,11 @@ def _settings_params() -> list[click.Parameter]:
         elif _is_list(annotation):
             params.append(click.Option([flag, name], multiple=True, help=help_text + " (repeatable)"))
         else:
-            choices = _choices(annotation)
-            kind: Any = click.Choice(choices) if choices else click.STRING
-            params.append(click.Option([flag, name], type=kind, default=None, help=help_text + default_note))
+            params.append(
+                click.Option(
+                    [flag, name], type=_click_type(annotation), default=None, help=help_text + default_note
+                )
+            )
     return params
 
 
@@ -195,7 +233,7 @@ def _friendly(exc: Exception) -> str:
     return str(exc)
 
 
-run_command = click.Command(
+run_command = _GroupedCommand(
     "run",
     callback=_run,
     params=[
@@ -304,7 +342,7 @@ def _mcp(config: Path | None, **values: Any) -> None:
         run_stdio(service)
 
 
-mcp_command = click.Command(
+mcp_command = _GroupedCommand(
     "mcp",
     callback=_mcp,
     params=run_command.params,

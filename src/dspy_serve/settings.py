@@ -8,6 +8,7 @@ file, defaults. Unknown keys in ``.env`` or TOML are errors, not silently ignore
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,7 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["ServeSettings", "load_settings"]
+__all__ = ["ServeSettings", "load_settings", "setting_sections"]
 
 ENV_PREFIX = "DSPY_SERVE_"
 
@@ -41,7 +42,7 @@ class ServeSettings(BaseSettings):
         dotenv_filtering="match_prefix",
     )
 
-    # --- programs -------------------------------------------------------------------------------
+    # --- programs ---------------------------------------------------------------------------------
     programs: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Programs to serve: 'path/file.py:NAME' or 'pkg.module:NAME', optionally 'alias=TARGET'.",
@@ -67,7 +68,7 @@ class ServeSettings(BaseSettings):
         default=False, description="Allow .pkl artifacts and save_program directories (they can run code)."
     )
 
-    # --- language model -------------------------------------------------------------------------
+    # --- language model ---------------------------------------------------------------------------
     model: str | None = Field(
         default=None,
         description="Default LM for every program, e.g. 'openai/gpt-4o-mini'. "
@@ -108,7 +109,7 @@ class ServeSettings(BaseSettings):
         "command stops with the reason (exit 3) instead of serving.",
     )
 
-    # --- DSPy response cache --------------------------------------------------------------------
+    # --- DSPy response cache ----------------------------------------------------------------------
     cache: bool = Field(
         default=False,
         description="DSPy's response cache. Off by default: a server's callers expect a fresh answer, and a "
@@ -121,7 +122,7 @@ class ServeSettings(BaseSettings):
         default=None, description="On-disk cache directory (when cache is on). Unset: memory only."
     )
 
-    # --- execution ------------------------------------------------------------------------------
+    # --- limits -----------------------------------------------------------------------------------
     timeout: float = Field(default=60.0, gt=0, description="Per-request deadline in seconds (504 past it).")
     max_in_flight: int = Field(
         default=256, gt=0, description="Program calls running at once, across all programs of this process."
@@ -136,12 +137,27 @@ class ServeSettings(BaseSettings):
     )
     batch_max_items: int = Field(default=64, gt=0, description="Most inputs one /batch request may carry.")
     batch_concurrency: int = Field(default=16, gt=0, description="Items of one batch request run at once.")
-
     stream_heartbeat: float = Field(
         default=15.0, gt=0, description="Seconds of silence after which a stream sends a keep-alive comment."
     )
+    rate_limit: str | None = Field(
+        default=None,
+        description="Requests per key (per client address without keys), e.g. '60/minute'. Unset: none.",
+    )
+    token_rate_limit: str | None = Field(
+        default=None, description="LM tokens per key (or client address), e.g. '100000/hour'. Unset: none."
+    )
+    rate_limit_storage: str = Field(
+        default="memory://",
+        description="Where limits are counted: 'memory://' (this process) or 'redis://host:port' "
+        "(shared by workers and replicas).",
+    )
+    max_body_bytes: int = Field(default=1_000_000, gt=0, description="Largest request body (413 beyond).")
+    max_input_chars: int = Field(
+        default=100_000, gt=0, description="Longest string any input field may hold (422 beyond)."
+    )
 
-    # --- access -------------------------------------------------------------------------------
+    # --- security ---------------------------------------------------------------------------------
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="API keys, '[name:]key' each; setting any turns authentication on. Callers send "
@@ -161,34 +177,24 @@ class ServeSettings(BaseSettings):
         description="Origins allowed by CORS ('*' for any). None by default: browsers get no CORS access.",
         json_schema_extra={"cli": "--cors-origin"},
     )
-    rate_limit: str | None = Field(
-        default=None,
-        description="Requests per key (per client address without keys), e.g. '60/minute'. Unset: none.",
-    )
-    token_rate_limit: str | None = Field(
-        default=None, description="LM tokens per key (or client address), e.g. '100000/hour'. Unset: none."
-    )
-    rate_limit_storage: str = Field(
-        default="memory://",
-        description="Where limits are counted: 'memory://' (this process) or 'redis://host:port' "
-        "(shared by workers and replicas).",
-    )
-    max_body_bytes: int = Field(default=1_000_000, gt=0, description="Largest request body (413 beyond).")
-    max_input_chars: int = Field(
-        default=100_000, gt=0, description="Longest string any input field may hold (422 beyond)."
-    )
 
-    otel: bool = Field(
-        default=False,
-        description="OpenTelemetry traces: a server span per request and a span per program call "
-        "(needs dspy-serve[otel]; export with your TracerProvider or opentelemetry-instrument).",
+    # --- HTTP server ------------------------------------------------------------------------------
+    host: str = Field(default="127.0.0.1", description="Interface to bind.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
+    shutdown_grace: float = Field(
+        default=20.0,
+        ge=0,
+        description="Seconds in-flight requests get to finish on SIGTERM before cancellation.",
     )
-    mlflow_autolog: bool = Field(
-        default=False,
-        description="Trace every call to MLflow (mlflow.dspy.autolog(), set up at startup; needs mlflow).",
-    )
+    title: str = Field(default="dspy-serve", description="Title of the OpenAPI document.")
 
-    # --- scale-out on Ray Serve -----------------------------------------------------------------
+    # --- scaling ----------------------------------------------------------------------------------
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="Worker processes on the one port. Metrics aggregate across them; share rate "
+        "limits with rate_limit_storage=redis://...",
+    )
     engine: Literal["uvicorn", "ray"] = Field(
         default="uvicorn",
         description="'uvicorn': this machine (one process, or --workers). 'ray': replicas of a Ray Serve "
@@ -214,25 +220,20 @@ class ServeSettings(BaseSettings):
         default=1.0, ge=0, description="CPUs Ray reserves for each replica (LM-bound programs need little)."
     )
 
-    # --- HTTP -----------------------------------------------------------------------------------
-    host: str = Field(default="127.0.0.1", description="Interface to bind.")
-    port: int = Field(default=8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
-    workers: int = Field(
-        default=1,
-        ge=1,
-        description="Worker processes on the one port. Metrics aggregate across them; share rate "
-        "limits with rate_limit_storage=redis://...",
-    )
+    # --- logging and tracing ----------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
     log_format: Literal["auto", "json", "text"] = Field(
         default="auto", description="'auto': JSON lines, or plain text when attached to a terminal."
     )
-    shutdown_grace: float = Field(
-        default=20.0,
-        ge=0,
-        description="Seconds in-flight requests get to finish on SIGTERM before cancellation.",
+    otel: bool = Field(
+        default=False,
+        description="OpenTelemetry traces: a server span per request and a span per program call "
+        "(needs dspy-serve[otel]; export with your TracerProvider or opentelemetry-instrument).",
     )
-    title: str = Field(default="dspy-serve", description="Title of the OpenAPI document.")
+    mlflow_autolog: bool = Field(
+        default=False,
+        description="Trace every call to MLflow (mlflow.dspy.autolog(), set up at startup; needs mlflow).",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -298,6 +299,29 @@ def _check_rate(limit: str) -> None:
         parse_many(limit)
     except ValueError:
         raise ValueError(f"{limit!r} is not a rate such as '60/minute' or '1000/hour'") from None
+
+
+def setting_sections() -> dict[str, list[str]]:
+    """The fields under each ``# --- section ---`` comment of this file, in source order: the
+    groups of ``run --help`` and of docs/settings.md, declared once, where the fields are."""
+    source = Path(__file__).read_text(encoding="utf-8")
+    settings_class = next(
+        node
+        for node in ast.parse(source).body
+        if isinstance(node, ast.ClassDef) and node.name == "ServeSettings"
+    )
+    lines = source.splitlines()
+    grouped: dict[str, list[str]] = {}
+    current, previous_end = "general", settings_class.lineno
+    for node in settings_class.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            for line in lines[previous_end : node.lineno - 1]:
+                if line.strip().startswith("# ---"):
+                    current = line.strip(" #-")
+            if node.target.id in ServeSettings.model_fields:
+                grouped.setdefault(current, []).append(node.target.id)
+        previous_end = node.end_lineno or node.lineno
+    return grouped
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> ServeSettings:
