@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import re
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import dspy
 
@@ -35,9 +37,10 @@ class ServingLM(dspy.LM):
     surfaces after 21 s), so it is switched off (``num_retries=0``) and done here instead.
     """
 
-    def __init__(self, model: str, *, retries: int = 3, **kwargs: Any) -> None:
+    def __init__(self, model: str, *, retries: int = 3, endpoint: str | None = None, **kwargs: Any) -> None:
         super().__init__(model, num_retries=0, **kwargs)
         self.serve_retries = retries
+        self.endpoint = endpoint or "the provider's default URL"  # for logs: no path, no credentials
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         for attempt in range(self.serve_retries + 1):
@@ -46,6 +49,7 @@ class ServingLM(dspy.LM):
                 outputs = super().__call__(*args, **kwargs)
             except Exception as exc:
                 delay = self._retry_delay(exc, attempt)
+                self._log_failure(exc, attempt, delay)
                 if delay is None:
                     raise
             else:
@@ -61,6 +65,7 @@ class ServingLM(dspy.LM):
                 outputs = await super().acall(*args, **kwargs)
             except Exception as exc:
                 delay = self._retry_delay(exc, attempt)
+                self._log_failure(exc, attempt, delay)
                 if delay is None:
                     raise
             else:
@@ -68,6 +73,21 @@ class ServingLM(dspy.LM):
                 return outputs
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _log_failure(self, exc: Exception, attempt: int, delay: float | None) -> None:
+        """What the operator needs when the LM fails (callers only get a typed status): where the
+        calls went and what the client said. Never the prompt, and never a credential."""
+        then = f"retrying in {delay:.2g} s" if delay is not None else "giving up"
+        logger.warning(
+            "LM call failed: %s at %s: %s: %s (attempt %d of %d, %s)",
+            self.model,
+            self.endpoint,
+            type(exc).__name__,
+            _redacted(str(exc)),
+            attempt + 1,
+            self.serve_retries + 1,
+            then,
+        )
 
     def _retry_delay(self, exc: Exception, attempt: int) -> float | None:
         """Seconds to wait before the next attempt, or None to give up now."""
@@ -86,6 +106,25 @@ class ServingLM(dspy.LM):
                 ) from exc
             return None
         return delay
+
+
+_USERINFO = re.compile(r"[^\s/@]+@(?=[^\s/@]+)")
+
+
+def _redacted(message: str) -> str:
+    """An LM client's message, made fit for a log: its first line, without ``user:password@`` in
+    a URL, bounded (a provider's error body could echo anything)."""
+    first_line = message.strip().splitlines()[0] if message.strip() else ""
+    return _USERINFO.sub("", first_line)[:300]
+
+
+def endpoint_of(api_base: str | None) -> str | None:
+    """``scheme://host:port`` of an API base, for logs: the path and user info can hold secrets."""
+    if not api_base:
+        return None
+    parts = urlsplit(api_base)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}" if host else None
 
 
 def _count_call(model: str) -> None:
@@ -193,7 +232,9 @@ class LanguageModels:
             model, engine, async_engine = local_engines(
                 None if name == "local" else name, max_tokens=settings.max_tokens or 256
             )
-            return ServingLM(model, retries=0, engine=engine, async_engine=async_engine, **common)
+            return ServingLM(
+                model, retries=0, engine=engine, async_engine=async_engine, endpoint="this process", **common
+            )
         if settings.max_tokens is not None:
             common["max_tokens"] = settings.max_tokens
         engines = pooled_engines(
@@ -205,12 +246,23 @@ class LanguageModels:
         if engines is not None:
             pooled, async_pooled = engines
             return ServingLM(
-                name, retries=settings.lm_retries, engine=pooled, async_engine=async_pooled, **common
+                name,
+                retries=settings.lm_retries,
+                engine=pooled,
+                async_engine=async_pooled,
+                endpoint=endpoint_of(settings.api_base),
+                **common,
             )
         logger.info("%s is not routed natively by DSPy; its connection pool keeps DSPy's default size", name)
         if settings.api_base is not None:
             common["api_base"] = settings.api_base
-        return ServingLM(name, retries=settings.lm_retries, timeout=settings.timeout, **common)
+        return ServingLM(
+            name,
+            retries=settings.lm_retries,
+            timeout=settings.timeout,
+            endpoint=endpoint_of(settings.api_base),
+            **common,
+        )
 
     async def aclose(self) -> None:
         for lm in self._lms.values():
