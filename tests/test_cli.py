@@ -119,6 +119,22 @@ def test_bad_setting_values_are_usage_errors() -> None:
     assert "timeout" in result.stderr and "greater than 0" in result.stderr
 
 
+def test_a_typo_in_env_or_toml_names_the_file_and_the_setting(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("DSPY_SERVE_MODLE=openai/fake-model\nOPENAI_API_KEY=sk-x\n")
+    (tmp_path / "serve.toml").write_text("timeot = 3\n")
+    result = subprocess.run(
+        [*CLI, "run", "x.py:p", "--config", "serve.toml"],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "serve.toml: unknown setting 'timeot'; did you mean 'timeout'?" in result.stderr
+    assert ".env: unknown setting 'DSPY_SERVE_MODLE'; did you mean 'DSPY_SERVE_MODEL'?" in result.stderr
+
+
 def test_call_prints_the_outputs(fake_lm: FakeLM) -> None:
     from dspy_serve import create_app
     from tests.support.servers import serving

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from dspy_serve._version import VERSION
-from dspy_serve.settings import ENV_PREFIX, ServeSettings, load_settings, setting_sections
+from dspy_serve.settings import ENV_PREFIX, ServeSettings, load_settings, setting_sections, unknown_setting
 
 __all__ = ["main"]
 
@@ -145,7 +145,7 @@ def _settings(config: Path | None, values: dict[str, Any]) -> ServeSettings:
     try:
         settings = load_settings(config, **_overrides(values))
     except (ValidationError, FileNotFoundError, ValueError) as exc:
-        raise click.UsageError(_friendly(exc)) from None
+        raise click.UsageError(_friendly(exc, config)) from None
     if not settings.programs:
         raise click.UsageError("give at least one TARGET, e.g. examples/qa.py:program")
     return settings
@@ -224,10 +224,12 @@ def _serve_on_ray(settings: ServeSettings) -> None:
         run_on_ray(settings)
 
 
-def _friendly(exc: Exception) -> str:
+def _friendly(exc: Exception, config: Path | None = None) -> str:
     if isinstance(exc, ValidationError):
         return "; ".join(
-            f"{'.'.join(str(part) for part in err['loc']) or 'settings'}: {err['msg']}"
+            unknown_setting(str(err["loc"][0]), config)
+            if err["type"] == "extra_forbidden" and len(err["loc"]) == 1
+            else f"{'.'.join(str(part) for part in err['loc']) or 'settings'}: {err['msg']}"
             for err in exc.errors(include_url=False)
         )
     return str(exc)

@@ -9,10 +9,13 @@ file, defaults. Unknown keys in ``.env`` or TOML are errors, not silently ignore
 from __future__ import annotations
 
 import ast
+import difflib
 import json
+import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -22,7 +25,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["ServeSettings", "load_settings", "setting_sections"]
+__all__ = ["ServeSettings", "load_settings", "setting_sections", "unknown_setting"]
 
 ENV_PREFIX = "DSPY_SERVE_"
 
@@ -322,6 +325,31 @@ def setting_sections() -> dict[str, list[str]]:
                 grouped.setdefault(current, []).append(node.target.id)
         previous_end = node.end_lineno or node.lineno
     return grouped
+
+
+def unknown_setting(key: str, config_file: Path | None) -> str:
+    """Say where an unknown key was written and which setting was likely meant: a typo in a file
+    is otherwise a bare "extra inputs are not permitted" naming neither."""
+    names = list(ServeSettings.model_fields)
+    close = difflib.get_close_matches(key.lower(), names, n=1)
+    if config_file is not None and key in _toml_keys(config_file):
+        hint = f"; did you mean {close[0]!r}?" if close else f" (settings: {', '.join(names)})"
+        return f"{config_file}: unknown setting {key!r}{hint}"
+    env_file = Path(str(ServeSettings.model_config.get("env_file") or ".env"))
+    written = ENV_PREFIX + key.upper()
+    if env_file.is_file() and written in {name.upper() for name in dotenv_values(env_file)}:
+        hint = f"; did you mean {ENV_PREFIX + close[0].upper()!r}?" if close else ""
+        return f"{env_file}: unknown setting {written!r}{hint}"
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown setting {key!r}{hint}"
+
+
+def _toml_keys(path: Path) -> set[str]:
+    try:
+        with path.open("rb") as handle:
+            return set(tomllib.load(handle))
+    except (OSError, tomllib.TOMLDecodeError):
+        return set()
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> ServeSettings:
