@@ -402,3 +402,25 @@ def test_example_inputs_come_from_a_nested_predictors_demos() -> None:
     ]
 
     assert example_inputs(derive_interface("rag", program), program) == {"question": "Who?"}
+
+
+def test_a_module_without_a_docstring_has_no_description_not_its_first_steps() -> None:
+    """A predictor's instructions describe one step; the program is described by its own class."""
+
+    class TwoSteps(dspy.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.draft = dspy.Predict(sp.QA)  # "Answer the question."
+
+        def forward(self, question: str) -> dspy.Prediction:
+            return self.draft(question=question)
+
+    class Documented(TwoSteps):
+        """Draft an answer, then check it."""
+
+    class Inherits(Documented):
+        pass
+
+    assert derive_interface("bare", TwoSteps()).instructions == ""
+    assert derive_interface("documented", Documented()).instructions == "Draft an answer, then check it."
+    assert derive_interface("inherits", Inherits()).instructions == "Draft an answer, then check it."
