@@ -187,3 +187,12 @@ def test_the_banner_comes_once_serving_with_the_real_port(fake_lm: FakeLM) -> No
     finally:
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=60)
+
+
+def test_a_chat_reply_naming_no_such_output_stops_the_start() -> None:
+    result = run_cli(QA, "--model", "openai/fake-model", "--chat-reply", "qa=answr")
+    assert result.returncode == 3
+    assert result.stderr == (
+        "dspy-serve: cannot start: chat reply 'qa=answr': 'qa' has no str output 'answr'; "
+        "its str outputs: answer\n"
+    )

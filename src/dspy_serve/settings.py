@@ -63,6 +63,12 @@ class ServeSettings(BaseSettings):
         "'NAME=question -> answer: int'.",
         json_schema_extra={"cli": "--signature"},
     )
+    chat_replies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Which str output answers an OpenAI chat client (/v1), per program: 'NAME=FIELD'. "
+        "Unset: the program's last str output other than reasoning.",
+        json_schema_extra={"cli": "--chat-reply"},
+    )
     artifact_optional: bool = Field(
         default=False,
         description="Serve the unoptimized program when an artifact is missing, instead of failing.",
@@ -250,7 +256,14 @@ class ServeSettings(BaseSettings):
         return (init_settings, env_settings, dotenv_settings, TomlConfigSettingsSource(settings_cls))
 
     @field_validator(
-        "programs", "artifacts", "allow_models", "signatures", "api_keys", "cors_origins", mode="before"
+        "programs",
+        "artifacts",
+        "allow_models",
+        "signatures",
+        "api_keys",
+        "cors_origins",
+        "chat_replies",
+        mode="before",
     )
     @classmethod
     def _split_lists(cls, value: Any, info: ValidationInfo) -> Any:
