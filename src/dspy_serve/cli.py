@@ -184,18 +184,21 @@ def serve(settings: ServeSettings) -> None:
     if settings.engine == "ray":
         _serve_on_ray(settings)
         return
+    if settings.reload and settings.workers > 1:
+        raise click.UsageError("--reload runs one server process: drop --workers")
     with _or_exit_3():
-        if settings.workers > 1:
+        if settings.workers > 1 or settings.reload:
             Service(settings)  # each worker loads its own; this one only proves they will load
         else:
             app = create_app(settings)
         check_lms(settings, probe=settings.check_lm)
         sock = bind_socket(settings.host, settings.port)
     url = socket_url(sock)
-    if settings.workers > 1:
+    if settings.workers > 1 or settings.reload:
         from dspy_serve.deploy.workers import run_workers
 
-        click.echo(f"dspy-serve: starting {settings.workers} workers on {url}  (docs: {url}/docs)", err=True)
+        what = "serving with --reload" if settings.reload else f"starting {settings.workers} workers"
+        click.echo(f"dspy-serve: {what} on {url}  (docs: {url}/docs)", err=True)
         with contextlib.suppress(KeyboardInterrupt):
             run_workers(settings, sock)
         return

@@ -196,6 +196,11 @@ class ServeSettings(BaseSettings):
         description="Seconds in-flight requests get to finish on SIGTERM before cancellation.",
     )
     title: str = Field(default="dspy-serve", description="Title of the OpenAPI document.")
+    reload: bool = Field(
+        default=False,
+        description="Development: restart the server when a program file (*.py beside it) or an "
+        "artifact changes.",
+    )
 
     # --- scaling ----------------------------------------------------------------------------------
     workers: int = Field(
