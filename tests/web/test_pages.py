@@ -77,7 +77,8 @@ def _chromium() -> str:
 
 def test_swagger_ui_renders_offline_and_try_it_out_succeeds(server: ServerThread) -> None:
     """A real browser with no network but loopback: the page renders every operation, and
-    "Try it out" then "Execute" on an invoke, with the example as given, answers 200."""
+    "Try it out" then "Execute" on an invoke, with the example as given, answers 200; ReDoc
+    renders too."""
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
@@ -103,5 +104,9 @@ def test_swagger_ui_renders_offline_and_try_it_out_succeeds(server: ServerThread
             status = operation.locator(".live-responses-table tbody .response-col_status").first
             status.wait_for(timeout=30_000)
             assert status.inner_text().strip().startswith("200"), operation.inner_text()
+
+            page.goto(server.base_url + "/redoc")
+            page.locator(".api-content").wait_for(timeout=30_000)
+            assert "Run qa" in page.locator(".api-content").inner_text()  # ReDoc rendered the operations
         finally:
             browser.close()
