@@ -28,6 +28,9 @@ def missing_credentials(settings: ServeSettings, default: dspy.BaseLM | None = N
     A ``default`` LM instance given by the embedding application is its own business (it may
     carry its key), so only the models this service builds from names are checked.
     """
+    # As the service does at startup: LiteLLM, imported for the models DSPy does not route
+    # natively, would otherwise fetch its cost map from the internet first.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     problems = []
     for name in allowed_models(settings, default):
         if (default is not None and name == default.model) or is_local_model(name):
