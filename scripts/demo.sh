@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Install everything, then serve the question-answering demo on the embedded local model.
+# Install dspy-serve and the embedded local model (not the test toolchain), then serve the
+# question-answering demo on it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh test
+bash scripts/install.sh runtime
 HOST=${DSPY_SERVE_HOST:-127.0.0.1}
 PORT=${DSPY_SERVE_PORT:-8000}
 cat >&2 <<MSG
@@ -11,6 +12,10 @@ cat >&2 <<MSG
     curl -s http://$HOST:$PORT/qa/invoke -H 'Content-Type: application/json' \\
          -d '{"inputs": {"question": "What is the capital of France?"}}'
   API docs: http://$HOST:$PORT/docs
+
+  Then serve your own program from this checkout's environment:
+    source .venv/bin/activate     # or call .venv/bin/dspy-serve directly
+    dspy-serve run path/to/your_program.py:NAME --model openai/gpt-4o-mini
 
 MSG
 exec .venv/bin/dspy-serve run qa=examples/qa.py:program --artifact examples/qa.json --host "$HOST" --port "$PORT"

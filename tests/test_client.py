@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from dspy_serve import ModelNotAllowed, UpstreamError, create_app
+from dspy_serve import InvalidInput, ModelNotAllowed, ProgramNotFound, UpstreamError, create_app
 from dspy_serve.client import Client, RemoteProgram, StatusEvent, TokenEvent
 from dspy_serve.errors import MAX_RETRY_AFTER, ProxyError, RateLimited
 from tests.support.fake_lm import FakeLM, ServerError
@@ -66,6 +66,27 @@ def test_errors_come_back_typed(server: ServerThread, fake_lm: FakeLM) -> None:
         with pytest.raises(UpstreamError) as caught:
             client.program("qa")(question="broken")
     assert caught.value.status == 502
+
+
+def test_invalid_input_names_the_fields(server: ServerThread) -> None:
+    with Client(server.base_url) as client, pytest.raises(InvalidInput) as caught:
+        client.program("qa")(questio="typo")
+    message = str(caught.value)
+    assert "inputs.question: Field required" in message
+    assert "inputs.questio: Extra inputs are not permitted" in message
+
+
+async def test_an_unknown_program_says_what_is_served(server: ServerThread) -> None:
+    with Client(server.base_url) as client:
+        for call in (
+            lambda: client.program("qaa")(question="q"),
+            lambda: list(client.program("qaa").stream()),
+        ):
+            with pytest.raises(ProgramNotFound, match="no program named 'qaa' on this server; it serves: qa"):
+                call()
+    async with Client(server.base_url) as client:
+        with pytest.raises(ProgramNotFound, match="it serves: qa"):
+            await client.program("qaa").acall(question="q")
 
 
 def _flaky_proxy(upstream: str, failures: int) -> Starlette:

@@ -24,7 +24,8 @@ from dspy_serve.web.access_log import AccessLogMiddleware
 from dspy_serve.web.auth import ApiKeyMiddleware
 from dspy_serve.web.discovery import build_router
 from dspy_serve.web.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from dspy_serve.web.openapi import add_docs_routes, document_event_streams, document_security
+from dspy_serve.web.openapi import add_openapi_route, document_event_streams, document_security
+from dspy_serve.web.pages import add_pages
 from dspy_serve.web.problems import install_error_handlers
 
 if TYPE_CHECKING:
@@ -68,19 +69,21 @@ def create_app(
         version=VERSION,
         description="DSPy programs served by dspy-serve. Errors are RFC 9457 problem+json.",
         lifespan=lifespan,
-        # Served by add_docs_routes instead: the document depends on the caller's key.
+        # /openapi.json depends on the caller's key (add_openapi_route); /docs and /redoc load
+        # their assets from the package, not from a CDN (add_pages).
         openapi_url=None,
         docs_url=None,
         redoc_url=None,
     )
     app.state.service = service
+    add_pages(app, service)
     app.include_router(build_router(service))
     app.include_router(build_openai_router(service))
     if mcp is not None:
         # A Route, not a mount: a mount only matches "/mcp/", so every POST would be redirected.
         app.router.routes.append(Route("/mcp", mcp.asgi_app, name="mcp", include_in_schema=False))
     document_event_streams(app)
-    add_docs_routes(app, list(service.programs))
+    add_openapi_route(app, list(service.programs))
     install_error_handlers(app)
     # Added innermost first: request ids wrap everything, CORS answers preflights before auth.
     keys = KeyRing.from_settings(settings)

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from dspy_serve._version import VERSION
-from dspy_serve.settings import ENV_PREFIX, ServeSettings, load_settings
+from dspy_serve.settings import ENV_PREFIX, ServeSettings, load_settings, setting_sections, unknown_setting
 
 __all__ = ["main"]
 
@@ -47,6 +47,42 @@ def _is_bool(annotation: Any) -> bool:
     return annotation is bool
 
 
+def _click_type(annotation: Any) -> Any:
+    """The click type of a setting, so help shows INTEGER, FLOAT, PATH or the choices."""
+    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    inner = args[0] if len(args) == 1 and typing.get_origin(annotation) is not Literal else annotation
+    choices = _choices(inner)
+    if choices:
+        return click.Choice(choices)
+    if inner is int:
+        return click.INT
+    if inner is float:
+        return click.FLOAT
+    if inner is Path:
+        return click.Path(path_type=Path)
+    return click.STRING
+
+
+class _GroupedCommand(click.Command):
+    """A command whose ``--help`` lists the settings under their sections of settings.py
+    (programs, language model, limits, security, ...), not as one flat list."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        section_of = {name: title for title, names in setting_sections().items() for name in names}
+        grouped: dict[str, list[tuple[str, str]]] = {"Command": []}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if isinstance(param, click.Argument) and param.name in ServeSettings.model_fields:
+                record = ("[TARGET]...", ServeSettings.model_fields[param.name].description or "")
+            if record is not None:
+                title = section_of.get(param.name or "", "Command")
+                grouped.setdefault(title[0].upper() + title[1:], []).append(record)
+        for title, records in grouped.items():
+            if records:
+                with formatter.section(title):
+                    formatter.write_dl(records)
+
+
 def _settings_params() -> list[click.Parameter]:
     params: list[click.Parameter] = []
     for name, info in ServeSettings.model_fields.items():
@@ -54,7 +90,7 @@ def _settings_params() -> list[click.Parameter]:
         envvar = f"{ENV_PREFIX}{name.upper()}"
         help_text = f"{info.description or ''} [env: {envvar}]"
         if flag == "positional":
-            params.append(click.Argument([name], nargs=-1, required=False))
+            params.append(click.Argument([name], nargs=-1, required=False, metavar="[TARGET]..."))
             continue
         if flag == "env-only":
             continue
@@ -68,9 +104,11 @@ def _settings_params() -> list[click.Parameter]:
         elif _is_list(annotation):
             params.append(click.Option([flag, name], multiple=True, help=help_text + " (repeatable)"))
         else:
-            choices = _choices(annotation)
-            kind: Any = click.Choice(choices) if choices else click.STRING
-            params.append(click.Option([flag, name], type=kind, default=None, help=help_text + default_note))
+            params.append(
+                click.Option(
+                    [flag, name], type=_click_type(annotation), default=None, help=help_text + default_note
+                )
+            )
     return params
 
 
@@ -109,7 +147,7 @@ def _settings(config: Path | None, values: dict[str, Any]) -> ServeSettings:
     try:
         settings = load_settings(config, **_overrides(values))
     except (ValidationError, FileNotFoundError, ValueError) as exc:
-        raise click.UsageError(_friendly(exc)) from None
+        raise click.UsageError(_friendly(exc, config)) from None
     if not settings.programs:
         raise click.UsageError("give at least one TARGET, e.g. examples/qa.py:program")
     return settings
@@ -133,11 +171,17 @@ def _or_exit_3() -> Iterator[None]:
 
 
 def serve(settings: ServeSettings) -> None:
-    """Run a server until interrupted: build the app (programs load now), then uvicorn."""
+    """Run a server until interrupted: load the programs, check the LMs, bind the port, then serve.
+
+    Everything that can be wrong with the command is found here, in this process, before any
+    worker starts: a mistake is one line and exit 3, never a worker crashing in a loop.
+    """
     from dspy_serve.app import create_app
-    from dspy_serve.deploy.uvicorn_server import ServeServer, uvicorn_config
+    from dspy_serve.deploy.uvicorn_server import ServeServer, bind_socket, socket_url, uvicorn_config
+    from dspy_serve.lm.checks import check_lms
     from dspy_serve.logs import configure_logging
     from dspy_serve.serving.keys import KeyRing
+    from dspy_serve.serving.service import Service
 
     configure_logging(settings.log_level, settings.log_format)
     with _or_exit_3():  # before any worker or replica starts: a key source without keys fails open
@@ -145,21 +189,31 @@ def serve(settings: ServeSettings) -> None:
     if settings.engine == "ray":
         _serve_on_ray(settings)
         return
-    if settings.workers > 1:
+    if settings.reload and settings.workers > 1:
+        raise click.UsageError("--reload runs one server process: drop --workers")
+    with _or_exit_3():
+        if settings.workers > 1 or settings.reload:
+            Service(settings)  # each worker loads its own; this one only proves they will load
+        else:
+            app = create_app(settings)
+        check_lms(settings, probe=settings.check_lm)
+        sock = bind_socket(settings.host, settings.port)
+    url = socket_url(sock)
+    if settings.workers > 1 or settings.reload:
         from dspy_serve.deploy.workers import run_workers
 
-        click.echo(
-            f"dspy-serve: {settings.workers} workers on http://{settings.host}:{settings.port}", err=True
-        )
+        what = "serving with --reload" if settings.reload else f"starting {settings.workers} workers"
+        click.echo(f"dspy-serve: {what} on {url}  (docs: {url}/docs)", err=True)
         with contextlib.suppress(KeyboardInterrupt):
-            run_workers(settings)
+            run_workers(settings, sock)
         return
-    with _or_exit_3():
-        app = create_app(settings)
-    click.echo(f"dspy-serve: serving on http://{settings.host}:{settings.port}  (docs: /docs)", err=True)
-    server = ServeServer(uvicorn_config(app, settings), app.state.service)
+
+    def announce() -> None:
+        click.echo(f"dspy-serve: serving on {url}  (docs: {url}/docs)", err=True)
+
+    server = ServeServer(uvicorn_config(app, settings), app.state.service, on_started=announce)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it captured, after shutdown
-        server.run()
+        server.run(sockets=[sock])
     if not server.started:
         sys.exit(3)
 
@@ -171,20 +225,25 @@ def _serve_on_ray(settings: ServeSettings) -> None:
         raise click.UsageError("--engine ray needs Ray Serve: pip install 'dspy-serve[ray]'") from None
     if settings.workers > 1:
         raise click.UsageError("--workers is for --engine uvicorn; on Ray, use --replicas")
+    from dspy_serve.lm.checks import check_lms
+
     with _or_exit_3():
+        check_lms(settings, probe=settings.check_lm)
         run_on_ray(settings)
 
 
-def _friendly(exc: Exception) -> str:
+def _friendly(exc: Exception, config: Path | None = None) -> str:
     if isinstance(exc, ValidationError):
         return "; ".join(
-            f"{'.'.join(str(part) for part in err['loc']) or 'settings'}: {err['msg']}"
+            unknown_setting(str(err["loc"][0]), config)
+            if err["type"] == "extra_forbidden" and len(err["loc"]) == 1
+            else f"{'.'.join(str(part) for part in err['loc']) or 'settings'}: {err['msg']}"
             for err in exc.errors(include_url=False)
         )
     return str(exc)
 
 
-run_command = click.Command(
+run_command = _GroupedCommand(
     "run",
     callback=_run,
     params=[
@@ -220,7 +279,9 @@ def call_command(url: str, name: str, fields: tuple[str, ...], stream: bool, tim
     import json
     import os
 
-    from dspy_serve.client import Client, StatusEvent, TokenEvent
+    import httpx
+
+    from dspy_serve.client import Client
     from dspy_serve.errors import ServeError
 
     inputs: dict[str, object] = {}
@@ -232,25 +293,43 @@ def call_command(url: str, name: str, fields: tuple[str, ...], stream: bool, tim
             inputs[key] = json.loads(raw)
         except ValueError:
             inputs[key] = raw
-    with Client(url, api_key=os.environ.get("DSPY_SERVE_CLIENT_KEY"), timeout=timeout) as client:
-        program = client.program(name)
-        try:
-            if stream:
-                prediction = None
-                for event in program.stream(**inputs):
-                    if isinstance(event, TokenEvent):
-                        click.echo(event.chunk, nl=False)
-                    elif not isinstance(event, StatusEvent):
-                        prediction = event
-                click.echo()
-            else:
-                prediction = program(**inputs)
-        except ServeError as exc:
-            click.echo(f"dspy-serve: {exc.status} {exc.code}: {exc.detail}", err=True)
-            sys.exit(1)
+    if "://" not in url:
+        url = "http://" + url  # "127.0.0.1:8000" means what it says
+    try:
+        with Client(url, api_key=os.environ.get("DSPY_SERVE_CLIENT_KEY"), timeout=timeout) as client:
+            program = client.program(name)
+            prediction = _print_stream(program.stream(**inputs)) if stream else program(**inputs)
+    except ServeError as exc:
+        click.echo(f"dspy-serve: {exc.status} {exc.code}: {exc.detail}", err=True)
+        for line in exc.field_errors():
+            click.echo(f"  {line}", err=True)
+        sys.exit(1)
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        reason = str(exc) or type(exc).__name__
+        click.echo(f"dspy-serve: cannot reach {url}: {reason}", err=True)
+        sys.exit(1)
     outputs = dict(prediction.items()) if prediction is not None else {}
     usage = prediction.get_lm_usage() if prediction is not None else {}
     click.echo(json.dumps({"outputs": outputs, "usage": usage}, indent=2))
+
+
+def _print_stream(events: Iterator[Any]) -> Any:
+    """Print tokens as they arrive, each field under its own label; return the prediction."""
+    from dspy_serve.client import StatusEvent, TokenEvent
+
+    prediction, current = None, None
+    for event in events:
+        if isinstance(event, TokenEvent):
+            label = event.field if event.predictor in ("", "self") else f"{event.predictor}.{event.field}"
+            if label != current:
+                click.echo(("\n" if current is not None else "") + f"{label}: ", nl=False)
+                current = label
+            click.echo(event.chunk, nl=False)
+        elif not isinstance(event, StatusEvent):
+            prediction = event
+    if current is not None:
+        click.echo()
+    return prediction
 
 
 def _mcp(config: Path | None, **values: Any) -> None:
@@ -264,13 +343,16 @@ def _mcp(config: Path | None, **values: Any) -> None:
 
     configure_logging(settings.log_level, settings.log_format)  # to stderr: stdout is the protocol
     # Importing a program may print: stdout is the protocol.
+    from dspy_serve.lm.checks import check_lms
+
     with _or_exit_3(), contextlib.redirect_stdout(sys.stderr):
         service = Service(settings)
+        check_lms(settings, probe=settings.check_lm)
     with contextlib.suppress(KeyboardInterrupt):
         run_stdio(service)
 
 
-mcp_command = click.Command(
+mcp_command = _GroupedCommand(
     "mcp",
     callback=_mcp,
     params=run_command.params,

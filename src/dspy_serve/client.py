@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,8 @@ class StatusEvent:
 
 def _error(problem: dict[str, Any], status: int) -> errors.ServeError:
     cls = errors.error_class(str(problem.get("code")))
+    if cls is None and problem.get("code") == errors.HTTPProblem.code:
+        return errors.HTTPProblem(status, str(problem.get("detail") or f"HTTP {status}"))
     error = (cls or errors.ServeError)(
         str(problem.get("detail") or problem.get("title") or f"HTTP {status}"),
         errors=problem.get("errors"),
@@ -211,15 +213,24 @@ class RemoteProgram(dspy.Module):
         return {"inputs": inputs, "options": self.options} if self.options else {"inputs": inputs}
 
     def forward(self, **inputs: Any) -> dspy.Prediction:
-        return _prediction(self.client.post(f"/{self.name}/invoke", self._body(inputs)))
+        try:
+            return _prediction(self.client.post(f"/{self.name}/invoke", self._body(inputs)))
+        except errors.HTTPProblem as exc:
+            raise self._not_served(exc, self.client.programs) from None
 
     async def aforward(self, **inputs: Any) -> dspy.Prediction:
-        return _prediction(await self.client.apost(f"/{self.name}/invoke", self._body(inputs)))
+        try:
+            return _prediction(await self.client.apost(f"/{self.name}/invoke", self._body(inputs)))
+        except errors.HTTPProblem as exc:
+            raise self._not_served(exc, self.client.programs) from None
 
     def batch(self, items: list[dict[str, Any]]) -> list[dspy.Prediction | errors.ServeError]:
         """One result per item, in order: its prediction, or its own error (others still run)."""
         body: dict[str, Any] = {"items": items, **({"options": self.options} if self.options else {})}
-        results = self.client.post(f"/{self.name}/batch", body)["items"]
+        try:
+            results = self.client.post(f"/{self.name}/batch", body)["items"]
+        except errors.HTTPProblem as exc:
+            raise self._not_served(exc, self.client.programs) from None
         return [
             _error(item["error"], item["error"]["status"]) if item.get("error") else _prediction(item)
             for item in results
@@ -227,14 +238,30 @@ class RemoteProgram(dspy.Module):
 
     def stream(self, **inputs: Any) -> Iterator[TokenEvent | StatusEvent | dspy.Prediction]:
         """Typed events as they arrive; the last is the Prediction (or the error is raised)."""
-        yield from _events(self.client.stream_lines(f"/{self.name}/stream", self._body(inputs)))
+        try:
+            yield from _events(self.client.stream_lines(f"/{self.name}/stream", self._body(inputs)))
+        except errors.HTTPProblem as exc:
+            raise self._not_served(exc, self.client.programs) from None
 
     async def astream(self, **inputs: Any) -> AsyncIterator[TokenEvent | StatusEvent | dspy.Prediction]:
         event: str | None = None
-        async for line in self.client.astream_lines(f"/{self.name}/stream", self._body(inputs)):
-            event, item = _parse(line, event)
-            if item is not None:
-                yield item
+        try:
+            async for line in self.client.astream_lines(f"/{self.name}/stream", self._body(inputs)):
+                event, item = _parse(line, event)
+                if item is not None:
+                    yield item
+        except errors.HTTPProblem as exc:
+            raise self._not_served(exc, self.client.programs) from None
+
+    def _not_served(self, exc: errors.HTTPProblem, programs: Callable[[], list[dict[str, Any]]]) -> Exception:
+        """A 404 on a program's own path means no such program: say what is served instead."""
+        if exc.status != 404:
+            return exc
+        try:
+            served = ", ".join(str(p["name"]) for p in programs()) or "none"
+        except (errors.ServeError, httpx.HTTPError, KeyError, TypeError):
+            served = "see GET /programs"
+        return errors.ProgramNotFound(f"no program named {self.name!r} on this server; it serves: {served}")
 
     def __deepcopy__(self, memo: dict[int, Any]) -> RemoteProgram:
         # Optimizers copy modules; the connection pool is shared, never copied.

@@ -112,6 +112,22 @@ class ServeError(Exception):
         self.usage: dict[str, dict[str, Any]] | None = None
         super().__init__(self.detail)
 
+    def __str__(self) -> str:
+        """The detail and, where the problem has them, its field errors: ``inputs.question: Field
+        required`` says what to fix (they never hold the offending input)."""
+        fields = self.field_errors()
+        return f"{self.detail} ({'; '.join(fields)})" if fields else self.detail
+
+    def field_errors(self) -> list[str]:
+        """``path: message`` per field error, the request-body prefix left out."""
+        lines = []
+        for err in self.errors or []:
+            loc = [str(part) for part in err.get("loc", ())]
+            if loc[:1] == ["body"]:
+                loc = loc[1:]
+            lines.append(f"{'.'.join(loc) or 'body'}: {err.get('msg', 'invalid')}")
+        return lines
+
     def headers(self) -> dict[str, str]:
         if self.retry_after is None:
             return {}

@@ -8,11 +8,15 @@ file, defaults. Unknown keys in ``.env`` or TOML are errors, not silently ignore
 
 from __future__ import annotations
 
+import ast
+import difflib
 import ipaddress
 import json
+import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -22,7 +26,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["ServeSettings", "load_settings"]
+__all__ = ["ServeSettings", "load_settings", "setting_sections", "unknown_setting"]
 
 ENV_PREFIX = "DSPY_SERVE_"
 
@@ -42,7 +46,7 @@ class ServeSettings(BaseSettings):
         dotenv_filtering="match_prefix",
     )
 
-    # --- programs -------------------------------------------------------------------------------
+    # --- programs ---------------------------------------------------------------------------------
     programs: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Programs to serve: 'path/file.py:NAME' or 'pkg.module:NAME', optionally 'alias=TARGET'.",
@@ -60,6 +64,12 @@ class ServeSettings(BaseSettings):
         "'NAME=question -> answer: int'.",
         json_schema_extra={"cli": "--signature"},
     )
+    chat_replies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Which str output answers an OpenAI chat client (/v1), per program: 'NAME=FIELD'. "
+        "Unset: the program's last str output other than reasoning.",
+        json_schema_extra={"cli": "--chat-reply"},
+    )
     artifact_optional: bool = Field(
         default=False,
         description="Serve the unoptimized program when an artifact is missing, instead of failing.",
@@ -68,7 +78,7 @@ class ServeSettings(BaseSettings):
         default=False, description="Allow .pkl artifacts and save_program directories (they can run code)."
     )
 
-    # --- language model -------------------------------------------------------------------------
+    # --- language model ---------------------------------------------------------------------------
     model: str | None = Field(
         default=None,
         description="Default LM for every program, e.g. 'openai/gpt-4o-mini'. "
@@ -103,8 +113,13 @@ class ServeSettings(BaseSettings):
     lm_connections: int | None = Field(
         default=None, gt=0, description="LM connection pool size. Unset: sized from max_in_flight."
     )
+    check_lm: bool = Field(
+        default=False,
+        description="At startup, make one tiny call to each configured model; if one fails, the "
+        "command stops with the reason (exit 3) instead of serving.",
+    )
 
-    # --- DSPy response cache --------------------------------------------------------------------
+    # --- DSPy response cache ----------------------------------------------------------------------
     cache: bool = Field(
         default=False,
         description="DSPy's response cache. Off by default: a server's callers expect a fresh answer, and a "
@@ -117,7 +132,7 @@ class ServeSettings(BaseSettings):
         default=None, description="On-disk cache directory (when cache is on). Unset: memory only."
     )
 
-    # --- execution ------------------------------------------------------------------------------
+    # --- limits -----------------------------------------------------------------------------------
     timeout: float = Field(default=60.0, gt=0, description="Per-request deadline in seconds (504 past it).")
     max_in_flight: int = Field(
         default=256, gt=0, description="Program calls running at once, across all programs of this process."
@@ -132,12 +147,33 @@ class ServeSettings(BaseSettings):
     )
     batch_max_items: int = Field(default=64, gt=0, description="Most inputs one /batch request may carry.")
     batch_concurrency: int = Field(default=16, gt=0, description="Items of one batch request run at once.")
-
     stream_heartbeat: float = Field(
         default=15.0, gt=0, description="Seconds of silence after which a stream sends a keep-alive comment."
     )
+    rate_limit: str | None = Field(
+        default=None,
+        description="Requests per key (per client address without keys), e.g. '60/minute'. Unset: none.",
+    )
+    token_rate_limit: str | None = Field(
+        default=None, description="LM tokens per key (or client address), e.g. '100000/hour'. Unset: none."
+    )
+    rate_limit_storage: str = Field(
+        default="memory://",
+        description="Where limits are counted: 'memory://' (this process) or 'redis://host:port' "
+        "(shared by workers and replicas).",
+    )
+    rate_limit_storage_timeout: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds one rate-limit storage call may take (within the request's deadline); "
+        "when the storage is down or slower, calls are refused with 503 and Retry-After.",
+    )
+    max_body_bytes: int = Field(default=1_000_000, gt=0, description="Largest request body (413 beyond).")
+    max_input_chars: int = Field(
+        default=100_000, gt=0, description="Longest string any input field may hold (422 beyond)."
+    )
 
-    # --- access -------------------------------------------------------------------------------
+    # --- security ---------------------------------------------------------------------------------
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="API keys, '[name:]key' each; setting any turns authentication on. Callers send "
@@ -157,18 +193,6 @@ class ServeSettings(BaseSettings):
         description="Origins allowed by CORS ('*' for any). None by default: browsers get no CORS access.",
         json_schema_extra={"cli": "--cors-origin"},
     )
-    rate_limit: str | None = Field(
-        default=None,
-        description="Requests per key (per client address without keys), e.g. '60/minute'. Unset: none.",
-    )
-    token_rate_limit: str | None = Field(
-        default=None, description="LM tokens per key (or client address), e.g. '100000/hour'. Unset: none."
-    )
-    rate_limit_storage: str = Field(
-        default="memory://",
-        description="Where limits are counted: 'memory://' (this process) or 'redis://host:port' "
-        "(shared by workers and replicas).",
-    )
     forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Proxies (IPs or networks, '*' for any) whose X-Forwarded-For and X-Forwarded-Proto "
@@ -176,65 +200,14 @@ class ServeSettings(BaseSettings):
         "choose its rate-limit identity.",
         json_schema_extra={"cli": "--forwarded-allow-ip"},
     )
-    rate_limit_storage_timeout: float = Field(
-        default=1.0,
-        gt=0,
-        description="Seconds one rate-limit storage call may take (within the request's deadline); "
-        "when the storage is down or slower, calls are refused with 503 and Retry-After.",
-    )
-    max_body_bytes: int = Field(default=1_000_000, gt=0, description="Largest request body (413 beyond).")
-    max_input_chars: int = Field(
-        default=100_000, gt=0, description="Longest string any input field may hold (422 beyond)."
-    )
 
-    otel: bool = Field(
-        default=False,
-        description="OpenTelemetry traces: a server span per request and a span per program call "
-        "(needs dspy-serve[otel]; export with your TracerProvider or opentelemetry-instrument).",
-    )
-    mlflow_autolog: bool = Field(
-        default=False,
-        description="Trace every call to MLflow (mlflow.dspy.autolog(), set up at startup; needs mlflow).",
-    )
-
-    # --- scale-out on Ray Serve -----------------------------------------------------------------
-    engine: Literal["uvicorn", "ray"] = Field(
-        default="uvicorn",
-        description="'uvicorn': this machine (one process, or --workers). 'ray': replicas of a Ray Serve "
-        "deployment (needs dspy-serve[ray]).",
-    )
-    ray_address: str | None = Field(
-        default=None,
-        description="Ray cluster to deploy to ('auto', 'host:6379', 'ray://...'). Unset: start a local "
-        "Ray instance for this command.",
-    )
-    replicas: int = Field(default=1, ge=1, description="Ray Serve replicas (the minimum when autoscaling).")
-    max_replicas: int | None = Field(
-        default=None,
-        ge=1,
-        description="Autoscale between replicas and this many on ongoing requests. Unset: fixed replicas.",
-    )
-    target_ongoing_requests: float | None = Field(
-        default=None,
-        gt=0,
-        description="Autoscaling target of requests per replica. Unset: half of max_in_flight.",
-    )
-    replica_cpus: float = Field(
-        default=1.0, ge=0, description="CPUs Ray reserves for each replica (LM-bound programs need little)."
-    )
-
-    # --- HTTP -----------------------------------------------------------------------------------
+    # --- HTTP server ------------------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="Interface to bind.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
-    workers: int = Field(
-        default=1,
-        ge=1,
-        description="Worker processes on the one port. Metrics aggregate across them; share rate "
-        "limits with rate_limit_storage=redis://...",
-    )
-    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
-    log_format: Literal["auto", "json", "text"] = Field(
-        default="auto", description="'auto': JSON lines, or plain text when attached to a terminal."
+    shutdown_grace: float = Field(
+        default=20.0,
+        ge=0,
+        description="Seconds in-flight requests get to finish on SIGTERM before cancellation.",
     )
     max_header_bytes: int = Field(
         default=32_768,
@@ -261,12 +234,59 @@ class ServeSettings(BaseSettings):
         description="Open connections (and requests) of this process beyond which new requests get 503 "
         "at once. Unset: no limit.",
     )
-    shutdown_grace: float = Field(
-        default=20.0,
-        ge=0,
-        description="Seconds in-flight requests get to finish on SIGTERM before cancellation.",
-    )
     title: str = Field(default="dspy-serve", description="Title of the OpenAPI document.")
+    reload: bool = Field(
+        default=False,
+        description="Development: restart the server when a program file (*.py beside it) or an "
+        "artifact changes.",
+    )
+
+    # --- scaling ----------------------------------------------------------------------------------
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="Worker processes on the one port. Metrics aggregate across them; share rate "
+        "limits with rate_limit_storage=redis://...",
+    )
+    engine: Literal["uvicorn", "ray"] = Field(
+        default="uvicorn",
+        description="'uvicorn': this machine (one process, or --workers). 'ray': replicas of a Ray Serve "
+        "deployment (needs dspy-serve[ray]).",
+    )
+    ray_address: str | None = Field(
+        default=None,
+        description="Ray cluster to deploy to ('auto', 'host:6379', 'ray://...'). Unset: start a local "
+        "Ray instance for this command.",
+    )
+    replicas: int = Field(default=1, ge=1, description="Ray Serve replicas (the minimum when autoscaling).")
+    max_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description="Autoscale between replicas and this many on ongoing requests. Unset: fixed replicas.",
+    )
+    target_ongoing_requests: float | None = Field(
+        default=None,
+        gt=0,
+        description="Autoscaling target of requests per replica. Unset: half of max_in_flight.",
+    )
+    replica_cpus: float = Field(
+        default=1.0, ge=0, description="CPUs Ray reserves for each replica (LM-bound programs need little)."
+    )
+
+    # --- logging and tracing ----------------------------------------------------------------------
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto", description="'auto': JSON lines, or plain text when attached to a terminal."
+    )
+    otel: bool = Field(
+        default=False,
+        description="OpenTelemetry traces: a server span per request and a span per program call "
+        "(needs dspy-serve[otel]; export with your TracerProvider or opentelemetry-instrument).",
+    )
+    mlflow_autolog: bool = Field(
+        default=False,
+        description="Trace every call to MLflow (mlflow.dspy.autolog(), set up at startup; needs mlflow).",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -286,6 +306,7 @@ class ServeSettings(BaseSettings):
         "signatures",
         "api_keys",
         "cors_origins",
+        "chat_replies",
         "forwarded_allow_ips",
         mode="before",
     )
@@ -350,6 +371,54 @@ def _check_rate(limit: str) -> None:
         parse_many(limit)
     except ValueError:
         raise ValueError(f"{limit!r} is not a rate such as '60/minute' or '1000/hour'") from None
+
+
+def setting_sections() -> dict[str, list[str]]:
+    """The fields under each ``# --- section ---`` comment of this file, in source order: the
+    groups of ``run --help`` and of docs/settings.md, declared once, where the fields are."""
+    source = Path(__file__).read_text(encoding="utf-8")
+    settings_class = next(
+        node
+        for node in ast.parse(source).body
+        if isinstance(node, ast.ClassDef) and node.name == "ServeSettings"
+    )
+    lines = source.splitlines()
+    grouped: dict[str, list[str]] = {}
+    current, previous_end = "general", settings_class.lineno
+    for node in settings_class.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            for line in lines[previous_end : node.lineno - 1]:
+                if line.strip().startswith("# ---"):
+                    current = line.strip(" #-")
+            if node.target.id in ServeSettings.model_fields:
+                grouped.setdefault(current, []).append(node.target.id)
+        previous_end = node.end_lineno or node.lineno
+    return grouped
+
+
+def unknown_setting(key: str, config_file: Path | None) -> str:
+    """Say where an unknown key was written and which setting was likely meant: a typo in a file
+    is otherwise a bare "extra inputs are not permitted" naming neither."""
+    names = list(ServeSettings.model_fields)
+    close = difflib.get_close_matches(key.lower(), names, n=1)
+    if config_file is not None and key in _toml_keys(config_file):
+        hint = f"; did you mean {close[0]!r}?" if close else f" (settings: {', '.join(names)})"
+        return f"{config_file}: unknown setting {key!r}{hint}"
+    env_file = Path(str(ServeSettings.model_config.get("env_file") or ".env"))
+    written = ENV_PREFIX + key.upper()
+    if env_file.is_file() and written in {name.upper() for name in dotenv_values(env_file)}:
+        hint = f"; did you mean {ENV_PREFIX + close[0].upper()!r}?" if close else ""
+        return f"{env_file}: unknown setting {written!r}{hint}"
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown setting {key!r}{hint}"
+
+
+def _toml_keys(path: Path) -> set[str]:
+    try:
+        with path.open("rb") as handle:
+            return set(tomllib.load(handle))
+    except (OSError, tomllib.TOMLDecodeError):
+        return set()
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> ServeSettings:

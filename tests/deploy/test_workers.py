@@ -65,21 +65,33 @@ def test_sigterm_turns_every_worker_unready_and_lets_calls_in_flight_finish(fake
 
 def test_workers_get_the_same_uvicorn_options_as_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """One options builder for both paths: a 0.5 s grace is 1 s for workers too, never 0 s."""
+    import socket
+
     import uvicorn
 
+    from dspy_serve.deploy import workers
     from dspy_serve.deploy.uvicorn_server import uvicorn_config
-    from dspy_serve.deploy.workers import run_workers
 
     passed: dict[str, Any] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: passed.update(options))
+
+    class Recorder:
+        def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+            passed.update(config=config, sockets=sockets)
+
+        def run(self) -> None:
+            pass
+
+    monkeypatch.setattr(workers, "Multiprocess", Recorder)
     for name in ("PROMETHEUS_MULTIPROC_DIR", "DSPY_SERVE_WORKER_SETTINGS_FILE"):  # run_workers sets them
         monkeypatch.setenv(name, "restored-after-the-test")
     settings = ServeSettings(programs=[f"qa={PROGRAMS / 'serving.py'}:qa"], workers=2, shutdown_grace=0.5)
-    run_workers(settings)
-    single = uvicorn_config(FastAPI(), settings)
-    assert passed["workers"] == 2
-    assert passed["timeout_graceful_shutdown"] == single.timeout_graceful_shutdown == 1
-    assert (passed["host"], passed["port"], passed["timeout_keep_alive"]) == (
+    with socket.socket() as sock:
+        workers.run_workers(settings, sock)
+    config, single = passed["config"], uvicorn_config(FastAPI(), settings)
+    assert passed["sockets"] == [sock]  # the socket the parent bound
+    assert config.workers == 2
+    assert config.timeout_graceful_shutdown == single.timeout_graceful_shutdown == 1
+    assert (config.host, config.port, config.timeout_keep_alive) == (
         single.host,
         single.port,
         single.timeout_keep_alive,

@@ -248,3 +248,27 @@ def test_max_input_chars_reaches_the_chat_history(fake_lm: FakeLM, provider_key:
             )
     assert isinstance(refused.value.body, dict) and "at most 50 characters" in refused.value.body["message"]
     assert fake_lm.requests_started == 0
+
+
+def test_the_reply_is_the_last_str_output_unless_the_operator_picks_one(
+    fake_lm: FakeLM, provider_key: str
+) -> None:
+    fake_lm.answers = {"topic": "geography", "reply": ANSWER}
+    triage = [f"triage={CHAT}:triage"]
+    with serving(create_app(fake_settings(fake_lm, programs=triage))) as default:
+        reply = client_for(default).chat.completions.create(
+            model="triage", messages=[{"role": "user", "content": "Capital of France?"}]
+        )
+    assert reply.choices[0].message.content == ANSWER
+    chosen = fake_settings(fake_lm, programs=triage, chat_replies=["triage=topic"])
+    with serving(create_app(chosen)) as picked:
+        reply = client_for(picked).chat.completions.create(
+            model="triage", messages=[{"role": "user", "content": "Capital of France?"}]
+        )
+    assert reply.choices[0].message.content == "geography"
+    for spec, message in (
+        ("triage=topc", "'triage' has no str output 'topc'; its str outputs: topic, reply"),
+        ("nope=topic", "NAME one of the programs: triage"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            create_app(fake_settings(fake_lm, programs=triage, chat_replies=[spec]))

@@ -104,3 +104,38 @@ def test_held_lms_are_replaced_by_the_services_and_a_shared_one_stays_shared(
     assert program.judge.kwargs["temperature"] == 0.2 and program.judge.cache is False
     assert isinstance(program.pool[0], type(program.judge)) and type(program.judge).__name__ == "ServingLM"
     assert program.pool[1]["b"].model == "openai/pool-b"
+
+
+def test_an_unreachable_lm_is_logged_with_its_host_and_error_but_no_secret(
+    provider_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Callers get a 502; the operator gets where the calls went and why, at warning level."""
+    import logging
+    import socket
+
+    from dspy_serve import ServeSettings
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    settings = ServeSettings(
+        model="openai/fake-model",
+        api_base=f"http://operator:hunter2@127.0.0.1:{port}/v1/path-token-s3cret",
+        lm_retries=1,
+        programs=[QA],
+    )
+    caplog.set_level(logging.WARNING, logger="dspy_serve")
+    with serving(create_app(settings)) as server:
+        response = httpx.post(
+            server.base_url + "/qa/invoke", json={"inputs": {"question": "PRIVATE-PROMPT"}}, timeout=30
+        )
+    assert response.status_code == 502
+    failures = [r.getMessage() for r in caplog.records if r.getMessage().startswith("LM call failed")]
+    assert len(failures) == 2, caplog.text  # the attempt and its retry
+    assert failures[0].startswith(
+        f"LM call failed: openai/fake-model at http://127.0.0.1:{port}: LMTransportError: "
+    )
+    assert failures[0].endswith("(attempt 1 of 2, retrying in 0.5 s)")
+    assert failures[1].endswith("(attempt 2 of 2, giving up)")
+    for secret in ("hunter2", "operator", "path-token-s3cret", "PRIVATE-PROMPT", provider_key):
+        assert secret not in caplog.text

@@ -172,7 +172,7 @@ def test_missing_module_is_a_target_error() -> None:
 
 
 def test_missing_attribute_is_a_target_error() -> None:
-    with pytest.raises(TargetError, match="has no attribute 'nope'"):
+    with pytest.raises(TargetError, match="has no 'nope'"):
         load_program("x", sample("nope"))
 
 

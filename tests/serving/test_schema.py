@@ -593,3 +593,25 @@ def test_max_input_chars_reaches_strings_nested_in_models_dicts_and_history(
     (error,) = refused.value.errors or []
     assert error["loc"] == [field] and error["type"] == "string_too_long"
     assert f"at most 10 characters (at {where})" in error["msg"]
+
+
+def test_a_module_without_a_docstring_has_no_description_not_its_first_steps() -> None:
+    """A predictor's instructions describe one step; the program is described by its own class."""
+
+    class TwoSteps(dspy.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.draft = dspy.Predict(sp.QA)  # "Answer the question."
+
+        def forward(self, question: str) -> dspy.Prediction:
+            return self.draft(question=question)
+
+    class Documented(TwoSteps):
+        """Draft an answer, then check it."""
+
+    class Inherits(Documented):
+        pass
+
+    assert derive_interface("bare", TwoSteps()).instructions == ""
+    assert derive_interface("documented", Documented()).instructions == "Draft an answer, then check it."
+    assert derive_interface("inherits", Inherits()).instructions == "Draft an answer, then check it."

@@ -65,3 +65,18 @@ def answering_pids(url: str, want: int, seconds: float) -> set[int]:
             pass
         time.sleep(0.2)
     return pids
+
+
+def wait_for_line(process: subprocess.Popen[str], contains: str, seconds: float = 90) -> str:
+    """The first line of ``process``'s stderr holding ``contains`` (log lines before it are skipped)."""
+    assert process.stderr is not None
+    deadline = time.monotonic() + seconds
+    seen = []
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            break  # the process ended
+        if contains in line:
+            return line
+        seen.append(line)
+    raise AssertionError(f"no line with {contains!r}; got:\n{''.join(seen)[-3000:]}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -173,3 +174,18 @@ async def test_mlflow_autolog_without_mlflow_fails_startup_clearly(monkeypatch: 
     with pytest.raises(RuntimeError, match="pip install mlflow"):
         async with app.router.lifespan_context(app):
             pass
+
+
+def test_an_undocumented_module_is_described_as_a_program_not_as_its_first_step() -> None:
+    class Undocumented(dspy.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.step = dspy.Predict(dspy.Signature("question -> answer", "Only the first step."))
+
+        def forward(self, question: str) -> dspy.Prediction:
+            return self.step(question=question)
+
+    app = create_app(ServeSettings(), programs={"bare": Undocumented()}, lm=DummyLM([{"answer": "x"}]))
+    invoke = app.openapi()["paths"]["/bare/invoke"]["post"]
+    assert invoke["description"] == "Run the DSPy program `bare`."
+    assert "Only the first step." not in json.dumps(app.openapi())

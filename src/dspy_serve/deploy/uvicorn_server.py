@@ -8,8 +8,11 @@ finally the lifespan closes the LM clients.
 
 from __future__ import annotations
 
+import errno
 import functools
 import math
+import socket
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -20,13 +23,52 @@ from dspy_serve.deploy.http_guard import ConnectionLimits, GuardedHttpToolsProto
 from dspy_serve.serving.service import Service
 from dspy_serve.settings import ServeSettings
 
-__all__ = ["ServeServer", "uvicorn_config", "uvicorn_options"]
+__all__ = ["PortUnavailable", "ServeServer", "bind_socket", "socket_url", "uvicorn_config", "uvicorn_options"]
+
+
+class PortUnavailable(ValueError):
+    """The address to listen on cannot be bound (in use, not ours, not an address here)."""
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind the listening socket before anything starts, so a taken port is one clear message
+    (not a log line after the programs loaded) and ``--port 0`` has its real port to announce."""
+    sock = socket.socket(family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortUnavailable(
+                f"port {port} on {host} is already in use; stop what listens there, or choose "
+                "another --port (--port 0 picks a free one)"
+            ) from None
+        raise PortUnavailable(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)  # worker processes serve on it too
+    return sock
+
+
+def socket_url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 class ServeServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, service: Service) -> None:
+    """uvicorn's server, which turns unready on a signal before draining, and says when it
+    really serves (after the lifespan started, on the bound port)."""
+
+    def __init__(
+        self, config: uvicorn.Config, service: Service, on_started: Callable[[], None] | None = None
+    ) -> None:
         super().__init__(config)
         self.service = service
+        self._on_started = on_started
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self._on_started is not None:
+            self._on_started()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.service.begin_shutdown()

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -19,13 +20,15 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.supervisors import ChangeReload, Multiprocess
 
 from dspy_serve.deploy.uvicorn_server import uvicorn_options
 from dspy_serve.logs import configure_logging
+from dspy_serve.serving.loader import parse_target
 from dspy_serve.serving.service import Service
 from dspy_serve.settings import ServeSettings
 
-__all__ = ["run_workers", "worker_app"]
+__all__ = ["reload_options", "run_workers", "worker_app"]
 
 SETTINGS_FILE_ENV = "DSPY_SERVE_WORKER_SETTINGS_FILE"
 
@@ -62,7 +65,20 @@ def _refuse_new_calls_on_exit(service: Service) -> None:
         signal.signal(sig, handler)
 
 
-def run_workers(settings: ServeSettings) -> None:
+def reload_options(settings: ServeSettings) -> dict[str, Any]:
+    """Watch the directories of the program files and artifacts (not dspy-serve's own): a change
+    to a ``.py`` file or to an artifact there restarts the server process."""
+    paths = [Path(target.rpartition(":")[0]) for _, target in map(parse_target, settings.programs)]
+    files = [path for path in paths if path.suffix == ".py" or "/" in str(path)]
+    artifacts = [Path(spec.partition("=")[2] or spec) for spec in settings.artifacts]
+    dirs = sorted({str((path if path.is_dir() else path.parent).resolve()) for path in [*files, *artifacts]})
+    patterns = ["*.py", *sorted({f"*{path.suffix}" for path in artifacts if path.suffix})]
+    return {"reload": True, "reload_dirs": dirs or [str(Path.cwd())], "reload_includes": patterns}
+
+
+def run_workers(settings: ServeSettings, sock: socket.socket) -> None:
+    """Serve on ``sock`` from child processes: ``settings.workers`` of them, or, with
+    ``settings.reload``, one that is replaced whenever a program file or artifact changes."""
     workdir = Path(tempfile.mkdtemp(prefix="dspy-serve-"))
     try:
         settings_file = workdir / "settings.json"
@@ -72,11 +88,17 @@ def run_workers(settings: ServeSettings) -> None:
         metrics_dir.mkdir()
         os.environ[SETTINGS_FILE_ENV] = str(settings_file)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-        uvicorn.run(
+        config = uvicorn.Config(
             "dspy_serve.deploy.workers:worker_app",
             factory=True,
             workers=settings.workers,
             **uvicorn_options(settings),
+            **(reload_options(settings) if settings.reload else {}),
         )
+        # The parent bound the port (a taken one is a clear message there, and --port 0 is known).
+        if settings.reload:
+            ChangeReload(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
+        else:
+            Multiprocess(config, sockets=[sock]).run()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

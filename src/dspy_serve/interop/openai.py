@@ -39,7 +39,7 @@ from dspy_serve.web.envelopes import NOT_BOOL_OR_STR
 from dspy_serve.web.request_state import caller_of, require_json, until_disconnected
 from dspy_serve.web.sse import EventStreamResponse
 
-__all__ = ["ChatRequest", "ChatShape", "build_openai_router", "chat_shape"]
+__all__ = ["ChatRequest", "ChatShape", "build_openai_router", "chat_replies", "chat_shape"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -150,8 +150,10 @@ class ChatShape:
         return value if isinstance(value, str) else json.dumps(outputs, ensure_ascii=False, default=str)
 
 
-def chat_shape(program: Program) -> ChatShape:
-    """Read the chat mapping off the program's interface, or say why there is none."""
+def chat_shape(program: Program, reply: str | None = None) -> ChatShape:
+    """Read the chat mapping off the program's interface, or say why there is none. ``reply`` is
+    the operator's choice of output (``--chat-reply NAME=FIELD``); by default, the program's last
+    ``str`` output other than ``reasoning``: in DSPy signatures the answer comes last."""
     inputs = program.interface.inputs.model_fields
     history = next((n for n, f in inputs.items() if f.annotation is dspy.History), None)
     texts = [n for n, f in inputs.items() if f.annotation is str]
@@ -174,7 +176,8 @@ def chat_shape(program: Program) -> ChatShape:
             param="model",
         )
     outputs = [n for n, f in program.interface.outputs.model_fields.items() if f.annotation is str]
-    reply = next((n for n in outputs if n != "reasoning"), outputs[0] if outputs else None)
+    if reply is None:
+        reply = next((n for n in reversed(outputs) if n != "reasoning"), outputs[0] if outputs else None)
     streamers = [
         name
         for name, predictor in program.loaded.module.named_predictors()
@@ -261,6 +264,7 @@ def build_openai_router(service: Service) -> APIRouter:
     so they are left out of our OpenAPI document (OpenAI's API reference describes them)."""
     router = APIRouter(include_in_schema=False)
     created = int(time.time())
+    replies = chat_replies(service)
 
     def card(name: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": created, "owned_by": "dspy-serve"}
@@ -293,7 +297,7 @@ def build_openai_router(service: Service) -> APIRouter:
             require_json(request)
             body = _validated(ChatRequest, await request.body(), "Invalid request body")
             program = find(body.model)
-            shape = chat_shape(program)
+            shape = chat_shape(program, replies.get(program.name))
             inputs = shape.inputs(program, body.messages)
             options = body.options(service.settings.max_tokens_limit)
             caller = caller_of(request)
@@ -313,6 +317,26 @@ def build_openai_router(service: Service) -> APIRouter:
             return error_response(request, exc)
 
     return router
+
+
+def chat_replies(service: Service) -> dict[str, str]:
+    """``--chat-reply NAME=FIELD`` per program, checked when the app is built: a name that is not
+    served or a field that is not a ``str`` output stops the start-up."""
+    replies: dict[str, str] = {}
+    for spec in service.settings.chat_replies:
+        name, sep, field = (part.strip() for part in spec.partition("="))
+        program = service.programs.get(name)
+        if not sep or program is None:
+            served = ", ".join(service.programs)
+            raise ValueError(f"chat reply {spec!r}: write NAME=FIELD with NAME one of the programs: {served}")
+        texts = [n for n, f in program.interface.outputs.model_fields.items() if f.annotation is str]
+        if field not in texts:
+            raise ValueError(
+                f"chat reply {spec!r}: {name!r} has no str output {field!r}; its str outputs: "
+                f"{', '.join(texts) or 'none'}"
+            )
+        replies[name] = field
+    return replies
 
 
 class _ChunkEncoder:

@@ -10,9 +10,11 @@ import asyncio
 import functools
 import inspect
 import logging
+import re
 import time
 from contextlib import AbstractContextManager
 from typing import Any
+from urllib.parse import urlsplit
 
 import dspy
 
@@ -44,9 +46,10 @@ class ServingLM(dspy.LM):
     provider finish (and bill) an answer nobody reads.
     """
 
-    def __init__(self, model: str, *, retries: int = 3, **kwargs: Any) -> None:
+    def __init__(self, model: str, *, retries: int = 3, endpoint: str | None = None, **kwargs: Any) -> None:
         super().__init__(model, num_retries=0, **kwargs)
         self.serve_retries = retries
+        self.endpoint = endpoint or "the provider's default URL"  # for logs: no path, no credentials
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         scope = current_scope()
@@ -68,6 +71,7 @@ class ServingLM(dspy.LM):
                         outputs = dspy.LM.__call__(compatible, *args, **kwargs)
             except Exception as exc:
                 delay = self._retry_delay(exc, attempt)
+                self._log_failure(exc, attempt, delay)
                 if delay is None:
                     raise
             else:
@@ -94,6 +98,7 @@ class ServingLM(dspy.LM):
                         outputs = await dspy.LM.acall(compatible, *args, **kwargs)
             except Exception as exc:
                 delay = self._retry_delay(exc, attempt)
+                self._log_failure(exc, attempt, delay)
                 if delay is None:
                     raise
             else:
@@ -111,6 +116,21 @@ class ServingLM(dspy.LM):
         if cause is None:
             return None
         return self.copy(engine="litellm", **cause.clients)
+
+    def _log_failure(self, exc: Exception, attempt: int, delay: float | None) -> None:
+        """What the operator needs when the LM fails (callers only get a typed status): where the
+        calls went and what the client said. Never the prompt, and never a credential."""
+        then = f"retrying in {delay:.2g} s" if delay is not None else "giving up"
+        logger.warning(
+            "LM call failed: %s at %s: %s: %s (attempt %d of %d, %s)",
+            self.model,
+            self.endpoint,
+            type(exc).__name__,
+            _redacted(str(exc)),
+            attempt + 1,
+            self.serve_retries + 1,
+            then,
+        )
 
     def _retry_delay(self, exc: Exception, attempt: int) -> float | None:
         """Seconds to wait before the next attempt, or None to give up now."""
@@ -143,6 +163,25 @@ def _as_adapter_call(lm: dspy.LM, kwargs: dict[str, Any]) -> AbstractContextMana
     from dspy.clients._deprecation import adapter_message_call
 
     return adapter_message_call(lm, kwargs.get("messages"))  # type: ignore[no-any-return]
+
+
+_USERINFO = re.compile(r"[^\s/@]+@(?=[^\s/@]+)")
+
+
+def _redacted(message: str) -> str:
+    """An LM client's message, made fit for a log: its first line, without ``user:password@`` in
+    a URL, bounded (a provider's error body could echo anything)."""
+    first_line = message.strip().splitlines()[0] if message.strip() else ""
+    return _USERINFO.sub("", first_line)[:300]
+
+
+def endpoint_of(api_base: str | None) -> str | None:
+    """``scheme://host:port`` of an API base, for logs: the path and user info can hold secrets."""
+    if not api_base:
+        return None
+    parts = urlsplit(api_base)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}" if host else None
 
 
 def _count_call(model: str) -> None:
@@ -261,7 +300,9 @@ class LanguageModels:
             model, engine, async_engine = local_engines(
                 None if name == "local" else name, max_tokens=settings.max_tokens or 256
             )
-            return ServingLM(model, retries=0, engine=engine, async_engine=async_engine, **common)
+            return ServingLM(
+                model, retries=0, engine=engine, async_engine=async_engine, endpoint="this process", **common
+            )
         if settings.max_tokens is not None:
             common["max_tokens"] = settings.max_tokens
         engines = pooled_engines(
@@ -273,12 +314,23 @@ class LanguageModels:
         if engines is not None:
             pooled, async_pooled = engines
             return ServingLM(
-                name, retries=settings.lm_retries, engine=pooled, async_engine=async_pooled, **common
+                name,
+                retries=settings.lm_retries,
+                engine=pooled,
+                async_engine=async_pooled,
+                endpoint=endpoint_of(settings.api_base),
+                **common,
             )
         logger.info("%s is not routed natively by DSPy; its connection pool keeps DSPy's default size", name)
         if settings.api_base is not None:
             common["api_base"] = settings.api_base
-        return ServingLM(name, retries=settings.lm_retries, timeout=settings.timeout, **common)
+        return ServingLM(
+            name,
+            retries=settings.lm_retries,
+            timeout=settings.timeout,
+            endpoint=endpoint_of(settings.api_base),
+            **common,
+        )
 
     async def aclose(self) -> None:
         for lm in self._lms.values():

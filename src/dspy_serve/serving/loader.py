@@ -8,6 +8,7 @@ missing or incompatible artifact stops the start-up unless the operator opted ou
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import importlib.util
@@ -21,6 +22,7 @@ from typing import Any
 
 import dspy
 
+from dspy_serve.serving.import_errors import import_failure
 from dspy_serve.settings import ServeSettings
 
 __all__ = [
@@ -180,12 +182,37 @@ def _import_object(target: str) -> Any:
     else:
         try:
             module = importlib.import_module(location)
-        except ImportError as exc:
-            raise TargetError(f"{target}: cannot import {location!r} ({exc})") from exc
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not location.startswith(exc.name):
+                raise TargetError(import_failure(exc)) from None  # the module itself imports a missing one
+            raise TargetError(f"{target}: cannot import {location!r} ({exc})") from None
+        except Exception as exc:
+            raise TargetError(import_failure(exc)) from None
     try:
         return getattr(module, attr)
     except AttributeError:
-        raise TargetError(f"{target}: {location!r} has no attribute {attr!r}") from None
+        raise TargetError(f"{target}: {location!r} has no {attr!r}{_suggestion(module, attr)}") from None
+
+
+def _suggestion(module: Any, attr: str) -> str:
+    """What the user may have meant: the programs-like names the module does define."""
+    own = [
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_")
+        and (
+            isinstance(value, dspy.Module)
+            or (inspect.isclass(value) and issubclass(value, (dspy.Module, dspy.Signature)))
+            or (inspect.isfunction(value) and value.__module__ == module.__name__)
+        )
+        and value not in (dspy.Module, dspy.Signature)
+    ]
+    if not own:
+        return " (it defines no dspy.Module, Module class, factory or Signature)"
+    close = difflib.get_close_matches(attr, own, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    shown = ", ".join(own[:12]) + (f", and {len(own) - 12} more" if len(own) > 12 else "")
+    return f"{hint} (it defines: {shown})"
 
 
 def _import_file(path: Path) -> Any:
@@ -207,9 +234,9 @@ def _import_file(path: Path) -> Any:
         sys.path.insert(0, parent)
     try:
         spec.loader.exec_module(module)
-    except Exception:
+    except Exception as exc:
         del sys.modules[module_name]
-        raise
+        raise TargetError(import_failure(exc)) from None
     return module
 
 

@@ -153,11 +153,19 @@ def _derive(name: str, module: dspy.Module, declared: str | type[dspy.Signature]
 
     inputs = _inputs_from_parameters(name, module, parameters, predictors)
     outputs = _outputs_from_forward(name, module, predictors)
-    own_doc = type(module).__dict__.get("__doc__")
-    instructions = (
-        inspect.cleandoc(own_doc) if own_doc else (predictors[0].signature.instructions if predictors else "")
-    )
-    return _build(name, instructions, inputs, outputs)
+    return _build(name, _module_doc(module), inputs, outputs)
+
+
+def _module_doc(module: dspy.Module) -> str:
+    """The docstring of the program's class (or of a user-defined base): what the module does as
+    a whole. Never a predictor's instructions, which describe one step; none is ``""``."""
+    for cls in type(module).__mro__:
+        if cls is dspy.Module or not issubclass(cls, dspy.Module):
+            break
+        doc = cls.__dict__.get("__doc__")
+        if doc:
+            return inspect.cleandoc(doc)
+    return ""
 
 
 def _from_signature(name: str, signature: type[dspy.Signature]) -> ProgramInterface:

@@ -34,7 +34,8 @@ from dspy_serve.errors import (
     ServiceUnavailable,
     from_exception,
 )
-from dspy_serve.lm.registry import LanguageModels, adopt_held_lms
+from dspy_serve.lm.checks import missing_credentials
+from dspy_serve.lm.registry import LanguageModels, adopt_held_lms, allowed_models
 from dspy_serve.serving import pricing, tracing
 from dspy_serve.serving.call_scope import CallScope
 from dspy_serve.serving.caller import Caller
@@ -89,6 +90,8 @@ class Service:
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         _configure_dspy(self.settings)
+        for problem in missing_credentials(self.settings, self._given_lm):
+            logger.error("%s: calls to it will fail", problem)  # the CLI refuses to start instead
         # Loading a local model reads ~100 MB: keep it off the event loop.
         self.lms = await anyio.to_thread.run_sync(LanguageModels, self.settings, self._given_lm)
         self._threads = anyio.CapacityLimiter(self.settings.sync_thread_count)
@@ -131,6 +134,11 @@ class Service:
             await self.lms.aclose()
         self.metrics.close()
         self.state = ServiceState.STOPPED
+
+    @property
+    def model_names(self) -> list[str]:
+        """The models callers may pick, the default first (known before startup builds them)."""
+        return allowed_models(self.settings, self._given_lm)
 
     @property
     def ready(self) -> bool:

@@ -18,6 +18,9 @@ __all__ = ["DOCS_PATHS", "OPEN_PATHS", "ApiKeyMiddleware"]
 # Exact paths, never prefixes: a program named ``docs_qa`` or ``health`` must not inherit them.
 OPEN_PATHS = frozenset({"/health/live", "/health/ready"})
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/metrics"})
+# The docs pages' static assets (Swagger UI, ReDoc: public files, nothing of ours): a browser
+# cannot send a key for a <script> tag. Safe as a prefix: no program may be named "docs".
+ASSETS_PREFIX = "/docs/assets/"
 
 
 class ApiKeyMiddleware:
@@ -44,7 +47,11 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
     def _is_open(self, path: str) -> bool:
-        return path in OPEN_PATHS or (not self.protect_docs and path in DOCS_PATHS)
+        return (
+            path in OPEN_PATHS
+            or path.startswith(ASSETS_PREFIX)
+            or (not self.protect_docs and path in DOCS_PATHS)
+        )
 
     @staticmethod
     def _presented(scope: Scope) -> str | None:

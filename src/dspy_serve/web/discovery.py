@@ -23,7 +23,7 @@ __all__ = ["add_discovery_routes", "build_router"]
 def build_router(service: Service) -> APIRouter:
     """Every route of the native API: each program's, then discovery and health."""
     router = APIRouter()
-    options = options_model(service.settings.max_tokens_limit)
+    options = options_model(service.settings.max_tokens_limit, service.model_names)
     for program in service.programs.values():
         add_program_routes(router, service, program, options)
     add_discovery_routes(router, service)

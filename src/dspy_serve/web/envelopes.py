@@ -112,7 +112,9 @@ def _keep_invalid(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         )
 
 
-def options_model(max_tokens_limit: int) -> type[BaseModel]:
+def options_model(max_tokens_limit: int, models: list[str]) -> type[BaseModel]:
+    """The options of a call. Each field's example is a value this server accepts, so the docs'
+    "Try it out" request works as given (a generated ``"model": "string"`` would be a 403)."""
     return create_model(
         "CallOptions",
         __config__=ConfigDict(extra="forbid"),
@@ -120,10 +122,18 @@ def options_model(max_tokens_limit: int) -> type[BaseModel]:
         # Strict: `"temperature": false` or `"max_tokens": "100"` is a mistake to report, not to coerce.
         model=(
             str | None,
-            Field(default=None, strict=True, description="One of the allowed models (see GET /programs)."),
+            Field(
+                default=None,
+                strict=True,
+                description=f"One of the allowed models: {', '.join(models)}.",
+                examples=models[:1],
+            ),
         ),
-        temperature=(float | None, Field(default=None, ge=0, le=2, strict=True)),
-        max_tokens=(Annotated[int, Field(gt=0, le=max_tokens_limit), NOT_BOOL_OR_STR] | None, None),
+        temperature=(float | None, Field(default=None, ge=0, le=2, strict=True, examples=[0.7])),
+        max_tokens=(
+            Annotated[int, Field(gt=0, le=max_tokens_limit), NOT_BOOL_OR_STR] | None,
+            Field(default=None, examples=[min(256, max_tokens_limit)]),
+        ),
     )
 
 

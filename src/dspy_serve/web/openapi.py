@@ -7,14 +7,13 @@ from collections.abc import Collection, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 
 from dspy_serve.serving.caller import Caller
 from dspy_serve.web.auth import DOCS_PATHS, OPEN_PATHS
 from dspy_serve.web.request_state import caller_of
 
-__all__ = ["add_docs_routes", "document_event_streams", "document_security", "visible_to"]
+__all__ = ["add_openapi_route", "document_event_streams", "document_security", "visible_to"]
 
 # Both ways a key may travel (see web/auth.py); either one satisfies an operation.
 SECURITY_SCHEMES = {
@@ -82,33 +81,14 @@ def _refs(node: Any) -> Iterator[str]:
             yield from _refs(value)
 
 
-def add_docs_routes(app: FastAPI, programs: Collection[str]) -> None:
-    """``/openapi.json`` (per caller), ``/docs`` (Swagger UI) and ``/redoc``: FastAPI's own,
-    except that the document is filtered by the caller's key."""
-
-    def prefix(request: Request) -> str:
-        return str(request.scope.get("root_path", "")).rstrip("/")
+def add_openapi_route(app: FastAPI, programs: Collection[str]) -> None:
+    """``/openapi.json``, filtered by the caller's key: a key sees only the programs it may call.
+    (``/docs`` and ``/redoc`` render it: :mod:`dspy_serve.web.pages`.)"""
 
     async def openapi(request: Request) -> JSONResponse:
         return JSONResponse(visible_to(app.openapi(), caller_of(request), programs))
 
-    async def swagger_ui(request: Request) -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url=prefix(request) + "/openapi.json",
-            title=f"{app.title} - Swagger UI",
-            oauth2_redirect_url=prefix(request) + "/docs/oauth2-redirect",
-        )
-
-    async def oauth2_redirect(request: Request) -> HTMLResponse:
-        return get_swagger_ui_oauth2_redirect_html()
-
-    async def redoc(request: Request) -> HTMLResponse:
-        return get_redoc_html(openapi_url=prefix(request) + "/openapi.json", title=f"{app.title} - ReDoc")
-
     app.add_route("/openapi.json", openapi, include_in_schema=False)
-    app.add_route("/docs", swagger_ui, include_in_schema=False)
-    app.add_route("/docs/oauth2-redirect", oauth2_redirect, include_in_schema=False)
-    app.add_route("/redoc", redoc, include_in_schema=False)
 
 
 def document_event_streams(app: FastAPI) -> None:

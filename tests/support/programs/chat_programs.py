@@ -32,3 +32,7 @@ class Tagged(dspy.Signature):
 
 
 tagged = dspy.Predict(Tagged)
+
+
+# Two str outputs: the reply is the last one unless the operator picks another (--chat-reply).
+triage = dspy.Predict("question -> topic, reply")
