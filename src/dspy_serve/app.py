@@ -55,6 +55,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.start()
+        # Said when the server starts serving (not when the app is built), next to what it serves.
+        if keys is not None:
+            logger.info("API keys: on (%d keys)", len(keys))
+        else:
+            logger.warning("API keys: off (every route is open; set DSPY_SERVE_API_KEYS or api_keys_file)")
         try:
             # MCP's task group ends (cancelling any tool call still running) before the service stops.
             async with AsyncExitStack() as stack:
@@ -90,9 +95,6 @@ def create_app(
     if keys is not None:
         document_security(app, protect_docs=settings.protect_docs)
         app.add_middleware(ApiKeyMiddleware, keys=keys, protect_docs=settings.protect_docs)
-        logger.info("API keys: on (%d keys)", len(keys))
-    else:
-        logger.warning("API keys: off (every route is open; set DSPY_SERVE_API_KEYS or api_keys_file)")
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

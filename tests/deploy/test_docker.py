@@ -184,7 +184,7 @@ def test_no_secret_is_written_and_a_url_with_a_password_stays_in_the_environment
     ("args", "message"),
     [
         (["examples/missing.py:program"], "program file not found: examples/missing.py"),
-        (["examples/qa.py:nothing"], "has no attribute 'nothing'"),
+        (["examples/qa.py:nothing"], "has no 'nothing'"),
         (["examples/qa.py:program", "--artifact", "examples/classify.json"], "examples/classify.json"),
     ],
 )
