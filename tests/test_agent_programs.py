@@ -23,6 +23,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from dspy_serve import create_app
 from tests.support import fake_lm as fakes
+from tests.support.endpoints import read_events
 from tests.support.fake_lm import FakeLM, Hang, prompt_text, react_agent
 from tests.support.metrics import samples
 from tests.support.programs import agent_programs
@@ -57,16 +58,6 @@ def server(fake_lm: FakeLM, provider_key: str, monkeypatch: pytest.MonkeyPatch) 
     programs = [f"{name}={PROGRAMS}:{name}" for name in NAMES]
     with serving(create_app(fake_settings(fake_lm, programs=programs, timeout=30))) as running:
         yield running
-
-
-def read_events(response: httpx.Response) -> list[tuple[str, Any]]:
-    events, name = [], ""
-    for line in response.iter_lines():
-        if line.startswith("event: "):
-            name = line.removeprefix("event: ")
-        elif line.startswith("data: "):
-            events.append((name, json.loads(line.removeprefix("data: "))))
-    return events
 
 
 def stream(server: ServerThread, name: str, inputs: dict[str, Any]) -> list[tuple[str, Any]]:

@@ -25,18 +25,23 @@ def batch(base_url: str, name: str, items: list[dict[str, Any]]) -> httpx.Respon
     return httpx.post(f"{base_url}/{name}/batch", json={"items": items}, timeout=30)
 
 
-def stream_events(base_url: str, name: str, inputs: dict[str, Any]) -> list[tuple[str, Any]]:
-    """Every (event, data) of /NAME/stream; a stream that does not end within 20 s fails."""
+def read_events(response: httpx.Response) -> list[tuple[str, Any]]:
+    """Every (event, data) of a Server-Sent Events response, data parsed as JSON."""
     events: list[tuple[str, Any]] = []
     event = "message"
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            event = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            events.append((event, json.loads(line.removeprefix("data: "))))
+    return events
+
+
+def stream_events(base_url: str, name: str, inputs: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Every (event, data) of /NAME/stream; a stream that does not end within 20 s fails."""
     with httpx.stream("POST", f"{base_url}/{name}/stream", json={"inputs": inputs}, timeout=20) as response:
         assert response.status_code == 200, response.read()
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                event = line.removeprefix("event: ")
-            elif line.startswith("data: "):
-                events.append((event, json.loads(line.removeprefix("data: "))))
-    return events
+        return read_events(response)
 
 
 def chat(base_url: str, name: str, text: str) -> httpx.Response:
