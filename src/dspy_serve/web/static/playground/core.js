@@ -23,6 +23,11 @@ export function h(tag, attrs = {}, ...children) {
   return el;
 }
 
+// A docstring's hard line breaks joined; its blank lines (paragraphs) kept.
+export function unwrap(text) {
+  return (text || "").replace(/([^\n])\n(?!\n)/g, "$1 ");
+}
+
 export const $ = (id) => document.getElementById(id);
 export const enc = encodeURIComponent;
 

@@ -1,6 +1,6 @@
 // "/": every program this key may call, with what it is and how to call it.
 
-import { $, api, enc, h, hasKey, problemOf, problemView, setUpKeyPanel } from "./core.js";
+import { $, api, enc, h, hasKey, problemOf, problemView, setUpKeyPanel, unwrap } from "./core.js";
 import { chatField, exampleInputs, snippetViews, snippets } from "./snippets.js";
 
 function card(program) {
@@ -15,7 +15,7 @@ function card(program) {
     "article",
     { class: "card", "data-program": name },
     h("h2", {}, h("a", { href: `playground/${enc(name)}` }, name)),
-    h("p", { class: "description" }, program.instructions || "(no description)"),
+    h("p", { class: "description" }, unwrap(program.instructions) || "(no description)"),
     h(
       "dl",
       {},

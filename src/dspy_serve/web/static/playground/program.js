@@ -1,6 +1,6 @@
 // "/playground/NAME": the form, a streamed run, its outputs, and ways to share and repeat it.
 
-import { $, api, copyText, enc, h, hasKey, problemOf, problemView, setUpKeyPanel } from "./core.js";
+import { $, api, copyText, enc, h, hasKey, problemOf, problemView, setUpKeyPanel, unwrap } from "./core.js";
 import { FieldProblem, buildForm, clearHighlights, highlight } from "./form.js";
 import { costText, renderOutputs, totalTokens } from "./render.js";
 import { chatField, requestBody, snippetViews, snippets } from "./snippets.js";
@@ -241,7 +241,7 @@ async function main() {
     return;
   }
   program = await response.json();
-  $("description").textContent = program.instructions || "";
+  $("description").textContent = unwrap(program.instructions);
   $("facts").replaceChildren(
     h("code", {}, program.signature),
     " · model ",
