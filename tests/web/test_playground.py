@@ -102,8 +102,10 @@ def wait_for_outputs(page: Any) -> None:
 
 
 def test_the_landing_page_lists_programs_with_state_links_and_snippets_as_text(
-    page: Any, server: ServerThread, artifact: Path
+    chromium: Any, server: ServerThread, artifact: Path
 ) -> None:
+    # This page keeps the pages' Content-Security-Policy: they work under it.
+    page = offline_page(chromium, server.base_url)
     page.goto(server.base_url + "/")
     card = page.locator('.card[data-program="echo"]')
     card.wait_for(timeout=20_000)
@@ -129,6 +131,10 @@ def test_the_landing_page_lists_programs_with_state_links_and_snippets_as_text(
     card.locator("a", has_text="Open playground").click()
     page.wait_for_selector("#workbench:not([hidden])", timeout=20_000)
     assert page.locator("#title").inner_text() == "echo"
+    page.locator("textarea").first.fill("Capital of Peru?")
+    page.locator("#run").click()
+    wait_for_outputs(page)
+    page.context.close()
 
 
 # --- the form -------------------------------------------------------------------------------------
