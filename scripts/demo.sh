@@ -12,6 +12,7 @@ cat >&2 <<MSG
     curl -s http://$HOST:$PORT/qa/invoke -H 'Content-Type: application/json' \\
          -d '{"inputs": {"question": "What is the capital of France?"}}'
   API docs: http://$HOST:$PORT/docs
+  Try it in the browser (the playground): http://$HOST:$PORT/playground/qa
 
   Then serve your own program from this checkout's environment:
     source .venv/bin/activate     # or call .venv/bin/dspy-serve directly

@@ -52,6 +52,7 @@ def test_the_demo_installs_the_runtime_only_and_the_build_reports_progress(tmp_p
     assert "[3/3] Linking" in (venv / "llama-cpp-build.log").read_text()
     demo = (ROOT / "scripts" / "demo.sh").read_text()
     assert "bash scripts/install.sh runtime" in demo and "source .venv/bin/activate" in demo
+    assert "http://$HOST:$PORT/playground/qa" in demo  # the demo points at the playground
 
 
 def test_a_failed_build_shows_the_end_of_its_log(tmp_path: Path) -> None:

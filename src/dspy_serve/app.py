@@ -26,6 +26,7 @@ from dspy_serve.web.discovery import build_router
 from dspy_serve.web.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from dspy_serve.web.openapi import add_openapi_route, document_event_streams, document_security
 from dspy_serve.web.pages import add_pages
+from dspy_serve.web.playground import add_playground
 from dspy_serve.web.problems import install_error_handlers
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["create_app", "install_error_handlers", "router"]
 
 logger = logging.getLogger("dspy_serve")
+
 
 def create_app(
     settings: ServeSettings | None = None,
@@ -82,6 +84,8 @@ def create_app(
     )
     app.state.service = service
     add_pages(app, service)
+    if settings.playground:
+        add_playground(app)
     app.include_router(build_router(service))
     app.include_router(build_openai_router(service))
     if mcp is not None:
@@ -94,7 +98,9 @@ def create_app(
     keys = KeyRing.from_settings(settings)
     if keys is not None:
         document_security(app, protect_docs=settings.protect_docs)
-        app.add_middleware(ApiKeyMiddleware, keys=keys, protect_docs=settings.protect_docs)
+        app.add_middleware(
+            ApiKeyMiddleware, keys=keys, protect_docs=settings.protect_docs, open_pages=settings.playground
+        )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

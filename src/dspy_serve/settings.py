@@ -235,6 +235,12 @@ class ServeSettings(BaseSettings):
         "at once. Unset: no limit.",
     )
     title: str = Field(default="dspy-serve", description="Title of the OpenAPI document.")
+    playground: bool = Field(
+        default=True,
+        description="The web pages at / and /playground/NAME to try, inspect and batch-run each program in a "
+        "browser (static pages calling the API with the caller's own key). Off: those pages are 404 and / "
+        "is a plain index.",
+    )
     reload: bool = Field(
         default=False,
         description="Development: restart the server when a program file (*.py beside it) or an "

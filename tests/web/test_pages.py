@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 
 import dspy
@@ -11,6 +9,7 @@ import httpx
 import pytest
 
 from dspy_serve import create_app
+from tests.support.browser import browser, offline_page
 from tests.support.fake_lm import FakeLM
 from tests.support.servers import ServerThread, serving
 from tests.support.settings import PROGRAMS, fake_settings
@@ -21,7 +20,9 @@ def server(fake_lm: FakeLM, provider_key: str) -> Iterator[ServerThread]:
     fake_lm.answers = {"answer": "Paris"}
     shouty = dspy.Signature("text -> verdict", "Judge <script>alert('x')</script> & friends.")
     app = create_app(
-        fake_settings(fake_lm, programs=[f"qa={PROGRAMS / 'serving.py'}:qa"]), programs={"judge": shouty}
+        # playground=False: "/" is then the plain server-rendered index these tests pin.
+        fake_settings(fake_lm, programs=[f"qa={PROGRAMS / 'serving.py'}:qa"], playground=False),
+        programs={"judge": shouty},
     )
     with serving(app) as running:
         yield running
@@ -66,47 +67,25 @@ def test_the_docs_examples_are_requests_this_server_accepts(server: ServerThread
     assert response.status_code == 200, response.text
 
 
-def _chromium() -> str:
-    binary = shutil.which("chromium") or shutil.which("chromium-browser")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing: CI must install it (apt-get install chromium)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    return binary
-
-
 def test_swagger_ui_renders_offline_and_try_it_out_succeeds(server: ServerThread) -> None:
     """A real browser with no network but loopback: the page renders every operation, and
     "Try it out" then "Execute" on an invoke, with the example as given, answers 200; ReDoc
     renders too."""
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=_chromium(), args=["--no-sandbox", "--proxy-server=127.0.0.1:9"]
-        )
-        try:
-            page = browser.new_page()
-            # Anything not served by this server fails, as it would offline.
-            page.route(
-                "**/*",
-                lambda route: (
-                    route.continue_() if route.request.url.startswith(server.base_url) else route.abort()
-                ),
-            )
-            page.goto(server.base_url + "/docs")
-            page.wait_for_selector(".opblock", timeout=30_000)
-            summaries = page.locator(".opblock-summary-path").all_inner_texts()
-            assert "/qa/invoke" in [s.replace("\u200b", "") for s in summaries]
-            operation = page.locator("#operations-qa-qa_invoke")
-            operation.locator(".opblock-summary").click()
-            operation.locator("button.try-out__btn").click()
-            operation.locator("button.execute").click()
-            status = operation.locator(".live-responses-table tbody .response-col_status").first
-            status.wait_for(timeout=30_000)
-            assert status.inner_text().strip().startswith("200"), operation.inner_text()
+    with browser() as chromium:
+        # Anything not served by this server fails, as it would offline.
+        page = offline_page(chromium, server.base_url)
+        page.goto(server.base_url + "/docs")
+        page.wait_for_selector(".opblock", timeout=30_000)
+        summaries = page.locator(".opblock-summary-path").all_inner_texts()
+        assert "/qa/invoke" in [s.replace("\u200b", "") for s in summaries]
+        operation = page.locator("#operations-qa-qa_invoke")
+        operation.locator(".opblock-summary").click()
+        operation.locator("button.try-out__btn").click()
+        operation.locator("button.execute").click()
+        status = operation.locator(".live-responses-table tbody .response-col_status").first
+        status.wait_for(timeout=30_000)
+        assert status.inner_text().strip().startswith("200"), operation.inner_text()
 
-            page.goto(server.base_url + "/redoc")
-            page.locator(".api-content").wait_for(timeout=30_000)
-            assert "Run qa" in page.locator(".api-content").inner_text()  # ReDoc rendered the operations
-        finally:
-            browser.close()
+        page.goto(server.base_url + "/redoc")
+        page.locator(".api-content").wait_for(timeout=30_000)
+        assert "Run qa" in page.locator(".api-content").inner_text()  # ReDoc rendered the operations

@@ -13,7 +13,7 @@ from dspy_serve.serving.keys import KeyRing
 from dspy_serve.web.middleware import send_problem
 from dspy_serve.web.request_state import caller_in
 
-__all__ = ["DOCS_PATHS", "OPEN_PATHS", "ApiKeyMiddleware"]
+__all__ = ["DOCS_PATHS", "OPEN_PATHS", "PAGES_PREFIX", "ApiKeyMiddleware"]
 
 # Exact paths, never prefixes: a program named ``docs_qa`` or ``health`` must not inherit them.
 OPEN_PATHS = frozenset({"/health/live", "/health/ready"})
@@ -21,15 +21,23 @@ DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.js
 # The docs pages' static assets (Swagger UI, ReDoc: public files, nothing of ours): a browser
 # cannot send a key for a <script> tag. Safe as a prefix: no program may be named "docs".
 ASSETS_PREFIX = "/docs/assets/"
+# The playground's static pages and assets (and "/", its landing page): files with no data in
+# them; the page's own script asks for a key and sends it with every API call. A prefix, safely:
+# no program may be named "playground".
+PAGES_PREFIX = "/playground/"
 
 
 class ApiKeyMiddleware:
-    """Require a valid key, except on health checks (and, unless protected, docs and metrics)."""
+    """Require a valid key, except on health checks, static pages (and, unless protected, docs
+    and metrics)."""
 
-    def __init__(self, app: ASGIApp, keys: KeyRing, protect_docs: bool = False) -> None:
+    def __init__(
+        self, app: ASGIApp, keys: KeyRing, protect_docs: bool = False, open_pages: bool = False
+    ) -> None:
         self.app = app
         self.keys = keys
         self.protect_docs = protect_docs
+        self.open_pages = open_pages
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] == "OPTIONS":
@@ -51,6 +59,7 @@ class ApiKeyMiddleware:
             path in OPEN_PATHS
             or path.startswith(ASSETS_PREFIX)
             or (not self.protect_docs and path in DOCS_PATHS)
+            or (self.open_pages and (path == "/" or path.startswith(PAGES_PREFIX)))
         )
 
     @staticmethod

@@ -102,7 +102,10 @@ def _describe(service: Service, program: Program) -> dict[str, Any]:
         # Never a server path: the name and the hash say which state is served.
         "artifact": {"name": Path(artifact.path).name, "sha256": artifact.sha256} if artifact else None,
         "execution": "async" if program.runner is None or program.runner.native_async else "thread",
-        "endpoints": {
-            endpoint: f"/{program.name}/{endpoint}" for endpoint in ("invoke", "stream", "batch")
+        # What a form needs to stay within bounds (the playground's max tokens and batch size).
+        "limits": {
+            "max_tokens": service.settings.max_tokens_limit,
+            "batch_max_items": service.settings.batch_max_items,
         },
+        "endpoints": {endpoint: f"/{program.name}/{endpoint}" for endpoint in ("invoke", "stream", "batch")},
     }

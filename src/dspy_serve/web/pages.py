@@ -56,6 +56,9 @@ def add_pages(app: FastAPI, service: Service) -> None:
             with_google_fonts=False,
         )
 
+    if service.settings.playground:
+        return  # "/" is the playground's landing page (web/playground.py)
+
     @app.get("/", include_in_schema=False)
     async def landing(request: Request) -> HTMLResponse:
         caller = caller_of(request)  # a key sees only the programs it may call, as in /programs

@@ -1,0 +1,185 @@
+// Batch: JSONL or CSV of inputs, run through /NAME/batch in chunks (the progress bar moves per
+// chunk), results downloadable as JSONL or CSV.
+
+import { $, api, enc, h, problemOf, problemView, resolve } from "./core.js";
+
+const CHUNK = 8;
+let results = [];
+
+export function setUpBatch(program) {
+  const text = h("textarea", { id: "batch-input", rows: 6, "aria-describedby": "batch-hint", placeholder: '{"question": "..."}' });
+  const file = h("input", { type: "file", id: "batch-file", accept: ".jsonl,.json,.csv,.txt,text/csv,application/json" });
+  const runButton = h("button", { type: "button", id: "batch-run" }, "Run batch");
+  const progress = h("progress", { id: "batch-progress", max: 1, value: 0, "aria-label": "Batch progress" });
+  const state = h("p", { id: "batch-state", role: "status", class: "hint" });
+  const problem = h("div", { id: "batch-problem", role: "alert" });
+  const table = h("div", { id: "batch-results" });
+  const jsonl = h("button", { type: "button", class: "secondary", id: "batch-jsonl", disabled: true }, "Download JSONL");
+  const csv = h("button", { type: "button", class: "secondary", id: "batch-csv", disabled: true }, "Download CSV");
+  file.addEventListener("change", async () => {
+    if (file.files && file.files[0]) text.value = await file.files[0].text();
+  });
+  runButton.addEventListener("click", async () => {
+    problem.replaceChildren();
+    let items;
+    try {
+      items = parseItems(text.value, program.input_schema);
+    } catch (error) {
+      problem.replaceChildren(problemView({ title: "The inputs could not be read", detail: error.message }));
+      return;
+    }
+    if (!items.length) {
+      problem.replaceChildren(problemView({ title: "No inputs", detail: "Paste or upload at least one line." }));
+      return;
+    }
+    runButton.disabled = jsonl.disabled = csv.disabled = true;
+    results = [];
+    progress.max = items.length;
+    progress.value = 0;
+    const size = Math.min(CHUNK, (program.limits && program.limits.batch_max_items) || CHUNK);
+    try {
+      for (let start = 0; start < items.length; start += size) {
+        const chunk = items.slice(start, start + size);
+        state.textContent = `Running ${start + 1}–${start + chunk.length} of ${items.length}…`;
+        const response = await api(`/${enc(program.name)}/batch`, { method: "POST", body: { items: chunk } });
+        if (!response.ok) {
+          problem.replaceChildren(problemView(await problemOf(response)));
+          break;
+        }
+        const body = await response.json();
+        for (const item of body.items) results.push({ ...item, index: start + item.index, inputs: chunk[item.index] });
+        progress.value = results.length;
+      }
+      const failed = results.filter((r) => r.error).length;
+      state.textContent = `${results.length} of ${items.length} done, ${failed} failed.`;
+      table.replaceChildren(resultsTable(results, program));
+    } finally {
+      runButton.disabled = false;
+      jsonl.disabled = csv.disabled = results.length === 0;
+    }
+  });
+  jsonl.addEventListener("click", () => download(`${program.name}-results.jsonl`, "application/x-ndjson", results.map((r) => JSON.stringify(record(r))).join("\n") + "\n"));
+  csv.addEventListener("click", () => download(`${program.name}-results.csv`, "text/csv", toCsv(results, program)));
+  $("batch-body").append(
+    h("p", { class: "hint", id: "batch-hint" }, "One JSON object of inputs per line (JSONL), or CSV with a header row naming the input fields. Items run concurrently on the server."),
+    h("div", { class: "field" }, h("label", { for: "batch-input" }, "Inputs"), text),
+    h("div", { class: "field" }, h("label", { for: "batch-file" }, "or upload a file"), file),
+    h("div", { class: "actions" }, runButton, jsonl, csv),
+    progress,
+    state,
+    problem,
+    table,
+  );
+}
+
+function record(r) {
+  return r.error ? { index: r.index, inputs: r.inputs, error: r.error } : { index: r.index, inputs: r.inputs, outputs: r.outputs };
+}
+
+export function parseItems(text, schema) {
+  const trimmed = text.trim();
+  if (!trimmed) return [];
+  if (trimmed.startsWith("{") || trimmed.startsWith("[")) {
+    if (trimmed.startsWith("[")) return JSON.parse(trimmed);
+    return trimmed.split(/\r?\n/).filter((line) => line.trim()).map((line, i) => {
+      try {
+        return JSON.parse(line);
+      } catch {
+        throw new Error(`Line ${i + 1} is not a JSON object.`);
+      }
+    });
+  }
+  const rows = parseCsv(trimmed);
+  const header = rows.shift() || [];
+  const defs = schema.$defs || {};
+  return rows.map((row) => Object.fromEntries(header.map((key, i) => [key, cell(row[i] ?? "", (schema.properties || {})[key], defs)])));
+}
+
+// A CSV cell as the field's type: numbers and booleans as such, objects and lists as JSON.
+function cell(text, schema, defs) {
+  const { s } = resolve(schema || {}, defs);
+  const type = Array.isArray(s.type) ? s.type.find((t) => t !== "null") : s.type;
+  if (type === "string" || (!type && s.enum && typeof s.enum[0] === "string")) return text;
+  if (type === "integer" || type === "number") return text === "" ? null : Number(text);
+  if (type === "boolean") return /^(true|1|yes)$/i.test(text);
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
+  }
+}
+
+// RFC 4180: quoted fields may hold commas, newlines and doubled quotes.
+export function parseCsv(text) {
+  const rows = [];
+  let row = [];
+  let field = "";
+  let quoted = false;
+  for (let i = 0; i < text.length; i += 1) {
+    const c = text[i];
+    if (quoted) {
+      if (c === '"' && text[i + 1] === '"') {
+        field += '"';
+        i += 1;
+      } else if (c === '"') quoted = false;
+      else field += c;
+    } else if (c === '"') quoted = true;
+    else if (c === ",") {
+      row.push(field);
+      field = "";
+    } else if (c === "\n" || c === "\r") {
+      if (c === "\r" && text[i + 1] === "\n") i += 1;
+      row.push(field);
+      rows.push(row);
+      row = [];
+      field = "";
+    } else field += c;
+  }
+  row.push(field);
+  rows.push(row);
+  return rows;
+}
+
+const csvCell = (value) => {
+  const text = value === undefined || value === null ? "" : typeof value === "string" ? value : JSON.stringify(value);
+  return /[",\n\r]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+};
+
+function toCsv(rows, program) {
+  const inputs = Object.keys(program.input_schema.properties || {});
+  const outputs = Object.keys(program.output_schema.properties || {});
+  const header = ["index", ...inputs, ...outputs, "error"];
+  const lines = rows.map((r) => [
+    r.index,
+    ...inputs.map((k) => (r.inputs || {})[k]),
+    ...outputs.map((k) => (r.outputs || {})[k]),
+    r.error ? `${r.error.title}: ${r.error.detail}` : "",
+  ]);
+  return [header, ...lines].map((line) => line.map(csvCell).join(",")).join("\r\n") + "\r\n";
+}
+
+function resultsTable(rows, program) {
+  const outputs = Object.keys(program.output_schema.properties || {});
+  const show = (v) => (v === undefined ? "" : typeof v === "string" ? v : JSON.stringify(v));
+  return h(
+    "table",
+    {},
+    h("thead", {}, h("tr", {}, ["#", ...outputs, "error"].map((c) => h("th", { scope: "col" }, c)))),
+    h(
+      "tbody",
+      {},
+      rows.map((r) =>
+        h("tr", {}, h("td", {}, String(r.index + 1)), outputs.map((k) => h("td", {}, show((r.outputs || {})[k]))), h("td", {}, r.error ? `${r.error.title}: ${r.error.detail}` : "")),
+      ),
+    ),
+  );
+}
+
+function download(filename, type, text) {
+  const url = URL.createObjectURL(new Blob([text], { type }));
+  const link = h("a", { href: url, download: filename, hidden: true });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
