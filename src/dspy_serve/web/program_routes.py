@@ -38,9 +38,14 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     }.items()
 }
 
+async def _json_only(request: Request) -> None:
+    # A coroutine: FastAPI runs a plain ``def`` dependency in its thread pool, a hop per request.
+    require_json(request)
+
+
 # Checked before the body is parsed: 415 for a form or text/plain post, which a browser sends
 # cross-site without a preflight.
-_JSON_ONLY = [Depends(require_json)]
+_JSON_ONLY = [Depends(_json_only)]
 
 
 def add_program_routes(
