@@ -107,8 +107,9 @@ class ServeSettings(BaseSettings):
     # --- DSPy response cache --------------------------------------------------------------------
     cache: bool = Field(
         default=False,
-        description="DSPy's response cache. Off by default: a server's callers expect a fresh answer, and a "
-        "cached answer at temperature > 0 repeats one sample forever.",
+        description="DSPy's own LM cache (single LM requests inside a program run). Off by default: a "
+        "server's callers expect a fresh answer, and a cached answer at temperature > 0 repeats one sample "
+        "forever. To answer whole repeated calls without running the program, see response_cache.",
     )
     cache_memory_entries: int = Field(
         default=10_000, ge=0, description="In-memory cache entries (when cache is on)."

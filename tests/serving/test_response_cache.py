@@ -10,10 +10,14 @@ from typing import Any
 
 import dspy
 import httpx
+import httpx2
 import pytest
 import redis
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from dspy_serve import ServeSettings, create_app
+from dspy_serve.interop.mcp import CALL_META
 from tests.support.fake_lm import FakeLM
 from tests.support.metrics import samples
 from tests.support.redis_server import RedisServer, redis_server
@@ -119,6 +123,16 @@ def test_only_temperature_zero_is_cached_by_default(
     assert counts == (0.0, 0.0)
 
 
+def test_a_program_whose_own_lm_samples_is_never_reused(fake_lm: FakeLM, provider_key: str) -> None:
+    sampling = f"qa={PROGRAMS / 'serving.py'}:sampling_qa"
+    settings = cached_settings(fake_lm, programs=[sampling], allow_models=["openai/fake-small"])
+    with serving(create_app(settings)) as server:
+        answers = [post(server, "/qa/invoke", ASK) for _ in range(2)]
+    assert [a.status_code for a in answers] == [200, 200]
+    assert all("x-cache" not in a.headers for a in answers)
+    assert [request["temperature"] for request in fake_lm.requests] == [0.7, 0.7]
+
+
 def test_a_request_temperature_of_zero_is_cached_whatever_the_server_default(
     fake_lm: FakeLM, provider_key: str
 ) -> None:
@@ -158,6 +172,17 @@ def test_every_front_end_uses_the_cache(server: ServerThread, fake_lm: FakeLM) -
     assert len(events) == 1 and events[0].startswith("event: prediction")
     assert json.loads(events[0].partition("data: ")[2])["outputs"] == {"answer": answer}
     assert answer in chunks.text and chunks.text.rstrip().endswith("data: [DONE]")
+    assert fake_lm.requests_started == 1
+
+
+async def test_mcp_tool_calls_use_the_cache(server: ServerThread, fake_lm: FakeLM) -> None:
+    http = httpx2.AsyncClient(timeout=30)
+    async with Client(streamable_http_client(f"{server.base_url}/mcp", http_client=http)) as client:
+        first = await client.call_tool("qa", ASK["inputs"])
+        second = await client.call_tool("qa", ASK["inputs"])
+    assert not first.is_error and second.structured_content == first.structured_content
+    assert first.meta is not None and first.meta[CALL_META]["usage"]
+    assert second.meta is not None and second.meta[CALL_META]["usage"] == {}
     assert fake_lm.requests_started == 1
 
 

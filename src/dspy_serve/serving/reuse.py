@@ -16,6 +16,7 @@ from typing import Any
 import dspy
 
 from dspy_serve.errors import RateLimited
+from dspy_serve.lm.held import held_lms
 from dspy_serve.serving.caller import Caller
 from dspy_serve.serving.coalescing import Flights
 from dspy_serve.serving.metrics import Metrics
@@ -41,6 +42,13 @@ class Reuse:
         self.flights = Flights() if settings.coalesce_requests else None
         self._any_temperature = settings.response_cache_any_temperature
         self._versions = {name: program_version(p.loaded, p.interface) for name, p in programs.items()}
+        # A program that holds an LM of its own samples with that LM's temperature, whatever the
+        # request's: its answers are reused only when every held LM is at temperature 0.
+        self._sampling = {
+            name
+            for name, p in programs.items()
+            if not all(deterministic(held.lm, self._any_temperature) for held in held_lms(p.loaded.module))
+        }
         self._hits, self._misses = metrics.response_cache.labels("hit"), metrics.response_cache.labels("miss")
         self._coalesced = metrics.coalesced
 
@@ -54,7 +62,7 @@ class Reuse:
     def key(self, program: Program, inputs: dict[str, Any], lm: dspy.BaseLM, caller: Caller) -> str | None:
         """The call's key, or None when its answer may not be reused: not deterministic, no
         canonical form, or the caller asked for a fresh run (``no-cache``)."""
-        if not deterministic(lm, self._any_temperature):
+        if not deterministic(lm, self._any_temperature) or program.name in self._sampling:
             return None
         if not caller.cache_control.read:
             caller.note_reuse(False)
