@@ -4,6 +4,8 @@ Redis for the shared store)."""
 from __future__ import annotations
 
 import json
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -266,6 +268,31 @@ def test_a_redis_that_is_down_is_a_miss_never_an_error(
     warnings = [r.getMessage() for r in caplog.records if r.name == "dspy_serve.response_cache"]
     assert len(warnings) == 1 and "unavailable" in warnings[0], warnings
     assert not any(record.exc_info for record in caplog.records)
+
+
+def test_a_hung_redis_costs_a_call_at_most_its_timeout_then_nothing(
+    fake_lm: FakeLM, provider_key: str, own_redis: RedisServer
+) -> None:
+    settings = cached_settings(fake_lm, response_cache=own_redis.url, response_cache_timeout=1.0)
+    with serving(create_app(settings)) as server:
+        assert post(server, "/qa/invoke", ASK).headers["x-cache"] == "miss"
+        own_redis.process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            first = post(server, "/qa/invoke", ASK)
+            waited = time.monotonic() - started
+            started = time.monotonic()
+            second = post(server, "/qa/invoke", ASK)
+            waited_again = time.monotonic() - started
+        finally:
+            own_redis.process.send_signal(signal.SIGCONT)
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert first.headers["x-cache"] == second.headers["x-cache"] == "miss"
+    # The lookup waited for the timeout (1 s), the store was skipped, and the next call did not
+    # wait for Redis at all (the fake LM answers at once): bounds kept generous.
+    assert 1.0 <= waited < 6.0
+    assert waited_again < waited - 0.5
+    assert fake_lm.requests_started == 3
 
 
 def test_response_cache_setting_is_checked() -> None:

@@ -24,6 +24,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import anyio
@@ -41,6 +42,7 @@ __all__ = ["ResponseCache", "call_key", "deterministic", "program_version", "sha
 logger = logging.getLogger("dspy_serve.response_cache")
 
 _REDIS_PREFIX = "dspy-serve:response:"
+_REST_AFTER_FAILURE = 1.0  # seconds
 _NO_COST = pricing.estimate({})
 
 
@@ -162,9 +164,10 @@ class _RedisStore:
         )
         self._ttl_ms, self._timeout = max(1, int(ttl * 1000)), timeout
         self._failing = False
+        self._resting_until = 0.0  # after a failure, calls skip Redis for a moment
 
     async def get(self, key: str) -> CallResult | None:
-        data = await self._bounded(self._redis.get(_REDIS_PREFIX + key))
+        data = await self._bounded(lambda: self._redis.get(_REDIS_PREFIX + key))
         if not isinstance(data, bytes):
             return None
         try:
@@ -175,21 +178,26 @@ class _RedisStore:
 
     async def put(self, key: str, result: CallResult) -> None:
         data = json.dumps({"outputs": result.outputs, "model": result.model}, ensure_ascii=False)
-        await self._bounded(self._redis.set(_REDIS_PREFIX + key, data, px=self._ttl_ms))
+        await self._bounded(lambda: self._redis.set(_REDIS_PREFIX + key, data, px=self._ttl_ms))
 
     async def aclose(self) -> None:
         await self._redis.aclose()
 
-    async def _bounded(self, command: Any) -> Any:
-        """Run one command within the timeout; a failure is None and one log line per outage."""
+    async def _bounded(self, command: Callable[[], Awaitable[Any]]) -> Any:
+        """Run one command within the timeout; a failure is None and one log line per outage.
+        After a failure Redis is left alone for a second, so a hung server costs each call
+        nothing rather than the timeout."""
+        if time.monotonic() < self._resting_until:
+            return None
         try:
             with anyio.fail_after(self._timeout):
-                answer = await command
+                answer = await command()
         except Exception as exc:  # whatever redis-py raises: the storage is unusable right now
             if not self._failing:
                 what = "did not answer in time" if isinstance(exc, TimeoutError) else type(exc).__name__
                 logger.warning("response cache storage unavailable (%s): calls run uncached", what)
             self._failing = True
+            self._resting_until = time.monotonic() + _REST_AFTER_FAILURE
             return None
         if self._failing:
             logger.info("response cache storage answers again")
