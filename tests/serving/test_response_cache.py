@@ -20,6 +20,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from dspy_serve import ServeSettings, create_app
 from dspy_serve.interop.mcp import CALL_META
+from dspy_serve.serving.caller import CacheControl
 from tests.support.fake_lm import FakeLM
 from tests.support.metrics import samples
 from tests.support.redis_server import RedisServer, redis_server
@@ -200,6 +201,39 @@ def test_a_batch_is_a_hit_only_when_every_item_is(server: ServerThread, fake_lm:
     mixed = post(server, "/qa/batch", {"items": [ASK["inputs"], {"question": "Capital of Peru?"}]})
     assert mixed.headers["x-cache"] == "miss"
     assert [bool(item["usage"]) for item in mixed.json()["items"]] == [False, True]
+
+
+def test_the_memory_cache_keeps_the_most_recently_used_answers(fake_lm: FakeLM, provider_key: str) -> None:
+    def ask(server: ServerThread, question: str) -> str:
+        return post(server, "/qa/invoke", {"inputs": {"question": question}}).headers["x-cache"]
+
+    with serving(create_app(cached_settings(fake_lm, response_cache_entries=2))) as server:
+        seen = [ask(server, q) for q in ("A?", "B?", "A?", "C?", "A?", "B?")]
+    # C evicts B, the least recently used: A, used since B, stays; and B is gone.
+    assert seen == ["miss", "miss", "hit", "miss", "hit", "miss"]
+
+
+def test_an_answer_expires_after_the_ttl(fake_lm: FakeLM, provider_key: str) -> None:
+    with serving(create_app(cached_settings(fake_lm, response_cache_ttl=0.5))) as server:
+        first = post(server, "/qa/invoke", ASK)
+        time.sleep(1.0)
+        later = post(server, "/qa/invoke", ASK)
+    assert (first.headers["x-cache"], later.headers["x-cache"]) == ("miss", "miss")
+    assert fake_lm.requests_started == 2
+
+
+@pytest.mark.parametrize(
+    ("header", "read", "store"),
+    [
+        ("", True, True),
+        ("no-cache", False, True),
+        ("No-Store", True, False),
+        ("max-age=0, no-cache, no-store", False, False),
+        ('no-cache="Set-Cookie"', False, True),
+    ],
+)
+def test_cache_control_directives(header: str, read: bool, store: bool) -> None:
+    assert CacheControl.parse(header) == CacheControl(read=read, store=store)
 
 
 def test_a_hit_charges_no_tokens(fake_lm: FakeLM, provider_key: str) -> None:
