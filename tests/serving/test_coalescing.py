@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from dspy_serve import create_app
-from tests.support.fake_lm import FakeLM, ServerError
+from tests.support.fake_lm import FakeLM, Malformed, ServerError
 from tests.support.metrics import samples
 from tests.support.servers import ServerThread, serving
 from tests.support.settings import PROGRAMS, fake_settings
@@ -95,6 +95,19 @@ async def test_a_failure_reaches_every_waiter(server: ServerThread, fake_lm: Fak
     assert [r.status_code for r in answers] == [502] * (FOLLOWERS + 1)
     assert {r.json()["code"] for r in answers} == {"upstream_error"}
     assert fake_lm.requests_started == 1
+
+
+async def test_a_failure_after_spending_reports_the_tokens_to_the_first_caller_only(
+    server: ServerThread, fake_lm: FakeLM
+) -> None:
+    fake_lm.latency = 2.0
+    fake_lm.when("France", Malformed())  # the LM answers, unparseably: tokens spent, then a 502
+    async with httpx.AsyncClient(timeout=30) as http:
+        leader, followers = await leader_then_followers(server, fake_lm, http)
+        first, *others = await asyncio.gather(leader, *followers)
+    assert [r.status_code for r in (first, *others)] == [502] * (FOLLOWERS + 1)
+    assert first.json()["usage"]
+    assert all("usage" not in r.json() and r.json()["code"] == first.json()["code"] for r in others)
 
 
 async def test_batch_items_and_chat_completions_coalesce_too(server: ServerThread, fake_lm: FakeLM) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import dspy
 
-from dspy_serve.errors import RateLimited
+from dspy_serve.errors import RateLimited, ServeError
 from dspy_serve.lm.held import held_lms
 from dspy_serve.serving.caller import Caller
 from dspy_serve.serving.coalescing import Flights
@@ -97,6 +97,8 @@ class Reuse:
             result = await joined
         except RateLimited:
             return None  # the first caller's own budget refused that call: this one runs on its own
+        except ServeError as exc:
+            raise _unspent(exc) from exc
         self._coalesced.inc()
         caller.note_reuse(True, coalesced=True)
         caller.record(0, 0.0)
@@ -121,3 +123,13 @@ class Reuse:
         # Kept before the flight lands, so an identical call from now on finds it.
         await self.store(key, caller, result)
         return result
+
+
+def _unspent(error: ServeError) -> ServeError:
+    """The shared call's error as one of its other waiters reports it: the same problem, without
+    the tokens it spent (they were charged to the caller who ran it)."""
+    copy = type(error).__new__(type(error))
+    copy.__dict__.update(error.__dict__)
+    copy.args = error.args
+    copy.usage = None
+    return copy
