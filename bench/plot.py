@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot"]
+__all__ = ["plot", "plot_reuse"]
 
 # (system, program) -> (colour, line style, marker, label); an empty line style draws points only
 # (for systems measured at a few levels, where a line would suggest values in between).
@@ -48,8 +48,8 @@ def _lines(
             axis.plot(xs, ys, linestyle=line or "none", color=colour, marker=marker, label=label)
 
 
-def plot(records: list[dict[str, Any]], path: Path) -> Path | None:
-    """Write the figure to ``path``; None (with a message) when matplotlib is not installed."""
+def _pyplot() -> Any:
+    """matplotlib's pyplot, or None (with a message) when it is not installed."""
     try:
         import matplotlib
 
@@ -57,6 +57,41 @@ def plot(records: list[dict[str, Any]], path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         print("bench: matplotlib is not installed, so no plot (pip install matplotlib)", file=sys.stderr)
+        return None
+    return plt
+
+
+def plot_reuse(figures: dict[str, Any], path: Path) -> Path | None:
+    """Throughput and server CPU per request against the response cache's hit ratio."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    points = sorted(
+        (r["hit_ratio"], r["throughput"], r["server_cpu_ms_per_req"]) for r in figures["hit_ratio"]
+    )
+    if not points:
+        return None
+    ratios, throughput, cpu = zip(*points, strict=True)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.plot(ratios, throughput, color="tab:blue", marker="o")
+    left.set(title="Throughput against hit ratio", xlabel="hit ratio", ylabel="req/s")
+    right.plot(ratios, cpu, color="tab:green", marker="o")
+    right.set(title="Server CPU per request", xlabel="hit ratio", ylabel="CPU ms per request")
+    for axis in (left, right):
+        axis.grid(True, alpha=0.3)
+    figure.suptitle(
+        f"Response cache, {figures['latency_s'] * 1000:.0f} ms LM, c={figures['concurrency']}", fontsize=10
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plot(records: list[dict[str, Any]], path: Path) -> Path | None:
+    """Write the figure to ``path``; None (with a message) when matplotlib is not installed."""
+    plt = _pyplot()
+    if plt is None:
         return None
     latencies = sorted({r["latency_s"] for r in records})
     figure, axes = plt.subplots(len(latencies), 3, figsize=(17, 4.4 * len(latencies)), squeeze=False)

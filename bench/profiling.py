@@ -17,6 +17,7 @@ import collections
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -143,6 +144,12 @@ def main(argv: list[str] | None = None) -> None:
         help="sample every non-idle thread (default: the thread holding the GIL, i.e. Python CPU time)",
     )
     parser.add_argument(
+        "--server-args",
+        default="",
+        help="extra dspy-serve flags, e.g. '--temperature 0 --response-cache memory' (every request is "
+        "the same question, so all but the first are then cache hits)",
+    )
+    parser.add_argument(
         "--gc-tune", choices=["freeze", "disable"], help="dspy-serve only, an experiment: see bench/gcprobe"
     )
     args = parser.parse_args(argv)
@@ -154,7 +161,13 @@ def main(argv: list[str] | None = None) -> None:
     name = f"profile-{time.strftime('%Y%m%d-%H%M%S')}-{point}"
     raw, gc_stats = args.out / f"{name}.raw", logs / "gc.json"
     probe = {
-        "PYTHONPATH": os.pathsep.join([str(systems.ROOT / "bench" / "gcprobe"), str(systems.ROOT)]),
+        # Keep the caller's PYTHONPATH (a worktree's src/), or the server would run the installed code.
+        "PYTHONPATH": os.pathsep.join(
+            filter(
+                None,
+                [str(systems.ROOT / "bench" / "gcprobe"), str(systems.ROOT), os.environ.get("PYTHONPATH")],
+            )
+        ),
         "BENCH_GC_STATS": str(gc_stats),
         **({"BENCH_GC_TUNE": args.gc_tune} if args.gc_tune else {}),
     }
@@ -167,7 +180,14 @@ def main(argv: list[str] | None = None) -> None:
             driver = ["-m", "bench.ceiling", "--program", args.program, "--model", args.model]
             driver += ["--api-base", fake.api_base]
         else:
-            system = System("dspy-serve", "dspy-serve", args.program, DSPY_SERVE.route, model=args.model)
+            system = System(
+                "dspy-serve",
+                "dspy-serve",
+                args.program,
+                DSPY_SERVE.route,
+                args=tuple(shlex.split(args.server_args)),
+                model=args.model,
+            )
             server = start_server(system, fake.api_base, logs, extra_env=probe)
             if args.gc_tune:
                 os.kill(server.pid, signal.SIGUSR1)  # start-up is over: apply the GC change now

@@ -321,6 +321,60 @@ def streaming_table(streaming: dict[str, Any]) -> str:
     return _table(["interval", "median ms"], rows) + "\n\n" + note
 
 
+def reuse_table(figures: dict[str, Any]) -> str:
+    """The response cache (hit ratio against throughput) and coalescing (one question)."""
+    base = figures["hit_ratio"][0]["throughput"] if figures["hit_ratio"] else None
+    rows = [
+        [
+            _fmt(r["hit_ratio"], 3),
+            _fmt(r["throughput"]),
+            _ratio(r["throughput"], base),
+            _ms(r["p50_ms"]),
+            _ms(r["p99_ms"]),
+            _fmt(r["server_cpu_ms_per_req"], 3),
+            str(r["lm_requests"]),
+            _fmt(r["errors"], 0),
+        ]
+        for r in figures["hit_ratio"]
+    ]
+    header = ["hit ratio", "req/s", "vs no hits", "p50 ms", "p99 ms", "CPU ms/req", "LM calls", "errors"]
+    own = figures["own_work"]
+    cache = (
+        f"dspy-serve `--temperature 0 --response-cache memory`, {figures['latency_s'] * 1000:.0f} ms LM, "
+        f"c={figures['concurrency']}, a cold cache per row; each request asks one of 16 hot questions "
+        "with the row's probability, a new question otherwise. The hit ratio is the server's `X-Cache` "
+        "answers inside the window; LM calls include the warm-up. At hit ratio 1 the CPU per request is "
+        f"the whole cost of a hit (HTTP, validation, key, lookup); the cache's own part is "
+        f"{own['key_us']:g} µs for the key and {own['lookup_us']:g} µs for an in-memory lookup."
+    )
+    coalescing = [
+        [
+            r["system"],
+            _fmt(r["throughput"]),
+            _fmt(r["hit_ratio"], 3),
+            str(r["lm_requests"]),
+            _fmt(r["lm_requests"] / (r["answers_total"] or 1), 4),
+            _ms(r["p99_ms"]),
+            _fmt(r["server_cpu_ms_per_req"], 3),
+        ]
+        for r in figures["coalescing"]
+    ]
+    header_2 = ["system", "req/s", "coalesced", "LM calls", "LM calls per answer", "p99 ms", "CPU ms/req"]
+    note_2 = (
+        "Every request asks the same question, the cache off: coalescing (as shipped, at temperature 0) "
+        "against `--no-coalesce-requests`. LM calls and answers both include the warm-up."
+    )
+    return (
+        _table(header, rows)
+        + "\n\n"
+        + cache
+        + "\n\n#### Coalescing\n\n"
+        + _table(header_2, coalescing)
+        + "\n\n"
+        + note_2
+    )
+
+
 # --- targets ---------------------------------------------------------------------------------------
 def targets(records: list[Record]) -> list[tuple[str, str, bool | None]]:
     """(target, what was measured, met?) for the issue's targets, each only if measured."""
@@ -409,6 +463,8 @@ def render(
     streaming: dict[str, Any] | None,
     machine: dict[str, Any],
     plot: str | None,
+    reuse: dict[str, Any] | None = None,
+    reuse_plot: str | None = None,
 ) -> str:
     m = machine
     parts = [
@@ -444,6 +500,10 @@ def render(
         )
     if streaming:
         parts.append("### Streaming (`POST /qa/stream`)\n\n" + streaming_table(streaming))
+    if reuse:
+        parts.append("### Response cache: hit ratio against throughput\n\n" + reuse_table(reuse))
+        if reuse_plot:
+            parts.append(f"![throughput and CPU per request against the hit ratio]({reuse_plot})")
     parts.append("### Every measurement\n\n" + detail_table(records))
     return "\n\n".join(parts) + "\n"
 
@@ -456,19 +516,30 @@ def write_outputs(
     streaming: dict[str, Any] | None,
     machine: dict[str, Any],
     update_docs: bool,
+    reuse: dict[str, Any] | None = None,
 ) -> list[Path]:
-    from bench.plot import plot
+    from bench.plot import plot, plot_reuse
 
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = out / f"{stamp}-{profile.name}"
-    data = {"profile": profile.name, "machine": machine, "records": records, "streaming": streaming}
+    data = {
+        "profile": profile.name,
+        "machine": machine,
+        "records": records,
+        "streaming": streaming,
+        "reuse": reuse,
+    }
     written = [base.with_suffix(".json")]
     written[0].write_text(json.dumps(data, indent=1) + "\n")
     png = plot(records, base.with_suffix(".png"))
     if png is not None:
         written.append(png)
-    body = render(profile, records, streaming, machine, png.name if png else None)
+    reuse_png = plot_reuse(reuse, out / f"{stamp}-{profile.name}-cache.png") if reuse else None
+    if reuse_png is not None:
+        written.append(reuse_png)
+    reuse_name = reuse_png.name if reuse_png else None
+    body = render(profile, records, streaming, machine, png.name if png else None, reuse, reuse_name)
     title = (
         "# dspy-serve benchmark results\n\n"
         "Made by `python -m bench.run`; commentary in docs/benchmarks.md.\n\n"
@@ -478,7 +549,8 @@ def write_outputs(
         written.append(path)
     if update_docs:
         docs_plot = f"../bench/results/{png.name}" if png else None
-        if _update_docs(render(profile, records, streaming, machine, docs_plot)):
+        docs_reuse_plot = f"../bench/results/{reuse_name}" if reuse_name else None
+        if _update_docs(render(profile, records, streaming, machine, docs_plot, reuse, docs_reuse_plot)):
             written.append(DOCS)
     return written
 

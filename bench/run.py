@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from bench import cache
 from bench.plan import FULL, QUICK, Profile, Step
 from bench.report import machine_info, write_outputs
 from bench.systems import FakeProcess, Server, System, start_fake_lm, start_server
@@ -217,6 +218,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, help="override every measured window (seconds)")
     parser.add_argument("--no-docs", action="store_true", help="do not refresh docs/benchmarks.md")
     parser.add_argument("--no-stream", action="store_true", help="skip the streaming figure")
+    parser.add_argument(
+        "--no-cache", action="store_true", help="skip the response cache and coalescing figures"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     args = parser.parse_args(argv)
     profile = QUICK if args.quick else FULL
@@ -229,6 +233,10 @@ def main(argv: list[str] | None = None) -> None:
     harness = Harness(profile, logs)
     harness.run()
     streaming = None if args.no_stream else harness.stream()
+    reuse_profile = cache.QUICK if args.quick else cache.FULL
+    if args.duration:
+        reuse_profile = replace(reuse_profile, duration=args.duration)
+    reuse = None if args.no_cache else cache.measure(reuse_profile, logs, log)
     machine["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
     machine["wall_seconds"] = round(time.time() - started)
     paths = write_outputs(
@@ -237,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         records=harness.records,
         streaming=streaming,
         machine=machine,
+        reuse=reuse,
         update_docs=profile is FULL and not args.no_docs and not args.duration,
     )
     for path in paths:

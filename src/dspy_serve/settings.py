@@ -122,14 +122,46 @@ class ServeSettings(BaseSettings):
     # --- DSPy response cache ----------------------------------------------------------------------
     cache: bool = Field(
         default=False,
-        description="DSPy's response cache. Off by default: a server's callers expect a fresh answer, and a "
-        "cached answer at temperature > 0 repeats one sample forever.",
+        description="DSPy's own LM cache (single LM requests inside a program run). Off by default: a "
+        "server's callers expect a fresh answer, and a cached answer at temperature > 0 repeats one sample "
+        "forever. To answer whole repeated calls without running the program, see response_cache.",
     )
     cache_memory_entries: int = Field(
         default=10_000, ge=0, description="In-memory cache entries (when cache is on)."
     )
     cache_dir: Path | None = Field(
         default=None, description="On-disk cache directory (when cache is on). Unset: memory only."
+    )
+
+    # --- whole-program response cache and coalescing --------------------------------------------
+    response_cache: str = Field(
+        default="off",
+        description="Answer repeated deterministic calls without running the program (not DSPy's LM "
+        "cache above): 'off', 'memory' (this process, an LRU) or 'redis://host:port/db' (shared by "
+        "workers and replicas). Keyed by program, version, inputs, model and options; 'Cache-Control: "
+        "no-cache' bypasses it, 'no-store' keeps an answer out; 'X-Cache: hit|miss' tells which.",
+    )
+    response_cache_entries: int = Field(
+        default=10_000, gt=0, description="Most answers the in-memory response cache keeps (least recent go)."
+    )
+    response_cache_ttl: float = Field(
+        default=3600.0, gt=0, description="Seconds a response-cache answer is kept."
+    )
+    response_cache_any_temperature: bool = Field(
+        default=False,
+        description="Reuse answers (cache and coalescing) at any temperature. Off: only calls whose "
+        "effective temperature is 0 are reused, since a cached sample would otherwise repeat forever.",
+    )
+    response_cache_timeout: float = Field(
+        default=0.5,
+        gt=0,
+        description="Seconds one response-cache Redis call may take; when Redis is down or slower, the "
+        "call runs uncached (a miss), never fails.",
+    )
+    coalesce_requests: bool = Field(
+        default=True,
+        description="Identical deterministic calls in flight at once run the program once; every caller "
+        "gets the answer, the LM is charged to the first (the others report no usage).",
     )
 
     # --- limits -----------------------------------------------------------------------------------
@@ -338,6 +370,13 @@ class ServeSettings(BaseSettings):
                     ipaddress.ip_network(proxy, strict=False)
                 except ValueError:
                     raise ValueError(f"{proxy!r} is not an IP address or network (or '*')") from None
+        return value
+
+    @field_validator("response_cache")
+    @classmethod
+    def _check_response_cache(cls, value: str) -> str:
+        if value not in ("off", "memory") and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"{value!r}: use 'off', 'memory' or a Redis URL ('redis://host:port/db')")
         return value
 
     @model_validator(mode="after")

@@ -36,7 +36,7 @@ from dspy_serve.serving.programs import Program
 from dspy_serve.serving.runner import CallResult
 from dspy_serve.serving.service import CallOptions, Service
 from dspy_serve.web.envelopes import NOT_BOOL_OR_STR
-from dspy_serve.web.request_state import caller_of, require_json, until_disconnected
+from dspy_serve.web.request_state import caller_of, require_json, reuse_headers, until_disconnected
 from dspy_serve.web.sse import EventStreamResponse
 
 __all__ = ["ChatRequest", "ChatShape", "build_openai_router", "chat_replies", "chat_shape"]
@@ -312,7 +312,7 @@ def build_openai_router(service: Service) -> APIRouter:
                     headers=headers,
                 )
             result = await until_disconnected(request, service.call(program, inputs, options, caller))
-            return JSONResponse(completion.whole(result), headers=headers)
+            return JSONResponse(completion.whole(result), headers={**headers, **reuse_headers(caller)})
         except Exception as exc:
             return error_response(request, exc)
 

@@ -12,7 +12,22 @@ from dataclasses import dataclass, field
 from dspy_serve.errors import ServeError
 from dspy_serve.serving.keys import ApiKey
 
-__all__ = ["Caller"]
+__all__ = ["CacheControl", "Caller"]
+
+
+@dataclass(frozen=True)
+class CacheControl:
+    """What a request's ``Cache-Control`` header allows the response cache: ``no-cache`` (this
+    request runs the program, and joins no identical call in flight) and ``no-store`` (its
+    answer is not kept)."""
+
+    read: bool = True
+    store: bool = True
+
+    @classmethod
+    def parse(cls, header: str) -> CacheControl:
+        directives = {part.strip().lower().partition("=")[0] for part in header.split(",")}
+        return cls(read="no-cache" not in directives, store="no-store" not in directives)
 
 
 @dataclass
@@ -25,6 +40,11 @@ class Caller:
     tokens: int | None = None  # LM tokens charged to this request, once any were
     cost_usd: float | None = None
     error_codes: list[str] = field(default_factory=list)  # every error this request reported
+    cache_control: CacheControl = CacheControl()
+    # Whether the answer was reused: "hit" (from the response cache or an identical call in
+    # flight, charged nothing) or "miss" (run for this request); None when reuse was not possible.
+    cache: str | None = None
+    coalesced: bool = False  # the answer (or one of a batch's) came from an identical call in flight
     # Tasks that must live as long as the request (the loop keeps only weak references).
     held: list[object] = field(default_factory=list, repr=False)
 
@@ -40,6 +60,11 @@ class Caller:
         """Note an error this request met (counted and logged once, when the request ends)."""
         self.error_codes.append(error.code)
         return error
+
+    def note_reuse(self, hit: bool, *, coalesced: bool = False) -> None:
+        """Note how a call was answered; a batch is a hit only when every item was."""
+        self.cache = "hit" if hit and self.cache != "miss" else "miss"
+        self.coalesced = self.coalesced or coalesced
 
     def record(self, tokens: int, cost_usd: float | None) -> None:
         """Add a charged call to this request's accounting (a batch charges once per item)."""

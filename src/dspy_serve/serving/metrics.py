@@ -53,6 +53,17 @@ class Metrics:
         )
         self.tokens = Counter("dspy_serve_lm_tokens", "LM tokens.", ["model", "direction"], registry=own)
         self.cost = Counter("dspy_serve_lm_cost_usd", "Estimated LM cost (USD).", ["model"], registry=own)
+        self.response_cache = Counter(
+            "dspy_serve_response_cache",
+            "Response-cache lookups of deterministic calls, by result (hit or miss).",
+            ["result"],
+            registry=own,
+        )
+        self.coalesced = Counter(
+            "dspy_serve_coalesced_calls",
+            "Calls answered by an identical call already in flight (no program run of their own).",
+            registry=own,
+        )
         self.errors = Counter("dspy_serve_errors", "Errors by problem code.", ["code"], registry=own)
 
     def close(self) -> None:

@@ -45,6 +45,7 @@ from dspy_serve.serving.front_door import FrontDoor
 from dspy_serve.serving.metrics import Metrics
 from dspy_serve.serving.programs import Program, ProgramsArg, load_programs
 from dspy_serve.serving.ratelimit import RateLimiter
+from dspy_serve.serving.reuse import Reuse
 from dspy_serve.serving.runner import SERVER_SAFE_DSPY_SETTINGS, CallResult, ProgramRunner
 from dspy_serve.serving.streaming import well_formed
 from dspy_serve.settings import ServeSettings
@@ -86,6 +87,8 @@ class Service:
         self.capacity: CapacityGate | None = None
         self.front_door: FrontDoor | None = None
         self._threads: anyio.CapacityLimiter | None = None
+        # The response cache and coalescing (versions of the programs are computed here, once).
+        self.reuse = Reuse.of(settings, self.programs, self.metrics)
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -132,6 +135,8 @@ class Service:
         self.state = ServiceState.STOPPING
         if self.lms is not None:
             await self.lms.aclose()
+        if self.reuse is not None:
+            await self.reuse.aclose()
         self.metrics.close()
         self.state = ServiceState.STOPPED
 
@@ -161,8 +166,28 @@ class Service:
     async def call(
         self, program: Program, inputs: dict[str, Any], options: CallOptions, caller: Caller
     ) -> CallResult:
-        """Run one validated call: allow-listed LM, capacity, deadline; errors stay typed."""
+        """Run one validated call: allow-listed LM, capacity, deadline; errors stay typed. A
+        deterministic call may be answered by the response cache or by an identical call in
+        flight instead (:mod:`.reuse`)."""
         runner, lm, capacity = self._begin(program, options)
+        reuse = self.reuse
+        key = reuse.key(program, inputs, lm, caller) if reuse is not None else None
+        if key is None:
+            return await self._run(program, runner, lm, capacity, inputs, caller)
+        assert reuse is not None
+        if (answer := await reuse.answer(key, caller)) is not None:
+            return answer  # no reservation was taken: a reused answer charges no tokens
+        return await reuse.run(key, caller, self._run(program, runner, lm, capacity, inputs, caller))
+
+    async def _run(
+        self,
+        program: Program,
+        runner: ProgramRunner,
+        lm: dspy.BaseLM,
+        capacity: CapacityGate,
+        inputs: dict[str, Any],
+        caller: Caller,
+    ) -> CallResult:
         scope = CallScope.starting_now(self.settings.timeout)
         reserved = await self._reserve(caller, lm, scope)
         try:
@@ -258,7 +283,11 @@ def _output_errors(exc: ValidationError | PydanticSerializationError) -> list[di
 class CallStream:
     """One admitted call, streamed: iterate :meth:`events` to its end in one task, within
     ``timeout`` seconds (the deadline belongs to the consumer: a cancel scope must not span a
-    ``yield``); when it passes, send :meth:`timed_out` instead."""
+    ``yield``); when it passes, send :meth:`timed_out` instead.
+
+    Streams use the response cache (not coalescing: their tokens are their own): a hit streams
+    as one Finished event, and a finished stream's answer is kept like any call's. Await
+    :meth:`look_up` before sending headers to know which (the caller's ``cache``)."""
 
     def __init__(
         self,
@@ -273,11 +302,35 @@ class CallStream:
         self._service, self._program, self._runner, self._lm = service, program, runner, lm
         self._inputs, self._caller = inputs, caller
         self._scope = CallScope.starting_now(self.timeout)
+        self._key: str | None = None
+        self._hit: CallResult | None = None
+        self._looked_up = False
+
+    @property
+    def caller(self) -> Caller:
+        return self._caller
+
+    async def look_up(self) -> None:
+        """Whether the response cache has the answer (then :meth:`events` streams it)."""
+        if self._looked_up:
+            return
+        self._looked_up = True
+        reuse = self._service.reuse
+        if reuse is not None and reuse.cache is not None:
+            self._key = reuse.key(self._program, self._inputs, self._lm, self._caller)
+            if self._key is not None:
+                self._hit = await reuse.cached(self._key, self._caller)
+                if self._hit is None:
+                    self._caller.note_reuse(False)
 
     async def events(self) -> AsyncGenerator[StreamEvent, None]:
         """Tokens and statuses as the program runs, then exactly one Finished or Failed."""
         service, capacity = self._service, self._service.capacity
         assert capacity is not None
+        await self.look_up()
+        if self._hit is not None:
+            yield Finished(self._hit)
+            return
         reserved = -1  # nothing to settle until a reservation is made
         try:
             reserved = await service._reserve(self._caller, self._lm, self._scope)
@@ -295,6 +348,8 @@ class CallStream:
                         finished = await service._finish(self._program, item)
                         await service._settle(self._caller, reserved, self._scope)
                         reserved = -1  # settled
+                        if self._key is not None and service.reuse is not None:
+                            await service.reuse.store(self._key, self._caller, finished)
                         yield Finished(finished)
         except Exception as exc:
             yield Failed(self._caller.report(from_exception(exc)))

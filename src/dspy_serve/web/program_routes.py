@@ -17,7 +17,7 @@ from dspy_serve.serving.runner import CallResult
 from dspy_serve.serving.schema import field_values
 from dspy_serve.serving.service import CallOptions, Service
 from dspy_serve.web.envelopes import InvalidItem, Problem, envelope_models, stream_event_model
-from dspy_serve.web.request_state import caller_of, require_json, until_disconnected
+from dspy_serve.web.request_state import caller_of, require_json, reuse_headers, until_disconnected
 from dspy_serve.web.sse import STREAM_DOC, EventStreamResponse, ProgramEventEncoder, response_body
 
 __all__ = ["ERROR_RESPONSES", "add_program_routes"]
@@ -38,9 +38,14 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     }.items()
 }
 
+async def _json_only(request: Request) -> None:
+    # A coroutine: FastAPI runs a plain ``def`` dependency in its thread pool, a hop per request.
+    require_json(request)
+
+
 # Checked before the body is parsed: 415 for a form or text/plain post, which a browser sends
 # cross-site without a preflight.
-_JSON_ONLY = [Depends(require_json)]
+_JSON_ONLY = [Depends(_json_only)]
 
 
 def add_program_routes(
@@ -58,7 +63,9 @@ def add_program_routes(
         options, caller = _options(body.options), caller_of(request)  # type: ignore[attr-defined]
         response.headers.update(await service.admit(caller, program, options))
         call = service.call(program, field_values(body.inputs), options, caller)  # type: ignore[attr-defined]
-        return response_body(await until_disconnected(request, call))
+        result = await until_disconnected(request, call)
+        response.headers.update(reuse_headers(caller))
+        return response_body(result)
 
     async def batch(body: BatchRequest, request: Request, response: Response) -> Any:  # type: ignore[valid-type]
         options, caller = _options(body.options), caller_of(request)  # type: ignore[attr-defined]
@@ -83,6 +90,7 @@ def add_program_routes(
         results = await until_disconnected(request, everything)
         usage = _total_usage(results)
         cost = pricing.estimate(usage)
+        response.headers.update(reuse_headers(caller))
         return {"items": results, "usage": usage, "cost": cost, "model": _served_model(service, options)}
 
     router.add_api_route(

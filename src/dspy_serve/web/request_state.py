@@ -15,9 +15,9 @@ from starlette.requests import HTTPConnection
 from starlette.types import Scope
 
 from dspy_serve.errors import ClientCancelled, UnsupportedMediaType
-from dspy_serve.serving.caller import Caller
+from dspy_serve.serving.caller import CacheControl, Caller
 
-__all__ = ["caller_in", "caller_of", "require_json", "until_disconnected"]
+__all__ = ["caller_in", "caller_of", "require_json", "reuse_headers", "until_disconnected"]
 
 T = TypeVar("T")
 
@@ -32,12 +32,25 @@ def caller_in(scope: Scope) -> Caller:
     if caller is None:
         client = scope.get("client")
         caller = state[_KEY] = Caller(address=client[0] if client else "unknown")
+        for name, value in scope.get("headers", ()):
+            if name == b"cache-control":
+                caller.cache_control = CacheControl.parse(value.decode("latin-1"))
     assert isinstance(caller, Caller)
     return caller
 
 
 def caller_of(connection: HTTPConnection) -> Caller:
     return caller_in(connection.scope)
+
+
+def reuse_headers(caller: Caller) -> dict[str, str]:
+    """``X-Cache: hit|miss`` when the call could be answered by the response cache or an
+    identical call in flight, and ``X-Coalesced: true`` when it was by the latter."""
+    if caller.cache is None:
+        return {}
+    if caller.coalesced:
+        return {"X-Cache": caller.cache, "X-Coalesced": "true"}
+    return {"X-Cache": caller.cache}
 
 
 def require_json(connection: HTTPConnection) -> None:

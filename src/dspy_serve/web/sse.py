@@ -27,6 +27,7 @@ from starlette.types import Receive, Scope, Send
 from dspy_serve.serving.events import Finished, Status, StreamEvent, Token
 from dspy_serve.serving.runner import CallResult
 from dspy_serve.serving.service import CallStream
+from dspy_serve.web.request_state import reuse_headers
 
 __all__ = [
     "STREAM_DOC",
@@ -144,6 +145,9 @@ class EventStreamResponse(Response):
                 pass
             group.cancel_scope.cancel()
 
+        await stream.look_up()  # before the headers: they say whether the answer is cached
+        for name, value in reuse_headers(stream.caller).items():
+            self.raw_headers.append((name.lower().encode(), value.encode()))
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         async with anyio.create_task_group() as group:
             group.start_soon(watch_disconnect)

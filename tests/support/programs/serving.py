@@ -18,6 +18,11 @@ class Answer(dspy.Signature):
 qa = dspy.Predict(Answer)
 
 
+# Samples with its own LM's temperature, whatever the server's.
+sampling_qa = dspy.Predict(Answer)
+sampling_qa.lm = dspy.LM("openai/fake-small", temperature=0.7)
+
+
 class Person(BaseModel):
     name: str
     age: int
