@@ -119,7 +119,7 @@ class ServeSettings(BaseSettings):
         "command stops with the reason (exit 3) instead of serving.",
     )
 
-    # --- DSPy response cache ----------------------------------------------------------------------
+    # --- DSPy LM cache ----------------------------------------------------------------------------
     cache: bool = Field(
         default=False,
         description="DSPy's own LM cache (single LM requests inside a program run). Off by default: a "
@@ -133,7 +133,7 @@ class ServeSettings(BaseSettings):
         default=None, description="On-disk cache directory (when cache is on). Unset: memory only."
     )
 
-    # --- whole-program response cache and coalescing --------------------------------------------
+    # --- response cache and coalescing -----------------------------------------------------------
     response_cache: str = Field(
         default="off",
         description="Answer repeated deterministic calls without running the program (not DSPy's LM "
