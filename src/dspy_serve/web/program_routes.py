@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel
 
-from dspy_serve.errors import PROBLEM_CONTENT_TYPE, InvalidInput, from_exception
+from dspy_serve.errors import PROBLEM_CONTENT_TYPE, BadOverride, InvalidInput, from_exception
 from dspy_serve.serving import pricing
 from dspy_serve.serving.programs import Program
 from dspy_serve.serving.runner import CallResult
@@ -70,6 +70,11 @@ def add_program_routes(
     async def batch(body: BatchRequest, request: Request, response: Response) -> Any:  # type: ignore[valid-type]
         options, caller = _options(body.options), caller_of(request)  # type: ignore[attr-defined]
         items: list[Any] = body.items  # type: ignore[attr-defined]
+        if options.trace:
+            raise BadOverride(
+                "A trace is for one call: ask for it on /invoke or /stream.",
+                errors=[{"loc": ["options", "trace"], "msg": "not for /batch", "type": "trace_batch"}],
+            )
         response.headers.update(await service.admit(caller, program, options, requests=len(items)))
         gate = asyncio.Semaphore(service.settings.batch_concurrency)
 
