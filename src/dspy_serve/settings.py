@@ -278,7 +278,7 @@ class ServeSettings(BaseSettings):
         description="Let callers ask for a call's trace (`options.trace`): each predictor that ran, in "
         "order, with its inputs and outputs. On: every caller that may call a program may see its traces "
         "(they hold the program's intermediate steps, never prompts or raw LM responses). Off: asking is a "
-        "400.",
+        "403.",
     )
     reload: bool = Field(
         default=False,

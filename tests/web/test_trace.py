@@ -76,16 +76,21 @@ def test_the_trace_is_absent_unless_asked(fake_lm: FakeLM, provider_key: str) ->
     assert prediction["outputs"] == {"answer": "Paris"} and "trace" not in prediction
 
 
-def test_asking_for_a_trace_when_traces_are_off_is_a_typed_400(fake_lm: FakeLM, provider_key: str) -> None:
+def test_asking_for_a_trace_when_traces_are_off_is_a_typed_403(fake_lm: FakeLM, provider_key: str) -> None:
     with serving(two_step(fake_lm)) as server:
         [described] = httpx.get(f"{server.base_url}/programs").json()
         invoked = invoke(f"{server.base_url}/TwoStepAsync", {"trace": True})
         status, [(_, streamed)] = stream(f"{server.base_url}/TwoStepAsync", {"trace": True})
         not_bool = invoke(f"{server.base_url}/TwoStepAsync", {"trace": "yes"})
+        batch = httpx.post(
+            f"{server.base_url}/TwoStepAsync/batch",
+            json={"items": [QUESTION], "options": {"trace": True}},
+            timeout=30,
+        )
     assert described["trace_available"] is False
-    assert invoked.status_code == status == 400
-    for problem in (invoked.json(), streamed):
-        assert problem["code"] == "bad_override"
+    assert invoked.status_code == status == batch.status_code == 403
+    for problem in (invoked.json(), streamed, batch.json()):
+        assert problem["code"] == "trace_not_exposed"
         assert problem["errors"][0]["loc"] == ["options", "trace"]
         assert "--expose-trace" in problem["detail"]
     assert not_bool.status_code == 422
@@ -101,6 +106,7 @@ def test_a_batch_cannot_ask_for_a_trace(fake_lm: FakeLM, provider_key: str) -> N
             timeout=30,
         )
     assert response.status_code == 400
+    assert response.json()["code"] == "bad_override"
     assert response.json()["errors"][0]["loc"] == ["options", "trace"]
 
 

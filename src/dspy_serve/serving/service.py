@@ -33,6 +33,7 @@ from dspy_serve.errors import (
     RequestTimeout,
     ServeError,
     ServiceUnavailable,
+    TraceNotExposed,
     from_exception,
 )
 from dspy_serve.lm.checks import missing_credentials
@@ -163,12 +164,23 @@ class Service:
         the RateLimit headers to send back."""
         if self.front_door is None:
             raise ServiceUnavailable("The service is not ready.", retry_after=1)
-        if options.trace and not self.settings.expose_trace:
-            raise BadOverride(
+        self.check_trace(options)
+        return await self.front_door.admit(caller, program.name, options.model, requests=requests)
+
+    def check_trace(self, options: CallOptions, *, batch: bool = False) -> None:
+        """A trace is refused unless the operator exposes traces (403), and is for one call (400)."""
+        if not options.trace:
+            return
+        if not self.settings.expose_trace:
+            raise TraceNotExposed(
                 "Traces are off on this server (the operator turns them on with --expose-trace).",
                 errors=[{"loc": ["options", "trace"], "msg": "traces are not exposed", "type": "trace_off"}],
             )
-        return await self.front_door.admit(caller, program.name, options.model, requests=requests)
+        if batch:
+            raise BadOverride(
+                "A trace is for one call: ask for it on /invoke or /stream.",
+                errors=[{"loc": ["options", "trace"], "msg": "not for /batch", "type": "trace_batch"}],
+            )
 
     async def call(
         self, program: Program, inputs: dict[str, Any], options: CallOptions, caller: Caller

@@ -142,7 +142,7 @@ def options_model(max_tokens_limit: int, models: list[str]) -> type[BaseModel]:
             Field(
                 default=None,
                 strict=True,
-                description="Return the call's trace (`trace` in the result); a 400 unless the server "
+                description="Return the call's trace (`trace` in the result); a 403 unless the server "
                 "exposes traces (GET /programs: `trace_available`). Not for /batch.",
                 examples=[False],
             ),
