@@ -13,6 +13,7 @@ as RFC 9457 ``application/problem+json``::
     ├── Unauthorized (401)             missing or unknown API key
     ├── ModelNotAllowed (403)          options.model outside the allow-list (or the key's)
     ├── Forbidden (403)                the API key may not call this program
+    ├── TraceNotExposed (403)          options.trace on a server that does not expose traces
     ├── ProgramNotFound (404)
     ├── UnsupportedMediaType (415)     a body that is not JSON (a cross-site form or text/plain post)
     ├── ContextTooLong (413)           the prompt exceeds the model's context window
@@ -58,6 +59,7 @@ __all__ = [
     "RequestTimeout",
     "ServeError",
     "ServiceUnavailable",
+    "TraceNotExposed",
     "Unauthorized",
     "UnsupportedMediaType",
     "UnsupportedRequest",
@@ -208,6 +210,12 @@ class ModelNotAllowed(ServeError):
 
 class Forbidden(ServeError):
     status, code, title = 403, "forbidden", "Not allowed for this API key"
+
+
+class TraceNotExposed(ServeError):
+    """A call's trace shows the program's intermediate steps: only when the operator allows it."""
+
+    status, code, title = 403, "trace_not_exposed", "Traces are not exposed"
 
 
 class ProgramNotFound(ServeError):

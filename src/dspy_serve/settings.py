@@ -273,6 +273,13 @@ class ServeSettings(BaseSettings):
         "browser (static pages calling the API with the caller's own key). Off: those pages are 404 and / "
         "is a plain index.",
     )
+    expose_trace: bool = Field(
+        default=False,
+        description="Let callers ask for a call's trace (`options.trace`): each predictor that ran, in "
+        "order, with its inputs and outputs. On: every caller that may call a program may see its traces "
+        "(they hold the program's intermediate steps, never prompts or raw LM responses). Off: asking is a "
+        "403.",
+    )
     reload: bool = Field(
         default=False,
         description="Development: restart the server when a program file (*.py beside it) or an "

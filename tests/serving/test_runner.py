@@ -64,6 +64,18 @@ async def test_a_calls_trace_is_bounded() -> None:
     assert len(program.traces[0]) == CALL_TRACE_STEPS
 
 
+async def test_a_traced_call_names_bestofn_copies_and_returns_json_only_when_asked() -> None:
+    runner = runner_for(TraceRecorder())
+    lm = DummyLM([{"answer": "a"}, {"answer": "b"}] * 2)
+    plain = await runner.call({"question": "q"}, lm=lm, scope=CallScope.starting_now(10))
+    traced = await runner.call({"question": "q"}, lm=lm, scope=CallScope.starting_now(10), trace=True)
+    assert plain.trace is None
+    # BestOfN ran deep copies of its predictor and kept the best attempt's step: named as the original.
+    assert traced.trace == [
+        {"predictor": "best.module", "inputs": {"question": "q"}, "outputs": {"answer": "a"}}
+    ]
+
+
 # --- tools and callbacks ----------------------------------------------------------------------
 
 loop_threads: set[int] = set()

@@ -138,7 +138,8 @@ def test_public_api_is_pinned() -> None:
         "ArtifactError", "BadOverride", "Client", "ClientCancelled", "ContextTooLong", "Forbidden",
         "HTTPProblem", "InvalidInput", "InvalidProgramOutput", "ModelNotAllowed", "Overloaded",
         "ProgramNotFound", "ProxyError", "RateLimited", "RemoteProgram", "RequestTimeout", "SchemaError",
-        "ServeError", "ServeSettings", "ServiceUnavailable", "TargetError", "Unauthorized",
+        "ServeError", "ServeSettings", "ServiceUnavailable", "TargetError", "TraceNotExposed",
+        "Unauthorized",
         "UnsupportedMediaType", "UnsupportedRequest", "UpstreamError", "UpstreamRateLimited", "create_app",
         "install_error_handlers", "load_settings", "router",
     ]  # fmt: skip

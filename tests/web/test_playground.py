@@ -64,10 +64,15 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(_fake_lm_server: FakeLM, provider_env: None, artifact: Path) -> Iterator[ServerThread]:
     settings = fake_settings(
         _fake_lm_server,
-        programs=[f"everything={TARGET}:everything", f"echo={TARGET}:echo"],
+        programs=[
+            f"everything={TARGET}:everything",
+            f"echo={TARGET}:echo",
+            f"two_steps={PROGRAMS / 'serving.py'}:TwoStepAsync",
+        ],
         artifacts=[f"echo={artifact}"],
         allow_models=["openai/other-model"],
         max_tokens_limit=512,
+        expose_trace=True,
     )
     with serving(create_app(settings)) as running:
         yield running
@@ -279,6 +284,31 @@ def test_program_outputs_holding_markup_are_shown_as_text(
     assert page.locator('#outputs [data-field="answer"] .text').inner_text() == markup
     assert page.locator("#result img, #result script").count() == 0
     assert page.evaluate("window.__xss") is None
+
+
+def test_inspect_shows_each_step_with_its_inputs_and_outputs_as_text(
+    page: Any, server: ServerThread, fake_lm: FakeLM
+) -> None:
+    query = "<b>france</b> capital"
+    fake_lm.answers = {"query": query, "answer": "Paris"}
+    open_program(page, server, "two_steps")
+    page.locator("textarea").first.fill("Capital of France?")
+    page.locator("#run").click()
+    wait_for_outputs(page)
+    assert page.locator("#trace").is_hidden(), "no trace unless Inspect is on"
+    page.locator("#opt-trace").check()
+    page.locator("#run").click()
+    page.wait_for_selector("#trace .trace-step", timeout=20_000)
+    steps = page.locator("#trace .trace-step")
+    assert [step.get_attribute("data-predictor") for step in steps.all()] == ["rewrite", "answer"]
+    rewrite, answer = steps.nth(0), steps.nth(1)
+    rewrite.locator(".trace-outputs summary").click()
+    assert rewrite.locator('.trace-outputs [data-field="query"] .text').inner_text() == query
+    answer.locator(".trace-inputs summary").click()
+    assert answer.locator('.trace-inputs [data-field="query"] .text').inner_text() == query
+    assert answer.locator('.trace-inputs [data-field="question"] .text').inner_text() == "Capital of France?"
+    assert answer.locator('.trace-outputs [data-field="answer"] .text').inner_text() == "Paris"
+    assert page.locator("#trace b").count() == 0
 
 
 def test_copy_as_snippets_run_as_shown(page: Any, server: ServerThread, fake_lm: FakeLM) -> None:

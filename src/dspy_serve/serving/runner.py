@@ -15,7 +15,7 @@ import functools
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import dspy
@@ -29,6 +29,9 @@ from dspy_serve.serving.loader import LoadedProgram
 from dspy_serve.serving.offload import has_own_callbacks, keep_tools_off_loop
 from dspy_serve.serving.schema import ProgramInterface
 from dspy_serve.serving.wire import to_wire
+
+if TYPE_CHECKING:
+    from dspy_serve.serving.streaming import PredictorNames
 
 __all__ = ["CallResult", "ProgramRunner", "has_native_async"]
 
@@ -53,6 +56,8 @@ class CallResult:
     lm_calls: dict[str, int] = field(default_factory=dict)
     cache_hits: dict[str, int] = field(default_factory=dict)
     cost: dict[str, Any] = field(default_factory=dict)
+    # The predictors that ran, in order (only when the caller asked for it): see `trace_steps`.
+    trace: list[dict[str, Any]] | None = None
 
 
 def has_native_async(module: dspy.Module) -> bool:
@@ -105,11 +110,13 @@ class ProgramRunner:
         self._threads = threads
         self._adapter = adapter
 
-    def _settings(self, lm: dspy.BaseLM, scope: CallScope, usage: UsageTracker) -> dict[str, Any]:
+    def _settings(
+        self, lm: dspy.BaseLM, scope: CallScope, usage: UsageTracker, trace: _CallTrace
+    ) -> dict[str, Any]:
         settings: dict[str, Any] = {
             "lm": lm,
             **SERVER_SAFE_DSPY_SETTINGS,
-            "trace": _CallTrace(),
+            "trace": trace,
             "max_trace_size": CALL_TRACE_STEPS,
             "usage_tracker": usage,
             SCOPE_SETTING: scope,
@@ -123,10 +130,21 @@ class ProgramRunner:
             return await self.program.module.acall(**inputs)
         return await scope.run_in_thread(functools.partial(self.program.module, **inputs))
 
-    async def call(self, inputs: dict[str, Any], *, lm: dspy.BaseLM, scope: CallScope) -> CallResult:
+    @functools.cached_property
+    def _names(self) -> PredictorNames:
+        from dspy_serve.serving.streaming import PredictorNames
+
+        return PredictorNames(self.program.module)
+
+    def _trace_of(self, trace: _CallTrace, want: bool) -> list[dict[str, Any]] | None:
+        return trace_steps(trace, self._names) if want else None
+
+    async def call(
+        self, inputs: dict[str, Any], *, lm: dspy.BaseLM, scope: CallScope, trace: bool = False
+    ) -> CallResult:
         scope.attach(self._threads)
-        usage = _CallUsage()
-        with enter_scope(scope), dspy.context(**self._settings(lm, scope, usage)):
+        usage, steps = _CallUsage(), _CallTrace()
+        with enter_scope(scope), dspy.context(**self._settings(lm, scope, usage, steps)):
             try:
                 prediction = await self._run(inputs, scope)
             except BaseException as exc:
@@ -135,33 +153,29 @@ class ProgramRunner:
                 raise
             finally:
                 scope.usage = usage.get_total_tokens()  # charged whatever the outcome
-            return _result(self._outputs(prediction), usage, lm, scope)
+            return _result(self._outputs(prediction), usage, lm, scope, self._trace_of(steps, trace))
 
     async def stream(
-        self, inputs: dict[str, Any], *, lm: dspy.BaseLM, scope: CallScope
+        self, inputs: dict[str, Any], *, lm: dspy.BaseLM, scope: CallScope, trace: bool = False
     ) -> AsyncGenerator[StreamResponse | StatusMessage | CallResult, None]:
         """Token chunks and status messages as the program runs, then its :class:`CallResult`."""
-        from dspy_serve.serving.streaming import (
-            PredictorNames,
-            ProgramReturned,
-            ProgressMessages,
-            stream_program,
-        )
+        from dspy_serve.serving.streaming import ProgramReturned, ProgressMessages, stream_program
 
         module = self.program.module
-        names = PredictorNames(module)
+        names = self._names
         provider = getattr(module, "serve_status_messages", None) or ProgressMessages(module, names)
         json_strings = isinstance(self._adapter, dspy.JSONAdapter)
         scope.attach(self._threads)
-        usage = _CallUsage()
-        with enter_scope(scope), dspy.context(**self._settings(lm, scope, usage)):
+        usage, steps = _CallUsage(), _CallTrace()
+        with enter_scope(scope), dspy.context(**self._settings(lm, scope, usage, steps)):
             try:
                 run = functools.partial(self._run, inputs, scope)
                 # Drained or closed here, in this task: the stream holds a task group.
                 async with aclosing(stream_program(run, names, provider, json_strings=json_strings)) as items:
                     async for item in items:
                         if isinstance(item, ProgramReturned):
-                            yield _result(self._outputs(item.value), usage, lm, scope)
+                            outputs = self._outputs(item.value)
+                            yield _result(outputs, usage, lm, scope, self._trace_of(steps, trace))
                         else:
                             yield item
             except BaseException as exc:
@@ -202,9 +216,40 @@ def _carries_fields(value: Any, fields: Mapping[str, Any]) -> bool:
     )
 
 
-def _result(outputs: dict[str, Any], tracker: UsageTracker, lm: dspy.BaseLM, scope: CallScope) -> CallResult:
+def _result(
+    outputs: dict[str, Any],
+    tracker: UsageTracker,
+    lm: dspy.BaseLM,
+    scope: CallScope,
+    trace: list[dict[str, Any]] | None = None,
+) -> CallResult:
     """Outputs and accounting: LM calls that reported no usage were answered from the cache."""
     billed = {model: len(entries) for model, entries in tracker.usage_data.items()}
     calls = dict(scope.lm_calls)
     hits = {model: max(0, count - billed.get(model, 0)) for model, count in calls.items()}
-    return CallResult(outputs, tracker.get_total_tokens(), lm.model, calls, hits)
+    return CallResult(outputs, tracker.get_total_tokens(), lm.model, calls, hits, trace=trace)
+
+
+def trace_steps(trace: list[Any], names: PredictorNames) -> list[dict[str, Any]]:
+    """A call's DSPy trace (``(predictor, inputs, prediction)`` tuples) as JSON: each step's
+    predictor by its name in the program (a BestOfN/Refine copy by its original's signature;
+    null when no name fits), and its inputs and outputs in their wire form, never raw objects."""
+    return [
+        {
+            "predictor": names.name_of(predictor),
+            "inputs": _json_safe(to_wire(dict(inputs))),
+            "outputs": _json_safe(to_wire(prediction)),
+        }
+        for predictor, inputs, prediction in list(trace)
+    ]
+
+
+def _json_safe(value: Any) -> Any:
+    """What ``to_wire`` leaves as is and JSON cannot hold (a tool, a callable, ...) as its text."""
+    if isinstance(value, dict):
+        return {str(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)

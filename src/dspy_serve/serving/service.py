@@ -28,10 +28,12 @@ from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
 
 from dspy_serve.errors import (
+    BadOverride,
     InvalidProgramOutput,
     RequestTimeout,
     ServeError,
     ServiceUnavailable,
+    TraceNotExposed,
     from_exception,
 )
 from dspy_serve.lm.checks import missing_credentials
@@ -72,6 +74,7 @@ class CallOptions:
     model: str | None = None  # must be on the allow-list
     temperature: float | None = None
     max_tokens: int | None = None
+    trace: bool = False  # return the call's trace (only with `expose_trace`)
 
 
 class Service:
@@ -161,23 +164,39 @@ class Service:
         the RateLimit headers to send back."""
         if self.front_door is None:
             raise ServiceUnavailable("The service is not ready.", retry_after=1)
+        self.check_trace(options)
         return await self.front_door.admit(caller, program.name, options.model, requests=requests)
+
+    def check_trace(self, options: CallOptions, *, batch: bool = False) -> None:
+        """A trace is refused unless the operator exposes traces (403), and is for one call (400)."""
+        if not options.trace:
+            return
+        if not self.settings.expose_trace:
+            raise TraceNotExposed(
+                "Traces are off on this server (the operator turns them on with --expose-trace).",
+                errors=[{"loc": ["options", "trace"], "msg": "traces are not exposed", "type": "trace_off"}],
+            )
+        if batch:
+            raise BadOverride(
+                "A trace is for one call: ask for it on /invoke or /stream.",
+                errors=[{"loc": ["options", "trace"], "msg": "not for /batch", "type": "trace_batch"}],
+            )
 
     async def call(
         self, program: Program, inputs: dict[str, Any], options: CallOptions, caller: Caller
     ) -> CallResult:
         """Run one validated call: allow-listed LM, capacity, deadline; errors stay typed. A
         deterministic call may be answered by the response cache or by an identical call in
-        flight instead (:mod:`.reuse`)."""
+        flight instead (:mod:`.reuse`), unless it asks for its trace (a trace is its own run's)."""
         runner, lm, capacity = self._begin(program, options)
-        reuse = self.reuse
+        reuse = None if options.trace else self.reuse
         key = reuse.key(program, inputs, lm, caller) if reuse is not None else None
         if key is None:
-            return await self._run(program, runner, lm, capacity, inputs, caller)
+            return await self._run(program, runner, lm, capacity, inputs, caller, options.trace)
         assert reuse is not None
         if (answer := await reuse.answer(key, caller)) is not None:
             return answer  # no reservation was taken: a reused answer charges no tokens
-        return await reuse.run(key, caller, self._run(program, runner, lm, capacity, inputs, caller))
+        return await reuse.run(key, caller, self._run(program, runner, lm, capacity, inputs, caller, False))
 
     async def _run(
         self,
@@ -187,6 +206,7 @@ class Service:
         capacity: CapacityGate,
         inputs: dict[str, Any],
         caller: Caller,
+        trace: bool,
     ) -> CallResult:
         scope = CallScope.starting_now(self.settings.timeout)
         reserved = await self._reserve(caller, lm, scope)
@@ -194,7 +214,7 @@ class Service:
             try:
                 with anyio.fail_after(self.settings.timeout), tracing.program_span(program.name, lm.model):
                     async with capacity.slot():
-                        result = await runner.call(inputs, lm=lm, scope=scope)
+                        result = await runner.call(inputs, lm=lm, scope=scope, trace=trace)
             except TimeoutError:
                 scope.cancel()
                 raise self.timeout_error() from None
@@ -213,7 +233,7 @@ class Service:
         front end sends its first byte, so refusals stay plain HTTP statuses."""
         runner, lm, capacity = self._begin(program, options)
         capacity.check()
-        return CallStream(self, program, runner, lm, inputs, caller)
+        return CallStream(self, program, runner, lm, inputs, caller, trace=options.trace)
 
     def timeout_error(self) -> RequestTimeout:
         return RequestTimeout(f"The program did not finish within {self.settings.timeout:g} s.")
@@ -297,6 +317,8 @@ class CallStream:
         lm: dspy.BaseLM,
         inputs: dict[str, Any],
         caller: Caller,
+        *,
+        trace: bool = False,
     ) -> None:
         self.timeout = service.settings.timeout
         self._service, self._program, self._runner, self._lm = service, program, runner, lm
@@ -304,7 +326,8 @@ class CallStream:
         self._scope = CallScope.starting_now(self.timeout)
         self._key: str | None = None
         self._hit: CallResult | None = None
-        self._looked_up = False
+        self._trace = trace
+        self._looked_up = trace  # a traced call neither uses nor fills the cache
 
     @property
     def caller(self) -> Caller:
@@ -336,7 +359,9 @@ class CallStream:
             reserved = await service._reserve(self._caller, self._lm, self._scope)
             async with (
                 capacity.slot(),
-                aclosing(self._runner.stream(self._inputs, lm=self._lm, scope=self._scope)) as items,
+                aclosing(
+                    self._runner.stream(self._inputs, lm=self._lm, scope=self._scope, trace=self._trace)
+                ) as items,
             ):
                 async for item in items:
                     if isinstance(item, StreamResponse):

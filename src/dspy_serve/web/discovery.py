@@ -107,5 +107,7 @@ def _describe(service: Service, program: Program) -> dict[str, Any]:
             "max_tokens": service.settings.max_tokens_limit,
             "batch_max_items": service.settings.batch_max_items,
         },
+        # Whether `options.trace` may be asked for (the playground's Inspect).
+        "trace_available": service.settings.expose_trace,
         "endpoints": {endpoint: f"/{program.name}/{endpoint}" for endpoint in ("invoke", "stream", "batch")},
     }

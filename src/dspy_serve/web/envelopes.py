@@ -13,9 +13,11 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     WrapValidator,
     create_model,
+    model_serializer,
 )
 from pydantic_core import PydanticCustomError
 from pydantic_core.core_schema import ValidatorFunctionWrapHandler
@@ -29,6 +31,7 @@ __all__ = [
     "StatusEvent",
     "TokenEvent",
     "TokenUsage",
+    "TraceStep",
     "envelope_models",
     "options_model",
     "stream_event_model",
@@ -134,6 +137,16 @@ def options_model(max_tokens_limit: int, models: list[str]) -> type[BaseModel]:
             Annotated[int, Field(gt=0, le=max_tokens_limit), NOT_BOOL_OR_STR] | None,
             Field(default=None, examples=[min(256, max_tokens_limit)]),
         ),
+        trace=(
+            bool | None,
+            Field(
+                default=None,
+                strict=True,
+                description="Return the call's trace (`trace` in the result); a 403 unless the server "
+                "exposes traces (GET /programs: `trace_available`). Not for /batch.",
+                examples=[False],
+            ),
+        ),
     )
 
 
@@ -158,6 +171,7 @@ def envelope_models(
     )
     invoke_response = create_model(
         f"{prefix}InvokeResponse",
+        __base__=_InvokeResponseBase,
         outputs=(outputs, ...),
         usage=(Usage, Field(description="Tokens spent by this request, per model.")),
         cost=(Cost, Field(description="Estimated cost of this request.")),
@@ -191,6 +205,29 @@ def envelope_models(
         "batch_request": batch_request,
         "batch_response": batch_response,
     }
+
+
+class TraceStep(BaseModel):
+    """One predictor call of a traced run, in the order the program made them."""
+
+    predictor: str | None = Field(description="The predictor's name in the program; null if none fits.")
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+
+
+class _InvokeResponseBase(BaseModel):
+    """``trace`` is sent only when the caller asked for it (``options.trace``)."""
+
+    trace: list[TraceStep] | None = Field(
+        default=None, description="Each predictor that ran, in order: only when `options.trace` was set."
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_absent_trace(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("trace") is None:
+            data.pop("trace", None)
+        return data
 
 
 class TokenEvent(BaseModel):

@@ -27,7 +27,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, description in {
         400: "Invalid options",
         401: "Missing or invalid API key (when keys are configured)",
-        403: "Model not on the allow-list, or not allowed for this API key",
+        403: "Model not on the allow-list, not allowed for this API key, or a trace not exposed here",
         413: "Request body too large, or input too long for the model's context window",
         415: "The body is not JSON (Content-Type must be application/json)",
         422: "Invalid input (field paths in `errors`)",
@@ -70,6 +70,7 @@ def add_program_routes(
     async def batch(body: BatchRequest, request: Request, response: Response) -> Any:  # type: ignore[valid-type]
         options, caller = _options(body.options), caller_of(request)  # type: ignore[attr-defined]
         items: list[Any] = body.items  # type: ignore[attr-defined]
+        service.check_trace(options, batch=True)
         response.headers.update(await service.admit(caller, program, options, requests=len(items)))
         gate = asyncio.Semaphore(service.settings.batch_concurrency)
 

@@ -63,7 +63,15 @@ class StreamEncoder(Protocol):
 
 def response_body(result: CallResult) -> dict[str, Any]:
     """The body of /invoke, and of the stream's ``prediction`` event."""
-    return {"outputs": result.outputs, "usage": result.usage, "cost": result.cost, "model": result.model}
+    body: dict[str, Any] = {
+        "outputs": result.outputs,
+        "usage": result.usage,
+        "cost": result.cost,
+        "model": result.model,
+    }
+    if result.trace is not None:  # asked for (options.trace)
+        body["trace"] = result.trace
+    return body
 
 
 def sse_event(event: str, data: dict[str, Any]) -> bytes:
