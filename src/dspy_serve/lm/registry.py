@@ -17,9 +17,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import dspy
+from dspy.utils.callback import with_callbacks
 
 from dspy_serve.errors import BadOverride, ModelNotAllowed, UpstreamRateLimited, sane_retry_after
 from dspy_serve.lm.held import held_lms
+from dspy_serve.lm.inline import acall_inline
 from dspy_serve.lm.pool import NativeRouteRefused, pooled_engines
 from dspy_serve.lm.response_tags import one_response
 from dspy_serve.serving.call_scope import current_scope
@@ -89,7 +91,7 @@ class ServingLM(dspy.LM):
             _check_scope()
             try:
                 try:
-                    outputs = await super().acall(*args, **kwargs)
+                    outputs = await self._acall_once(*args, **kwargs)
                 except Exception as exc:
                     if (compatible := self._compatible(exc)) is None:
                         raise
@@ -106,6 +108,12 @@ class ServingLM(dspy.LM):
                 return outputs
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @with_callbacks  # type: ignore[untyped-decorator]  # DSPy's, untyped
+    async def _acall_once(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
+        """``dspy.LM.acall`` (same callbacks), without its worker-thread hops where they cost
+        more than the work they move (see :mod:`dspy_serve.lm.inline`)."""
+        return await acall_inline(self, prompt, messages, kwargs)
 
     def _compatible(self, exc: BaseException) -> dspy.LM | None:
         """This LM on DSPy's LiteLLM engine, when the pooled native engine refused the request
