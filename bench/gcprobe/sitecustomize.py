@@ -5,8 +5,9 @@ bench.profiling puts this directory on PYTHONPATH. Nothing happens unless one of
 - ``BENCH_GC_STATS=FILE``: every 0.5 s, write the cumulative number and seconds of collections
   per generation to FILE as JSON (and, every 5 s, how many objects the collector tracks).
   py-spy cannot show this time: a collection is charged to whatever frame happened to allocate.
-- ``BENCH_GC_TUNE=freeze`` or ``disable``: on SIGUSR1 (send it once start-up is over),
-  ``gc.collect(); gc.freeze()`` or ``gc.disable()``. An experiment only: it shows what a change
+- ``BENCH_GC_TUNE=freeze``, ``disable`` or ``threshold=G0,G1,G2``: on SIGUSR1 (send it once
+  start-up is over), ``gc.collect(); gc.freeze()``, ``gc.disable()`` or ``gc.set_threshold(...)``.
+  An experiment only: it shows what a change
   in dspy-serve would gain, e.g.
 
       PYTHONPATH=bench/gcprobe BENCH_GC_TUNE=freeze dspy-serve run ... &  # then, once ready:
@@ -52,13 +53,15 @@ if _PATH:
     gc.callbacks.append(_on_gc)
     threading.Thread(target=_dump, args=(_PATH,), name="bench-gc-probe", daemon=True).start()
 
-if _TUNE in ("freeze", "disable"):
+if _TUNE in ("freeze", "disable") or (_TUNE or "").startswith("threshold="):
 
     def _tune(signum: int, frame: object) -> None:
         gc.collect()
         if _TUNE == "freeze":
             gc.freeze()
-        else:
+        elif _TUNE == "disable":
             gc.disable()
+        else:
+            gc.set_threshold(*(int(n) for n in _TUNE.partition("=")[2].split(",")))
 
     signal.signal(signal.SIGUSR1, _tune)
