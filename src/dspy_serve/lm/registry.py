@@ -21,6 +21,7 @@ import dspy
 from dspy_serve.errors import BadOverride, ModelNotAllowed, UpstreamRateLimited, sane_retry_after
 from dspy_serve.lm.held import held_lms
 from dspy_serve.lm.pool import NativeRouteRefused, pooled_engines
+from dspy_serve.lm.prompts import lm_exchange
 from dspy_serve.lm.response_tags import one_response
 from dspy_serve.serving.call_scope import current_scope
 from dspy_serve.settings import ServeSettings
@@ -75,7 +76,7 @@ class ServingLM(dspy.LM):
                 if delay is None:
                     raise
             else:
-                _count_call(self.model)
+                _count_call(self.model, args, kwargs, outputs)
                 return outputs
             time.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -102,7 +103,7 @@ class ServingLM(dspy.LM):
                 if delay is None:
                     raise
             else:
-                _count_call(self.model)
+                _count_call(self.model, args, kwargs, outputs)
                 return outputs
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -184,10 +185,12 @@ def endpoint_of(api_base: str | None) -> str | None:
     return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}" if host else None
 
 
-def _count_call(model: str) -> None:
+def _count_call(model: str, args: tuple[Any, ...], kwargs: dict[str, Any], outputs: Any) -> None:
     scope = current_scope()
     if scope is not None:
         scope.lm_calls[model] += 1
+        if scope.prompts is not None:  # the caller asked for its prompts (None: nothing kept)
+            scope.prompts.append(lm_exchange(model, args, kwargs, outputs))
 
 
 def _check_scope() -> None:
