@@ -73,6 +73,7 @@ def server(_fake_lm_server: FakeLM, provider_env: None, artifact: Path) -> Itera
         allow_models=["openai/other-model"],
         max_tokens_limit=512,
         expose_trace=True,
+        expose_prompts=True,
     )
     with serving(create_app(settings)) as running:
         yield running
@@ -309,6 +310,36 @@ def test_inspect_shows_each_step_with_its_inputs_and_outputs_as_text(
     assert answer.locator('.trace-inputs [data-field="question"] .text').inner_text() == "Capital of France?"
     assert answer.locator('.trace-outputs [data-field="answer"] .text').inner_text() == "Paris"
     assert page.locator("#trace b").count() == 0
+
+
+def test_inspect_shows_each_lm_calls_prompt_and_raw_response_as_text(
+    page: Any, server: ServerThread, fake_lm: FakeLM
+) -> None:
+    question = '<img src=x onerror="window.__xss=1">Capital of France?'
+    query = "<script>window.__xss=2</script>france capital"
+    fake_lm.answers = {"query": query, "answer": "Paris"}
+    open_program(page, server, "two_steps")
+    page.locator("textarea").first.fill(question)
+    page.locator("#opt-prompts").check()
+    page.locator("#run").click()
+    page.wait_for_selector("#prompts .lm-call", timeout=20_000)
+    assert page.locator("#trace").is_hidden(), "prompts without the trace when only they are asked"
+    calls = page.locator("#prompts .lm-call")
+    assert calls.count() == 2
+    assert page.locator("#prompts h3").inner_text() == "Prompts (2 LM calls)"
+    rewrite, answer = calls.nth(0), calls.nth(1)
+    assert "LM call 1 · openai/fake-model" in rewrite.locator("summary").inner_text()
+    rewrite.locator("summary").click()
+    roles = [m.get_attribute("data-role") for m in rewrite.locator(".messages > li").all()]
+    assert roles == ["system", "user"]
+    assert question in rewrite.locator('[data-role="user"] .text').inner_text()
+    assert query in rewrite.locator(".response .text").inner_text()
+    answer.locator("summary").click()
+    assert query in answer.locator('[data-role="user"] .text').inner_text()
+    assert "Paris" in answer.locator(".response .text").inner_text()
+    assert page.locator("#prompts img, #prompts script").count() == 0
+    assert page.evaluate("window.__xss") is None
+    assert FAKE_KEY not in page.locator("#prompts").inner_text()
 
 
 def test_copy_as_snippets_run_as_shown(page: Any, server: ServerThread, fake_lm: FakeLM) -> None:
