@@ -24,7 +24,7 @@ import pytest
 
 from dspy_serve import create_app
 from tests.support.browser import browser, offline_page
-from tests.support.fake_lm import FakeLM, Hang
+from tests.support.fake_lm import FakeLM, Hang, Slow, prompt_text
 from tests.support.servers import ServerThread, serving
 from tests.support.settings import FAKE_KEY, PROGRAMS, fake_settings
 
@@ -456,6 +456,46 @@ def test_batch_upload_runs_every_line_and_downloads_the_results(
         "document.getElementById('batch-state').textContent.startsWith('2 of 2')", timeout=30_000
     )
     assert "Paris, or Lyon?" in json.dumps(fake_lm.requests)
+
+
+# Every value the batch progress bar takes: setting `progress.value` sets its `value` attribute, and
+# each change's old value is recorded, so no value is missed however quickly the next one follows.
+WATCH_PROGRESS = """() => {
+  const bar = document.getElementById("batch-progress");
+  window.__progress = [];
+  new MutationObserver((records) => records.forEach((r) => window.__progress.push(r.oldValue)))
+    .observe(bar, { attributes: true, attributeFilter: ["value"], attributeOldValue: true });
+}"""
+
+
+def test_batch_progress_moves_per_item_and_the_results_keep_input_order(
+    page: Any, server: ServerThread, fake_lm: FakeLM
+) -> None:
+    def answer(body: dict[str, Any]) -> dict[str, str]:
+        found = re.search(r"Question (\d+)\?", prompt_text(body).split("Capital of Peru?")[-1])
+        return {"answer": f"Answer {found.group(1) if found else '?'}", "mood": "calm"}
+
+    fake_lm.answers, fake_lm.latency = answer, 0.2
+    fake_lm.when("Question 0?", Slow(1.0))  # the first item finishes last
+    items = [{"question": f"Question {i}?"} for i in range(6)]
+    open_program(page, server, "echo")
+    page.locator("#batch summary").click()
+    page.locator("#batch-input").fill("\n".join(json.dumps(item) for item in items))
+    page.evaluate(WATCH_PROGRESS)
+    page.locator("#batch-run").click()
+    page.wait_for_function(
+        "document.getElementById('batch-state').textContent.includes('done')", timeout=30_000
+    )
+    seen = page.evaluate("[...window.__progress, document.getElementById('batch-progress').value]")
+    assert sorted({int(float(value)) for value in seen}) == list(range(7)), seen
+    assert page.locator("#batch-state").inner_text() == "6 of 6 done, 0 failed."
+    assert fake_lm.requests_started == 6
+    with page.expect_download() as download:
+        page.locator("#batch-jsonl").click()
+    records = [json.loads(line) for line in Path(download.value.path()).read_text().splitlines()]
+    assert [(r["index"], r["inputs"], r["outputs"]["answer"]) for r in records] == [
+        (i, item, f"Answer {i}") for i, item in enumerate(items)
+    ]
 
 
 def test_metrics_show_this_programs_calls_and_latency(page: Any, server: ServerThread) -> None:
