@@ -14,6 +14,7 @@ as RFC 9457 ``application/problem+json``::
     ├── ModelNotAllowed (403)          options.model outside the allow-list (or the key's)
     ├── Forbidden (403)                the API key may not call this program
     ├── TraceNotExposed (403)          options.trace on a server that does not expose traces
+    ├── PromptsNotExposed (403)        options.prompts on a server, or for a key, that may not see them
     ├── ProgramNotFound (404)
     ├── UnsupportedMediaType (415)     a body that is not JSON (a cross-site form or text/plain post)
     ├── ContextTooLong (413)           the prompt exceeds the model's context window
@@ -54,6 +55,7 @@ __all__ = [
     "ModelNotAllowed",
     "Overloaded",
     "ProgramNotFound",
+    "PromptsNotExposed",
     "ProxyError",
     "RateLimited",
     "RequestTimeout",
@@ -216,6 +218,13 @@ class TraceNotExposed(ServeError):
     """A call's trace shows the program's intermediate steps: only when the operator allows it."""
 
     status, code, title = 403, "trace_not_exposed", "Traces are not exposed"
+
+
+class PromptsNotExposed(ServeError):
+    """Prompts and raw LM responses show the program's instructions and demos: only when the
+    operator allows it, and for a restricted API key only when its key line says so."""
+
+    status, code, title = 403, "prompts_not_exposed", "Prompts are not exposed"
 
 
 class ProgramNotFound(ServeError):

@@ -214,8 +214,9 @@ class ServeSettings(BaseSettings):
     )
     api_keys_file: Path | None = Field(
         default=None,
-        description="File of API keys, one per line: '[name:]key [programs=a,b] [models=m1,m2]'; "
-        "programs/models restrict what that key may call.",
+        description="File of API keys, one per line: '[name:]key [programs=a,b] [models=m1,m2] "
+        "[prompts=yes|no]'; programs/models restrict what that key may call, prompts= whether it may see "
+        "prompts (with --expose-prompts; by default only keys without restrictions may).",
     )
     protect_docs: bool = Field(
         default=False, description="Require an API key for /metrics, /docs and /openapi.json too."
@@ -279,6 +280,13 @@ class ServeSettings(BaseSettings):
         "order, with its inputs and outputs. On: every caller that may call a program may see its traces "
         "(they hold the program's intermediate steps, never prompts or raw LM responses). Off: asking is a "
         "403.",
+    )
+    expose_prompts: bool = Field(
+        default=False,
+        description="Let callers ask for a call's prompts (`options.prompts`): the messages sent to the LM "
+        "and its raw responses, per LM call, in order (never a key or a header). They show the program's "
+        "instructions and demos: on, every caller may see them except API keys restricted to some programs "
+        "or models, which need `prompts=yes` on their key line. Off: asking is a 403.",
     )
     reload: bool = Field(
         default=False,

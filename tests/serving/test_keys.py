@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dspy_serve import ServeSettings
-from dspy_serve.serving.keys import KeyConfigError, KeyRing
+from dspy_serve.serving.keys import KeyConfigError, KeyRing, parse_key_line
 
 
 @pytest.fixture(autouse=True)
@@ -49,3 +49,22 @@ def test_a_missing_key_file_is_a_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(KeyConfigError) as raised:
         KeyRing.from_settings(ServeSettings(api_keys_file=tmp_path / "nope.txt"))
     assert "nope.txt" in str(raised.value) and "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("line", "sees_prompts"),
+    [
+        ("k:sk-1", True),
+        ("k:sk-1 prompts=no", False),
+        ("k:sk-1 programs=qa", False),
+        ("k:sk-1 models=m prompts=yes", True),
+        ("k:sk-1 programs=qa prompts=YES", True),
+    ],
+)
+def test_only_an_unrestricted_key_sees_prompts_unless_its_line_says(line: str, sees_prompts: bool) -> None:
+    assert parse_key_line(line, 1).may_see_prompts() is sees_prompts
+
+
+def test_a_prompts_option_is_yes_or_no() -> None:
+    with pytest.raises(ValueError, match="line 3: prompts= takes yes or no, not 'maybe'"):
+        parse_key_line("k:sk-1 prompts=maybe", 3)

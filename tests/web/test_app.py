@@ -137,9 +137,9 @@ def test_public_api_is_pinned() -> None:
     assert sorted(dspy_serve.__all__) == [
         "ArtifactError", "BadOverride", "Client", "ClientCancelled", "ContextTooLong", "Forbidden",
         "HTTPProblem", "InvalidInput", "InvalidProgramOutput", "ModelNotAllowed", "Overloaded",
-        "ProgramNotFound", "ProxyError", "RateLimited", "RemoteProgram", "RequestTimeout", "SchemaError",
-        "ServeError", "ServeSettings", "ServiceUnavailable", "TargetError", "TraceNotExposed",
-        "Unauthorized",
+        "ProgramNotFound", "PromptsNotExposed", "ProxyError", "RateLimited", "RemoteProgram",
+        "RequestTimeout", "SchemaError", "ServeError", "ServeSettings", "ServiceUnavailable", "TargetError",
+        "TraceNotExposed", "Unauthorized",
         "UnsupportedMediaType", "UnsupportedRequest", "UpstreamError", "UpstreamRateLimited", "create_app",
         "install_error_handlers", "load_settings", "router",
     ]  # fmt: skip

@@ -58,7 +58,9 @@ def test_the_docs_examples_are_requests_this_server_accepts(server: ServerThread
     spec = httpx.get(server.base_url + "/openapi.json", timeout=10).json()
     options = spec["components"]["schemas"]["CallOptions"]["properties"]
     example = {name: schema["examples"][0] for name, schema in options.items()}
-    assert example == {"model": "openai/fake-model", "temperature": 0.7, "max_tokens": 256, "trace": False}
+    assert example == {
+        "model": "openai/fake-model", "temperature": 0.7, "max_tokens": 256, "trace": False, "prompts": False
+    }
     response = httpx.post(
         server.base_url + "/qa/invoke",
         json={"inputs": {"question": "string"}, "options": example},

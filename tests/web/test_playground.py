@@ -24,7 +24,7 @@ import pytest
 
 from dspy_serve import create_app
 from tests.support.browser import browser, offline_page
-from tests.support.fake_lm import FakeLM, Hang
+from tests.support.fake_lm import FakeLM, Hang, Slow, prompt_text
 from tests.support.servers import ServerThread, serving
 from tests.support.settings import FAKE_KEY, PROGRAMS, fake_settings
 
@@ -73,6 +73,7 @@ def server(_fake_lm_server: FakeLM, provider_env: None, artifact: Path) -> Itera
         allow_models=["openai/other-model"],
         max_tokens_limit=512,
         expose_trace=True,
+        expose_prompts=True,
     )
     with serving(create_app(settings)) as running:
         yield running
@@ -311,6 +312,36 @@ def test_inspect_shows_each_step_with_its_inputs_and_outputs_as_text(
     assert page.locator("#trace b").count() == 0
 
 
+def test_inspect_shows_each_lm_calls_prompt_and_raw_response_as_text(
+    page: Any, server: ServerThread, fake_lm: FakeLM
+) -> None:
+    question = '<img src=x onerror="window.__xss=1">Capital of France?'
+    query = "<script>window.__xss=2</script>france capital"
+    fake_lm.answers = {"query": query, "answer": "Paris"}
+    open_program(page, server, "two_steps")
+    page.locator("textarea").first.fill(question)
+    page.locator("#opt-prompts").check()
+    page.locator("#run").click()
+    page.wait_for_selector("#prompts .lm-call", timeout=20_000)
+    assert page.locator("#trace").is_hidden(), "prompts without the trace when only they are asked"
+    calls = page.locator("#prompts .lm-call")
+    assert calls.count() == 2
+    assert page.locator("#prompts h3").inner_text() == "Prompts (2 LM calls)"
+    rewrite, answer = calls.nth(0), calls.nth(1)
+    assert "LM call 1 · openai/fake-model" in rewrite.locator("summary").inner_text()
+    rewrite.locator("summary").click()
+    roles = [m.get_attribute("data-role") for m in rewrite.locator(".messages > li").all()]
+    assert roles == ["system", "user"]
+    assert question in rewrite.locator('[data-role="user"] .text').inner_text()
+    assert query in rewrite.locator(".response .text").inner_text()
+    answer.locator("summary").click()
+    assert query in answer.locator('[data-role="user"] .text').inner_text()
+    assert "Paris" in answer.locator(".response .text").inner_text()
+    assert page.locator("#prompts img, #prompts script").count() == 0
+    assert page.evaluate("window.__xss") is None
+    assert FAKE_KEY not in page.locator("#prompts").inner_text()
+
+
 def test_copy_as_snippets_run_as_shown(page: Any, server: ServerThread, fake_lm: FakeLM) -> None:
     """What the page shows after a run is the same call: curl, the Python client, the OpenAI SDK
     and `dspy-serve call`, each run as shown, answer with the program's output."""
@@ -425,6 +456,46 @@ def test_batch_upload_runs_every_line_and_downloads_the_results(
         "document.getElementById('batch-state').textContent.startsWith('2 of 2')", timeout=30_000
     )
     assert "Paris, or Lyon?" in json.dumps(fake_lm.requests)
+
+
+# Every value the batch progress bar takes: setting `progress.value` sets its `value` attribute, and
+# each change's old value is recorded, so no value is missed however quickly the next one follows.
+WATCH_PROGRESS = """() => {
+  const bar = document.getElementById("batch-progress");
+  window.__progress = [];
+  new MutationObserver((records) => records.forEach((r) => window.__progress.push(r.oldValue)))
+    .observe(bar, { attributes: true, attributeFilter: ["value"], attributeOldValue: true });
+}"""
+
+
+def test_batch_progress_moves_per_item_and_the_results_keep_input_order(
+    page: Any, server: ServerThread, fake_lm: FakeLM
+) -> None:
+    def answer(body: dict[str, Any]) -> dict[str, str]:
+        found = re.search(r"Question (\d+)\?", prompt_text(body).split("Capital of Peru?")[-1])
+        return {"answer": f"Answer {found.group(1) if found else '?'}", "mood": "calm"}
+
+    fake_lm.answers, fake_lm.latency = answer, 0.2
+    fake_lm.when("Question 0?", Slow(1.0))  # the first item finishes last
+    items = [{"question": f"Question {i}?"} for i in range(6)]
+    open_program(page, server, "echo")
+    page.locator("#batch summary").click()
+    page.locator("#batch-input").fill("\n".join(json.dumps(item) for item in items))
+    page.evaluate(WATCH_PROGRESS)
+    page.locator("#batch-run").click()
+    page.wait_for_function(
+        "document.getElementById('batch-state').textContent.includes('done')", timeout=30_000
+    )
+    seen = page.evaluate("[...window.__progress, document.getElementById('batch-progress').value]")
+    assert sorted({int(float(value)) for value in seen}) == list(range(7)), seen
+    assert page.locator("#batch-state").inner_text() == "6 of 6 done, 0 failed."
+    assert fake_lm.requests_started == 6
+    with page.expect_download() as download:
+        page.locator("#batch-jsonl").click()
+    records = [json.loads(line) for line in Path(download.value.path()).read_text().splitlines()]
+    assert [(r["index"], r["inputs"], r["outputs"]["answer"]) for r in records] == [
+        (i, item, f"Answer {i}") for i, item in enumerate(items)
+    ]
 
 
 def test_metrics_show_this_programs_calls_and_latency(page: Any, server: ServerThread) -> None:

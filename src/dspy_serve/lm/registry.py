@@ -23,6 +23,7 @@ from dspy_serve.errors import BadOverride, ModelNotAllowed, UpstreamRateLimited,
 from dspy_serve.lm.held import held_lms
 from dspy_serve.lm.inline import acall_inline
 from dspy_serve.lm.pool import NativeRouteRefused, pooled_engines
+from dspy_serve.lm.prompts import lm_exchange
 from dspy_serve.lm.response_tags import one_response
 from dspy_serve.serving.call_scope import current_scope
 from dspy_serve.settings import ServeSettings
@@ -77,7 +78,7 @@ class ServingLM(dspy.LM):
                 if delay is None:
                     raise
             else:
-                _count_call(self.model)
+                _count_call(self.model, args, kwargs, outputs)
                 return outputs
             time.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -104,7 +105,7 @@ class ServingLM(dspy.LM):
                 if delay is None:
                     raise
             else:
-                _count_call(self.model)
+                _count_call(self.model, args, kwargs, outputs)
                 return outputs
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -192,10 +193,12 @@ def endpoint_of(api_base: str | None) -> str | None:
     return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}" if host else None
 
 
-def _count_call(model: str) -> None:
+def _count_call(model: str, args: tuple[Any, ...], kwargs: dict[str, Any], outputs: Any) -> None:
     scope = current_scope()
     if scope is not None:
         scope.lm_calls[model] += 1
+        if scope.prompts is not None:  # the caller asked for its prompts (None: nothing kept)
+            scope.prompts.append(lm_exchange(model, args, kwargs, outputs))
 
 
 def _check_scope() -> None:

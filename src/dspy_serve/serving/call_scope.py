@@ -45,6 +45,9 @@ class CallScope:
     # Tokens spent, by model, as DSPy's usage tracker saw them: left here by the runner when the
     # call ends, however it ends, so a failed or abandoned call is charged too.
     usage: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Each answered LM call's messages and raw response, in order: a list only when the caller
+    # asked for its prompts (see :mod:`.prompts`); None, the default, captures nothing.
+    prompts: list[dict[str, Any]] | None = None
     _loop: anyio.lowlevel.EventLoopToken | None = field(default=None, repr=False)
     _loop_thread: int | None = field(default=None, repr=False)
     _on_loop: set[anyio.CancelScope] = field(default_factory=set, repr=False)

@@ -56,6 +56,10 @@ class Caller:
     def may_call(self, program: str) -> bool:
         return self.api_key is None or self.api_key.may_call(program)
 
+    def may_see_prompts(self) -> bool:
+        """Whether this caller's key lets it see prompts (where the server exposes them)."""
+        return self.api_key is None or self.api_key.may_see_prompts()
+
     def report(self, error: ServeError) -> ServeError:
         """Note an error this request met (counted and logged once, when the request ends)."""
         self.error_codes.append(error.code)

@@ -29,6 +29,16 @@ class ApiKey:
     digest: bytes
     programs: frozenset[str] | None = None  # None: every program
     models: frozenset[str] | None = None  # None: every allowed model
+    prompts: bool | None = None  # `prompts=yes|no`; None: only a key without restrictions may see them
+
+    @property
+    def restricted(self) -> bool:
+        return self.programs is not None or self.models is not None
+
+    def may_see_prompts(self) -> bool:
+        """Whether a call's prompts may be returned to this key (when the server exposes them): a
+        key limited to some programs or models sees them only when its line says ``prompts=yes``."""
+        return self.prompts if self.prompts is not None else not self.restricted
 
     def may_call(self, program: str) -> bool:
         return self.programs is None or program in self.programs
@@ -41,23 +51,32 @@ def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
+_YES_NO = {"yes": True, "no": False}
+
+
 def parse_key_line(line: str, number: int) -> ApiKey:
-    """``[name:]key [programs=a,b] [models=m1,m2]``."""
+    """``[name:]key [programs=a,b] [models=m1,m2] [prompts=yes|no]``."""
     first, *options = line.split()
     name, sep, secret = first.partition(":")
     if not sep:
         name, secret = f"key-{number}", first
     restrictions: dict[str, frozenset[str]] = {}
+    prompts: bool | None = None
     for option in options:
         field, eq, values = option.partition("=")
+        if eq and field == "prompts":
+            if values.lower() not in _YES_NO:
+                raise ValueError(f"API key line {number}: prompts= takes yes or no, not {values!r}")
+            prompts = _YES_NO[values.lower()]
+            continue
         if not eq or field not in ("programs", "models"):
             raise ValueError(
-                f"API key line {number}: unknown option {field!r} (expected programs= or models=)"
+                f"API key line {number}: unknown option {field!r} (expected programs=, models= or prompts=)"
             )
         restrictions[field] = frozenset(v for v in values.split(",") if v)
     if not secret:
         raise ValueError(f"API key line {number}: empty key")
-    return ApiKey(name, _digest(secret), restrictions.get("programs"), restrictions.get("models"))
+    return ApiKey(name, _digest(secret), restrictions.get("programs"), restrictions.get("models"), prompts)
 
 
 class KeyRing:

@@ -58,6 +58,8 @@ class CallResult:
     cost: dict[str, Any] = field(default_factory=dict)
     # The predictors that ran, in order (only when the caller asked for it): see `trace_steps`.
     trace: list[dict[str, Any]] | None = None
+    # Each LM call's messages and raw response, in order (only when the caller asked for them).
+    prompts: list[dict[str, Any]] | None = None
 
 
 def has_native_async(module: dspy.Module) -> bool:
@@ -227,7 +229,9 @@ def _result(
     billed = {model: len(entries) for model, entries in tracker.usage_data.items()}
     calls = dict(scope.lm_calls)
     hits = {model: max(0, count - billed.get(model, 0)) for model, count in calls.items()}
-    return CallResult(outputs, tracker.get_total_tokens(), lm.model, calls, hits, trace=trace)
+    prompts = list(scope.prompts) if scope.prompts is not None else None
+    usage = tracker.get_total_tokens()
+    return CallResult(outputs, usage, lm.model, calls, hits, trace=trace, prompts=prompts)
 
 
 def trace_steps(trace: list[Any], names: PredictorNames) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ from pydantic_core import PydanticSerializationError
 from dspy_serve.errors import (
     BadOverride,
     InvalidProgramOutput,
+    PromptsNotExposed,
     RequestTimeout,
     ServeError,
     ServiceUnavailable,
@@ -75,6 +76,12 @@ class CallOptions:
     temperature: float | None = None
     max_tokens: int | None = None
     trace: bool = False  # return the call's trace (only with `expose_trace`)
+    prompts: bool = False  # return its LM calls' messages and raw responses (only with `expose_prompts`)
+
+    @property
+    def own_run(self) -> bool:
+        """A call that asks to see its own run is never answered by another's (cache, coalescing)."""
+        return self.trace or self.prompts
 
 
 class Service:
@@ -170,6 +177,7 @@ class Service:
         if self.front_door is None:
             raise ServiceUnavailable("The service is not ready.", retry_after=1)
         self.check_trace(options)
+        self.check_prompts(options, caller)
         return await self.front_door.admit(caller, program.name, options.model, requests=requests)
 
     def check_trace(self, options: CallOptions, *, batch: bool = False) -> None:
@@ -187,21 +195,34 @@ class Service:
                 errors=[{"loc": ["options", "trace"], "msg": "not for /batch", "type": "trace_batch"}],
             )
 
+    def check_prompts(self, options: CallOptions, caller: Caller) -> None:
+        """Prompts are refused (403) unless the operator exposes them and the caller's key may see them."""
+        if not options.prompts:
+            return
+        if not self.settings.expose_prompts:
+            why = "Prompts are off on this server (the operator turns them on with --expose-prompts)."
+        elif not caller.may_see_prompts():
+            why = "This API key may not see prompts (its key line needs prompts=yes)."
+        else:
+            return
+        error = {"loc": ["options", "prompts"], "msg": "prompts are not exposed", "type": "prompts_off"}
+        raise PromptsNotExposed(why, errors=[error])
+
     async def call(
         self, program: Program, inputs: dict[str, Any], options: CallOptions, caller: Caller
     ) -> CallResult:
         """Run one validated call: allow-listed LM, capacity, deadline; errors stay typed. A
         deterministic call may be answered by the response cache or by an identical call in
-        flight instead (:mod:`.reuse`), unless it asks for its trace (a trace is its own run's)."""
+        flight instead (:mod:`.reuse`), unless it asks for its trace or prompts (its own run's)."""
         runner, lm, capacity = self._begin(program, options)
-        reuse = None if options.trace else self.reuse
+        reuse = None if options.own_run else self.reuse
         key = reuse.key(program, inputs, lm, caller) if reuse is not None else None
         if key is None:
-            return await self._run(program, runner, lm, capacity, inputs, caller, options.trace)
+            return await self._run(program, runner, lm, capacity, inputs, caller, options)
         assert reuse is not None
         if (answer := await reuse.answer(key, caller)) is not None:
             return answer  # no reservation was taken: a reused answer charges no tokens
-        return await reuse.run(key, caller, self._run(program, runner, lm, capacity, inputs, caller, False))
+        return await reuse.run(key, caller, self._run(program, runner, lm, capacity, inputs, caller, options))
 
     async def _run(
         self,
@@ -211,15 +232,15 @@ class Service:
         capacity: CapacityGate,
         inputs: dict[str, Any],
         caller: Caller,
-        trace: bool,
+        options: CallOptions,
     ) -> CallResult:
-        scope = CallScope.starting_now(self.settings.timeout)
+        scope = _scope_for(self.settings.timeout, options)
         reserved = await self._reserve(caller, lm, scope)
         try:
             try:
                 with anyio.fail_after(self.settings.timeout), tracing.program_span(program.name, lm.model):
                     async with capacity.slot():
-                        result = await runner.call(inputs, lm=lm, scope=scope, trace=trace)
+                        result = await runner.call(inputs, lm=lm, scope=scope, trace=options.trace)
             except TimeoutError:
                 scope.cancel()
                 raise self.timeout_error() from None
@@ -238,7 +259,7 @@ class Service:
         front end sends its first byte, so refusals stay plain HTTP statuses."""
         runner, lm, capacity = self._begin(program, options)
         capacity.check()
-        return CallStream(self, program, runner, lm, inputs, caller, trace=options.trace)
+        return CallStream(self, program, runner, lm, inputs, caller, options)
 
     def timeout_error(self) -> RequestTimeout:
         return RequestTimeout(f"The program did not finish within {self.settings.timeout:g} s.")
@@ -322,17 +343,16 @@ class CallStream:
         lm: dspy.BaseLM,
         inputs: dict[str, Any],
         caller: Caller,
-        *,
-        trace: bool = False,
+        options: CallOptions,
     ) -> None:
         self.timeout = service.settings.timeout
         self._service, self._program, self._runner, self._lm = service, program, runner, lm
         self._inputs, self._caller = inputs, caller
-        self._scope = CallScope.starting_now(self.timeout)
+        self._scope = _scope_for(self.timeout, options)
         self._key: str | None = None
         self._hit: CallResult | None = None
-        self._trace = trace
-        self._looked_up = trace  # a traced call neither uses nor fills the cache
+        self._trace = options.trace
+        self._looked_up = options.own_run  # a traced call (or one showing prompts) skips the cache
 
     @property
     def caller(self) -> Caller:
@@ -391,6 +411,14 @@ class CallStream:
         """The deadline passed: stop the program's LM work and say so."""
         self._scope.cancel()
         return Failed(self._caller.report(self._service.timeout_error()))
+
+
+def _scope_for(timeout: float, options: CallOptions) -> CallScope:
+    """A new call's scope; it keeps the LM calls' prompts only when the caller asked for them."""
+    scope = CallScope.starting_now(timeout)
+    if options.prompts:
+        scope.prompts = []
+    return scope
 
 
 def _well_formed_data(value: Any) -> Any:

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from dspy_serve.errors import PROBLEM_CONTENT_TYPE, ProgramNotFound, ServiceUnavailable
+from dspy_serve.serving.caller import Caller
 from dspy_serve.serving.programs import Program
 from dspy_serve.serving.service import Service
 from dspy_serve.web.envelopes import options_model
@@ -34,7 +35,7 @@ def add_discovery_routes(router: APIRouter, service: Service) -> None:
     @router.get("/programs", tags=["discovery"], summary="The programs served here (those your key may call)")
     async def list_programs(request: Request) -> list[dict[str, Any]]:
         caller = caller_of(request)
-        return [_describe(service, p) for p in service.programs.values() if caller.may_call(p.name)]
+        return [_describe(service, p, caller) for p in service.programs.values() if caller.may_call(p.name)]
 
     @router.get(
         "/programs/{name}",
@@ -43,10 +44,10 @@ def add_discovery_routes(router: APIRouter, service: Service) -> None:
         responses={404: {**ERROR_RESPONSES[422], "description": "No such program"}},
     )
     async def get_program(name: str, request: Request) -> dict[str, Any]:
-        program = service.programs.get(name)
-        if program is None or not caller_of(request).may_call(name):  # 404: not even its existence
+        program, caller = service.programs.get(name), caller_of(request)
+        if program is None or not caller.may_call(name):  # 404: not even its existence
             raise ProgramNotFound(f"no program named {name!r}; see GET /programs")
-        return _describe(service, program)
+        return _describe(service, program, caller)
 
     @router.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=PlainTextResponse)
     async def metrics() -> PlainTextResponse:
@@ -87,7 +88,7 @@ def add_discovery_routes(router: APIRouter, service: Service) -> None:
         }
 
 
-def _describe(service: Service, program: Program) -> dict[str, Any]:
+def _describe(service: Service, program: Program, caller: Caller) -> dict[str, Any]:
     artifact = program.loaded.artifact
     lms = service.lms
     return {
@@ -109,5 +110,7 @@ def _describe(service: Service, program: Program) -> dict[str, Any]:
         },
         # Whether `options.trace` may be asked for (the playground's Inspect).
         "trace_available": service.settings.expose_trace,
+        # Whether `options.prompts` may be asked for, by this caller (a restricted key may not).
+        "prompts_available": service.settings.expose_prompts and caller.may_see_prompts(),
         "endpoints": {endpoint: f"/{program.name}/{endpoint}" for endpoint in ("invoke", "stream", "batch")},
     }

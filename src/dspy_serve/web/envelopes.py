@@ -27,6 +27,7 @@ from dspy_serve.serving.schema import ProgramInterface
 __all__ = [
     "NOT_BOOL_OR_STR",
     "InvalidItem",
+    "LMCall",
     "Problem",
     "StatusEvent",
     "TokenEvent",
@@ -147,6 +148,17 @@ def options_model(max_tokens_limit: int, models: list[str]) -> type[BaseModel]:
                 examples=[False],
             ),
         ),
+        prompts=(
+            bool | None,
+            Field(
+                default=None,
+                strict=True,
+                description="Return each LM call's messages and raw response (`prompts` in the result, and "
+                "in each /batch item); a 403 unless the server exposes prompts to your key (GET /programs: "
+                "`prompts_available`).",
+                examples=[False],
+            ),
+        ),
     )
 
 
@@ -186,6 +198,7 @@ def envelope_models(
     )
     batch_item = create_model(
         f"{prefix}BatchItem",
+        __base__=_WithPrompts,
         index=(int, ...),
         outputs=(Optional[outputs], None),  # noqa: UP045 - a runtime type expression
         error=(Problem | None, None),
@@ -215,19 +228,38 @@ class TraceStep(BaseModel):
     outputs: dict[str, Any]
 
 
-class _InvokeResponseBase(BaseModel):
+class LMCall(BaseModel):
+    """One LM call of a run (``options.prompts``): what was sent, and what the LM answered."""
+
+    model: str
+    messages: list[dict[str, Any]] = Field(description="The messages sent, as the adapter wrote them.")
+    response: list[Any] = Field(
+        description="The raw completion(s): text, or an object when one carries tool calls or reasoning."
+    )
+
+
+class _WithPrompts(BaseModel):
+    """``prompts`` is sent only when the caller asked for it (``options.prompts``)."""
+
+    prompts: list[LMCall] | None = Field(
+        default=None, description="Each LM call, in the order answered: only with `options.prompts`."
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_absent_extras(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for extra in ("trace", "prompts"):
+            if extra in data and data[extra] is None:
+                del data[extra]
+        return data
+
+
+class _InvokeResponseBase(_WithPrompts):
     """``trace`` is sent only when the caller asked for it (``options.trace``)."""
 
     trace: list[TraceStep] | None = Field(
         default=None, description="Each predictor that ran, in order: only when `options.trace` was set."
     )
-
-    @model_serializer(mode="wrap")
-    def _without_absent_trace(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        if data.get("trace") is None:
-            data.pop("trace", None)
-        return data
 
 
 class TokenEvent(BaseModel):

@@ -27,7 +27,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, description in {
         400: "Invalid options",
         401: "Missing or invalid API key (when keys are configured)",
-        403: "Model not on the allow-list, not allowed for this API key, or a trace not exposed here",
+        403: "Model not on the allow-list, not allowed for this API key, or a trace or prompts not exposed",
         413: "Request body too large, or input too long for the model's context window",
         415: "The body is not JSON (Content-Type must be application/json)",
         422: "Invalid input (field paths in `errors`)",
@@ -85,7 +85,8 @@ def add_program_routes(
                 except Exception as exc:  # each item owns its error; the others go on
                     error = caller.report(from_exception(exc))
                     return {"index": index, "error": error.problem(), "usage": error.usage or {}}
-            return {"index": index, "outputs": result.outputs, "usage": result.usage, "cost": result.cost}
+            done = {"index": index, "outputs": result.outputs, "usage": result.usage, "cost": result.cost}
+            return done if result.prompts is None else {**done, "prompts": result.prompts}
 
         everything = asyncio.gather(*(run_one(i, item) for i, item in enumerate(items)))
         results = await until_disconnected(request, everything)

@@ -71,6 +71,8 @@ def response_body(result: CallResult) -> dict[str, Any]:
     }
     if result.trace is not None:  # asked for (options.trace)
         body["trace"] = result.trace
+    if result.prompts is not None:  # asked for (options.prompts)
+        body["prompts"] = result.prompts
     return body
 
 

@@ -1,10 +1,34 @@
-// Batch: JSONL or CSV of inputs, run through /NAME/batch in chunks (the progress bar moves per
-// chunk), results downloadable as JSONL or CSV.
+// Batch: JSONL or CSV of inputs, run through /NAME/batch one item per request, a few at a time (so
+// the progress bar moves as each item finishes), results kept in input order and downloadable as
+// JSONL or CSV.
 
 import { $, api, enc, h, problemOf, problemView, resolve } from "./core.js";
 
-const CHUNK = 8;
+// Requests in flight at once: below the browser's 6 connections per server, so the page's own
+// calls (metrics, Stop) are not queued behind the batch.
+const IN_FLIGHT = 4;
 let results = [];
+
+// Run every item through /NAME/batch, IN_FLIGHT at a time; `done(result)` as each finishes. A
+// refused request (no key, rate limited, ...) stops new ones and is returned as a problem.
+async function runItems(program, items, done) {
+  let next = 0;
+  let refused = null;
+  const worker = async () => {
+    while (next < items.length && !refused) {
+      const index = next++;
+      const response = await api(`/${enc(program.name)}/batch`, { method: "POST", body: { items: [items[index]] } });
+      if (!response.ok) {
+        refused = refused || (await problemOf(response));
+        return;
+      }
+      const [item] = (await response.json()).items;
+      done({ ...item, index, inputs: items[index] });
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(IN_FLIGHT, items.length) }, worker));
+  return refused;
+}
 
 export function setUpBatch(program) {
   const text = h("textarea", { id: "batch-input", rows: 6, "aria-describedby": "batch-hint", placeholder: '{"question": "..."}' });
@@ -33,23 +57,19 @@ export function setUpBatch(program) {
       return;
     }
     runButton.disabled = jsonl.disabled = csv.disabled = true;
+    const finished = [];
     results = [];
     progress.max = items.length;
     progress.value = 0;
-    const size = Math.min(CHUNK, (program.limits && program.limits.batch_max_items) || CHUNK);
+    state.textContent = `Running ${items.length} item${items.length === 1 ? "" : "s"}…`;
     try {
-      for (let start = 0; start < items.length; start += size) {
-        const chunk = items.slice(start, start + size);
-        state.textContent = `Running ${start + 1}–${start + chunk.length} of ${items.length}…`;
-        const response = await api(`/${enc(program.name)}/batch`, { method: "POST", body: { items: chunk } });
-        if (!response.ok) {
-          problem.replaceChildren(problemView(await problemOf(response)));
-          break;
-        }
-        const body = await response.json();
-        for (const item of body.items) results.push({ ...item, index: start + item.index, inputs: chunk[item.index] });
-        progress.value = results.length;
-      }
+      const refused = await runItems(program, items, (result) => {
+        finished[result.index] = result;
+        progress.value += 1;
+        state.textContent = `Running: ${progress.value} of ${items.length} finished…`;
+      });
+      if (refused) problem.replaceChildren(problemView(refused));
+      results = finished.filter(Boolean); // in input order, whatever order they finished in
       const failed = results.filter((r) => r.error).length;
       state.textContent = `${results.length} of ${items.length} done, ${failed} failed.`;
       table.replaceChildren(resultsTable(results, program));

@@ -54,7 +54,26 @@ function askForKey(message) {
   return waitingForKey;
 }
 
+// The API key panel, the same on every page: built here (hidden until needed), under the header.
+function keyPanel() {
+  return h(
+    "section",
+    { id: "key-panel", class: "panel", hidden: true, "aria-labelledby": "key-title" },
+    h("h2", { id: "key-title" }, "API key"),
+    h(
+      "form",
+      { id: "key-form" },
+      h("p", { id: "key-message", class: "hint" }, "This server needs an API key. It is kept only in this tab (sessionStorage)."),
+      h("label", { for: "key-input" }, "Key"),
+      h("input", { id: "key-input", type: "password", autocomplete: "off", required: true, "aria-describedby": "key-message" }),
+      h("button", { type: "submit" }, "Use key"),
+      h("button", { type: "button", id: "key-forget", class: "secondary" }, "Forget key"),
+    ),
+  );
+}
+
 export function setUpKeyPanel() {
+  document.querySelector("header.top").after(keyPanel());
   $("key-button").addEventListener("click", () => {
     const panel = $("key-panel");
     panel.hidden = !panel.hidden;

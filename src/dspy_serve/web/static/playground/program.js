@@ -5,6 +5,7 @@ import { FieldProblem, buildForm, clearHighlights, highlight } from "./form.js";
 import { costText, renderOutputs, totalTokens } from "./render.js";
 import { chatField, requestBody, snippetViews, snippets } from "./snippets.js";
 import { setUpBatch } from "./batch.js";
+import { clearInspect, inspectSwitches, showPrompts, showTrace } from "./inspect.js";
 import { refreshMetrics } from "./metrics.js";
 
 const name = decodeURIComponent(location.pathname.split("/").pop());
@@ -42,16 +43,7 @@ function buildOptions(p) {
   const limit = (p.limits && p.limits.max_tokens) || 4096;
   number("max_tokens", "Max tokens", { min: 1, max: limit, step: 1 }, `1 to ${limit}`);
   $("options").append(...fields);
-  if (p.trace_available) {
-    // Inspect: ask for the call's trace (only offered when the server exposes traces).
-    const box = h("input", { type: "checkbox", role: "switch", id: "opt-trace", "aria-describedby": "opt-trace-hint" });
-    $("inspect").append(
-      h("div", { class: "field", "data-path": "options.trace" }, h("label", { class: "switch", for: "opt-trace" }, box, h("span", {}, "Inspect")),
-        h("p", { class: "hint", id: "opt-trace-hint" }, "Show each step the program ran, with its inputs and outputs."), h("p", { class: "field-error" })),
-    );
-    get.trace = () => (box.checked ? true : undefined);
-    set.trace = (v) => (box.checked = v === true);
-  }
+  inspectSwitches(p, get, set);
   return {
     get: () => Object.fromEntries(Object.entries(get).map(([k, f]) => [k, f()]).filter(([, v]) => v !== undefined)),
     set: (values) => Object.entries(set).forEach(([k, f]) => f((values || {})[k])),
@@ -110,8 +102,8 @@ function setRunning(on) {
 
 async function run(inputs, opts) {
   const body = requestBody(inputs, opts);
-  for (const id of ["live", "outputs", "steps", "run-problem", "meta", "trace"]) $(id).replaceChildren();
-  $("trace").hidden = true;
+  for (const id of ["live", "outputs", "steps", "run-problem", "meta"]) $(id).replaceChildren();
+  clearInspect();
   $("run-state").textContent = "Running…";
   showSnippets(inputs, opts);
   location.hash = "run=" + encodeURIComponent(JSON.stringify(body));
@@ -157,6 +149,7 @@ async function run(inputs, opts) {
           ]);
           $("run-state").textContent = `Done in ${elapsed} ms.`;
           if (event.data.trace) showTrace(event.data.trace);
+          if (event.data.prompts) showPrompts(event.data.prompts);
         } else if (event.event === "error") {
           showProblem(event.data);
         }
@@ -175,20 +168,6 @@ async function run(inputs, opts) {
     remember(body, outcome, requestId);
     refreshMetrics(program);
   }
-}
-
-// The trace of a run: each predictor that ran, in order, its inputs and outputs collapsible.
-function showTrace(steps) {
-  const step = (s, i) =>
-    h(
-      "li",
-      { class: "trace-step", "data-predictor": s.predictor ?? "" },
-      h("span", { class: "name" }, s.predictor ?? "(unnamed step)"),
-      h("details", { class: "trace-inputs" }, h("summary", {}, "Inputs"), ...renderOutputs(s.inputs, {})),
-      h("details", { class: "trace-outputs", open: i === steps.length - 1 }, h("summary", {}, "Outputs"), ...renderOutputs(s.outputs, {})),
-    );
-  $("trace").replaceChildren(h("h3", {}, `Trace (${steps.length} step${steps.length === 1 ? "" : "s"})`), h("ol", { class: "trace" }, steps.map(step)));
-  $("trace").hidden = false;
 }
 
 function showProblem(problem) {

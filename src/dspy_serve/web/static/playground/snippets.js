@@ -30,7 +30,7 @@ export function snippets({ name, inputs, options, chatField, keys }) {
 
   if (chatField && Object.keys(inputs).every((k) => k === chatField) && typeof inputs[chatField] === "string") {
     const extra = Object.entries(options || {})
-      .filter(([k]) => k !== "model" && k !== "trace") // /v1 takes neither
+      .filter(([k]) => !["model", "trace", "prompts"].includes(k)) // /v1 takes none of these
       .map(([k, v]) => `,\n    ${k}=${pyLiteral(v)}`)
       .join("");
     out.openai = [
