@@ -1,4 +1,4 @@
-"""Every goal of issue #16, measured ``runs`` times: ``python -m bench.run --goals`` (~11 min).
+"""Every goal of issue #16, measured ``runs`` times: ``python -m bench.run --goals`` (~10 min).
 
 One run measures, at a catalogued model name (``openai/gpt-4o-mini``, the fake LM answers any):
 
@@ -47,9 +47,9 @@ SYNC = System("dspy-serve sync", "dspy-serve", "two_step_sync", "/qa/invoke", mo
 class GoalsProfile:
     runs: int = 3
     warmup_fast: float = 2.0
-    duration_fast: float = 6.0
+    duration_fast: float = 8.0
     warmup_slow: float = 3.0
-    duration_slow: float = 8.0
+    duration_slow: float = 10.0
     cache_warmup: float = 1.5
     cache_duration: float = 5.0
     overhead_concurrency: int = 128

@@ -1,6 +1,6 @@
 """Run the benchmark: ``python -m bench.run`` (full, ~18 min) or ``python -m bench.run --quick`` (~4 min).
 
-``python -m bench.run --goals`` measures the goals of issue #16 instead (bench/goals.py, ~11 min).
+``python -m bench.run --goals`` measures the goals of issue #16 instead (bench/goals.py, ~10 min).
 
 For each LM latency a fake LM process starts, then every server under test; for each
 concurrency level every system is measured in turn (side by side, so the machine's noise hits

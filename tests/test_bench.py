@@ -3,6 +3,7 @@ silently between the runs that refresh docs/benchmarks.md."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from pathlib import Path
 
@@ -135,3 +136,17 @@ def test_goals_components_charge_a_sample_to_its_innermost_known_frame(tmp_path:
         "c (starlette/routing.py:1) 2\nnot a line\n"
     )
     assert components(raw) == ({"DSPy adapter": 3, "HTTP": 2}, 5)
+
+
+def test_goals_page_renders_from_the_json_alone_and_says_what_was_not_measured() -> None:
+    from bench.goals import GoalsProfile
+    from bench.goals_report import render
+
+    machine = {"date": "d", "nproc": 2, "cpu": "cpu", "python": "3.11", "dspy": "3.4", "dspy_serve": "0"}
+    machine |= {"git": "abc", "git_dirty": False, "loadavg_start": ["1", "1", "1"]}
+    data = _goals_data() | {"machine": machine, "settings": dataclasses.asdict(GoalsProfile())}
+    data["components"] = {"why": "py-spy is not installed"}
+    page = render(data, {"overhead": "o.png"})
+    assert page.index("#### Targets") < page.index("#### 1. Serving adds no net cost")
+    assert "![dspy-serve against the ceiling, per run](o.png)" in page
+    assert "#### 6. Where the CPU goes\n\nNot measured: py-spy is not installed." in page
