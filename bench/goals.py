@@ -173,10 +173,10 @@ def _components(profile: GoalsProfile) -> dict[str, Any]:
     return {"systems": found}
 
 
-def write(data: dict[str, Any], out: Path, *, update_docs: bool) -> list[Path]:
-    """The JSON, the plots, the Markdown page and (if asked) the section of docs/benchmarks.md."""
-    out.mkdir(parents=True, exist_ok=True)
-    base = out / f"goals-{time.strftime('%Y%m%d-%H%M%S')}"
+def write(data: dict[str, Any], base: Path, *, update_docs: bool) -> list[Path]:
+    """``base``.json, the plots, ``base``.md and (if asked) the section of docs/benchmarks.md."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    data.pop("plot_note", None)
     pngs = plot_goals(data, base)
     if not pngs:
         data["plot_note"] = "matplotlib is not installed (pip install matplotlib)"
@@ -206,7 +206,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-docs", action="store_true", help="do not refresh docs/benchmarks.md")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy component breakdown")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="JSON",
+        help="no measuring: rewrite a run's page, plots and docs section",
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        data = json.loads(args.render.read_text())
+        for path in write(data, args.render.with_suffix(""), update_docs=not args.no_docs):
+            log(f"wrote {path}")
+        return
     profile = replace(GoalsProfile(), runs=args.runs)
     if args.duration:
         d = args.duration
@@ -221,7 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     machine["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
     machine["wall_seconds"] = round(time.time() - started)
     full = not args.duration and profile.runs == GoalsProfile.runs
-    for path in write(data, args.out, update_docs=full and not args.no_docs):
+    base = args.out / f"goals-{time.strftime('%Y%m%d-%H%M%S')}"
+    for path in write(data, base, update_docs=full and not args.no_docs):
         log(f"wrote {path}")
 
 

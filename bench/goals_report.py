@@ -327,8 +327,8 @@ def render(data: Data, plots: dict[str, str]) -> str:
             "#### 6. Where the CPU goes (100 ms LM, c=128, one run each)\n\n"
             "py-spy samples of the thread holding the GIL, each charged to the innermost frame of a known "
             "component (`bench/components.py`); GC measured apart by `bench/gcprobe`. Milliseconds per "
-            "request are py-spy's estimate (samples x 5 ms / requests answered while sampling), higher than "
-            "the CPU `/proc` counts in 1. (sampling slows the process): compare the shares.\n\n"
+            "request are py-spy's estimate (samples x 5 ms / requests answered while sampling), not the CPU "
+            "`/proc` counts in 1. (the sampler misses time and slows the process): compare the shares.\n\n"
             + components_table(profiles["systems"])
         )
         parts += image("components", "CPU per request by component")

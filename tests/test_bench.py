@@ -150,3 +150,8 @@ def test_goals_page_renders_from_the_json_alone_and_says_what_was_not_measured()
     assert page.index("#### Targets") < page.index("#### 1. Serving adds no net cost")
     assert "![dspy-serve against the ceiling, per run](o.png)" in page
     assert "#### 6. Where the CPU goes\n\nNot measured: py-spy is not installed." in page
+    without_matplotlib = render(data | {"plot_note": "matplotlib is not installed"}, {})
+    assert (
+        "No plot (overhead, tail, thread, cache, components): matplotlib is not installed."
+        in without_matplotlib
+    )
