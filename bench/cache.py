@@ -201,12 +201,20 @@ def _load(
     return result
 
 
-def measure(profile: CacheProfile, logs: Path, log: Any = print) -> dict[str, Any]:
-    """Every figure of this module, with fresh servers against one fake LM at 100 ms."""
+def measure(profile: CacheProfile, logs: Path, log: Any = print, *, reverse: bool = False) -> dict[str, Any]:
+    """Every figure of this module, with fresh servers against one fake LM at 100 ms.
+
+    ``reverse`` measures the hit ratios and the coalescing pair in the opposite order (the rows
+    come out in the usual order), so that repeated runs do not always favour the same one.
+    """
+
+    def ordered(items: Any) -> list[Any]:
+        return list(reversed(items)) if reverse else list(items)
+
     fake = start_fake_lm(logs / "fake-lm-cache.log", latency=LATENCY)
     figures: dict[str, Any] = {"latency_s": LATENCY, "concurrency": profile.concurrency, "hit_ratio": []}
     try:
-        for ratio in profile.hit_ratios:
+        for ratio in ordered(profile.hit_ratios):
             server = start_server(CACHED, fake.api_base, logs)  # a cold cache for each ratio
             try:
                 fake.reset()
@@ -220,7 +228,7 @@ def measure(profile: CacheProfile, logs: Path, log: Any = print) -> dict[str, An
             )
             figures["hit_ratio"].append(result)
         figures["coalescing"] = []
-        for system in (COALESCING, NOT_COALESCING):
+        for system in ordered((COALESCING, NOT_COALESCING)):
             server = start_server(system, fake.api_base, logs)
             try:
                 fake.reset()
@@ -231,6 +239,8 @@ def measure(profile: CacheProfile, logs: Path, log: Any = print) -> dict[str, An
             result["system"] = system.label
             log(f"    {result['throughput']:.1f} req/s, {result['lm_requests']} LM calls")
             figures["coalescing"].append(result)
+        figures["hit_ratio"].sort(key=lambda r: r["hit_ratio_asked"])
+        figures["coalescing"].sort(key=lambda r: r["system"] != COALESCING.label)
     finally:
         fake.stop()
     figures["own_work"] = own_work_us()

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from bench import systems
 from bench.plan import DSPY_SERVE
 from bench.systems import System, start_fake_lm, start_server
 
-__all__ = ["main", "summarize"]
+__all__ = ["Sampled", "main", "sample", "spy_path", "summarize"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RATE = 200  # py-spy samples per second
@@ -104,11 +105,10 @@ def summarize(raw: Path, top: int = 40, ms_per_sample: float | None = None) -> s
     )
 
 
-def _gc_delta(path: Path, before: dict[str, Any], requests: float) -> str:
-    """GC runs and CPU ms per request, per generation, between ``before`` and now."""
-    if not path.exists() or not before or not requests:
+def _gc_delta(after: dict[str, Any], before: dict[str, Any], requests: float) -> str:
+    """GC runs and CPU ms per request, per generation, between ``before`` and ``after``."""
+    if not after or not before or not requests:
         return "GC accounting unavailable.\n"
-    after = json.loads(path.read_text())
     rows = []
     for gen in ("gen0", "gen1", "gen2"):
         runs = after[gen]["runs"] - before[gen]["runs"]
@@ -120,6 +120,19 @@ def _gc_delta(path: Path, before: dict[str, Any], requests: float) -> str:
         + "\n".join(rows)
         + "\n"
     )
+
+
+def _gc_figures(after: dict[str, Any], before: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Collections and CPU ms per generation between ``before`` and ``after`` (empty if unknown)."""
+    if not after or not before:
+        return {}
+    return {
+        gen: {
+            "runs": after[gen]["runs"] - before[gen]["runs"],
+            "ms": (after[gen]["seconds"] - before[gen]["seconds"]) * 1000,
+        }
+        for gen in ("gen0", "gen1", "gen2")
+    }
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -153,13 +166,79 @@ def main(argv: list[str] | None = None) -> None:
         "--gc-tune", choices=["freeze", "disable"], help="dspy-serve only, an experiment: see bench/gcprobe"
     )
     args = parser.parse_args(argv)
-    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if not Path(spy).exists():
+    found = sample(
+        args.system,
+        program=args.program,
+        latency=args.latency,
+        concurrency=args.concurrency,
+        seconds=args.seconds,
+        model=args.model,
+        out=args.out,
+        gil=args.gil,
+        server_args=args.server_args,
+        gc_tune=args.gc_tune,
+    )
+    summary = args.out / f"{found.name}.md"
+    sampled = "GIL holder" if args.gil else "all threads"
+    summary.write_text(
+        f"# Profile: {found.point}, model {args.model}\n\nLoad: `{found.load}`\n\n"
+        f"## Garbage collection (not visible to py-spy)\n\n{found.gc_report}\n"
+        f"## py-spy ({sampled})\n\n{summarize(found.raw, ms_per_sample=found.ms_per_sample)}"
+    )
+    print(summary.read_text())
+    print(f"wrote {summary} and {found.raw}", file=sys.stderr)
+
+
+@dataclass
+class Sampled:
+    """What :func:`sample` recorded: py-spy's collapsed stacks and the GC accounting."""
+
+    name: str
+    point: str
+    raw: Path
+    load: str  # the load generator's JSON outcome
+    throughput: float
+    seconds: float
+    gc: dict[str, dict[str, float]]  # generation -> {"runs", "ms"} inside the sampled window
+    gc_report: str
+
+    @property
+    def requests(self) -> float:
+        return self.throughput * self.seconds
+
+    @property
+    def ms_per_sample(self) -> float | None:
+        """CPU ms one sample stands for, per request answered while sampling."""
+        return 1000 / RATE / self.requests if self.requests else None
+
+
+def spy_path() -> Path | None:
+    """py-spy next to this interpreter or on PATH; None when it is not installed."""
+    spy = Path(shutil.which("py-spy") or Path(sys.executable).with_name("py-spy"))
+    return spy if spy.exists() else None
+
+
+def sample(
+    system_kind: str,
+    *,
+    program: str = "predict",
+    latency: float = 0.1,
+    concurrency: int = 128,
+    seconds: int = 8,
+    model: str = systems.MODEL,
+    out: Path = RESULTS,
+    gil: bool = True,
+    server_args: str = "",
+    gc_tune: str | None = None,
+) -> Sampled:
+    """Run the load on ``system_kind`` (dspy-serve or ceiling) and sample it with py-spy."""
+    spy = spy_path()
+    if spy is None:
         sys.exit("py-spy is not installed: pip install py-spy")
     logs = Path(tempfile.mkdtemp(prefix="dspy-serve-profile-"))
-    point = f"{args.system}-{args.program}-{args.latency:g}s-c{args.concurrency}"
+    point = f"{system_kind}-{program}-{latency:g}s-c{concurrency}"
     name = f"profile-{time.strftime('%Y%m%d-%H%M%S')}-{point}"
-    raw, gc_stats = args.out / f"{name}.raw", logs / "gc.json"
+    raw, gc_stats = out / f"{name}.raw", logs / "gc.json"
     probe = {
         # Keep the caller's PYTHONPATH (a worktree's src/), or the server would run the installed code.
         "PYTHONPATH": os.pathsep.join(
@@ -169,27 +248,27 @@ def main(argv: list[str] | None = None) -> None:
             )
         ),
         "BENCH_GC_STATS": str(gc_stats),
-        **({"BENCH_GC_TUNE": args.gc_tune} if args.gc_tune else {}),
+        **({"BENCH_GC_TUNE": gc_tune} if gc_tune else {}),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    window = ["--concurrency", str(args.concurrency), "--warmup", "2", "--duration", str(args.seconds + 3)]
-    fake = start_fake_lm(logs / "fake.log", latency=args.latency)
+    out.mkdir(parents=True, exist_ok=True)
+    window = ["--concurrency", str(concurrency), "--warmup", "2", "--duration", str(seconds + 3)]
+    fake = start_fake_lm(logs / "fake.log", latency=latency)
     server = None
     try:
-        if args.system == "ceiling":
-            driver = ["-m", "bench.ceiling", "--program", args.program, "--model", args.model]
+        if system_kind == "ceiling":
+            driver = ["-m", "bench.ceiling", "--program", program, "--model", model]
             driver += ["--api-base", fake.api_base]
         else:
             system = System(
                 "dspy-serve",
                 "dspy-serve",
-                args.program,
+                program,
                 DSPY_SERVE.route,
-                args=tuple(shlex.split(args.server_args)),
-                model=args.model,
+                args=tuple(shlex.split(server_args)),
+                model=model,
             )
             server = start_server(system, fake.api_base, logs, extra_env=probe)
-            if args.gc_tune:
+            if gc_tune:
                 os.kill(server.pid, signal.SIGUSR1)  # start-up is over: apply the GC change now
             driver = ["-m", "bench.load", "--url", server.url, "--body", system.body().decode()]
         env = systems.child_env(**(probe if server is None else {}))
@@ -198,27 +277,20 @@ def main(argv: list[str] | None = None) -> None:
         )
         time.sleep(2.5 if server else 4.0)
         pid = server.pid if server else load.pid
-        record = [spy, "record", "--pid", str(pid), "--duration", str(args.seconds), "--rate", str(RATE)]
-        record += ["--gil"] if args.gil else []
+        record = [str(spy), "record", "--pid", str(pid), "--duration", str(seconds), "--rate", str(RATE)]
+        record += ["--gil"] if gil else []
         before = _read_json(gc_stats)
         subprocess.run([*record, "--nonblocking", "--format", "raw", "-o", str(raw)], check=True, timeout=120)
-        outcome, _ = load.communicate(timeout=args.seconds + 120)
+        after = _read_json(gc_stats)  # the sampled window only (the load runs on a little longer)
+        outcome, _ = load.communicate(timeout=seconds + 120)
         throughput = json.loads(outcome)["throughput"] if outcome.strip() else 0.0
-        gc_report = _gc_delta(gc_stats, before, throughput * args.seconds)
+        gc_ms = _gc_figures(after, before)
+        gc_report = _gc_delta(after, before, throughput * seconds)
     finally:
         if server is not None:
             server.stop()
         fake.stop()
-    per_sample = 1000 / RATE / (throughput * args.seconds) if throughput else None
-    summary = args.out / f"{name}.md"
-    sampled = "GIL holder" if args.gil else "all threads"
-    summary.write_text(
-        f"# Profile: {point}, model {args.model}\n\nLoad: `{outcome.strip()}`\n\n"
-        f"## Garbage collection (not visible to py-spy)\n\n{gc_report}\n"
-        f"## py-spy ({sampled})\n\n{summarize(raw, ms_per_sample=per_sample)}"
-    )
-    print(summary.read_text())
-    print(f"wrote {summary} and {raw}", file=sys.stderr)
+    return Sampled(name, point, raw, outcome.strip(), throughput, seconds, gc_ms, gc_report)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from typing import Any
 
 from bench.plan import KNOWN_MODEL, Profile
 
-__all__ = ["machine_info", "render", "targets", "write_outputs"]
+__all__ = ["machine_info", "render", "targets", "update_docs_section", "write_outputs"]
 
 Record = dict[str, Any]
 
@@ -550,18 +550,20 @@ def write_outputs(
     if update_docs:
         docs_plot = f"../bench/results/{png.name}" if png else None
         docs_reuse_plot = f"../bench/results/{reuse_name}" if reuse_name else None
-        if _update_docs(render(profile, records, streaming, machine, docs_plot, reuse, docs_reuse_plot)):
+        if update_docs_section(
+            render(profile, records, streaming, machine, docs_plot, reuse, docs_reuse_plot)
+        ):
             written.append(DOCS)
     return written
 
 
-def _update_docs(block: str) -> bool:
-    """Replace the generated section of docs/benchmarks.md (between its markers), if it has them."""
+def update_docs_section(block: str, start_marker: str = DOCS_START, end_marker: str = DOCS_END) -> bool:
+    """Replace a generated section of docs/benchmarks.md (between its markers), if it has them."""
     if not DOCS.is_file():
         return False
     text = DOCS.read_text()
-    start, end = text.find(DOCS_START), text.find(DOCS_END)
+    start, end = text.find(start_marker), text.find(end_marker)
     if start < 0 or end < start:
         return False
-    DOCS.write_text(text[: start + len(DOCS_START)] + "\n\n" + block + "\n" + text[end:])
+    DOCS.write_text(text[: start + len(start_marker)] + "\n\n" + block + "\n" + text[end:])
     return True

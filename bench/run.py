@@ -1,5 +1,7 @@
 """Run the benchmark: ``python -m bench.run`` (full, ~18 min) or ``python -m bench.run --quick`` (~4 min).
 
+``python -m bench.run --goals`` measures the goals of issue #16 instead (bench/goals.py, ~10 min).
+
 For each LM latency a fake LM process starts, then every server under test; for each
 concurrency level every system is measured in turn (side by side, so the machine's noise hits
 them alike); a load generator (or, for the ceiling, the in-process driver) runs in a process of
@@ -24,7 +26,7 @@ from bench.plan import FULL, QUICK, Profile, Step
 from bench.report import machine_info, write_outputs
 from bench.systems import FakeProcess, Server, System, start_fake_lm, start_server
 
-__all__ = ["main"]
+__all__ = ["drained", "log", "main", "measure_step"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STREAM_CHUNK_DELAY = 0.02
@@ -67,20 +69,6 @@ class Harness:
             self.fake.stop()
             self.fake = None
 
-    def _drained(self) -> bool:
-        """Wait until the fake LM has had no request open or started for 0.3 s (bounded)."""
-        assert self.fake is not None
-        deadline, last, quiet_since = time.monotonic() + _DRAIN_TIMEOUT, -1, time.monotonic()
-        while time.monotonic() < deadline:
-            stats = self.fake.stats()
-            started = int(str(stats["requests_started"]))
-            if stats["in_flight"] or started != last:
-                last, quiet_since = started, time.monotonic()
-            elif time.monotonic() - quiet_since >= 0.3:
-                return True
-            time.sleep(0.1)
-        return False
-
     # --- measuring ---------------------------------------------------------------------------------
     def run(self) -> None:
         steps = self.profile.steps()
@@ -100,43 +88,15 @@ class Harness:
     def _measure(self, step: Step, index: int, total: int) -> None:
         assert self.fake is not None
         system = step.system
-        self.fake.reset()
-        window = ["--warmup", str(step.warmup), "--duration", str(step.duration)]
-        window += ["--concurrency", str(step.concurrency), "--watch", f"fake={self.fake.pid}"]
-        server: Server | None = None
-        if system.kind == "ceiling":
-            engine = system.args[0] if system.args else "auto"
-            args = ["-m", "bench.ceiling", "--program", system.program, "--api-base", self.fake.api_base]
-            args += ["--engine", engine, "--model", system.model]
-        else:
-            server = self._server(system)
-            args = ["-m", "bench.load", "--url", server.url, "--body", system.body().decode()]
-            args += ["--watch", f"server={server.pid}"]
-        label = f"{system.key} @ {step.latency:g}s c={step.concurrency}"
-        log(f"[{index}/{total}] {label}")
-        done = subprocess.run(
-            [sys.executable, *args, *window],
-            capture_output=True,
-            text=True,
-            timeout=step.warmup + step.duration + 90,
-            cwd=Path(__file__).resolve().parent.parent,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"{label}: the driver failed:\n{done.stderr[-3000:]}")
-        outcome = json.loads(done.stdout)
-        lm = self.fake.stats()
-        record = _record(step, outcome, lm, server)
-        self.records.append(record)
-        log(
-            f"    {record['throughput']:.1f} req/s  p50 {record['p50_ms']} ms  p99 {record['p99_ms']} ms  "
-            f"errors {record['errors']}  server CPU {record['server_cpu_ms_per_req']} ms/req"
-        )
-        if not self._drained():
+        server = None if system.kind == "ceiling" else self._server(system)
+        log(f"[{index}/{total}] {system.key} @ {step.latency:g}s c={step.concurrency}")
+        self.records.append(measure_step(step, self.fake, server))
+        if not drained(self.fake):
             if server is None:
-                raise RuntimeError(f"{label}: the fake LM still has requests open after the run")
+                raise RuntimeError(f"{system.key}: the fake LM still has requests open after the run")
             self._restart(system)
-            if not self._drained():
-                raise RuntimeError(f"{label}: the fake LM does not go quiet even after a restart")
+            if not drained(self.fake):
+                raise RuntimeError(f"{system.key}: the fake LM does not go quiet even after a restart")
 
     def stream(self) -> dict[str, Any]:
         """The streaming figure: one dspy-serve, a fake LM streaming ~40 chunks 20 ms apart."""
@@ -178,6 +138,51 @@ class Harness:
             fake.stop()
 
 
+def drained(fake: FakeProcess) -> bool:
+    """Wait until the fake LM has had no request open or started for 0.3 s (bounded)."""
+    deadline, last, quiet_since = time.monotonic() + _DRAIN_TIMEOUT, -1, time.monotonic()
+    while time.monotonic() < deadline:
+        stats = fake.stats()
+        started = int(str(stats["requests_started"]))
+        if stats["in_flight"] or started != last:
+            last, quiet_since = started, time.monotonic()
+        elif time.monotonic() - quiet_since >= 0.3:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def measure_step(step: Step, fake: FakeProcess, server: Server | None) -> dict[str, Any]:
+    """One closed-loop window of ``step``'s system (``server``, or the ceiling when None): a record."""
+    system = step.system
+    fake.reset()
+    window = ["--warmup", str(step.warmup), "--duration", str(step.duration)]
+    window += ["--concurrency", str(step.concurrency), "--watch", f"fake={fake.pid}"]
+    if server is None:
+        engine = system.args[0] if system.args else "auto"
+        args = ["-m", "bench.ceiling", "--program", system.program, "--api-base", fake.api_base]
+        args += ["--engine", engine, "--model", system.model]
+    else:
+        args = ["-m", "bench.load", "--url", server.url, "--body", system.body().decode()]
+        args += ["--watch", f"server={server.pid}"]
+    label = f"{system.key} @ {step.latency:g}s c={step.concurrency}"
+    done = subprocess.run(
+        [sys.executable, *args, *window],
+        capture_output=True,
+        text=True,
+        timeout=step.warmup + step.duration + 90,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{label}: the driver failed:\n{done.stderr[-3000:]}")
+    record = _record(step, json.loads(done.stdout), fake.stats(), server)
+    log(
+        f"    {record['throughput']:.1f} req/s  p50 {record['p50_ms']} ms  p99 {record['p99_ms']} ms  "
+        f"errors {record['errors']}  server CPU {record['server_cpu_ms_per_req']} ms/req"
+    )
+    return record
+
+
 def _per_request_ms(seconds: float | None, completed: int) -> float | None:
     """CPU ms per answered request; None below 5 clock ticks of CPU, too coarse to divide."""
     if seconds is None or seconds < 0.05 or not completed:
@@ -211,6 +216,12 @@ def _record(step: Step, outcome: dict[str, Any], lm: dict[str, Any], server: Ser
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--goals" in argv:  # every goal of issue #16, 3 runs each: bench/goals.py has its own options
+        from bench import goals
+
+        goals.main([arg for arg in argv if arg != "--goals"])
+        return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
