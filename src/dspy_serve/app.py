@@ -81,6 +81,9 @@ def create_app(
         openapi_url=None,
         docs_url=None,
         redoc_url=None,
+        # FastAPI's own OpenTelemetry hooks look up the global providers on every request
+        # (three environment reads, ~0.02 ms); tracing is dspy-serve's `otel` setting, off by default.
+        telemetry=None if settings.otel else {"tracing": False, "metrics": False, "logs": False},
     )
     app.state.service = service
     add_pages(app, service)

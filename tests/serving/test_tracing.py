@@ -39,3 +39,15 @@ async def test_requests_and_program_calls_are_traced() -> None:
     assert server.attributes["http.route"] == "/qa/invoke"
     assert program.attributes["dspy_serve.program"] == "qa"
     assert program.parent is not None and program.parent.span_id == server.context.span_id
+
+
+async def test_without_otel_no_request_is_traced() -> None:
+    """Even with a TracerProvider configured in the process: ``otel`` is the switch."""
+    EXPORTER.clear()
+    app = create_app(ServeSettings(), programs={"qa": "question -> answer"}, lm=DummyLM([{"answer": "x"}]))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
+    ):
+        assert (await http.post("/qa/invoke", json={"inputs": {"question": "q"}})).status_code == 200
+    assert EXPORTER.get_finished_spans() == ()

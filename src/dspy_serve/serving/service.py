@@ -16,7 +16,7 @@ import gc
 import logging
 import os
 from collections.abc import AsyncGenerator
-from contextlib import aclosing
+from contextlib import aclosing, nullcontext
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -238,7 +238,8 @@ class Service:
         reserved = await self._reserve(caller, lm, scope)
         try:
             try:
-                with anyio.fail_after(self.settings.timeout), tracing.program_span(program.name, lm.model):
+                span = tracing.program_span(program.name, lm.model) if self.settings.otel else nullcontext()
+                with anyio.fail_after(self.settings.timeout), span:
                     async with capacity.slot():
                         result = await runner.call(inputs, lm=lm, scope=scope, trace=options.trace)
             except TimeoutError:
