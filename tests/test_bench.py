@@ -155,3 +155,17 @@ def test_goals_page_renders_from_the_json_alone_and_says_what_was_not_measured()
         "No plot (overhead, tail, thread, cache, components): matplotlib is not installed."
         in without_matplotlib
     )
+
+
+def test_components_ab_tabulates_the_median_of_each_component_per_system() -> None:
+    from bench.components_ab import render
+
+    runs = [
+        {"HTTP": 0.2, "LM client": 0.3, "sampled in all": 0.5},
+        {"HTTP": 0.4, "LM client": 0.1, "sampled in all": 0.5},
+    ]
+    ceiling = [{"HTTP": 0.0, "LM client": 0.4, "sampled in all": 0.4}] * 2
+    table = render({"before": runs, "ceiling": ceiling}).splitlines()
+    assert table[0] == "| component | before | ceiling |"
+    assert "| HTTP | 0.300 | 0.000 |" in table and "| LM client | 0.200 | 0.400 |" in table
+    assert not any(line.startswith("| validation ") for line in table), "all-zero rows are left out"
