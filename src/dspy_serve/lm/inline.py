@@ -27,6 +27,13 @@ from dspy.clients.errors import error_boundary
 
 __all__ = ["acall_inline"]
 
+# DSPy's own steps this module calls; DSPy is pinned below 3.5, and should a release rename one,
+# every call simply takes DSPy's path (slower, never different).
+_DSPY_STEPS = (
+    "_engine", "_Attempt", "_aattempt", "_price_result", "_hint_responses_api", "_account_failed_call"
+)
+_INLINE = all(hasattr(execution, step) for step in _DSPY_STEPS)
+
 
 def _text_only(prompt: Any, messages: Any) -> bool:
     """True when preparing the call cannot touch a file: plain strings, nothing else."""
@@ -54,7 +61,7 @@ async def _aexecute(lm: Any, call: Any) -> Any:
     retries itself), with the pricing inline when the engine is a custom one: DSPy then prices
     nothing ("custom engine has no pricing provider") and answers at once. Every other call
     takes DSPy's own path."""
-    if call.cache or call.n != 1 or (call.managed and lm.num_retries):
+    if not _INLINE or call.cache or call.n != 1 or (call.managed and lm.num_retries):
         return await execution.aexecute(lm, call)
     backend, request, provider = execution._engine(lm, call, True)
     results: list[Any] = []

@@ -77,7 +77,7 @@ class PooledEngine(_Declared):
 class AsyncPooledEngine(_Declared):
     async def complete(self, request: Any) -> Any:
         engine = self._route(request)
-        if engine is self._inner and engine._providers:
+        if engine is self._inner and getattr(engine, "_providers", None) and hasattr(engine, "_target"):
             # DSPy's engine finds the provider's client in a worker thread on every call, since
             # building it may read credentials; once built, finding it is a dict lookup, and
             # the thread hop (~0.1 ms of CPU) costs more than the work it moves.
