@@ -8,8 +8,6 @@ the machine's noise hits them alike. The result is a Markdown table.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,10 +42,7 @@ def _row(label: str, outcome: dict[str, Any]) -> str:
 
 
 def _drive(args: list[str]) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, timeout=120, cwd=systems.ROOT, check=True
-    )
-    return dict(json.loads(done.stdout))
+    return systems.run_driver(args, timeout=120, label=" ".join(args[:2]))
 
 
 def run_ab(

@@ -35,7 +35,7 @@ from bench.httpclient import Connection, build_request, split_url
 from bench.load import parse_watch, raise_fd_limit
 from bench.loop import Worker, closed_loop
 from bench.programs import QUESTION
-from bench.systems import FakeProcess, System, start_fake_lm, start_server
+from bench.systems import FakeProcess, System, run_driver, start_fake_lm, start_server
 
 __all__ = ["CacheProfile", "measure", "run_load"]
 
@@ -177,23 +177,13 @@ def own_work_us(rounds: int = 20_000) -> dict[str, float]:
 def _load(
     system_url: str, fake: FakeProcess, server_pid: int, profile: CacheProfile, **load: Any
 ) -> dict[str, Any]:
-    import subprocess
-
-    args = [sys.executable, "-m", "bench.cache", "load", "--url", system_url]
+    args = ["-m", "bench.cache", "load", "--url", system_url]
     args += ["--concurrency", str(profile.concurrency), "--warmup", str(profile.warmup)]
     args += ["--duration", str(profile.duration), "--watch", f"server={server_pid}"]
     for name, value in load.items():
         args += [f"--{name.replace('_', '-')}", str(value)]
-    done = subprocess.run(
-        args,
-        capture_output=True,
-        text=True,
-        timeout=profile.warmup + profile.duration + 90,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"bench.cache load failed:\n{done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout)
+    timeout = profile.warmup + profile.duration + 90
+    result = run_driver(args, timeout=timeout, label="bench.cache load")
     completed = result["completed"]
     cpu = result.pop("cpu_s").get("server")
     result["server_cpu_ms_per_req"] = round(cpu / completed * 1000, 3) if cpu and completed else None

@@ -16,8 +16,6 @@ noise hits them alike. Prints a Markdown table; ratios are against "Ray Serve, 1
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -56,10 +54,7 @@ REGIMES = (
 def _load(server: Server, concurrency: int, duration: float) -> dict[str, Any]:
     args = ["-m", "bench.load", "--url", server.url, "--body", server.system.body().decode()]
     args += ["--concurrency", str(concurrency), "--warmup", "3", "--duration", str(duration)]
-    done = subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, timeout=300, cwd=systems.ROOT, check=True
-    )
-    return dict(json.loads(done.stdout))
+    return systems.run_driver(args, timeout=300, label=f"{server.system.key} c={concurrency}")
 
 
 def _measure(regime: Regime, rounds: int, duration: float, logs: Path) -> dict[str, list[dict[str, Any]]]:

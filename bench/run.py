@@ -24,7 +24,7 @@ from typing import Any
 from bench import cache
 from bench.plan import FULL, QUICK, Profile, Step
 from bench.report import machine_info, write_outputs
-from bench.systems import FakeProcess, Server, System, start_fake_lm, start_server
+from bench.systems import FakeProcess, Server, System, run_driver, start_fake_lm, start_server
 
 __all__ = ["drained", "log", "main", "measure_step"]
 
@@ -166,16 +166,8 @@ def measure_step(step: Step, fake: FakeProcess, server: Server | None) -> dict[s
         args = ["-m", "bench.load", "--url", server.url, "--body", system.body().decode()]
         args += ["--watch", f"server={server.pid}"]
     label = f"{system.key} @ {step.latency:g}s c={step.concurrency}"
-    done = subprocess.run(
-        [sys.executable, *args, *window],
-        capture_output=True,
-        text=True,
-        timeout=step.warmup + step.duration + 90,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"{label}: the driver failed:\n{done.stderr[-3000:]}")
-    record = _record(step, json.loads(done.stdout), fake.stats(), server)
+    outcome = run_driver([*args, *window], timeout=step.warmup + step.duration + 90, label=label)
+    record = _record(step, outcome, fake.stats(), server)
     log(
         f"    {record['throughput']:.1f} req/s  p50 {record['p50_ms']} ms  p99 {record['p99_ms']} ms  "
         f"errors {record['errors']}  server CPU {record['server_cpu_ms_per_req']} ms/req"

@@ -17,12 +17,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 from bench.httpclient import LOOPBACK, free_port, get_json, post_json
 from bench.programs import PROGRAMS, QUESTION
 
-__all__ = ["FakeProcess", "Server", "System", "start_fake_lm", "start_server", "stop_process"]
+__all__ = ["FakeProcess", "Server", "System", "run_driver", "start_fake_lm", "start_server", "stop_process"]
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAMS_FILE = ROOT / "bench" / "programs.py"
@@ -85,6 +85,17 @@ def spawn(
             text=True,
             preexec_fn=_die_with_parent,
         )
+
+
+def run_driver(args: list[str], *, timeout: float, label: str) -> dict[str, Any]:
+    """Run a bench driver module (``["-m", "bench.load", ...]``) to its end and return the JSON
+    object it prints; a failure raises with the tail of its stderr."""
+    done = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{label}: the driver failed:\n{done.stderr[-3000:]}")
+    return dict(json.loads(done.stdout))
 
 
 def stop_process(popen: subprocess.Popen[str], timeout: float = 3.0) -> None:
