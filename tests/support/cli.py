@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 
 import httpx
+import pytest
 
 from tests.support.fake_lm import FakeLM
 from tests.support.settings import FAKE_KEY, PROGRAMS
@@ -45,15 +47,20 @@ def serve_qa(fake: FakeLM, *flags: str, **env: str) -> tuple[subprocess.Popen[st
     return process, f"http://127.0.0.1:{port}"
 
 
-def answering_pids(url: str, want: int, seconds: float) -> set[int]:
+def answering_pids(
+    url: str, want: int, seconds: float, process: subprocess.Popen[str] | None = None
+) -> set[int]:
     """PIDs of the processes (workers, replicas) that answer ready at ``url``, until ``want`` did.
 
     Each attempt is one connection, so its two requests reach one worker; behind Ray's proxy,
-    which answers 404 until the app is deployed, both still come from ready replicas.
+    which answers 404 until the app is deployed, both still come from ready replicas. Stops
+    early if ``process`` (the command serving ``url``) has ended.
     """
     pids: set[int] = set()
     deadline = time.monotonic() + seconds
     while len(pids) < want and time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            break
         try:
             with httpx.Client(base_url=url, timeout=2) as http:
                 if http.get("/health/ready").status_code == 200:
@@ -64,6 +71,25 @@ def answering_pids(url: str, want: int, seconds: float) -> set[int]:
         except httpx.TransportError:
             pass
         time.sleep(0.2)
+    return pids
+
+
+def require_answering(process: subprocess.Popen[str], url: str, want: int, seconds: float) -> set[int]:
+    """:func:`answering_pids`, failing the test with the command's own output when fewer answer:
+    whether it died or is still starting, that output says why."""
+    pids = answering_pids(url, want, seconds, process)
+    if len(pids) < want:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            output, _ = process.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            output, _ = process.communicate(timeout=30)
+        pytest.fail(
+            f"{len(pids)} of {want} answered at {url} within {seconds:g} s "
+            f"(exit status {process.returncode}); the command printed:\n{(output or '')[-6000:]}"
+        )
     return pids
 
 

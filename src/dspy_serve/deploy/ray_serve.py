@@ -45,6 +45,11 @@ DEPLOYMENT_NAME = "DspyServe"
 _METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Beyond the drain itself: Ray's control loop, the replicas' lifespan shutdown.
 _RAY_SLACK = 30.0
+# Ray Serve replaces a proxy that is not ready within 5 s, three checks running: on a small, busy
+# machine a fresh proxy process is still importing by then, and its replacement must import just
+# as much, so the command could restart proxies for minutes. The private instance waits longer.
+_PROXY_READY_CHECK_ENV = "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"
+_PROXY_READY_CHECK_S = "30"
 
 logger = logging.getLogger("dspy_serve")
 
@@ -150,6 +155,8 @@ def run_on_ray(settings: ServeSettings) -> None:
     from ray import serve
 
     if local:
+        # Read by Serve's controller, a process of the instance that ray.init starts from here.
+        os.environ.setdefault(_PROXY_READY_CHECK_ENV, _PROXY_READY_CHECK_S)
         wanted = (located.max_replicas or located.replicas) * located.replica_cpus
         ray.init(
             address="local",
