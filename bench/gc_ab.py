@@ -29,7 +29,6 @@ VARIANTS = {
 }
 
 
-
 def _environment(tune: str | None) -> dict[str, str]:
     return {"PYTHONPATH": PROBE_PATH} | ({"BENCH_GC_TUNE": tune, "BENCH_GC_TUNE_AFTER": "1"} if tune else {})
 

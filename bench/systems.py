@@ -90,9 +90,7 @@ def spawn(
 def run_driver(args: list[str], *, timeout: float, label: str) -> dict[str, Any]:
     """Run a bench driver module (``["-m", "bench.load", ...]``) to its end and return the JSON
     object it prints; a failure raises with the tail of its stderr."""
-    done = subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
-    )
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     if done.returncode != 0:
         raise RuntimeError(f"{label}: the driver failed:\n{done.stderr[-3000:]}")
     return dict(json.loads(done.stdout))

@@ -5,5 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh test
 .venv/bin/ruff check src tests examples bench scripts
+.venv/bin/ruff format --check src tests examples bench scripts
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"

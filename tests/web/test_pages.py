@@ -59,7 +59,11 @@ def test_the_docs_examples_are_requests_this_server_accepts(server: ServerThread
     options = spec["components"]["schemas"]["CallOptions"]["properties"]
     example = {name: schema["examples"][0] for name, schema in options.items()}
     assert example == {
-        "model": "openai/fake-model", "temperature": 0.7, "max_tokens": 256, "trace": False, "prompts": False
+        "model": "openai/fake-model",
+        "temperature": 0.7,
+        "max_tokens": 256,
+        "trace": False,
+        "prompts": False,
     }
     response = httpx.post(
         server.base_url + "/qa/invoke",

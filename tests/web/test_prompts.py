@@ -154,4 +154,3 @@ def test_a_call_showing_its_prompts_is_its_own_run_never_a_cached_answer(
     assert first.status_code == shown.status_code == 200
     assert len(fake_lm.requests) == 4, "the second call ran its own two LM calls"
     assert len(shown.json()["prompts"]) == 2
-

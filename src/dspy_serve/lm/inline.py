@@ -30,7 +30,12 @@ __all__ = ["acall_inline"]
 # DSPy's own steps this module calls; DSPy is pinned below 3.5, and should a release rename one,
 # every call simply takes DSPy's path (slower, never different).
 _DSPY_STEPS = (
-    "_engine", "_Attempt", "_aattempt", "_price_result", "_hint_responses_api", "_account_failed_call"
+    "_engine",
+    "_Attempt",
+    "_aattempt",
+    "_price_result",
+    "_hint_responses_api",
+    "_account_failed_call",
 )
 _INLINE = all(hasattr(execution, step) for step in _DSPY_STEPS)
 

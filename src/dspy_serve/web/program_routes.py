@@ -38,6 +38,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     }.items()
 }
 
+
 async def _json_only(request: Request) -> None:
     # A coroutine: FastAPI runs a plain ``def`` dependency in its thread pool, a hop per request.
     require_json(request)
