@@ -291,6 +291,11 @@ class Overloaded(ServiceUnavailable):
 class RequestTimeout(ServeError):
     status, code, title = 504, "timeout", "The request timed out"
 
+    @classmethod
+    def after(cls, seconds: float) -> RequestTimeout:
+        """The program ran past the server's deadline of ``seconds``."""
+        return cls(f"The program did not finish within {seconds:g} s.")
+
 
 class HTTPProblem(ServeError):
     """A routing error from Starlette (404, 405, ...) in the common shape."""

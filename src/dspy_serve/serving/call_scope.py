@@ -58,8 +58,9 @@ class CallScope:
     _threads: anyio.CapacityLimiter | None = field(default=None, repr=False)
 
     @classmethod
-    def starting_now(cls, timeout: float) -> CallScope:
-        return cls(deadline=time.monotonic() + timeout)
+    def starting_now(cls, timeout: float, *, keep_prompts: bool = False) -> CallScope:
+        """A new call's scope; it keeps its LM calls' prompts only when the caller asked for them."""
+        return cls(deadline=time.monotonic() + timeout, prompts=[] if keep_prompts else None)
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()

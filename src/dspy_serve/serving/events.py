@@ -1,6 +1,6 @@
 """What a streamed call yields, independent of any wire format.
 
-The pipeline (:class:`~dspy_serve.serving.service.CallStream`) yields these; each front end
+The pipeline (:class:`~dspy_serve.serving.call_stream.CallStream`) yields these; each front end
 encodes them (SSE for ``/NAME/stream``, chat-completion chunks for ``/v1``, ...). A stream
 always ends with exactly one :class:`Finished` or :class:`Failed`.
 """

@@ -5,31 +5,26 @@ OpenAPI exist before the first request); LMs, the thread pool and the capacity g
 created at startup and released at shutdown.
 
 Every front end calls :meth:`Service.admit` (key restrictions, rate limits), then
-:meth:`Service.call` or :meth:`Service.stream`: readiness, the allow-list, capacity, the
-deadline, output checks, pricing, metrics and token charging all happen here, once.
+:meth:`Service.call` or :meth:`Service.stream`: readiness, the allow-list, capacity and the
+deadline are applied here, and output checks, pricing, metrics and token charging by the one
+:class:`~.accounts.CallAccounts`, the same on both paths.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import logging
 import os
-from collections.abc import AsyncGenerator
-from contextlib import aclosing, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 import anyio
 import dspy
-from dspy.streaming import StatusMessage, StreamResponse
-from pydantic import ValidationError
-from pydantic_core import PydanticSerializationError
 
 from dspy_serve.errors import (
     BadOverride,
-    InvalidProgramOutput,
     PromptsNotExposed,
     RequestTimeout,
     ServeError,
@@ -39,26 +34,23 @@ from dspy_serve.errors import (
 )
 from dspy_serve.lm.checks import missing_credentials
 from dspy_serve.lm.registry import LanguageModels, adopt_held_lms, allowed_models
-from dspy_serve.serving import pricing, tracing
+from dspy_serve.serving import tracing
+from dspy_serve.serving.accounts import CallAccounts
 from dspy_serve.serving.call_scope import CallScope
+from dspy_serve.serving.call_stream import CallStream
 from dspy_serve.serving.caller import Caller
 from dspy_serve.serving.capacity import CapacityGate
-from dspy_serve.serving.events import Failed, Finished, Status, StreamEvent, Token
 from dspy_serve.serving.front_door import FrontDoor
 from dspy_serve.serving.metrics import Metrics
 from dspy_serve.serving.programs import Program, ProgramsArg, load_programs
 from dspy_serve.serving.ratelimit import RateLimiter
 from dspy_serve.serving.reuse import Reuse
 from dspy_serve.serving.runner import SERVER_SAFE_DSPY_SETTINGS, CallResult, ProgramRunner
-from dspy_serve.serving.streaming import well_formed
 from dspy_serve.settings import ServeSettings
 
-__all__ = ["CallOptions", "CallStream", "Service", "ServiceState"]
+__all__ = ["CallOptions", "Service", "ServiceState"]
 
 logger = logging.getLogger("dspy_serve")
-
-# Seconds the token charge of a call may take past its deadline (a call that timed out pays too).
-_SETTLE_AT_LEAST = 0.25
 
 
 class ServiceState(StrEnum):
@@ -96,6 +88,7 @@ class Service:
         self.lms: LanguageModels | None = None
         self.capacity: CapacityGate | None = None
         self.front_door: FrontDoor | None = None
+        self._accounts: CallAccounts | None = None
         self._threads: anyio.CapacityLimiter | None = None
         # The response cache and coalescing (versions of the programs are computed here, once).
         self.reuse = Reuse.of(settings, self.programs, self.metrics)
@@ -112,6 +105,7 @@ class Service:
             self.settings.max_in_flight, self.settings.max_queue, self.metrics.in_flight, self.metrics.queued
         )
         self.front_door = FrontDoor(RateLimiter(self.settings))
+        self._accounts = CallAccounts(self.front_door, self.metrics, self.settings.max_tokens_limit)
         adapter = _adapter(self.settings, self.lms)
         for program in self.programs.values():
             adopt_held_lms(program.loaded.module, self.lms)
@@ -214,15 +208,16 @@ class Service:
         """Run one validated call: allow-listed LM, capacity, deadline; errors stay typed. A
         deterministic call may be answered by the response cache or by an identical call in
         flight instead (:mod:`.reuse`), unless it asks for its trace or prompts (its own run's)."""
-        runner, lm, capacity = self._begin(program, options)
+        runner, lm, capacity, accounts = self._begin(program, options)
         reuse = None if options.own_run else self.reuse
         key = reuse.key(program, inputs, lm, caller) if reuse is not None else None
         if key is None:
-            return await self._run(program, runner, lm, capacity, inputs, caller, options)
+            return await self._run(program, runner, lm, capacity, accounts, inputs, caller, options)
         assert reuse is not None
         if (answer := await reuse.answer(key, caller)) is not None:
             return answer  # no reservation was taken: a reused answer charges no tokens
-        return await reuse.run(key, caller, self._run(program, runner, lm, capacity, inputs, caller, options))
+        run = self._run(program, runner, lm, capacity, accounts, inputs, caller, options)
+        return await reuse.run(key, caller, run)
 
     async def _run(
         self,
@@ -230,12 +225,13 @@ class Service:
         runner: ProgramRunner,
         lm: dspy.BaseLM,
         capacity: CapacityGate,
+        accounts: CallAccounts,
         inputs: dict[str, Any],
         caller: Caller,
         options: CallOptions,
     ) -> CallResult:
-        scope = _scope_for(self.settings.timeout, options)
-        reserved = await self._reserve(caller, lm, scope)
+        scope = CallScope.starting_now(self.settings.timeout, keep_prompts=options.prompts)
+        reserved = await accounts.reserve(caller, lm, scope)
         try:
             try:
                 span = tracing.program_span(program.name, lm.model) if self.settings.otel else nullcontext()
@@ -244,193 +240,45 @@ class Service:
                         result = await runner.call(inputs, lm=lm, scope=scope, trace=options.trace)
             except TimeoutError:
                 scope.cancel()
-                raise self.timeout_error() from None
+                raise RequestTimeout.after(self.settings.timeout) from None
             except ServeError:
                 raise
             except Exception as exc:
                 raise from_exception(exc) from exc
-            return await self._finish(program, result)
+            return accounts.finish(program, result)
         finally:
-            await self._settle(caller, reserved, scope)
+            await accounts.settle(caller, reserved, scope)
 
     def stream(
         self, program: Program, inputs: dict[str, Any], options: CallOptions, caller: Caller
     ) -> CallStream:
         """One call as a stream of events. What can be refused is refused here, before the
         front end sends its first byte, so refusals stay plain HTTP statuses."""
-        runner, lm, capacity = self._begin(program, options)
+        runner, lm, capacity, accounts = self._begin(program, options)
         capacity.check()
-        return CallStream(self, program, runner, lm, inputs, caller, options)
-
-    def timeout_error(self) -> RequestTimeout:
-        return RequestTimeout(f"The program did not finish within {self.settings.timeout:g} s.")
+        return CallStream(
+            program,
+            runner,
+            lm,
+            inputs,
+            caller,
+            scope=CallScope.starting_now(self.settings.timeout, keep_prompts=options.prompts),
+            trace=options.trace,
+            capacity=capacity,
+            accounts=accounts,
+            reuse=None if options.own_run else self.reuse,
+            timeout=self.settings.timeout,
+        )
 
     def _begin(
         self, program: Program, options: CallOptions
-    ) -> tuple[ProgramRunner, dspy.BaseLM, CapacityGate]:
+    ) -> tuple[ProgramRunner, dspy.BaseLM, CapacityGate, CallAccounts]:
         """What can be refused before any work starts: readiness and the allow-list."""
-        if not self.ready or self.lms is None or self.capacity is None or program.runner is None:
+        lms, capacity, accounts, runner = self.lms, self.capacity, self._accounts, program.runner
+        if not self.ready or lms is None or capacity is None or accounts is None or runner is None:
             raise ServiceUnavailable("The service is not ready.", retry_after=1)
-        lm = self.lms.select(options.model, temperature=options.temperature, max_tokens=options.max_tokens)
-        return program.runner, lm, self.capacity
-
-    async def _finish(self, program: Program, result: CallResult) -> CallResult:
-        """Never return what the program did not declare: validate the outputs against the
-        schema; then price the call and count it. (Its tokens are charged by ``_settle``,
-        whatever the outcome.)"""
-        try:
-            validated = program.interface.outputs.model_validate(result.outputs)
-            outputs = _well_formed_data(validated.model_dump(mode="json"))
-        except (ValidationError, PydanticSerializationError) as exc:
-            # The tokens were spent: count them, and report them with the error.
-            self._count(result)
-            error = InvalidProgramOutput(
-                "The program's outputs do not match its declared output types.", errors=_output_errors(exc)
-            )
-            error.usage = result.usage
-            raise error from exc
-        return dataclasses.replace(result, outputs=outputs, cost=self._count(result))
-
-    def _count(self, result: CallResult) -> dict[str, Any]:
-        cost = pricing.estimate(result.usage)
-        self.metrics.observe_call(result.usage, cost, result.lm_calls, result.cache_hits)
-        return cost
-
-    async def _reserve(self, caller: Caller, lm: dspy.BaseLM, scope: CallScope) -> int:
-        """Hold the most one LM call may spend (its ``max_tokens``) of the caller's token budget."""
-        assert self.front_door is not None  # started, or _begin would have refused
-        max_tokens = lm.kwargs.get("max_tokens") or self.settings.max_tokens_limit
-        return await self.front_door.reserve(caller, int(max_tokens), within=scope.remaining())
-
-    async def _settle(self, caller: Caller, reserved: int, scope: CallScope) -> None:
-        """Charge what the call spent, whatever its outcome (finished, failed after spending,
-        timed out, or left by its client): the runner leaves the usage on the scope."""
-        assert self.front_door is not None
-        cost = pricing.estimate(scope.usage) if scope.usage else {}
-        # Shielded: a cancelled request (client gone, deadline passed) still pays; the storage
-        # calls are bounded by what is left of the deadline, and never less than a moment.
-        with anyio.CancelScope(shield=True):
-            try:
-                await self.front_door.settle(
-                    caller, reserved, scope.usage, cost, within=max(scope.remaining(), _SETTLE_AT_LEAST)
-                )
-            except ServeError as exc:  # the storage failed: the call's own outcome stands
-                logger.warning("the tokens of a call could not be charged: %s", exc.detail)
-
-
-def _output_errors(exc: ValidationError | PydanticSerializationError) -> list[dict[str, Any]]:
-    if isinstance(exc, PydanticSerializationError):
-        return [{"loc": ["outputs"], "msg": "a value is not JSON-serializable", "type": "serialization"}]
-    return [
-        {"loc": ["outputs", *err["loc"]], "msg": err["msg"], "type": err["type"]}
-        for err in exc.errors(include_url=False, include_input=False)
-    ]
-
-
-class CallStream:
-    """One admitted call, streamed: iterate :meth:`events` to its end in one task, within
-    ``timeout`` seconds (the deadline belongs to the consumer: a cancel scope must not span a
-    ``yield``); when it passes, send :meth:`timed_out` instead.
-
-    Streams use the response cache (not coalescing: their tokens are their own): a hit streams
-    as one Finished event, and a finished stream's answer is kept like any call's. Await
-    :meth:`look_up` before sending headers to know which (the caller's ``cache``)."""
-
-    def __init__(
-        self,
-        service: Service,
-        program: Program,
-        runner: ProgramRunner,
-        lm: dspy.BaseLM,
-        inputs: dict[str, Any],
-        caller: Caller,
-        options: CallOptions,
-    ) -> None:
-        self.timeout = service.settings.timeout
-        self._service, self._program, self._runner, self._lm = service, program, runner, lm
-        self._inputs, self._caller = inputs, caller
-        self._scope = _scope_for(self.timeout, options)
-        self._key: str | None = None
-        self._hit: CallResult | None = None
-        self._trace = options.trace
-        self._looked_up = options.own_run  # a traced call (or one showing prompts) skips the cache
-
-    @property
-    def caller(self) -> Caller:
-        return self._caller
-
-    async def look_up(self) -> None:
-        """Whether the response cache has the answer (then :meth:`events` streams it)."""
-        if self._looked_up:
-            return
-        self._looked_up = True
-        reuse = self._service.reuse
-        if reuse is not None and reuse.cache is not None:
-            self._key = reuse.key(self._program, self._inputs, self._lm, self._caller)
-            if self._key is not None:
-                self._hit = await reuse.cached(self._key, self._caller)
-                if self._hit is None:
-                    self._caller.note_reuse(False)
-
-    async def events(self) -> AsyncGenerator[StreamEvent, None]:
-        """Tokens and statuses as the program runs, then exactly one Finished or Failed."""
-        service, capacity = self._service, self._service.capacity
-        assert capacity is not None
-        await self.look_up()
-        if self._hit is not None:
-            yield Finished(self._hit)
-            return
-        reserved = -1  # nothing to settle until a reservation is made
-        try:
-            reserved = await service._reserve(self._caller, self._lm, self._scope)
-            async with (
-                capacity.slot(),
-                aclosing(
-                    self._runner.stream(self._inputs, lm=self._lm, scope=self._scope, trace=self._trace)
-                ) as items,
-            ):
-                async for item in items:
-                    if isinstance(item, StreamResponse):
-                        if item.chunk:
-                            yield Token(item.predict_name, item.signature_field_name, well_formed(item.chunk))
-                    elif isinstance(item, StatusMessage):
-                        yield Status(item.message)
-                    else:
-                        finished = await service._finish(self._program, item)
-                        await service._settle(self._caller, reserved, self._scope)
-                        reserved = -1  # settled
-                        if self._key is not None and service.reuse is not None:
-                            await service.reuse.store(self._key, self._caller, finished)
-                        yield Finished(finished)
-        except Exception as exc:
-            yield Failed(self._caller.report(from_exception(exc)))
-        finally:
-            if reserved >= 0:
-                await service._settle(self._caller, reserved, self._scope)
-
-    def timed_out(self) -> Failed:
-        """The deadline passed: stop the program's LM work and say so."""
-        self._scope.cancel()
-        return Failed(self._caller.report(self._service.timeout_error()))
-
-
-def _scope_for(timeout: float, options: CallOptions) -> CallScope:
-    """A new call's scope; it keeps the LM calls' prompts only when the caller asked for them."""
-    scope = CallScope.starting_now(timeout)
-    if options.prompts:
-        scope.prompts = []
-    return scope
-
-
-def _well_formed_data(value: Any) -> Any:
-    """JSON data whose strings can all be encoded: an LM's lone surrogate becomes U+FFFD."""
-    if isinstance(value, str):
-        return well_formed(value)
-    if isinstance(value, list):
-        return [_well_formed_data(item) for item in value]
-    if isinstance(value, dict):
-        return {well_formed(key): _well_formed_data(item) for key, item in value.items()}
-    return value
+        lm = lms.select(options.model, temperature=options.temperature, max_tokens=options.max_tokens)
+        return runner, lm, capacity, accounts
 
 
 def _adapter(settings: ServeSettings, lms: LanguageModels) -> dspy.Adapter | None:

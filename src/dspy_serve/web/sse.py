@@ -1,6 +1,6 @@
 """Server-Sent Events: one streamed call on the wire, in whichever encoding a front end speaks.
 
-:class:`EventStreamResponse` drives a :class:`~dspy_serve.serving.service.CallStream` and
+:class:`EventStreamResponse` drives a :class:`~dspy_serve.serving.call_stream.CallStream` and
 writes what a :class:`StreamEncoder` makes of each domain event. ``/NAME/stream`` uses
 :class:`ProgramEventEncoder`:
 
@@ -24,9 +24,9 @@ import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from dspy_serve.serving.call_stream import CallStream
 from dspy_serve.serving.events import Finished, Status, StreamEvent, Token
 from dspy_serve.serving.runner import CallResult
-from dspy_serve.serving.service import CallStream
 from dspy_serve.web.request_state import reuse_headers
 
 __all__ = [
