@@ -150,7 +150,7 @@ def measure(profile: GoalsProfile, logs: Path, *, spy: bool = True) -> dict[str,
 def _components(profile: GoalsProfile) -> dict[str, Any]:
     """py-spy on dspy-serve and on the ceiling, one run each, grouped by component."""
     if profiling.spy_path() is None:
-        return {"why": "py-spy is not installed (pip install py-spy)"}
+        return {"why": "py-spy is not installed (pip install -e '.[bench]')"}
     found: dict[str, Any] = {}
     for kind in ("dspy-serve", "ceiling"):
         log(f"profile: {kind} @ {FAST:g}s c={profile.overhead_concurrency}")
@@ -179,7 +179,7 @@ def write(data: dict[str, Any], base: Path, *, update_docs: bool) -> list[Path]:
     data.pop("plot_note", None)
     pngs = plot_goals(data, base)
     if not pngs:
-        data["plot_note"] = "matplotlib is not installed (pip install matplotlib)"
+        data["plot_note"] = "matplotlib is not installed (pip install -e '.[bench]')"
     json_path = base.with_suffix(".json")
     json_path.write_text(json.dumps(data, indent=1) + "\n")
     md_path = base.with_suffix(".md")

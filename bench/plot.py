@@ -56,7 +56,7 @@ def _pyplot() -> Any:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("bench: matplotlib is not installed, so no plot (pip install matplotlib)", file=sys.stderr)
+        print("bench: matplotlib is not installed, so no plot (pip install -e '.[bench]')", file=sys.stderr)
         return None
     return plt
 

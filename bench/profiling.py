@@ -1,6 +1,6 @@
 """Where a server's CPU goes under load: py-spy on dspy-serve (or the ceiling) while the load runs.
 
-    pip install py-spy
+    pip install -e '.[bench]'
     python -m bench.profiling --latency 0.1 --concurrency 128 --seconds 8 [--system ceiling]
 
 Starts a fake LM and the system, drives it with bench.load (or runs bench.ceiling), samples the
@@ -234,7 +234,7 @@ def sample(
     """Run the load on ``system_kind`` (dspy-serve or ceiling) and sample it with py-spy."""
     spy = spy_path()
     if spy is None:
-        sys.exit("py-spy is not installed: pip install py-spy")
+        sys.exit("py-spy is not installed: pip install -e '.[bench]'")
     logs = Path(tempfile.mkdtemp(prefix="dspy-serve-profile-"))
     point = f"{system_kind}-{program}-{latency:g}s-c{concurrency}"
     name = f"profile-{time.strftime('%Y%m%d-%H%M%S')}-{point}"
