@@ -1,6 +1,6 @@
-"""The programs DSPy's tutorials build (ReAct with blocking tools, BestOfN, Refine, Parallel in a
-sync module, a sync custom module, Audio inputs), served over real HTTP against the fake LM,
-through invoke, batch, stream, /v1 and MCP."""
+"""The programs DSPy's tutorials build (ReAct and ReActV2 with blocking tools, BestOfN, Refine,
+Parallel in a sync module, a sync custom module, Audio inputs), served over real HTTP against the
+fake LM, through invoke, batch, stream, /v1 and MCP."""
 
 from __future__ import annotations
 
@@ -24,25 +24,30 @@ from mcp.client.streamable_http import streamable_http_client
 from dspy_serve import create_app
 from tests.support import fake_lm as fakes
 from tests.support.endpoints import read_events
-from tests.support.fake_lm import FakeLM, Hang, prompt_text, react_agent
+from tests.support.fake_lm import FakeLM, Hang, prompt_text, react_agent, react_v2_agent
 from tests.support.metrics import samples
 from tests.support.programs import agent_programs
 from tests.support.servers import ServerThread, serving
 from tests.support.settings import fake_settings
 
 PROGRAMS = "tests.support.programs.agent_programs"
-NAMES = ["agent", "researcher", "best_of_3", "refine", "parallel_qa", "sync_rag", "transcribe", "shout"]
+NAMES = ["agent", "agent_v2", "researcher", "best_of_3", "refine", "parallel_qa", "sync_rag", "transcribe"]
+NAMES += ["shout"]
 CLIP = {"data": base64.b64encode(b"RIFF\x24\x00\x00\x00WAVEfmt ").decode(), "audio_format": "wav"}
 INPUTS: dict[str, dict[str, Any]] = {name: {"question": "Capital of France?"} for name in NAMES}
 INPUTS["transcribe"] = {"clip": CLIP}
 ANSWER = "Paris"
 TOOLS = ["search_wikipedia", "lookup_population", "finish"]  # what agent_script has the agent call
+SEARCH_THEN_COUNT = [("search_wikipedia", {"query": "Paris"}), ("lookup_population", {"city": "Paris"})]
 
 
 def agent_script(fake: FakeLM) -> None:
-    """ReAct steps for both agents (each takes the tools it has), then the extract step's answer."""
+    """ReAct steps for the ReAct agents (each takes the tools it has), then the extract step's
+    answer; ReActV2's turns, then its submitted answer."""
 
     def answer(body: dict[str, Any]) -> dict[str, Any]:
+        if "[[ ## tool_calls ## ]]" in prompt_text(body):  # ReActV2's output field
+            return react_v2_agent(*SEARCH_THEN_COUNT, answer=ANSWER)(body)
         tools = re.findall(r"\(\d+\) (\w+)", prompt_text(body))
         steps = [("search_wikipedia", {"query": "Paris"})] if "search_wikipedia" in tools else []
         steps.append(("lookup_population", {"city": "Paris"}))
@@ -96,7 +101,9 @@ def test_every_program_answers_on_invoke_batch_and_stream(server: ServerThread, 
     assert events[-1][1]["outputs"] == outputs
 
 
-@pytest.mark.parametrize("name", ["agent", "researcher", "best_of_3", "refine", "parallel_qa", "sync_rag"])
+@pytest.mark.parametrize(
+    "name", ["agent", "agent_v2", "researcher", "best_of_3", "refine", "parallel_qa", "sync_rag"]
+)
 def test_every_program_answers_on_v1_and_mcp(server: ServerThread, name: str) -> None:
     client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0, timeout=30)
     completion = client.chat.completions.create(
@@ -138,20 +145,21 @@ def test_audio_inputs_on_mcp_and_not_from_a_chat(server: ServerThread) -> None:
 # --- 3. sync tools never block the event loop -------------------------------------------------
 
 
+@pytest.mark.parametrize("name", ["agent", "agent_v2"])
 def test_a_blocking_tool_leaves_the_server_responsive(
-    fake_lm: FakeLM, provider_key: str, monkeypatch: pytest.MonkeyPatch
+    fake_lm: FakeLM, provider_key: str, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
     """The issue's measure: a 2 s blocking tool, and /health/live answering in under 50 ms."""
     monkeypatch.setattr(agent_programs, "TOOL_SECONDS", 2.0)
     agent_programs.searches_finished.clear()
     agent_script(fake_lm)
-    app = create_app(fake_settings(fake_lm, programs=[f"agent={PROGRAMS}:agent"]))
+    app = create_app(fake_settings(fake_lm, programs=[f"{name}={PROGRAMS}:{name}"]))
     with serving(app) as server, httpx.Client(base_url=server.base_url, timeout=30) as probe:
         probe.get("/health/live")  # connect before the tool runs
         replies: list[httpx.Response] = []
         call = threading.Thread(
             target=lambda: replies.append(
-                httpx.post(f"{server.base_url}/agent/invoke", json={"inputs": INPUTS["agent"]}, timeout=30)
+                httpx.post(f"{server.base_url}/{name}/invoke", json={"inputs": INPUTS[name]}, timeout=30)
             )
         )
         call.start()
@@ -183,6 +191,22 @@ def test_react_streams_every_iteration(server: ServerThread) -> None:
     assert all(f"Step {n}:" in thoughts for n in (1, 2, 3)), thoughts
     assert tokens_by_step(events)[("extract.predict", "answer")] == ANSWER
     assert events[-1][0] == "prediction"
+
+
+def test_react_v2_is_served_as_its_signature_and_streams_every_turn(server: ServerThread) -> None:
+    described = httpx.get(f"{server.base_url}/programs/agent_v2", timeout=10).json()
+    assert described["signature"] == "question -> answer", "the agent step's tool_calls are not outputs"
+
+    events = stream(server, "agent_v2", INPUTS["agent_v2"])
+    statuses = [data["message"] for name, data in events if name == "status"]
+    assert statuses.count("Running react...") == 3
+    called = [message for message in statuses if message.startswith("Calling tool")]
+    tools = [*(tool for tool, _ in SEARCH_THEN_COUNT), "submit"]
+    assert called == [f"Calling tool {tool}..." for tool in tools]
+    thoughts = tokens_by_step(events)[("react", "next_thought")]
+    assert all(f"Turn {n}:" in thoughts for n in (1, 2, 3)), thoughts
+    assert events[-1] == ("prediction", events[-1][1])
+    assert events[-1][1]["outputs"] == {"answer": ANSWER}, "what submit returned, and nothing else"
 
 
 def test_react_streams_every_iteration_as_text_under_json_adapter(

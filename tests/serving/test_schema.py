@@ -372,55 +372,7 @@ def test_declared_argument_overrides_serve_signature() -> None:
     assert interface.instructions == "Answer the question."
 
 
-# --- forward(**kwargs), wrappers, return annotations ----------------------------------------------
-
-
-def test_kwargs_forward_following_its_self_signature_is_served_by_it() -> None:
-    interface = derive_interface("summarize", tp.Summarize())
-
-    assert interface.signature == "document -> summary"
-    assert interface.instructions == "Summarize a document in one sentence."
-
-
-def test_kwargs_forward_of_a_user_module_without_a_signature_is_refused_naming_the_declaration() -> None:
-    with pytest.raises(SchemaError, match=r"does not say which inputs.*serve_signature.*--signature"):
-        derive_interface("rag", tp.KwargsRAG())
-
-
-def test_kwargs_forward_computing_a_signature_input_itself_is_refused() -> None:
-    with pytest.raises(SchemaError, match=r"it computes \['context'\] itself"):
-        derive_interface("rag", tp.KwargsRAGWithSignature())
-
-
-class ReadsUndeclared(dspy.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.signature = dspy.Signature("question -> answer")
-        self.predict = dspy.Predict(self.signature)
-
-    def forward(self, **kwargs: Any) -> Any:
-        return self.predict(question=f"{kwargs['question']} ({kwargs.get('style', 'plain')})")
-
-
-class ReturnsSomethingElse(ReadsUndeclared):
-    def forward(self, **kwargs: Any) -> Any:
-        return dspy.Prediction(text=self.predict(**kwargs).answer)
-
-
-def test_kwargs_forward_reading_an_undeclared_input_is_refused() -> None:
-    with pytest.raises(SchemaError, match=r"it reads \['style'\] from kwargs"):
-        derive_interface("q", ReadsUndeclared())
-
-
-def test_kwargs_forward_not_returning_its_signatures_outputs_is_refused() -> None:
-    with pytest.raises(SchemaError, match=r"it does not return \['answer'\]"):
-        derive_interface("q", ReturnsSomethingElse())
-
-
-def test_kwargs_forward_refusal_is_lifted_by_a_declaration() -> None:
-    interface = derive_interface("rag", tp.KwargsRAG(), "question -> answer")
-
-    assert interface.signature == "question -> answer"
+# --- wrappers, return annotations ----------------------------------------------------------------
 
 
 def test_best_of_n_and_refine_are_derived_from_the_module_they_run() -> None:
@@ -430,6 +382,27 @@ def test_best_of_n_and_refine_are_derived_from_the_module_they_run() -> None:
     for wrapper in (dspy.BestOfN, dspy.Refine):
         interface = derive_interface("rag", wrapper(module=tp.RAG(), N=2, reward_fn=reward, threshold=1.0))
         assert interface.signature == "question -> context, response"
+
+
+def lookup(city: str) -> str:
+    """Facts about a city."""
+    return city
+
+
+class AgentV2(dspy.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.agent = dspy.ReActV2("question -> answer: int", tools=[lookup])
+
+    def forward(self, question: str) -> dspy.Prediction:
+        return self.agent(question=question)
+
+
+def test_react_v2_outputs_are_its_signatures_which_its_submit_tool_returns() -> None:
+    for program in (dspy.ReActV2("question -> answer: int", tools=[lookup]), AgentV2()):
+        interface = derive_interface("agent", program)
+        assert interface.signature == "question -> answer", "not its agent step's next_thought, tool_calls"
+        assert properties(interface.outputs)["answer"]["type"] == "integer"
 
 
 class Verdict(BaseModel):

@@ -280,6 +280,20 @@ def react_agent(*steps: tuple[str, Mapping[str, Any]], **final: Any) -> Callable
     return answer
 
 
+def react_v2_agent(*steps: tuple[str, Mapping[str, Any]], **final: Any) -> Callable[[Body], dict[str, Any]]:
+    """Answers that drive a ``dspy.ReActV2`` agent: one turn per ``(tool_name, tool_args)`` of
+    ``steps``, then ``submit`` with ``final`` (its outputs). The turn is read from the tool results
+    the prompt's history holds, so concurrent agents do not interfere."""
+
+    def answer(body: Body) -> dict[str, Any]:
+        done = prompt_text(body).count("[[ ## tool_call_results ## ]]")
+        tool, args = steps[done] if done < len(steps) else ("submit", final)
+        calls = {"tool_calls": [{"name": tool, "args": dict(args)}]}
+        return {"next_thought": f"Turn {done + 1}: I should call {tool}.", "tool_calls": json.dumps(calls)}
+
+    return answer
+
+
 def _tokens(text: str) -> int:
     return math.ceil(len(text) / 4)
 

@@ -12,10 +12,12 @@ import inspect
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeGuard
 
 import dspy
+from pydantic.fields import FieldInfo
 
-__all__ = ["KwargsUse", "entry_name", "kwargs_use", "returned_names"]
+__all__ = ["KwargsUse", "entry_name", "is_signature", "kwargs_use", "returned_names", "step_outputs"]
 
 
 def entry_name(module: dspy.Module) -> str:
@@ -124,10 +126,27 @@ def _names_of(module: dspy.Module, value: ast.expr) -> list[str] | None:
     if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "self":
         step = getattr(module, func.attr, None)
         if isinstance(step, dspy.Module):
-            steps = [p for _, p in step.named_predictors()]
-            if steps:
-                return list(steps[-1].signature.output_fields)
+            outputs = step_outputs(step)
+            if outputs is not None:
+                return list(outputs)
     return None
+
+
+def is_signature(obj: Any) -> TypeGuard[type[dspy.Signature]]:
+    return inspect.isclass(obj) and issubclass(obj, dspy.Signature)
+
+
+def step_outputs(step: dspy.Module) -> dict[str, FieldInfo] | None:
+    """The output fields a DSPy step returns: its last predictor's (ChainOfThought adds
+    ``reasoning``), or its own ``signature``'s when no predictor produces them (ReActV2's agent
+    step only calls tools; its ``submit`` tool returns the outputs). None: it has no predictor."""
+    predictors = [predictor for _, predictor in step.named_predictors()]
+    own = getattr(step, "signature", None)
+    declared = own.output_fields if is_signature(own) else None
+    last = predictors[-1].signature.output_fields if predictors else None
+    if declared is not None and (last is None or not declared.keys() <= last.keys()):
+        return dict(declared)
+    return dict(last) if last is not None else None
 
 
 @dataclass

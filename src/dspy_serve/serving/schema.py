@@ -9,7 +9,8 @@ Where the interface comes from, first match wins:
    or a signature given in the settings;
 2. a ``dspy.Predict`` (its signature); ``BestOfN``/``Refine`` (the module they run); a built-in
    wrapper whose ``forward(**kwargs)`` hides its fields (the inputs of its first predictor or its
-   ``signature``, the outputs of its last predictor: ChainOfThought adds ``reasoning``);
+   ``signature``, the outputs of its last predictor: ChainOfThought adds ``reasoning``; or its
+   ``signature``'s, when no predictor produces them, as in ReActV2);
 3. a user's ``forward(**kwargs)``: its ``self.signature``, only when its source follows it;
 4. a custom ``forward``: its parameters (type hints, else the input field of the predictor that
    takes them) and what it returns (a ``dspy.Prediction(...)`` or a predictor's result), each
@@ -42,7 +43,14 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from dspy_serve.errors import InvalidInput
-from dspy_serve.serving.forward_source import KwargsUse, entry_name, kwargs_use, returned_names
+from dspy_serve.serving.forward_source import (
+    KwargsUse,
+    entry_name,
+    is_signature,
+    kwargs_use,
+    returned_names,
+    step_outputs,
+)
 from dspy_serve.serving.wire import wire_input_type, wire_output_type
 
 __all__ = ["ProgramInterface", "SchemaError", "derive_interface", "field_values"]
@@ -193,14 +201,14 @@ def _from_kwargs_forward(name: str, module: dspy.Module, predictors: list[dspy.P
     if isinstance(own, str):
         own = dspy.ensure_signature(own)
     use = None if _is_builtin(module) else kwargs_use(module)
-    if _is_builtin(module) or (not _is_signature(own) and _passes_kwargs_to_builtin(module, use)):
+    if _is_builtin(module) or (not is_signature(own) and _passes_kwargs_to_builtin(module, use)):
         if not predictors:
             raise SchemaError(f"{name}: no predictors and no typed forward(); {_DECLARE}")
-        first = own if _is_signature(own) else predictors[0].signature
-        last = predictors[-1].signature
-        return _build(name, first.instructions, _fields(first.input_fields), _fields(last.output_fields))
+        first = own if is_signature(own) else predictors[0].signature
+        outputs = step_outputs(module) or {}
+        return _build(name, first.instructions, _fields(first.input_fields), _fields(outputs))
     cls = type(module).__name__
-    if not _is_signature(own):
+    if not is_signature(own):
         raise SchemaError(f"{name}: {cls}.forward(**kwargs) does not say which inputs it takes; {_DECLARE}")
     returned = returned_names(module)
     problems: list[str] = []
@@ -235,10 +243,6 @@ _DECLARE = (
     "declare its interface with `serve_signature = 'question -> answer'` on the module "
     "or --signature NAME='question -> answer'"
 )
-
-
-def _is_signature(obj: Any) -> TypeGuard[type[dspy.Signature]]:
-    return inspect.isclass(obj) and issubclass(obj, dspy.Signature)
 
 
 def _fields(fields: dict[str, FieldInfo]) -> dict[str, FieldSpec]:
@@ -323,13 +327,17 @@ def _outputs_from_forward(
     a pydantic model), else a predictor's output field of that name, else any JSON. Never an
     input field: a program passes its inputs' values on, not their types."""
     returned = _resolved_hints(name, module).get("return")
-    if _is_signature(returned):
+    if is_signature(returned):
         return _fields(returned.output_fields)
     if _is_plain_model(returned):
         return {field_name: (info.annotation, info) for field_name, info in returned.model_fields.items()}
     known: dict[str, FieldSpec] = {}
     for predictor in predictors:
         for field_name, info in predictor.signature.output_fields.items():
+            known.setdefault(field_name, (info.annotation, _public_field(info)))
+    for _, step in module.named_sub_modules():
+        # A built-in step's outputs that no predictor produces (ReActV2's, from its submit tool).
+        for field_name, info in (step_outputs(step) or {}).items():
             known.setdefault(field_name, (info.annotation, _public_field(info)))
     names = returned_names(module)
     if names is None:

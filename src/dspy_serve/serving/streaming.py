@@ -16,6 +16,7 @@ from any thread, and the stream always ends.
 
 from __future__ import annotations
 
+import inspect
 import math
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -56,7 +57,7 @@ class PredictorNames:
         self._by_signature = {key: names[0] for key, names in by_signature.items() if len(names) == 1}
         self._keep = [predictor.signature for _, predictor in named]  # ids stay valid while kept
         self.string_fields = {
-            name: [field for field, info in p.signature.output_fields.items() if info.annotation is str]
+            name: [field for field, info in p.signature.output_fields.items() if _is_text(info.annotation)]
             for name, p in named
         }
 
@@ -65,6 +66,12 @@ class PredictorNames:
         if name is None and isinstance(instance, dspy.Predict):
             name = self._by_signature.get(id(instance.signature))
         return name
+
+
+def _is_text(annotation: Any) -> bool:
+    """A field the LM writes as text, token by token: ``str``, or ``dspy.Reasoning`` (ReActV2's
+    ``next_thought``; a reasoning model's own reasoning arrives as such chunks too)."""
+    return annotation is str or (inspect.isclass(annotation) and issubclass(annotation, dspy.Reasoning))
 
 
 class ProgressMessages(StatusMessageProvider):

@@ -1,5 +1,6 @@
-"""Programs in the style of DSPy's tutorials: agents with ordinary (blocking) tools, BestOfN and
-Refine, ``dspy.Parallel`` inside a sync module, a sync custom module, and an Audio input.
+"""Programs in the style of DSPy's tutorials: agents (ReAct, ReActV2) with ordinary (blocking)
+tools, BestOfN and Refine, ``dspy.Parallel`` inside a sync module, a sync custom module, and an
+Audio input.
 
 The tools block like the tutorials' ones do (``requests.get``, a database driver): the served
 process must stay responsive while they run. ``TOOL_SECONDS`` and the events let tests time
@@ -43,6 +44,10 @@ async def lookup_population(city: str) -> int:
 agent = dspy.ReAct(
     "question -> answer", tools=[search_wikipedia, evaluate_math, lookup_population], max_iters=5
 )
+
+
+# DSPy 3.4's ReActV2: tool calls as dspy.ToolCalls, its outputs returned by its `submit` tool.
+agent_v2 = dspy.ReActV2("question -> answer", tools=[search_wikipedia, lookup_population], max_iters=5)
 
 
 class Researcher(dspy.Module):
