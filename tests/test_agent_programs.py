@@ -32,10 +32,11 @@ from tests.support.settings import fake_settings
 
 PROGRAMS = "tests.support.programs.agent_programs"
 NAMES = ["agent", "agent_v2", "researcher", "best_of_3", "refine", "parallel_qa", "sync_rag", "transcribe"]
-NAMES += ["shout"]
+NAMES += ["shout", "rlm"]
 CLIP = {"data": base64.b64encode(b"RIFF\x24\x00\x00\x00WAVEfmt ").decode(), "audio_format": "wav"}
 INPUTS: dict[str, dict[str, Any]] = {name: {"question": "Capital of France?"} for name in NAMES}
 INPUTS["transcribe"] = {"clip": CLIP}
+INPUTS["rlm"] = {"context": "Paris is the capital of France.", "question": "Capital of France?"}
 ANSWER = "Paris"
 TOOLS = ["search_wikipedia", "lookup_population", "finish"]  # what agent_script has the agent call
 SEARCH_THEN_COUNT = [("search_wikipedia", {"query": "Paris"}), ("lookup_population", {"city": "Paris"})]
@@ -48,6 +49,8 @@ def agent_script(fake: FakeLM) -> None:
     def answer(body: dict[str, Any]) -> dict[str, Any]:
         if "[[ ## tool_calls ## ]]" in prompt_text(body):  # ReActV2's output field
             return react_v2_agent(*SEARCH_THEN_COUNT, answer=ANSWER)(body)
+        if "[[ ## code ## ]]" in prompt_text(body):  # RLM's: code that reads its input, then submits
+            return {"reasoning": "Read it.", "code": f"assert 'Paris' in context\nSUBMIT(answer={ANSWER!r})"}
         tools = re.findall(r"\(\d+\) (\w+)", prompt_text(body))
         steps = [("search_wikipedia", {"query": "Paris"})] if "search_wikipedia" in tools else []
         steps.append(("lookup_population", {"city": "Paris"}))
@@ -176,6 +179,34 @@ def test_a_blocking_tool_leaves_the_server_responsive(
     assert replies and replies[0].status_code == 200, replies and replies[0].text
     assert len(latencies) >= 5, f"only {len(latencies)} probes answered during the 2 s tool"
     assert min(latencies) < 0.05, latencies
+
+
+def test_rlm_running_the_lms_code_leaves_the_server_responsive(fake_lm: FakeLM, provider_key: str) -> None:
+    """RLM runs the code its LM writes with a blocking interpreter call, in its ``aforward`` too:
+    served as is, the event loop would wait for the code. It runs on the thread path instead."""
+    code = f"import time\ntime.sleep(2.5)\nSUBMIT(answer={ANSWER!r})"
+    fake_lm.answers = {"reasoning": "Wait, then answer.", "code": code}
+    app = create_app(fake_settings(fake_lm, programs=[f"rlm={PROGRAMS}:rlm"], timeout=30))
+    with serving(app) as server, httpx.Client(base_url=server.base_url, timeout=30) as probe:
+        probe.get("/health/live")  # connect before the code runs
+        replies: list[httpx.Response] = []
+        call = threading.Thread(
+            target=lambda: replies.append(
+                httpx.post(f"{server.base_url}/rlm/invoke", json={"inputs": INPUTS["rlm"]}, timeout=30)
+            )
+        )
+        call.start()
+        assert fake_lm.wait_for(lambda: len(fake_lm.requests) >= 1, timeout=10), "the LM was never asked"
+        waits = []
+        while call.is_alive():
+            started = time.perf_counter()
+            assert probe.get("/health/live").status_code == 200
+            waits.append(time.perf_counter() - started)
+            time.sleep(0.02)
+        call.join()
+    assert replies and replies[0].status_code == 200, replies and replies[0].text
+    assert replies[0].json()["outputs"] == {"answer": ANSWER}, "what the code submitted"
+    assert max(waits) < 1.0, f"a probe waited {max(waits):.2f} s: the loop ran the code"
 
 
 # --- 4. streaming wherever invoke works -------------------------------------------------------

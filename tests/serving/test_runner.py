@@ -163,6 +163,21 @@ async def test_a_program_with_callbacks_of_its_own_runs_in_a_thread() -> None:
     assert logger.threads and threading.get_ident() not in logger.threads
 
 
+class AwaitsAnRLM(dspy.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rlm = dspy.RLM("context, question -> answer", interpreter_factory=dspy.LocalInterpreter)
+
+    async def aforward(self, context: str, question: str) -> dspy.Prediction:
+        return await self.rlm.acall(context=context, question=question)
+
+
+def test_a_program_holding_an_rlm_runs_in_a_thread_its_interpreter_blocks() -> None:
+    assert not runner_for(dspy.RLM("context, question -> answer")).native_async
+    assert not runner_for(AwaitsAnRLM()).native_async, "its own aforward awaits the RLM's"
+    assert runner_for(dspy.ReActV2("question -> answer", tools=[len])).native_async
+
+
 @pytest.fixture(autouse=True)
 def _no_configured_lm() -> None:
     assert dspy.settings.lm is None

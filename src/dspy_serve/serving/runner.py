@@ -62,12 +62,22 @@ class CallResult:
     prompts: list[dict[str, Any]] | None = None
 
 
+# DSPy modules whose ``aforward`` blocks the event loop: RLM runs the code its LM writes with a
+# synchronous interpreter call (seconds, up to its execution timeout) between its async LM calls.
+_BLOCKING_AFORWARD: tuple[type, ...] = tuple(
+    cls for cls in (getattr(dspy, "RLM", None),) if isinstance(cls, type)
+)
+
+
 def has_native_async(module: dspy.Module) -> bool:
-    """True when ``aforward`` implements the same logic as ``forward``.
+    """True when ``aforward`` implements the same logic as ``forward``, and never blocks.
 
     A subclass that overrides only ``forward`` of a built-in (say ChainOfThought) inherits an
-    ``aforward`` that would skip the override, so it must run on the sync path.
+    ``aforward`` that would skip the override, so it must run on the sync path. So must a
+    program holding a DSPy module whose ``aforward`` does blocking work (:data:`_BLOCKING_AFORWARD`).
     """
+    if any(isinstance(sub, _BLOCKING_AFORWARD) for _, sub in module.named_sub_modules()):
+        return False
     mro = type(module).__mro__
     forward_owner = next((i for i, cls in enumerate(mro) if "forward" in vars(cls)), len(mro))
     aforward_owner = next((i for i, cls in enumerate(mro) if "aforward" in vars(cls)), len(mro))

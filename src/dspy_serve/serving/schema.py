@@ -271,11 +271,16 @@ def _is_optional(annotation: Any) -> bool:
 
 
 def _forward_parameters(module: dspy.Module) -> list[inspect.Parameter] | None:
+    """forward's named parameters, or None for a ``forward(**kwargs)``. A DSPy module's
+    keyword-only parameters beside ``**kwargs`` are call options, not inputs (RLM's
+    ``interpreter_factory``): its signature says what it takes."""
     forward = getattr(type(module), entry_name(module))
     params = list(inspect.signature(forward).parameters.values())[1:]
     named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    if not named and any(p.kind is p.VAR_KEYWORD for p in params):
-        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        options = all(p.kind is p.KEYWORD_ONLY and p.default is not p.empty for p in named)
+        if not named or (options and _is_builtin(module)):
+            return None
     return named
 
 

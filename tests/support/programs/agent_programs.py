@@ -1,4 +1,4 @@
-"""Programs in the style of DSPy's tutorials: agents (ReAct, ReActV2) with ordinary (blocking)
+"""Programs in the style of DSPy's tutorials: agents (ReAct, ReActV2, RLM) with ordinary (blocking)
 tools, BestOfN and Refine, ``dspy.Parallel`` inside a sync module, a sync custom module, and an
 Audio input.
 
@@ -48,6 +48,10 @@ agent = dspy.ReAct(
 
 # DSPy 3.4's ReActV2: tool calls as dspy.ToolCalls, its outputs returned by its `submit` tool.
 agent_v2 = dspy.ReActV2("question -> answer", tools=[search_wikipedia, lookup_population], max_iters=5)
+
+
+# DSPy 3.4's RLM: the LM writes Python, which runs in a local interpreter process (no Deno here).
+rlm = dspy.RLM("context, question -> answer", max_iters=3, interpreter_factory=dspy.LocalInterpreter)
 
 
 class Researcher(dspy.Module):
