@@ -32,9 +32,18 @@ from tests.support.settings import fake_settings
 
 PROGRAMS = "tests.support.programs.agent_programs"
 NAMES = ["agent", "agent_v2", "researcher", "best_of_3", "refine", "parallel_qa", "sync_rag", "transcribe"]
-NAMES += ["shout", "rlm"]
+NAMES += ["shout", "rlm", "flex"]
 CLIP = {"data": base64.b64encode(b"RIFF\x24\x00\x00\x00WAVEfmt ").decode(), "audio_format": "wav"}
 INPUTS: dict[str, dict[str, Any]] = {name: {"question": "Capital of France?"} for name in NAMES}
+
+
+def cases(*names: str) -> list[Any]:
+    """``names`` as test parameters. Flex hands its predictors a wrapper of the LM, so DSPy 3.4's
+    adapter no longer recognises its own call and warns about ``messages=`` (in plain DSPy too)."""
+    dspy_warns = pytest.mark.filterwarnings("ignore:Passing OpenAI-style message:DeprecationWarning")
+    return [pytest.param(name, marks=dspy_warns) if name == "flex" else name for name in names]
+
+
 INPUTS["transcribe"] = {"clip": CLIP}
 INPUTS["rlm"] = {"context": "Paris is the capital of France.", "question": "Capital of France?"}
 ANSWER = "Paris"
@@ -86,7 +95,7 @@ def tokens_by_step(events: list[tuple[str, Any]]) -> dict[tuple[str, str], str]:
 # --- the whole matrix -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", cases(*NAMES))
 def test_every_program_answers_on_invoke_batch_and_stream(server: ServerThread, name: str) -> None:
     inputs = INPUTS[name]
     invoked = httpx.post(f"{server.base_url}/{name}/invoke", json={"inputs": inputs}, timeout=30)
@@ -105,7 +114,7 @@ def test_every_program_answers_on_invoke_batch_and_stream(server: ServerThread, 
 
 
 @pytest.mark.parametrize(
-    "name", ["agent", "agent_v2", "researcher", "best_of_3", "refine", "parallel_qa", "sync_rag"]
+    "name", cases("agent", "agent_v2", "researcher", "best_of_3", "refine", "parallel_qa", "sync_rag", "flex")
 )
 def test_every_program_answers_on_v1_and_mcp(server: ServerThread, name: str) -> None:
     client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0, timeout=30)

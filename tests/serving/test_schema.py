@@ -405,6 +405,15 @@ def test_react_v2_outputs_are_its_signatures_which_its_submit_tool_returns() -> 
         assert properties(interface.outputs)["answer"]["type"] == "integer"
 
 
+def test_dspy_modules_running_code_are_derived_from_their_signatures() -> None:
+    # Flex has no predictor until its code runs; RLM's forward takes an option beside **kwargs.
+    for signature in ("question -> answer: int", "context, question -> answer: int"):
+        for program in (dspy.Flex(signature), dspy.RLM(signature)):
+            interface = derive_interface("coded", program)
+            assert interface.signature == signature.removesuffix(": int"), type(program).__name__
+            assert properties(interface.outputs)["answer"]["type"] == "integer"
+
+
 class Verdict(BaseModel):
     label: str
     confidence: float

@@ -202,10 +202,11 @@ def _from_kwargs_forward(name: str, module: dspy.Module, predictors: list[dspy.P
         own = dspy.ensure_signature(own)
     use = None if _is_builtin(module) else kwargs_use(module)
     if _is_builtin(module) or (not is_signature(own) and _passes_kwargs_to_builtin(module, use)):
-        if not predictors:
+        outputs = step_outputs(module)
+        if outputs is None:  # no predictors, and no signature of its own
             raise SchemaError(f"{name}: no predictors and no typed forward(); {_DECLARE}")
+        # Flex has no predictors until its code runs: its signature is all there is.
         first = own if is_signature(own) else predictors[0].signature
-        outputs = step_outputs(module) or {}
         return _build(name, first.instructions, _fields(first.input_fields), _fields(outputs))
     cls = type(module).__name__
     if not is_signature(own):

@@ -1,4 +1,4 @@
-"""Programs in the style of DSPy's tutorials: agents (ReAct, ReActV2, RLM) with ordinary (blocking)
+"""Programs in the style of DSPy's tutorials: agents (ReAct, ReActV2, RLM, Flex) with ordinary (blocking)
 tools, BestOfN and Refine, ``dspy.Parallel`` inside a sync module, a sync custom module, and an
 Audio input.
 
@@ -52,6 +52,8 @@ agent_v2 = dspy.ReActV2("question -> answer", tools=[search_wikipedia, lookup_po
 
 # DSPy 3.4's RLM: the LM writes Python, which runs in a local interpreter process (no Deno here).
 rlm = dspy.RLM("context, question -> answer", max_iters=3, interpreter_factory=dspy.LocalInterpreter)
+# DSPy 3.4's Flex: code (a Predict until GEPA rewrites it) run in an interpreter; no predictor to see.
+flex = dspy.Flex("question -> answer", interpreter_factory=dspy.LocalInterpreter)
 
 
 class Researcher(dspy.Module):
