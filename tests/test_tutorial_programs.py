@@ -7,6 +7,7 @@ One server serves them all (as an operator would), so each case is one request, 
 from __future__ import annotations
 
 import subprocess
+from base64 import b64encode
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,6 +94,17 @@ CASES: dict[str, Case] = {
         {"caption": "A cat."},
         {"caption": "A cat."},
         endpoints=["invoke", "batch", "stream", "mcp"],  # an image is not a chat message
+    ),
+    "summarize_file": Case(
+        {
+            "document": {
+                "file_data": f"data:text/plain;base64,{b64encode(b'Paris is in France.').decode()}",
+                "filename": "notes.txt",
+            }
+        },
+        {"summary": "Where Paris is."},
+        {"summary": "Where Paris is."},
+        endpoints=["invoke", "batch", "stream", "mcp"],  # a file is not a chat message
     ),
     "saved_by_reference": Case(
         {"question": "2+2?"},
@@ -245,7 +257,23 @@ def test_tool_descriptions_serve_and_the_schema_documents_stay_valid(server: Ser
     assert missing_name.json()["errors"][0]["loc"] == ["body", "inputs", "tools", 0, "name"]
 
 
-@pytest.mark.parametrize("program", ["plan_tool_calls", "describe_image"])
+def test_a_named_file_reaches_the_lm_through_dspys_litellm_fallback(
+    server: ServerThread, fake_lm: FakeLM
+) -> None:
+    # DSPy cannot make a dspy.File with a filename canonical for a custom engine (our pooled one);
+    # as its own engine="auto" does, the call then goes through LiteLLM, name and data included.
+    case = CASES["summarize_file"]
+    fake_lm.answers = case.answers
+
+    response = invoke(server.base_url, "summarize_file", case.inputs)
+
+    assert response.status_code == 200, response.text
+    sent = [part for message in fake_lm.requests[-1]["messages"] for part in message["content"] or []]
+    (file_part,) = [part for part in sent if isinstance(part, dict) and part.get("type") == "file"]
+    assert file_part["file"] == case.inputs["document"]
+
+
+@pytest.mark.parametrize("program", ["plan_tool_calls", "describe_image", "summarize_file"])
 def test_a_program_that_cannot_take_a_chat_message_is_refused_on_v1(
     server: ServerThread, program: str
 ) -> None:

@@ -9,11 +9,13 @@ capabilities DSPy would have found for the model itself, so adapters behave the 
 
 Models the native engine does not route (LiteLLM-only providers) keep DSPy's default engine.
 
-Like DSPy's own ``engine="auto"``, a request the native route cannot carry (an audio part on
-the Chat Completions wire) goes through LiteLLM instead, decided before any I/O: the engine
-refuses it with :class:`NativeRouteRefused`, and ``ServingLM`` sends the same call through
-DSPy's LiteLLM engine with the same endpoint, key, deadline-bound retries and metrics (LiteLLM
-keeps its own connection pool).
+Like DSPy's own ``engine="auto"``, a request the native route cannot carry goes through
+LiteLLM instead, decided before any I/O: an audio part on the Chat Completions wire (the engine
+refuses it with :class:`NativeRouteRefused`), or a call DSPy cannot even turn into the canonical
+request a custom engine takes, such as a ``dspy.File`` with a filename
+(:func:`refused_before_sending`). ``ServingLM`` then sends the same call through DSPy's LiteLLM
+engine with the same endpoint, key, deadline-bound retries and metrics (LiteLLM keeps its own
+connection pool).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 import dspy
 
-__all__ = ["NativeRouteRefused", "pooled_engines"]
+__all__ = ["NativeRouteRefused", "pooled_engines", "refused_before_sending"]
 
 
 class NativeRouteRefused(Exception):
@@ -35,13 +37,44 @@ class NativeRouteRefused(Exception):
         self.clients = clients
 
 
+def refused_before_sending(
+    exc: BaseException, lm: dspy.LM, call: tuple[Any, Any, dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The client options of the LiteLLM route when ``exc`` says the pooled engine refused
+    ``call`` (prompt, messages, kwargs) before sending it; None when it may have been sent (a
+    refusal read from a response must not be sent again, and billed twice)."""
+    from dspy.clients import execution
+    from dspy.lm15 import UnsupportedFeatureError
+
+    causes: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None:
+        causes.append(cause)
+        cause = cause.__cause__
+    for cause in causes:
+        if isinstance(cause, NativeRouteRefused):
+            return cause.clients
+    engine = getattr(lm, "_engine_spec", None)
+    if not isinstance(engine, _Declared) or not any(isinstance(c, UnsupportedFeatureError) for c in causes):
+        return None
+    # Does DSPy refuse to make this call canonical? Offline, as DSPy's engine="auto" checks.
+    prompt, messages, kwargs = call
+    try:
+        execution._canonical(execution.prepare(lm, prompt, messages, kwargs))
+    except UnsupportedFeatureError:
+        return engine.clients
+    except Exception:  # any other answer: not a refusal we can route around
+        return None
+    return None
+
+
 class _Declared:
     """Capability hints DSPy reads from a custom engine (dspy.clients.capabilities), and the
     choice between the native engine and the LiteLLM fallback."""
 
     def __init__(self, inner: Any, capabilities: Any, clients: dict[str, Any], transport: Any) -> None:
         self._inner = inner
-        self._clients = clients
+        self.clients = clients  # the same endpoint and timeout, for DSPy's LiteLLM engine
         self._transport = transport  # handed to ``inner``, which leaves closing it to its owner
         self.supports_function_calling = capabilities.function_calling
         self.supports_reasoning = capabilities.reasoning
@@ -58,7 +91,7 @@ class _Declared:
         try:
             self._inner.plan(request)
         except UnsupportedFeatureError as exc:
-            raise NativeRouteRefused(exc, self._clients) from exc
+            raise NativeRouteRefused(exc, self.clients) from exc
         return self._inner
 
 

@@ -22,7 +22,7 @@ from dspy.utils.callback import with_callbacks
 from dspy_serve.errors import BadOverride, ModelNotAllowed, UpstreamRateLimited, sane_retry_after
 from dspy_serve.lm.held import held_lms
 from dspy_serve.lm.inline import acall_inline
-from dspy_serve.lm.pool import NativeRouteRefused, pooled_engines
+from dspy_serve.lm.pool import pooled_engines, refused_before_sending
 from dspy_serve.lm.prompts import lm_exchange
 from dspy_serve.lm.response_tags import one_response
 from dspy_serve.serving.call_scope import current_scope
@@ -68,7 +68,7 @@ class ServingLM(dspy.LM):
                 try:
                     outputs = super().__call__(*args, **kwargs)
                 except Exception as exc:
-                    if (compatible := self._compatible(exc)) is None:
+                    if (compatible := self._compatible(exc, args, kwargs)) is None:
                         raise
                     with _as_adapter_call(compatible, kwargs):
                         outputs = dspy.LM.__call__(compatible, *args, **kwargs)
@@ -94,7 +94,7 @@ class ServingLM(dspy.LM):
                 try:
                     outputs = await self._acall_once(*args, **kwargs)
                 except Exception as exc:
-                    if (compatible := self._compatible(exc)) is None:
+                    if (compatible := self._compatible(exc, args, kwargs)) is None:
                         raise
                     await asyncio.to_thread(_import_litellm)  # seconds, the first time: not on the loop
                     with _as_adapter_call(compatible, kwargs):
@@ -116,15 +116,16 @@ class ServingLM(dspy.LM):
         more than the work they move (see :mod:`dspy_serve.lm.inline`)."""
         return await acall_inline(self, prompt, messages, kwargs)
 
-    def _compatible(self, exc: BaseException) -> dspy.LM | None:
+    def _compatible(
+        self, exc: BaseException, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> dspy.LM | None:
         """This LM on DSPy's LiteLLM engine, when the pooled native engine refused the request
         before sending it (content its route cannot carry), as DSPy's ``engine="auto"`` does."""
-        cause: BaseException | None = exc
-        while cause is not None and not isinstance(cause, NativeRouteRefused):
-            cause = cause.__cause__
-        if cause is None:
-            return None
-        return self.copy(engine="litellm", **cause.clients)
+        rest = dict(kwargs)
+        prompt = args[0] if args else rest.pop("prompt", None)
+        messages = rest.pop("messages", None)
+        clients = refused_before_sending(exc, self, (prompt, messages, rest))
+        return None if clients is None else self.copy(engine="litellm", **clients)
 
     def _log_failure(self, exc: Exception, attempt: int, delay: float | None) -> None:
         """What the operator needs when the LM fails (callers only get a typed status): where the

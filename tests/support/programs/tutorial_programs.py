@@ -234,6 +234,17 @@ plan_tool_calls = dspy.Predict(PlanToolCalls)
 describe_image = dspy.Predict("image: dspy.Image -> caption")
 
 
+# --- File inputs (DSPy 3.4's dspy.File): a named file is sent through DSPy's LiteLLM fallback -------
+class SummarizeFile(dspy.Signature):
+    """Summarize a document in one sentence."""
+
+    document: dspy.File = dspy.InputField()
+    summary: str = dspy.OutputField()
+
+
+summarize_file = dspy.Predict(SummarizeFile)
+
+
 # --- A program that breaks its own declared contract -------------------------------------------------
 class CountLetters(dspy.Module):
     """Declares an integer, returns the LM's text: its outputs fail their own schema."""
