@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.cli import CLI, answering_pids, cli_env, free_port, serve_qa
+from tests.support.cli import CLI, answering_pids, cli_env, free_port, require_answering, serve_qa
 from tests.support.fake_lm import FakeLM
 from tests.support.settings import FAKE_KEY, PROGRAMS
 
@@ -340,3 +340,47 @@ def test_call_to_a_server_that_is_not_there_is_one_line() -> None:
         assert result.stderr.startswith("dspy-serve: cannot reach ") and reason in result.stderr, (
             result.stderr
         )
+
+
+def _serve_configured_lm(fake_lm: FakeLM, *flags: str) -> tuple[str, str, dict[str, object]]:
+    """``run`` of a program file that configures its own LM: (the model /programs reports, the
+    command's output, the LM request it made)."""
+    port = free_port()
+    argv = [*CLI, "run", f"qa={PROGRAMS / 'configured_lm.py'}:qa", "--port", str(port), *flags]
+    env = cli_env(FAKE_LM_BASE_URL=fake_lm.base_url)
+    process = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        require_answering(process, url, want=1, seconds=60)
+        fake_lm.answers = {"answer": "Paris"}
+        response = httpx.post(
+            url + "/qa/invoke", json={"inputs": {"question": "Capital of France?"}}, timeout=30
+        )
+        assert response.status_code == 200, response.text
+        model = httpx.get(url + "/programs/qa", timeout=10).json()["model"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+    return model, output, fake_lm.last_request
+
+
+def test_with_no_model_the_lm_a_program_file_configures_is_served(fake_lm: FakeLM) -> None:
+    # DSPy's tutorials start with dspy.configure(lm=dspy.LM(...)): plain DSPy calls that LM, so
+    # does the server (its endpoint, temperature and max_tokens too), not the embedded model.
+    model, output, sent = _serve_configured_lm(fake_lm)
+
+    assert model == "openai/fake-model"
+    max_tokens = sent.get("max_tokens", sent.get("max_completion_tokens"))
+    assert (sent["model"], sent["temperature"], max_tokens) == ("fake-model", 0.3, 77)
+    assert "serving on openai/fake-model, the LM a program configures" in output
+
+
+def test_a_given_model_wins_over_the_one_a_program_file_configures(fake_lm: FakeLM) -> None:
+    model, output, sent = _serve_configured_lm(
+        fake_lm, "--model", "openai/other-model", "--api-base", fake_lm.base_url
+    )
+
+    assert (model, sent["model"]) == ("openai/other-model", "other-model")
+    assert "a program configures openai/fake-model (dspy.configure); serving on openai/other-model" in output

@@ -193,10 +193,12 @@ def serve(settings: ServeSettings) -> None:
         raise click.UsageError("--reload runs one server process: drop --workers")
     with _or_exit_3():
         if settings.workers > 1 or settings.reload:
-            Service(settings)  # each worker loads its own; this one only proves they will load
+            service = Service(settings)  # each worker loads its own; this one proves they will load
         else:
             app = create_app(settings)
-        check_lms(settings, probe=settings.check_lm)
+            service = app.state.service
+        # The served settings: with no --model, a program's file may configure the LM.
+        check_lms(service.settings, probe=settings.check_lm)
         sock = bind_socket(settings.host, settings.port)
     url = socket_url(sock)
     if settings.workers > 1 or settings.reload:
@@ -226,9 +228,10 @@ def _serve_on_ray(settings: ServeSettings) -> None:
     if settings.workers > 1:
         raise click.UsageError("--workers is for --engine uvicorn; on Ray, use --replicas")
     from dspy_serve.lm.checks import check_lms
+    from dspy_serve.serving.service import Service
 
     with _or_exit_3():
-        check_lms(settings, probe=settings.check_lm)
+        check_lms(Service(settings).settings, probe=settings.check_lm)  # each replica loads its own
         run_on_ray(settings)
 
 
@@ -347,7 +350,7 @@ def _mcp(config: Path | None, **values: Any) -> None:
 
     with _or_exit_3(), contextlib.redirect_stdout(sys.stderr):
         service = Service(settings)
-        check_lms(settings, probe=settings.check_lm)
+        check_lms(service.settings, probe=settings.check_lm)
     with contextlib.suppress(KeyboardInterrupt):
         run_stdio(service)
 

@@ -82,7 +82,8 @@ class ServeSettings(BaseSettings):
     model: str | None = Field(
         default=None,
         description="Default LM for every program, e.g. 'openai/gpt-4o-mini'. "
-        "Unset: the embedded local model. Credentials come from the provider's usual environment "
+        "Unset: the LM a program file configures as it is imported (dspy.configure(lm=...)), else "
+        "the embedded local model. Credentials come from the provider's usual environment "
         "variables (OPENAI_API_KEY, ...).",
     )
     api_base: str | None = Field(

@@ -38,6 +38,7 @@ __all__ = [
 
 # First path segments the app routes itself (and `playground`, planned): a program's routes
 # live under /NAME/, so a program of one of these names would shadow them or share their access.
+_CONFIGURED_LM = "__dspy_serve_configured_lm__"
 RESERVED_NAMES = frozenset(
     {"docs", "health", "mcp", "metrics", "openapi", "openapi.json", "playground", "programs", "redoc", "v1"}
 )
@@ -63,6 +64,9 @@ class LoadedProgram:
     target: str
     module: dspy.Module
     artifact: Artifact | None
+    # The LM its file configures as it is imported (dspy.configure(lm=...)), which plain DSPy
+    # would call; None when it configures none.
+    configured_lm: dspy.BaseLM | None = None
 
     @property
     def optimized(self) -> bool:
@@ -123,6 +127,7 @@ def load_program(
 ) -> LoadedProgram:
     """Import (or accept) a program and load its optimized state."""
     label = f"<{type(target).__name__} instance>" if isinstance(target, dspy.Module) else str(target)
+    configured_lm = None
     if artifact is not None and Path(artifact).is_dir():
         # A save_program directory holds the whole program: it replaces the target's object. Its
         # classes (by reference) or their imports (by value) come from the target's folder.
@@ -131,7 +136,8 @@ def load_program(
     elif isinstance(target, dspy.Module):
         module = target
     else:
-        module = as_module(_import_object(str(target)), label)
+        obj, configured_lm = _import_object(str(target))
+        module = as_module(obj, label)
 
     loaded: Artifact | None = None
     if artifact is not None:
@@ -147,7 +153,7 @@ def load_program(
             # Load into a copy: the imported object may serve another name with other state.
             module = module.deepcopy()
             loaded = _load_state(module, path, name, allow_pickle=allow_pickle)
-    return LoadedProgram(name=name, target=label, module=module, artifact=loaded)
+    return LoadedProgram(name=name, target=label, module=module, artifact=loaded, configured_lm=configured_lm)
 
 
 def as_module(obj: Any, label: str) -> dspy.Module:
@@ -175,11 +181,13 @@ def _call_without_arguments(factory: Any, label: str) -> Any:
         raise TargetError(f"{label}: cannot be built without arguments ({exc})") from exc
 
 
-def _import_object(target: str) -> Any:
+def _import_object(target: str) -> tuple[Any, dspy.BaseLM | None]:
+    """The target's object, and the LM its module configured as it was imported."""
     location, _, attr = target.rpartition(":")
     if location.endswith(".py") or "/" in location or "\\" in location:
         module = _import_file(Path(location))
     else:
+        first_import, before = location not in sys.modules, dspy.settings.lm
         try:
             module = importlib.import_module(location)
         except ModuleNotFoundError as exc:
@@ -188,10 +196,19 @@ def _import_object(target: str) -> Any:
             raise TargetError(f"{target}: cannot import {location!r} ({exc})") from None
         except Exception as exc:
             raise TargetError(import_failure(exc)) from None
+        if first_import:
+            _note_configured_lm(module, before)
     try:
-        return getattr(module, attr)
+        return getattr(module, attr), vars(module).get(_CONFIGURED_LM)
     except AttributeError:
         raise TargetError(f"{target}: {location!r} has no {attr!r}{_suggestion(module, attr)}") from None
+
+
+def _note_configured_lm(module: Any, before: dspy.BaseLM | None) -> None:
+    """Note on a module, as it is first imported, the LM its code configured: a later load of
+    the same module does not run its code again."""
+    if dspy.settings.lm is not before:
+        vars(module)[_CONFIGURED_LM] = dspy.settings.lm
 
 
 def _suggestion(module: Any, attr: str) -> str:
@@ -232,11 +249,13 @@ def _import_file(path: Path) -> Any:
     parent = str(resolved.parent)
     if parent not in sys.path:
         sys.path.insert(0, parent)
+    before = dspy.settings.lm
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[module_name]
         raise TargetError(import_failure(exc)) from None
+    _note_configured_lm(module, before)
     return module
 
 

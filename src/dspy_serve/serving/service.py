@@ -80,9 +80,10 @@ class Service:
     def __init__(
         self, settings: ServeSettings, programs: ProgramsArg | None = None, lm: dspy.BaseLM | None = None
     ) -> None:
-        self.settings = settings
         self._given_lm = lm
-        self.programs: dict[str, Program] = load_programs(settings, programs, lm)
+        # The settings as served: with no --model, the LM a program file configures.
+        self.settings, self.programs = load_programs(settings, programs, lm)
+        settings = self.settings
         self.state = ServiceState.STARTING
         self.metrics = Metrics()
         self.lms: LanguageModels | None = None
