@@ -7,10 +7,12 @@ SIGTERM. The other tests check that the deployment is derived from our settings.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,7 +28,7 @@ from tests.support.settings import PROGRAMS
 
 pytest.importorskip("ray.serve")
 
-from dspy_serve.deploy.ray_serve import APP_NAME, app_builder, deployment
+from dspy_serve.deploy.ray_serve import APP_NAME, _bounded, app_builder, deployment
 
 QA = f"qa={PROGRAMS / 'serving.py'}:qa"
 # Ray 2.60 turns token authentication on for a cluster that `ray start` makes; a driver that
@@ -182,3 +184,22 @@ def test_busy_port_is_refused_before_ray_starts(fake_lm: FakeLM) -> None:
     )
     assert result.returncode == 3
     assert f"cannot listen on 127.0.0.1:{fake_lm.port}" in result.stderr
+
+
+def test_a_call_to_ray_is_abandoned_at_its_bound_or_on_a_stop_signal() -> None:
+    # A stop signal while serve.run still waits for the application (a supervisor stopping the
+    # command mid-start) must not leave the command waiting on Ray's control processes.
+    stop, release = threading.Event(), threading.Event()
+    threading.Timer(0.2, stop.set).start()
+    started = time.monotonic()
+    assert not _bounded(release.wait, math.inf, stop), "stopped"
+    assert time.monotonic() - started < 5
+    assert not _bounded(release.wait, 0.2), "out of time"
+    assert _bounded(lambda: None, 5), "finished"
+    with pytest.raises(RuntimeError, match="deployment failed"):
+        _bounded(_failing_deployment, 5)
+    release.set()
+
+
+def _failing_deployment() -> None:
+    raise RuntimeError("deployment failed")

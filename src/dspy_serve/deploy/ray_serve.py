@@ -22,6 +22,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -172,11 +173,16 @@ def run_on_ray(settings: ServeSettings) -> None:
         signal.signal(sig, lambda *_: stop.set())
     application = build_application(located, {_METRICS_DIR_ENV: metrics_dir})
     deleted = False
-    try:
+
+    def deploy() -> None:
         serve.start(http_options={"host": located.host, "port": located.port})
         serve.run(application, name=APP_NAME, route_prefix="/", blocking=False)
-        print(f"dspy-serve: ready on http://{located.host}:{located.port} (Ray Serve)", file=sys.stderr)
-        stop.wait()
+
+    try:
+        # serve.run waits until the application runs: a stop signal in the meantime is obeyed too.
+        if _bounded(deploy, math.inf, stop):
+            print(f"dspy-serve: ready on http://{located.host}:{located.port} (Ray Serve)", file=sys.stderr)
+            stop.wait()
         patience = settings.shutdown_grace + _RAY_SLACK
         deleted = _bounded(lambda: serve.delete(APP_NAME), patience)
         if not deleted:
@@ -189,17 +195,34 @@ def run_on_ray(settings: ServeSettings) -> None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _bounded(action: Callable[[], object], seconds: float) -> bool:
-    """Run ``action`` for at most ``seconds``: whether it finished.
+def _bounded(action: Callable[[], object], seconds: float, stop: threading.Event | None = None) -> bool:
+    """Run ``action`` for at most ``seconds``, or until ``stop`` is set: whether it finished (its
+    exception is raised here).
 
     Ray's own processes share our process group, and a supervisor that signals the whole group
-    (systemd's default, ``timeout``) stops them under us: deleting the application would then
-    wait forever on a control store that is gone.
+    (systemd's default, ``timeout``) stops them under us: a call to Ray would then wait forever
+    on a control store that is gone.
     """
-    worker = threading.Thread(target=action, daemon=True)
-    worker.start()
-    worker.join(seconds)
-    return not worker.is_alive()
+    failures: list[BaseException] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            action()
+        except BaseException as exc:  # handed to the waiting thread
+            failures.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    deadline = time.monotonic() + seconds
+    # Short waits: the main thread runs the signal handlers that set ``stop`` between them.
+    while not done.wait(min(0.1, max(deadline - time.monotonic(), 0))):
+        if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
+            return False
+    if failures:
+        raise failures[0]
+    return True
 
 
 def _is_loopback(address: str | None) -> bool:
