@@ -386,8 +386,7 @@ def _deployable(config: Path | None, values: dict[str, Any]) -> ServeSettings:
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     with _or_exit_3():
-        check_programs(settings)
-    return settings
+        return check_programs(settings)
 
 
 def _from_environment_note(settings: ServeSettings) -> None:

