@@ -23,8 +23,9 @@ from mcp.client.streamable_http import streamable_http_client
 
 from dspy_serve import create_app
 from tests.support import fake_lm as fakes
+from tests.support.dspy_prompts import prompt_text, react_agent, react_v2_agent
 from tests.support.endpoints import read_events
-from tests.support.fake_lm import FakeLM, Hang, prompt_text, react_agent, react_v2_agent
+from tests.support.fake_lm import FakeLM, Hang
 from tests.support.metrics import samples
 from tests.support.programs import agent_programs
 from tests.support.servers import ServerThread, serving

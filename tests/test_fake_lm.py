@@ -14,18 +14,8 @@ import httpx
 import pydantic
 import pytest
 
-from tests.support.fake_lm import (
-    Answer,
-    AuthFailure,
-    FakeLM,
-    Hang,
-    Malformed,
-    RateLimit,
-    ServerError,
-    Slow,
-    prompt_text,
-    value_from_schema,
-)
+from tests.support.dspy_prompts import prompt_text, value_from_schema
+from tests.support.fake_lm import Answer, AuthFailure, FakeLM, Hang, Malformed, RateLimit, ServerError, Slow
 
 ADAPTERS = [pytest.param(dspy.ChatAdapter, id="chat"), pytest.param(dspy.JSONAdapter, id="json")]
 

@@ -17,8 +17,9 @@ import pytest
 
 from dspy_serve import create_app
 from tests.support.cli import CLI, cli_env
+from tests.support.dspy_prompts import prompt_text
 from tests.support.endpoints import ENDPOINTS, batch, chat, invoke, mcp_call, outputs_via, stream_events
-from tests.support.fake_lm import FakeLM, ServerError, prompt_text
+from tests.support.fake_lm import FakeLM, ServerError
 from tests.support.programs import tutorial_programs as tp
 from tests.support.saved_programs import save_user_program
 from tests.support.servers import ServerThread, serving

@@ -13,7 +13,8 @@ import openai
 import pytest
 
 from dspy_serve import create_app
-from tests.support.fake_lm import FakeLM, ServerError, message_text
+from tests.support.dspy_prompts import message_text
+from tests.support.fake_lm import FakeLM, ServerError
 from tests.support.servers import ServerThread, serving
 from tests.support.settings import PROGRAMS, fake_settings
 

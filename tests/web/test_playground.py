@@ -24,7 +24,8 @@ import pytest
 
 from dspy_serve import create_app
 from tests.support.browser import browser, offline_page
-from tests.support.fake_lm import FakeLM, Hang, Slow, prompt_text
+from tests.support.dspy_prompts import prompt_text
+from tests.support.fake_lm import FakeLM, Hang, Slow
 from tests.support.servers import ServerThread, serving
 from tests.support.settings import FAKE_KEY, PROGRAMS, fake_settings
 
