@@ -227,11 +227,7 @@ def _serve_on_ray(settings: ServeSettings) -> None:
         raise click.UsageError("--engine ray needs Ray Serve: pip install 'dspy-serve[ray]'") from None
     if settings.workers > 1:
         raise click.UsageError("--workers is for --engine uvicorn; on Ray, use --replicas")
-    from dspy_serve.lm.checks import check_lms
-    from dspy_serve.serving.service import Service
-
-    with _or_exit_3():
-        check_lms(Service(settings).settings, probe=settings.check_lm)  # each replica loads its own
+    with _or_exit_3():  # it loads the programs and checks the LM's credentials before Ray starts
         run_on_ray(settings)
 
 

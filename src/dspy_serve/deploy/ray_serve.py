@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI
 
 from dspy_serve.app import create_app
+from dspy_serve.lm.checks import check_lms
 from dspy_serve.logs import configure_logging
 from dspy_serve.serving.loader import relocate_files
 from dspy_serve.serving.service import Service
@@ -134,8 +135,10 @@ def run_on_ray(settings: ServeSettings) -> None:
     With no ``ray_address``, a private local Ray instance (loopback only) lives as long as this
     command; with one, the application is deployed onto that cluster and removed on exit.
     """
-    # Fail here, with the usual message, rather than in replicas Ray would retry for minutes.
-    Service(settings)
+    # Fail here, with the usual message, rather than in replicas Ray would retry for minutes: the
+    # programs load, and the LM they will be served on (--model, or the one a program file
+    # configures) has its credentials (and answers, with check_lm).
+    check_lms(Service(settings).settings, probe=settings.check_lm)
     # Replicas may start in another directory: give them absolute paths.
     located = relocate_files(settings, lambda path: str(Path(path).resolve()))
     local = settings.ray_address is None
