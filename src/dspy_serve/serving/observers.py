@@ -64,5 +64,5 @@ class CallObservers:
         for observer in self._observers:
             try:
                 observer.observe(call)
-            except Exception:  # an observer's bug must not turn a served answer into an error
-                logger.exception("call observer %s failed", type(observer).__name__)
+            except Exception as exc:  # an observer's bug must not turn a served answer into an error
+                logger.error("call observer %s failed: %s", type(observer).__name__, type(exc).__name__)
