@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.support.fake_lm import FakeLM
+from tests.support.postgres_server import PostgresServer, postgres_server
 from tests.support.redis_server import redis_server
 from tests.support.settings import FAKE_KEY
+from tests.support.stores import fresh_store_url
 
 # Tests talk only to 127.0.0.1: never let LiteLLM fetch its model-cost map.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -53,3 +56,17 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real redis-server on loopback, shared by the session."""
     with redis_server(tmp_path_factory.mktemp("redis")) as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server (initdb + pg_ctl) for the session; skipped without one, except in CI."""
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty store, once on SQLite and once on PostgreSQL."""
+    server = request.getfixturevalue("postgres") if request.param == "postgresql" else None
+    return fresh_store_url(request.param, tmp_path, server)

@@ -4,6 +4,7 @@ from dspy_serve.app import create_app, install_error_handlers, router
 from dspy_serve.client import Client, RemoteProgram
 from dspy_serve.errors import (
     BadOverride,
+    CallNotFound,
     ClientCancelled,
     ContextTooLong,
     Forbidden,
@@ -19,6 +20,7 @@ from dspy_serve.errors import (
     RequestTimeout,
     ServeError,
     ServiceUnavailable,
+    StoreUnavailable,
     TraceNotExposed,
     Unauthorized,
     UnsupportedMediaType,
@@ -33,6 +35,7 @@ from dspy_serve.settings import ServeSettings, load_settings
 __all__ = [
     "ArtifactError",
     "BadOverride",
+    "CallNotFound",
     "Client",
     "ClientCancelled",
     "ContextTooLong",
@@ -52,6 +55,7 @@ __all__ = [
     "ServeError",
     "ServeSettings",
     "ServiceUnavailable",
+    "StoreUnavailable",
     "TargetError",
     "TraceNotExposed",
     "Unauthorized",

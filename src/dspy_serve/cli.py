@@ -87,6 +87,7 @@ def _settings_params() -> list[click.Parameter]:
     params: list[click.Parameter] = []
     for name, info in ServeSettings.model_fields.items():
         annotation, flag = info.annotation, _flag(name, info)
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         envvar = f"{ENV_PREFIX}{name.upper()}"
         help_text = f"{info.description or ''} [env: {envvar}]"
         if flag == "positional":
@@ -102,7 +103,17 @@ def _settings_params() -> list[click.Parameter]:
                 click.Option([f"{flag}/--no-{flag[2:]}", name], default=None, help=help_text + default_note)
             )
         elif _is_list(annotation):
-            params.append(click.Option([flag, name], multiple=True, help=help_text + " (repeatable)"))
+            bare = extra.get("flag_value")  # given alone (`--capture`), the flag means this value
+            option = click.Option([flag, name], multiple=True, help=help_text + " (repeatable)")
+            if bare is not None:
+                option = click.Option(
+                    [flag, name],
+                    multiple=True,
+                    is_flag=False,
+                    flag_value=str(bare),
+                    help=help_text + " (repeatable; alone: every program)",
+                )
+            params.append(option)
         else:
             params.append(
                 click.Option(

@@ -16,13 +16,15 @@ as RFC 9457 ``application/problem+json``::
     ├── TraceNotExposed (403)          options.trace on a server that does not expose traces
     ├── PromptsNotExposed (403)        options.prompts on a server, or for a key, that may not see them
     ├── ProgramNotFound (404)
+    ├── CallNotFound (404)             feedback for a call the server does not know (or no longer)
     ├── UnsupportedMediaType (415)     a body that is not JSON (a cross-site form or text/plain post)
     ├── ContextTooLong (413)           the prompt exceeds the model's context window
     ├── RateLimited (429)              the caller's request or token budget is spent
     ├── UpstreamRateLimited (429)      the LM provider said 429; Retry-After passed on
     ├── UpstreamError (502)            LM server/transport failure, unparseable LM output
     ├── ServiceUnavailable (503)       not ready, shutting down, LM auth/billing/config
-    │   └── Overloaded (503)           in-flight limit and queue full; Retry-After
+    │   ├── Overloaded (503)           in-flight limit and queue full; Retry-After
+    │   └── StoreUnavailable (503)     the store (SQLite, PostgreSQL) did not answer
     ├── RequestTimeout (504)           the request's deadline passed
     ├── ClientCancelled (499)          the client went away (only logged)
     ├── HTTPProblem (any)              a routing or protocol error (404, 405, 413 body, ...)
@@ -46,6 +48,7 @@ __all__ = [
     "MAX_RETRY_AFTER",
     "PROBLEM_CONTENT_TYPE",
     "BadOverride",
+    "CallNotFound",
     "ClientCancelled",
     "ContextTooLong",
     "Forbidden",
@@ -61,6 +64,7 @@ __all__ = [
     "RequestTimeout",
     "ServeError",
     "ServiceUnavailable",
+    "StoreUnavailable",
     "TraceNotExposed",
     "Unauthorized",
     "UnsupportedMediaType",
@@ -231,6 +235,10 @@ class ProgramNotFound(ServeError):
     status, code, title = 404, "program_not_found", "Program not found"
 
 
+class CallNotFound(ServeError):
+    status, code, title = 404, "call_not_found", "Call not found"
+
+
 class UnsupportedMediaType(ServeError):
     """Only JSON bodies are taken: a browser may send a form or text/plain body to any site,
     without asking first, but never JSON."""
@@ -286,6 +294,10 @@ class ServiceUnavailable(ServeError):
 
 class Overloaded(ServiceUnavailable):
     code, title = "overloaded", "Too many requests in flight"
+
+
+class StoreUnavailable(ServiceUnavailable):
+    code, title = "store_unavailable", "The store did not answer"
 
 
 class RequestTimeout(ServeError):

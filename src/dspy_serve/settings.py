@@ -334,6 +334,85 @@ class ServeSettings(BaseSettings):
         "0 leaves Python's setting.",
     )
 
+    # --- data loop: store, capture, feedback -----------------------------------------------------
+    data_dir: Path = Field(
+        default=Path(".dspy-serve"),
+        description="Directory of the default store (store.db, SQLite) and other local data.",
+    )
+    store: str | None = Field(
+        default=None,
+        description="The store's database: 'sqlite:///path.db' or 'postgresql://user:pass@host/db' "
+        "(several workers, replicas or machines). Unset: SQLite at data_dir/store.db. Its schema is "
+        "migrated on start (or by `dspy-serve store migrate`).",
+    )
+    capture: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Capture calls into the store (off by default): '--capture' alone for every program, "
+        "'--capture NAME' for one (repeatable; '*' is every program). Enables POST /NAME/feedback.",
+        json_schema_extra={"flag_value": "*"},
+    )
+    capture_rate: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="Share of calls captured, decided once per call from a hash of its call id (the "
+        "same on every worker). Uncaptured calls still take feedback for a while (capture_recent).",
+    )
+    capture_trace: bool = Field(
+        default=False,
+        description="Also keep each captured call's per-predictor trace (each predictor's inputs and "
+        "outputs): what `dspy-serve optimize --optimizer harvest` builds demos from.",
+    )
+    capture_exclude: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Fields never stored, 'NAME.FIELD' ('*.FIELD' for every program); dropped from "
+        "inputs, outputs, corrections and traces.",
+        json_schema_extra={"cli": "--capture-exclude"},
+    )
+    capture_redact: str | None = Field(
+        default=None,
+        description="A redaction hook run on every row before it is stored, 'module:function' (or "
+        "'path/file.py:function'): it takes the row (a dict) and returns it changed, or None to drop it.",
+    )
+    capture_max_age_days: float | None = Field(
+        default=30.0, gt=0, description="Captured calls older than this are deleted. Unset: kept."
+    )
+    capture_max_rows: int | None = Field(
+        default=1_000_000,
+        gt=0,
+        description="Most captured calls kept; the oldest beyond are deleted. Unset: no limit.",
+    )
+    capture_prune_interval: float = Field(
+        default=300.0, gt=0, description="Seconds between two retention passes (one runs at start)."
+    )
+    capture_queue: int = Field(
+        default=10_000,
+        gt=0,
+        description="Captured calls waiting to be written; beyond, new ones are dropped and counted "
+        '(dspy_serve_capture_rows_total{result="dropped"}), never slowing a request.',
+    )
+    capture_recent: int = Field(
+        default=10_000,
+        ge=0,
+        description="Recent calls of captured programs held in memory (sampled or not), so feedback "
+        "on one that is not written yet, or was not sampled, still stores it.",
+    )
+    store_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds one write of captured calls may take; a slower or failed write drops its "
+        "rows (counted), it is never retried.",
+    )
+    feedback_token_secret: SecretStr | None = Field(
+        default=None,
+        description="Secret that signs feedback tokens: each /invoke response then carries "
+        "'X-Feedback-Token', which lets a browser rate that one call without the API key, until it expires.",
+        json_schema_extra={"cli": "env-only"},
+    )
+    feedback_token_ttl: float = Field(
+        default=3600.0, gt=0, description="Seconds a feedback token stays valid."
+    )
+
     # --- logging and tracing ----------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
     log_format: Literal["auto", "json", "text"] = Field(
@@ -369,6 +448,8 @@ class ServeSettings(BaseSettings):
         "cors_origins",
         "chat_replies",
         "forwarded_allow_ips",
+        "capture",
+        "capture_exclude",
         mode="before",
     )
     @classmethod
@@ -417,9 +498,13 @@ class ServeSettings(BaseSettings):
         """The settings as plain JSON data for another process (a worker, a replica): only what
         differs from the defaults. Without ``secrets``, API keys are left out and the receiving
         process takes them from its own environment."""
-        data = self.model_dump(mode="json", exclude_defaults=True, exclude={"api_keys"})
+        data = self.model_dump(
+            mode="json", exclude_defaults=True, exclude={"api_keys", "feedback_token_secret"}
+        )
         if secrets and self.api_keys:
             data["api_keys"] = [key.get_secret_value() for key in self.api_keys]
+        if secrets and self.feedback_token_secret is not None:
+            data["feedback_token_secret"] = self.feedback_token_secret.get_secret_value()
         return data
 
     @property

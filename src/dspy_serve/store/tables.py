@@ -1,0 +1,84 @@
+"""The schema, as SQLAlchemy Core tables: what the Alembic revisions create, in one place.
+
+Times are epoch seconds (a float) on every backend: portable, and compared without time zones.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+__all__ = ["calls", "feedback", "feedback_history", "metadata"]
+
+metadata = MetaData()
+
+# JSON documents: JSONB on PostgreSQL (indexable, compact), JSON text on SQLite.
+Document = JSON().with_variant(JSONB(), "postgresql")
+
+calls = Table(
+    "calls",
+    metadata,
+    Column("call_id", String(64), primary_key=True),
+    Column("created_at", Float, nullable=False),  # when the call was admitted
+    Column("program", String(200), nullable=False),
+    Column("version", String(64)),  # the artifact's sha256
+    Column("key_name", String(200)),
+    Column("wire", String(32), nullable=False),
+    Column("request_id", String(200)),
+    Column("model", String(200)),
+    Column("inputs", Document, nullable=False),
+    Column("options", Document, nullable=False),
+    Column("outputs", Document),
+    Column("error_code", String(100)),
+    Column("usage", Document, nullable=False),
+    Column("cost_usd", Float),
+    Column("latency_s", Float, nullable=False),
+    Column("trace", Document),
+    # False when the call was not sampled and was stored only because feedback came for it.
+    Column("sampled", Boolean, nullable=False),
+    Index("ix_calls_program_created", "program", "created_at"),
+    Index("ix_calls_created", "created_at"),
+    Index("ix_calls_key", "key_name"),
+)
+
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("call_id", String(64), ForeignKey("calls.call_id", ondelete="CASCADE"), nullable=False),
+    Column("key_name", String(200), nullable=False),  # "" without API keys
+    Column("score", Float),  # true/false are stored as 1.0/0.0
+    Column("outputs", Document),  # the correction
+    Column("comment", Text),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    UniqueConstraint("call_id", "key_name", name="uq_feedback_call_key"),
+)
+
+# Every value a feedback row held before it was replaced: users double-click and change their minds.
+feedback_history = Table(
+    "feedback_history",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("call_id", String(64), ForeignKey("calls.call_id", ondelete="CASCADE"), nullable=False),
+    Column("key_name", String(200), nullable=False),
+    Column("score", Float),
+    Column("outputs", Document),
+    Column("comment", Text),
+    Column("recorded_at", Float, nullable=False),  # when it was given
+    Column("superseded_at", Float, nullable=False),
+    Index("ix_feedback_history_call", "call_id"),
+)

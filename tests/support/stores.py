@@ -1,0 +1,45 @@
+"""Store URLs for tests: a fresh SQLite file, or a fresh database on the session's PostgreSQL."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from tests.support.postgres_server import PostgresServer, create_database
+
+_numbers = itertools.count(1)
+
+
+def fresh_store_url(backend: str, tmp_path: Path, postgres: PostgresServer | None) -> str:
+    """A store URL with nothing in it, as the operator would write it (no driver named)."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    assert postgres is not None
+    return create_database(postgres, f"test_{next(_numbers)}")
+
+
+def call_row(call_id: str, **overrides: object) -> dict[str, object]:
+    """A captured call as the store keeps it (the qa program's shape)."""
+    import time
+
+    row: dict[str, object] = {
+        "call_id": call_id,
+        "created_at": time.time(),
+        "program": "qa",
+        "version": None,
+        "key_name": None,
+        "wire": "invoke",
+        "request_id": None,
+        "model": "openai/fake-model",
+        "inputs": {"question": f"question {call_id}?"},
+        "options": {},
+        "outputs": {"answer": f"answer {call_id}"},
+        "error_code": None,
+        "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12},
+        "cost_usd": None,
+        "latency_s": 0.01,
+        "trace": None,
+        "sampled": True,
+    }
+    row.update(overrides)
+    return row
