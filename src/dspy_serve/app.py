@@ -23,6 +23,7 @@ from dspy_serve.settings import ServeSettings
 from dspy_serve.web.access_log import AccessLogMiddleware
 from dspy_serve.web.auth import ApiKeyMiddleware
 from dspy_serve.web.discovery import build_router
+from dspy_serve.web.feedback_routes import add_feedback, feedback_paths, running
 from dspy_serve.web.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from dspy_serve.web.openapi import add_openapi_route, document_event_streams, document_security
 from dspy_serve.web.pages import add_pages
@@ -67,6 +68,8 @@ def create_app(
             async with AsyncExitStack() as stack:
                 if mcp is not None:
                     await stack.enter_async_context(_in_own_task(mcp.run))
+                if capture is not None:  # captured calls and feedback (#26)
+                    await stack.enter_async_context(running(capture))
                 yield
         finally:
             await service.stop()
@@ -91,6 +94,7 @@ def create_app(
         add_playground(app)
     app.include_router(build_router(service))
     app.include_router(build_openai_router(service))
+    capture = add_feedback(app, service)
     if mcp is not None:
         # A Route, not a mount: a mount only matches "/mcp/", so every POST would be redirected.
         app.router.routes.append(Route("/mcp", mcp.asgi_app, name="mcp", include_in_schema=False))
@@ -102,7 +106,11 @@ def create_app(
     if keys is not None:
         document_security(app, protect_docs=settings.protect_docs)
         app.add_middleware(
-            ApiKeyMiddleware, keys=keys, protect_docs=settings.protect_docs, open_pages=settings.playground
+            ApiKeyMiddleware,
+            keys=keys,
+            protect_docs=settings.protect_docs,
+            open_pages=settings.playground,
+            open_paths=feedback_paths(service),
         )
     if settings.cors_origins:
         app.add_middleware(
@@ -118,6 +126,8 @@ def create_app(
                 "RateLimit-Reset",
                 "X-Cache",
                 "X-Coalesced",
+                "X-Call-Id",
+                "X-Feedback-Token",
             ],
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -43,3 +43,38 @@ def call_row(call_id: str, **overrides: object) -> dict[str, object]:
     }
     row.update(overrides)
     return row
+
+
+def read_store(url: str, query: str) -> list[dict[str, object]]:
+    """Rows of a SQL query on the store at ``url`` (as the operator writes it), read outside the server."""
+    import asyncio
+
+    from sqlalchemy import text
+
+    from dspy_serve.settings import ServeSettings
+    from dspy_serve.store import Store, store_url
+
+    async def read() -> list[dict[str, object]]:
+        store = await Store.open(store_url(ServeSettings(store=url)), migrate=False)
+        try:
+            async with store.engine.connect() as connection:
+                return [dict(row) for row in (await connection.execute(text(query))).mappings()]
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
+def wait_for_rows(url: str, query: str, want: int, seconds: float = 30.0) -> list[dict[str, object]]:
+    """Poll until ``query`` returns at least ``want`` rows (capture writes in the background)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            rows = read_store(url, query)
+        except Exception:  # the server has not migrated the store yet
+            rows = []
+        if len(rows) >= want or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)

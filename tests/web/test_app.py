@@ -135,10 +135,12 @@ async def test_router_mounts_into_an_existing_app() -> None:
 
 def test_public_api_is_pinned() -> None:
     assert sorted(dspy_serve.__all__) == [
-        "ArtifactError", "BadOverride", "CallNotFound", "Client", "ClientCancelled", "ContextTooLong", "Forbidden",
+        "ArtifactError", "BadOverride", "CallNotFound", "Client", "ClientCancelled", "ContextTooLong",
+        "Forbidden",
         "HTTPProblem", "InvalidInput", "InvalidProgramOutput", "ModelNotAllowed", "Overloaded",
         "ProgramNotFound", "PromptsNotExposed", "ProxyError", "RateLimited", "RemoteProgram",
-        "RequestTimeout", "SchemaError", "ServeError", "ServeSettings", "ServiceUnavailable", "StoreUnavailable",
+        "RequestTimeout", "SchemaError", "ServeError", "ServeSettings", "ServiceUnavailable",
+        "StoreUnavailable",
         "TargetError", "TraceNotExposed", "Unauthorized",
         "UnsupportedMediaType", "UnsupportedRequest", "UpstreamError", "UpstreamRateLimited", "create_app",
         "install_error_handlers", "load_settings", "router",

@@ -25,8 +25,8 @@ __all__ = ["calls", "feedback", "feedback_history", "metadata"]
 
 metadata = MetaData()
 
-# JSON documents: JSONB on PostgreSQL (indexable, compact), JSON text on SQLite.
-Document = JSON().with_variant(JSONB(), "postgresql")
+# JSON documents: JSONB on PostgreSQL (indexable, compact), JSON text on SQLite; None is SQL NULL.
+Document = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 calls = Table(
     "calls",

@@ -32,9 +32,15 @@ class ApiKeyMiddleware:
     and metrics)."""
 
     def __init__(
-        self, app: ASGIApp, keys: KeyRing, protect_docs: bool = False, open_pages: bool = False
+        self,
+        app: ASGIApp,
+        keys: KeyRing,
+        protect_docs: bool = False,
+        open_pages: bool = False,
+        open_paths: frozenset[str] = frozenset(),
     ) -> None:
         self.app = app
+        self.open_paths = open_paths  # routes that check a credential of their own (feedback tokens)
         self.keys = keys
         self.protect_docs = protect_docs
         self.open_pages = open_pages
@@ -57,6 +63,7 @@ class ApiKeyMiddleware:
     def _is_open(self, path: str) -> bool:
         return (
             path in OPEN_PATHS
+            or path in self.open_paths
             or path.startswith(ASSETS_PREFIX)
             or (not self.protect_docs and path in DOCS_PATHS)
             or (self.open_pages and (path == "/" or path.startswith(PAGES_PREFIX)))
