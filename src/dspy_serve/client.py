@@ -86,6 +86,7 @@ def _prediction(body: dict[str, Any]) -> dspy.Prediction:
     prediction.set_lm_usage(body.get("usage", {}))
     prediction._serve_cost = body.get("cost")
     prediction._serve_model = body.get("model")
+    prediction._serve_call_id = body.get("call_id")  # what feedback names (RemoteProgram.feedback)
     return prediction
 
 
@@ -223,6 +224,22 @@ class RemoteProgram(dspy.Module):
             return _prediction(await self.client.apost(f"/{self.name}/invoke", self._body(inputs)))
         except errors.HTTPProblem as exc:
             raise self._not_served(exc, self.client.programs) from None
+
+    def feedback(
+        self,
+        prediction: dspy.Prediction | str,
+        *,
+        score: bool | float | None = None,
+        outputs: dict[str, Any] | None = None,
+        comment: str | None = None,
+    ) -> dict[str, Any]:
+        """Rate or correct an answer (a prediction this program returned, or its call id): sending
+        again replaces the earlier feedback. The server must capture this program (``--capture``)."""
+        call_id = prediction if isinstance(prediction, str) else getattr(prediction, "_serve_call_id", None)
+        if not call_id:
+            raise ValueError("this prediction carries no call id: was it returned by this server?")
+        body = {"call_id": call_id, "score": score, "outputs": outputs, "comment": comment}
+        return self.client.post(f"/{self.name}/feedback", {k: v for k, v in body.items() if v is not None})
 
     def batch(self, items: list[dict[str, Any]]) -> list[dspy.Prediction | errors.ServeError]:
         """One result per item, in order: its prediction, or its own error (others still run)."""

@@ -177,3 +177,24 @@ def test_a_correction_that_does_not_fit_the_outputs_is_422_naming_the_field(
 
 def _json(value: object) -> object:
     return json.loads(value) if isinstance(value, str) else value
+
+
+def test_the_client_rates_a_prediction_it_got(keyed: tuple[ServerThread, str]) -> None:
+    from dspy_serve import Client
+
+    server, store = keyed
+    with Client(server.base_url, api_key="key-alice") as client:
+        qa = client.program("qa")
+        prediction = qa(question="Capital of France?")
+        answered = qa.feedback(prediction, score=False, outputs={"answer": "Paris, France"})
+        with pytest.raises(ValueError, match="no call id"):
+            qa.feedback(dspy_prediction_without_id(), score=True)
+    assert answered == {"call_id": prediction._serve_call_id, "replaced": False}
+    [row] = read_store(store, f"SELECT score FROM feedback WHERE call_id = '{prediction._serve_call_id}'")
+    assert row["score"] == 0.0
+
+
+def dspy_prediction_without_id() -> object:
+    import dspy
+
+    return dspy.Prediction(answer="x")
