@@ -50,6 +50,7 @@ def test_run_help_groups_the_options_and_types_them() -> None:
         "Security:",
         "HTTP server:",
         "Scaling:",
+        "Data loop (store, capture, feedback):",
         "Logging and tracing:",
     ]
     for typed in ("--timeout FLOAT", "--port INTEGER", "--api-keys-file PATH", "--adapter [auto|chat|json]"):

@@ -486,3 +486,16 @@ kuberay_command = click.Command(
     context_settings={"max_content_width": 110},
 )
 main.add_command(kuberay_command)
+
+
+def _add_data_loop_commands() -> None:
+    """`store`, `data` and `optimize` (#26) live in dspy_serve.commands."""
+    from dspy_serve.commands.data import data_group
+    from dspy_serve.commands.optimize import optimize_command
+    from dspy_serve.commands.store import store_group
+
+    for command in (store_group, data_group, optimize_command):
+        main.add_command(command)
+
+
+_add_data_loop_commands()

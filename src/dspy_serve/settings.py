@@ -334,7 +334,7 @@ class ServeSettings(BaseSettings):
         "0 leaves Python's setting.",
     )
 
-    # --- data loop: store, capture, feedback -----------------------------------------------------
+    # --- data loop (store, capture, feedback) ---------------------------------------------------
     data_dir: Path = Field(
         default=Path(".dspy-serve"),
         description="Directory of the default store (store.db, SQLite) and other local data.",
