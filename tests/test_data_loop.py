@@ -99,8 +99,11 @@ def test_the_loop_from_traffic_to_a_better_served_program(
         provenance = json.loads(artifact.with_name(artifact.stem + ".provenance.json").read_text())
         assert provenance["data"]["rows"] == len(COUNTRIES)
         assert provenance["demos"] and {d["call_id"] for d in provenance["demos"]} <= set(calls.values())
-        assert provenance["versions"]["dspy"] and provenance["scores"]["before"] is not None
+        assert provenance["versions"]["dspy"] and provenance["scores"]["before"] > 0  # the LM answered
+        assert provenance["scores"]["after"] > 0 and provenance["budget"]["stopped"] is None
     harvest_record = json.loads((tmp_path / "harvest.provenance.json").read_text())
+    boot_record = json.loads((tmp_path / "bootstrap.provenance.json").read_text())
+    assert harvest_record["budget"]["lm_calls"] < boot_record["budget"]["lm_calls"]  # harvest only scores
     assert calls["Egypt"] not in {d["call_id"] for d in harvest_record["demos"]}  # rated 0: not a demo
     state = json.loads(harvested.read_text())
     assert "Lima" in json.dumps(state["answer.predict"]["demos"] if "answer.predict" in state else state)

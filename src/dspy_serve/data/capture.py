@@ -73,6 +73,12 @@ class Capture:
         """The service's capture, or None when capture is off."""
         return cls(settings, metrics) if settings.capture else None
 
+    @property
+    def deadline(self) -> float:
+        """The last resort past the store's own timeouts (SQLite's busy_timeout is store_timeout):
+        cancelling a database call midway is what this avoids where it can."""
+        return self.settings.store_timeout * 2 + 1
+
     def captures(self, program: str) -> bool:
         return self._everything or program in self._programs
 
@@ -126,8 +132,8 @@ class Capture:
             if time.monotonic() - self._failed_at < _REOPEN_AFTER:
                 raise StoreUnavailable("The store is not answering.", retry_after=_REOPEN_AFTER)
             try:
-                with anyio.fail_after(self.settings.store_timeout):
-                    self._store = await Store.open(self.url)
+                with anyio.fail_after(self.deadline):
+                    self._store = await Store.open(self.url, busy_timeout=self.settings.store_timeout)
             except Exception as exc:
                 self._failed_at = time.monotonic()
                 logger.error("the store is unavailable (%s): captured calls are dropped", type(exc).__name__)
@@ -163,7 +169,7 @@ class Capture:
         if not rows:
             return
         try:
-            with anyio.fail_after(self.settings.store_timeout):
+            with anyio.fail_after(self.deadline):
                 await insert_calls(await self.store(), rows)
         except Exception as exc:
             reason = "store_timeout" if isinstance(exc, TimeoutError) else "store_error"
@@ -205,7 +211,7 @@ class Capture:
         )
         if row is None:
             return False
-        with anyio.fail_after(self.settings.store_timeout):
+        with anyio.fail_after(self.deadline):
             await insert_calls(await self.store(), [row])
         return True
 

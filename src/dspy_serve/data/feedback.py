@@ -83,7 +83,7 @@ async def give_feedback(
             if not await capture.persist(recent):
                 raise CallNotFound(f"Call {rating.call_id} is not kept (the redaction hook dropped it).")
         else:
-            with anyio.fail_after(capture.settings.store_timeout):
+            with anyio.fail_after(capture.deadline):
                 row = await get_call(await capture.store(), rating.call_id)
             if row is None or row["program"] != program.name:
                 raise CallNotFound(f"No call {rating.call_id} of {program.name} is known (or it expired).")
@@ -91,7 +91,7 @@ async def give_feedback(
             _check_owner(owner, key_name, token_call)
             correction = _correction(program, rating, served)
         score = float(rating.score) if rating.score is not None else None
-        with anyio.fail_after(capture.settings.store_timeout):
+        with anyio.fail_after(capture.deadline):
             return await upsert_feedback(
                 await capture.store(),
                 rating.call_id,

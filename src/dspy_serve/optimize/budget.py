@@ -48,26 +48,29 @@ class BudgetLM(dspy.LM):
         if self.exhausted is not None:
             raise BudgetExhausted(self.exhausted)
 
-    def _note(self, response: Any) -> None:
-        usage = getattr(response, "usage", None)
-        hidden = getattr(response, "_hidden_params", None) or {}
+    def _note(self) -> None:
+        entry = self.history[-1] if self.history else {}
+        usage = entry.get("usage") or {}
         with self._lock:
-            self.tokens += int(getattr(usage, "total_tokens", 0) or 0)
-            self.cost += float(hidden.get("response_cost") or 0.0)
+            self.tokens += int(usage.get("total_tokens") or 0)
+            self.cost += float(entry.get("cost") or 0.0)
         if self.on_call is not None:
             self.on_call(self)
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
+    # The whole call, as ServingLM wraps it: DSPy 3.4 deprecates overriding forward().
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self._check()
-        response = super().forward(*args, **kwargs)
-        self._note(response)
-        return response
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            self._note()
 
-    async def aforward(self, *args: Any, **kwargs: Any) -> Any:
+    async def acall(self, *args: Any, **kwargs: Any) -> Any:
         self._check()
-        response = await super().aforward(*args, **kwargs)
-        self._note(response)
-        return response
+        try:
+            return await super().acall(*args, **kwargs)
+        finally:
+            self._note()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> BudgetLM:
         return self  # one budget, however many copies DSPy makes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import weakref
 from pathlib import Path
@@ -58,7 +59,9 @@ class Store:
         return self.engine.dialect.name
 
     @classmethod
-    async def open(cls, url: str, *, migrate: bool = True) -> Store:
+    async def open(cls, url: str, *, migrate: bool = True, busy_timeout: float = 5.0) -> Store:
+        """``busy_timeout``: seconds a SQLite write waits for another writer's lock before it
+        fails (cleanly: a cancelled SQLite write could leave its transaction holding the lock)."""
         parsed = make_url(url)
         options: dict[str, Any] = {"pool_pre_ping": True}
         if parsed.get_backend_name() == "sqlite":
@@ -67,7 +70,7 @@ class Store:
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, **options)
         if parsed.get_backend_name() == "sqlite":
-            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(engine.sync_engine, "connect", functools.partial(_sqlite_pragmas, busy_timeout))
         store = cls(engine)
         if migrate:
             try:
@@ -102,12 +105,12 @@ class Store:
         return True
 
 
-def _sqlite_pragmas(connection: Any, _: Any) -> None:
+def _sqlite_pragmas(busy_timeout: float, connection: Any, _: Any) -> None:
     # WAL: readers never wait for the writer; busy_timeout: several workers' writers take turns
     # instead of failing at once; foreign keys: SQLite leaves them off unless asked.
     cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
