@@ -36,7 +36,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "web": ("interop", "deploy", "app", "cli", "client"),
     # The store knows tables and SQL, nothing of calls or HTTP; the data loop sits on the pipeline.
     "store": ("serving", "lm", "data", "web", "interop", "deploy", "app", "cli", "client"),
-    "data": ("web", "interop", "deploy", "app", "cli", "client"),
+    "data": ("web", "interop", "deploy", "app", "cli", "client", "optimize"),
+    "optimize": ("web", "interop", "deploy", "app", "cli", "client"),
     "interop": ("deploy", "app", "cli", "client"),
 }
 

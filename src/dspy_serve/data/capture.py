@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 from prometheus_client import Counter
+from sqlalchemy.engine import make_url
 
 from dspy_serve.data.recent import RecentCalls
 from dspy_serve.data.rows import RowMaker, load_redactor
@@ -104,6 +105,14 @@ class Capture:
     # --- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        settings = self.settings
+        logger.info(
+            "capture: on for %s (rate %g%s) into %s",
+            "every program" if self._everything else ", ".join(sorted(self._programs)),
+            settings.capture_rate,
+            ", traces kept" if settings.capture_trace else "",
+            make_url(self.url).render_as_string(hide_password=True),
+        )
         with contextlib.suppress(StoreUnavailable):  # logged; rows are dropped until it answers
             await self.store()
         self._tasks = [asyncio.create_task(self._write_forever()), asyncio.create_task(self._prune_forever())]
