@@ -483,6 +483,14 @@ class ServeSettings(BaseSettings):
             raise ValueError(f"{value!r}: use 'off', 'memory' or a Redis URL ('redis://host:port/db')")
         return value
 
+    @field_validator("store")
+    @classmethod
+    def _check_store(cls, value: str | None) -> str | None:
+        backends = ("sqlite:", "sqlite+aiosqlite:", "postgresql:", "postgres:", "postgresql+asyncpg:")
+        if value is not None and not value.startswith(backends):
+            raise ValueError(f"{value!r}: use 'sqlite:///path.db' or 'postgresql://user@host/db'")
+        return value
+
     @model_validator(mode="after")
     def _check_limits(self) -> ServeSettings:
         if self.max_tokens is not None and self.max_tokens > self.max_tokens_limit:

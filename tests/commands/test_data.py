@@ -164,3 +164,18 @@ def test_capture_alone_means_every_program_and_with_a_name_that_program() -> Non
     named = run_command.make_context("run", ["--capture", "qa", "--capture", "kitchen", "x.py:p"])
     assert alone.params["capture"] == ("*",) and alone.params["capture_rate"] == 0.5
     assert named.params["capture"] == ("qa", "kitchen")
+
+
+def test_the_store_comes_from_the_environment_or_the_config_file_as_for_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    fill(url)
+    monkeypatch.setenv("DSPY_SERVE_STORE", url)
+    assert "kitchen" in cli("data", "stats")
+    monkeypatch.delenv("DSPY_SERVE_STORE")
+    config = tmp_path / "serve.toml"
+    config.write_text(f'store = "{url}"\n')
+    assert "kitchen" in cli("data", "stats", "--config", str(config))
+    wrong = CliRunner().invoke(main, ["data", "stats", "--store", "mysql://x/y"])
+    assert wrong.exit_code == 2 and "sqlite:///path.db" in wrong.output

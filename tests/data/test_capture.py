@@ -192,3 +192,18 @@ def _json(value: object) -> object:
     import json
 
     return json.loads(value) if isinstance(value, str) else value
+
+
+def test_a_failed_call_is_captured_with_its_error_code(
+    fake_lm: FakeLM, provider_key: str, tmp_path: Path
+) -> None:
+    from tests.support.fake_lm import ServerError
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    fake_lm.push(ServerError())
+    app = create_app(fake_settings(fake_lm, programs=[QA], capture=["*"], store=url))
+    with serving(app) as server:
+        failed = httpx.post(f"{server.base_url}/qa/invoke", json={"inputs": {"question": "Q?"}}, timeout=30)
+        [row] = wait_for_rows(url, CALLS, 1)
+    assert failed.status_code == 502
+    assert (row["error_code"], row["outputs"]) == ("upstream_error", None)

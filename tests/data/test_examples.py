@@ -56,3 +56,12 @@ def test_examples_from_the_store_take_the_programs_inputs(tmp_path: Path) -> Non
         "store:qa", program=dspy.Predict("question -> answer"), settings=ServeSettings(store=url)
     )
     assert example.inputs().toDict() == {"question": "Q"} and example.answer == "fixed"
+
+
+async def test_examples_load_from_code_already_in_an_event_loop(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = await Store.open(store_url(ServeSettings(store=url)))
+    await insert_calls(store, [call_row("c1")])
+    await store.close()
+    [example] = load_examples("store:qa", settings=ServeSettings(store=url))  # as in a notebook
+    assert example.call_id == "c1"

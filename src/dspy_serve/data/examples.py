@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Coroutine, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import dspy
 
@@ -18,6 +19,8 @@ from dspy_serve.data.dataset import DataQuery, dataset_rows, label_of
 from dspy_serve.settings import ServeSettings
 
 __all__ = ["aload_rows", "example_of", "load_examples", "read_rows"]
+
+T = TypeVar("T")
 
 
 def example_of(row: dict[str, Any], input_names: Iterable[str] | None = None) -> dspy.Example:
@@ -61,7 +64,7 @@ def load_examples(
     text = str(source)
     if text.startswith("store:"):
         query = DataQuery(text.removeprefix("store:"), since, min_score, corrected_only)
-        rows = asyncio.run(aload_rows(settings or ServeSettings(), query))
+        rows = _run(aload_rows(settings or ServeSettings(), query))
     else:
         rows = [
             row
@@ -71,6 +74,16 @@ def load_examples(
             and (since is None or row.get("created_at", 0) >= since)
         ]
     return [example_of(row, input_names) for row in rows]
+
+
+def _run(work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` to its end, also from code already in an event loop (a notebook)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(work)
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, work).result()
 
 
 def _input_names(program: dspy.Module) -> list[str]:
