@@ -97,3 +97,30 @@ def test_the_default_metric_matches_field_by_field() -> None:
     assert metric(example, dspy.Prediction(answer="paris", label="neg")) == 0.5
     assert metric(example, dspy.Prediction(answer="paris", label="neg"), trace=[]) == 0.0
     assert metric(example, dspy.Prediction(answer="PARIS", label="pos"), trace=[]) == 1.0
+
+
+def test_gepa_rewrites_instructions_from_the_users_words(
+    fake_lm: FakeLM, provider_key: str, tmp_path: Path
+) -> None:
+    fake_lm.answers = {"answer": "Paris", "new_instruction": "Answer with the capital city only."}
+    data = dataset(tmp_path / "qa.jsonl")
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    rows[0] |= {"correction": {"answer": "Lima"}, "comment": "Peru's capital is Lima", "score": 0.0}
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "g.json"
+    said = optimize(
+        fake_lm, "--data", str(data), "--optimizer", "gepa", "--out", str(out), "--holdout", "0.3"
+    )
+    assert "gepa: 10 calls" in said and out.exists()
+    reflections = [body for body in fake_lm.requests if "Peru's capital is Lima" in json.dumps(body)]
+    assert reflections  # the user's comment reached the reflection LM
+
+
+def test_mipro_runs_on_the_captured_calls(fake_lm: FakeLM, provider_key: str, tmp_path: Path) -> None:
+    fake_lm.answers = {"answer": "Paris"}
+    data = dataset(tmp_path / "qa.jsonl", n=12)
+    out = tmp_path / "m.json"
+    said = optimize(
+        fake_lm, "--data", str(data), "--optimizer", "mipro", "--out", str(out), "--max-demos", "2"
+    )
+    assert "mipro: 12 calls" in said and json.loads(out.read_text())

@@ -100,11 +100,12 @@ optimize_command = with_settings(
             ),
             click.Option(
                 ["--optimizer", "optimizer"],
-                type=click.Choice(["harvest", "bootstrap"]),
+                type=click.Choice(["harvest", "bootstrap", "mipro", "gepa"]),
                 default="harvest",
                 show_default=True,
                 help="harvest: demos from captured traces of well-rated calls, no LM cost. "
-                "bootstrap: DSPy's BootstrapFewShot (runs the program on the data).",
+                "bootstrap: DSPy's BootstrapFewShot (runs the program on the data). mipro: MIPROv2 "
+                "(light; needs optuna). gepa: GEPA (light), fed the users' comments and corrections.",
             ),
             click.Option(
                 ["--metric", "metric"],

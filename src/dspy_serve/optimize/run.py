@@ -19,6 +19,7 @@ from dspy_serve._version import VERSION
 from dspy_serve.data.dataset import DataQuery
 from dspy_serve.data.examples import aload_rows, example_of, read_rows
 from dspy_serve.optimize.budget import BudgetExhausted, BudgetLM
+from dspy_serve.optimize.gepa import feedback_metric, run_gepa, run_mipro
 from dspy_serve.optimize.harvest import harvest
 from dspy_serve.optimize.metric import field_match, load_metric
 from dspy_serve.optimize.provenance import write_provenance
@@ -27,7 +28,7 @@ from dspy_serve.settings import ServeSettings
 
 __all__ = ["OPTIMIZERS", "OptimizeJob", "run_optimization"]
 
-OPTIMIZERS = ("harvest", "bootstrap")
+OPTIMIZERS = ("harvest", "bootstrap", "mipro", "gepa")
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def run_optimization(
     on_call: Any = None,
 ) -> Outcome:
     if job.optimizer not in OPTIMIZERS:
-        raise ValueError(f"--optimizer {job.optimizer}: not available yet (use {' or '.join(OPTIMIZERS)})")
+        raise ValueError(f"--optimizer {job.optimizer}: use one of {', '.join(OPTIMIZERS)}")
     settings, programs = load_programs(settings.model_copy(update={"programs": [job.target]}))
     program = next(iter(programs.values()))
     step(f"reading {job.data}")
@@ -96,10 +97,19 @@ def run_optimization(
             if job.optimizer == "harvest":
                 harvested = harvest(student, train_rows, max_demos=job.max_demos, min_score=job.min_score)
                 outcome.demos = [{"predictor": d.predictor, "call_id": d.call_id} for d in harvested]
-            else:
+            elif job.optimizer == "bootstrap":
                 student = _bootstrap(student, train_rows, inputs, metric, job)
                 outcome.demos = _bootstrapped_sources(student, train_rows)
                 lm.check_exhausted()  # the demos found so far are kept
+            else:
+                trainset = [example_of(row, inputs) for row in train_rows]
+                if job.optimizer == "gepa":
+                    gepa_metric = feedback_metric(metric, labelled, outputs)
+                    student = run_gepa(student, trainset, devset, gepa_metric, lm, job.seed)
+                else:
+                    student = run_mipro(student, trainset, metric, job.max_demos, job.seed)
+                outcome.demos = _bootstrapped_sources(student, train_rows)
+                lm.check_exhausted()
             step("scoring the optimized program on the held-out calls")
             outcome.score_after = _score(student, devset, metric, lm)
         except BudgetExhausted as exc:
