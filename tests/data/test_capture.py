@@ -207,3 +207,10 @@ def test_a_failed_call_is_captured_with_its_error_code(
         [row] = wait_for_rows(url, CALLS, 1)
     assert failed.status_code == 502
     assert (row["error_code"], row["outputs"]) == ("upstream_error", None)
+
+
+def test_capturing_a_program_that_is_not_served_is_refused_at_start(fake_lm: FakeLM) -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="--capture nope: no such program"):
+        create_app(fake_settings(fake_lm, programs=[QA], capture=["nope"]))

@@ -198,3 +198,19 @@ def dspy_prediction_without_id() -> object:
     import dspy
 
     return dspy.Prediction(answer="x")
+
+
+def test_feedback_while_the_store_is_down_is_503_and_the_call_still_answered(
+    fake_lm: FakeLM, provider_key: str
+) -> None:
+    from tests.support.cli import free_port
+
+    nothing_there = f"postgresql://postgres@127.0.0.1:{free_port()}/none"
+    app = create_app(
+        fake_settings(fake_lm, programs=[QA], capture=["*"], store=nothing_there, store_timeout=1)
+    )
+    with serving(app) as server:
+        call_id = invoke(server.base_url, {}).json()["call_id"]
+        response = rate(server.base_url, {"call_id": call_id, "score": 1})
+    assert response.status_code == 503 and response.json()["code"] == "store_unavailable"
+    assert "retry-after" in response.headers

@@ -49,6 +49,11 @@ class FeedbackResponse(BaseModel):
 def add_feedback(app: FastAPI, service: Service) -> Capture | None:
     """Capture and its feedback routes, when capture is on: returns the capture to run in the
     app's lifespan (:func:`running`)."""
+    unknown = sorted(set(service.settings.capture) - {"*", *service.programs})
+    if unknown:
+        raise ValueError(
+            f"--capture {', '.join(unknown)}: no such program (serving {', '.join(service.programs)})"
+        )
     capture = Capture.of(service.settings, service.metrics)
     if capture is None:
         return None
