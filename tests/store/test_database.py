@@ -65,3 +65,20 @@ async def test_opening_without_migrating_leaves_the_database_empty(tmp_path: Pat
 
 def _async(url: str) -> str:
     return store_url(ServeSettings(store=url))
+
+
+async def test_the_revisions_build_exactly_the_tables_the_code_declares(store_url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from dspy_serve.store.tables import metadata
+
+    store = await Store.open(_async(store_url))
+    try:
+        async with store.engine.connect() as connection:
+            differences = await connection.run_sync(
+                lambda sync: compare_metadata(MigrationContext.configure(sync), metadata)
+            )
+    finally:
+        await store.close()
+    assert differences == []
