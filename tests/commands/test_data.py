@@ -179,3 +179,23 @@ def test_the_store_comes_from_the_environment_or_the_config_file_as_for_run(
     assert "kitchen" in cli("data", "stats", "--config", str(config))
     wrong = CliRunner().invoke(main, ["data", "stats", "--store", "mysql://x/y"])
     assert wrong.exit_code == 2 and "sqlite:///path.db" in wrong.output
+
+
+def test_several_processes_migrating_one_store_at_once_all_succeed(store_url: str) -> None:
+    import subprocess
+
+    from tests.support.cli import CLI, cli_env
+
+    processes = [
+        subprocess.Popen(
+            [*CLI, "store", "migrate", "--store", store_url],
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(6)
+    ]
+    outputs = [process.communicate(timeout=120)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0] * 6, outputs
+    assert all(output.strip().endswith("-> 0001") for output in outputs), outputs

@@ -19,6 +19,7 @@ def test_two_workers_capture_every_call_into_one_store(
     fake_lm: FakeLM, tmp_path: Path, store_url: str
 ) -> None:
     process, url = serve_qa(fake_lm, "--workers", "2", "--capture", "--store", store_url)
+    output = ""
     try:
         require_answering(process, url, 2, seconds=120)
         ids, pids = set(), set()
@@ -33,9 +34,9 @@ def test_two_workers_capture_every_call_into_one_store(
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
         try:
-            process.communicate(timeout=60)
+            output, _ = process.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
-            process.communicate(timeout=30)
-    assert {row["call_id"] for row in rows} == ids
+            output, _ = process.communicate(timeout=30)
+    assert {row["call_id"] for row in rows} == ids, output[-4000:]
     assert len(pids) == 2

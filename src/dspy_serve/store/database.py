@@ -6,8 +6,17 @@ import asyncio
 import functools
 import logging
 import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+
+import anyio
+
+try:
+    import fcntl
+except ImportError:  # Windows: one process migrates at a time there, or use PostgreSQL
+    fcntl = None  # type: ignore[assignment]
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
@@ -81,12 +90,21 @@ class Store:
         return store
 
     async def migrate(self) -> str | None:
-        """Bring the schema to the newest revision; returns it. Safe from several processes."""
+        """Bring the schema to the newest revision; returns it. Safe from several processes: on
+        PostgreSQL an advisory lock, on SQLite a lock file beside the database (SQLite runs DDL
+        outside Alembic's transaction, so two workers starting together would both create tables)."""
         lock = _MIGRATING.setdefault(asyncio.get_running_loop(), asyncio.Lock())
-        async with lock, self.engine.begin() as connection:
+        async with lock, _file_lock(self._sqlite_file), self.engine.begin() as connection:
             if self.dialect == "postgresql":
                 await connection.execute(text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})"))
             return await connection.run_sync(_upgrade)
+
+    @property
+    def _sqlite_file(self) -> Path | None:
+        url = self.engine.url
+        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+            return None
+        return Path(url.database)
 
     async def revision(self) -> str | None:
         """The schema's current revision (None for an empty database)."""
@@ -103,6 +121,20 @@ class Store:
         except (SQLAlchemyError, OSError):
             return False
         return True
+
+
+@asynccontextmanager
+async def _file_lock(database: Path | None) -> AsyncIterator[None]:
+    """An exclusive lock on ``DATABASE.migrate.lock`` between processes (none for other stores)."""
+    if database is None or fcntl is None:
+        yield
+        return
+    with (database.parent / (database.name + ".migrate.lock")).open("a") as handle:
+        await anyio.to_thread.run_sync(fcntl.flock, handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _sqlite_pragmas(busy_timeout: float, connection: Any, _: Any) -> None:
