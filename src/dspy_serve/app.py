@@ -117,7 +117,7 @@ def create_app(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID", "X-Feedback-Token"],
             expose_headers=[
                 "X-Request-ID",
                 "Retry-After",

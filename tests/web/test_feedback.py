@@ -214,3 +214,39 @@ def test_feedback_while_the_store_is_down_is_503_and_the_call_still_answered(
         response = rate(server.base_url, {"call_id": call_id, "score": 1})
     assert response.status_code == 503 and response.json()["code"] == "store_unavailable"
     assert "retry-after" in response.headers
+
+
+def test_a_page_of_an_allowed_origin_may_read_the_token_and_send_it(
+    fake_lm: FakeLM, provider_key: str, tmp_path: Path
+) -> None:
+    origin = "https://app.example"
+    settings = fake_settings(
+        fake_lm,
+        programs=[QA],
+        capture=["*"],
+        store=f"sqlite:///{tmp_path / 'store.db'}",
+        api_keys=["alice:key-alice"],
+        feedback_token_secret=SECRET,
+        cors_origins=[origin],
+    )
+    with serving(create_app(settings)) as server:
+        answered = invoke(server.base_url, {**ALICE, "Origin": origin})
+        preflight = httpx.options(
+            f"{server.base_url}/qa/feedback",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type, x-feedback-token",
+            },
+            timeout=30,
+        )
+        token = answered.headers["x-feedback-token"]
+        rated = rate(
+            server.base_url,
+            {"call_id": answered.json()["call_id"], "score": True},
+            {"Origin": origin, "X-Feedback-Token": token},
+        )
+    assert "x-feedback-token" in answered.headers["access-control-expose-headers"].lower()
+    assert preflight.status_code == 200
+    assert "x-feedback-token" in preflight.headers["access-control-allow-headers"].lower()
+    assert rated.status_code == 200
