@@ -159,8 +159,16 @@ def _alembic_config(connection: Connection) -> Any:
 def _upgrade(connection: Connection) -> str | None:
     from alembic import command
 
+    before = _current(connection)
+    # Alembic says three lines at INFO on every start, upgrade or not; we say one when it upgrades.
+    alembic_log = logging.getLogger("alembic")
+    if alembic_log.level == logging.NOTSET:
+        alembic_log.setLevel(logging.WARNING)
     command.upgrade(_alembic_config(connection), "head")
-    return _current(connection)
+    after = _current(connection)
+    if after != before:
+        logger.info("store: schema migrated from %s to %s", before or "empty", after)
+    return after
 
 
 def _current(connection: Connection) -> str | None:
