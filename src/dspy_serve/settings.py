@@ -392,10 +392,11 @@ class ServeSettings(BaseSettings):
         '(dspy_serve_capture_rows_total{result="dropped"}), never slowing a request.',
     )
     capture_recent: int = Field(
-        default=10_000,
+        default=2_000,
         ge=0,
-        description="Recent calls of captured programs held in memory (sampled or not), so feedback "
-        "on one that is not written yet, or was not sampled, still stores it.",
+        description="Recent calls of captured programs held in memory for an hour (sampled or not), so "
+        "feedback on one that is not written yet, or was not sampled, still stores it. Each holds its "
+        "inputs and outputs: size it to your calls.",
     )
     store_timeout: float = Field(
         default=5.0,
