@@ -60,7 +60,6 @@ class CallResult:
     trace: list[dict[str, Any]] | None = None
     # Each LM call's messages and raw response, in order (only when the caller asked for them).
     prompts: list[dict[str, Any]] | None = None
-    call_id: str | None = None  # TEMP(#26): minted by the service until the one-call work lands
 
 
 # DSPy modules whose ``aforward`` blocks the event loop: RLM runs the code its LM writes with a

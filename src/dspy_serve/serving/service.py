@@ -12,12 +12,9 @@ deadline are applied here, and output checks, pricing, metrics and token chargin
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import logging
 import os
-import time
-import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass
 from enum import StrEnum
@@ -45,7 +42,6 @@ from dspy_serve.serving.caller import Caller
 from dspy_serve.serving.capacity import CapacityGate
 from dspy_serve.serving.front_door import FrontDoor
 from dspy_serve.serving.metrics import Metrics
-from dspy_serve.serving.observers import CallObservers, FinishedCall
 from dspy_serve.serving.programs import Program, ProgramsArg, load_programs
 from dspy_serve.serving.ratelimit import RateLimiter
 from dspy_serve.serving.reuse import Reuse
@@ -90,7 +86,6 @@ class Service:
         settings = self.settings
         self.state = ServiceState.STARTING
         self.metrics = Metrics()
-        self.observers = CallObservers()
         self.lms: LanguageModels | None = None
         self.capacity: CapacityGate | None = None
         self.front_door: FrontDoor | None = None
@@ -238,59 +233,22 @@ class Service:
     ) -> CallResult:
         scope = CallScope.starting_now(self.settings.timeout, keep_prompts=options.prompts)
         reserved = await accounts.reserve(caller, lm, scope)
-        # TEMP(#26): the call id and the one FinishedCall, until the one-call work lands.
-        call_id, started, clock = uuid.uuid4().hex, time.time(), time.monotonic()
-        take_trace = options.trace or self.settings.capture_trace
-        finished: CallResult | None = None
-        error: ServeError | None = None
         try:
             try:
                 span = tracing.program_span(program.name, lm.model) if self.settings.otel else nullcontext()
                 with anyio.fail_after(self.settings.timeout), span:
                     async with capacity.slot():
-                        result = await runner.call(inputs, lm=lm, scope=scope, trace=take_trace)
+                        result = await runner.call(inputs, lm=lm, scope=scope, trace=options.trace)
             except TimeoutError:
                 scope.cancel()
-                error = RequestTimeout.after(self.settings.timeout)
-                raise error from None
-            except ServeError as exc:
-                error = exc
+                raise RequestTimeout.after(self.settings.timeout) from None
+            except ServeError:
                 raise
             except Exception as exc:
-                error = from_exception(exc)
-                raise error from exc
-            try:
-                finished = accounts.finish(program, result)
-            except ServeError as exc:
-                error = exc
-                raise
-            return dataclasses.replace(
-                finished, call_id=call_id, trace=finished.trace if options.trace else None
-            )
+                raise from_exception(exc) from exc
+            return accounts.finish(program, result)
         finally:
             await accounts.settle(caller, reserved, scope)
-            self.observers.publish(
-                FinishedCall(
-                    call_id=call_id,
-                    program=program.name,
-                    version=program.loaded.artifact.sha256 if program.loaded.artifact else None,
-                    key_name=caller.api_key.name if caller.api_key is not None else None,
-                    inputs=inputs,
-                    options={k: v for k, v in dataclasses.asdict(options).items() if v not in (None, False)},
-                    outputs=finished.outputs if finished is not None else None,
-                    error_code=error.code
-                    if error is not None
-                    else ("cancelled" if finished is None else None),
-                    model=lm.model,
-                    usage=_total_tokens(scope.usage),
-                    cost_usd=(finished.cost.get("total_usd") if finished is not None else None),
-                    latency_s=time.monotonic() - clock,
-                    started_at=started,
-                    wire="invoke",
-                    request_id=caller.request_id,
-                    trace=finished.trace if finished is not None else None,
-                )
-            )
 
     def stream(
         self, program: Program, inputs: dict[str, Any], options: CallOptions, caller: Caller
@@ -322,17 +280,6 @@ class Service:
             raise ServiceUnavailable("The service is not ready.", retry_after=1)
         lm = lms.select(options.model, temperature=options.temperature, max_tokens=options.max_tokens)
         return runner, lm, capacity, accounts
-
-
-def _total_tokens(usage: dict[str, dict[str, Any]] | None) -> dict[str, int]:
-    """TEMP(#26): a call's usage summed over its models."""
-    total = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    for counts in (usage or {}).values():
-        for name in total:
-            value = counts.get(name)
-            if isinstance(value, int):
-                total[name] += value
-    return total
 
 
 def _adapter(settings: ServeSettings, lms: LanguageModels) -> dspy.Adapter | None:

@@ -244,14 +244,11 @@ class _WithPrompts(BaseModel):
     prompts: list[LMCall] | None = Field(
         default=None, description="Each LM call, in the order answered: only with `options.prompts`."
     )
-    call_id: str | None = Field(
-        default=None, description="The server's id of this call: send it with feedback (POST /NAME/feedback)."
-    )
 
     @model_serializer(mode="wrap")
     def _without_absent_extras(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
-        for extra in ("trace", "prompts", "call_id"):
+        for extra in ("trace", "prompts"):
             if extra in data and data[extra] is None:
                 del data[extra]
         return data

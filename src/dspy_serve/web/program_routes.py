@@ -66,8 +66,6 @@ def add_program_routes(
         call = service.call(program, field_values(body.inputs), options, caller)  # type: ignore[attr-defined]
         result = await until_disconnected(request, call)
         response.headers.update(reuse_headers(caller))
-        if result.call_id is not None:  # TEMP(#26)
-            response.headers["X-Call-Id"] = result.call_id
         return response_body(result)
 
     async def batch(body: BatchRequest, request: Request, response: Response) -> Any:  # type: ignore[valid-type]
@@ -89,8 +87,6 @@ def add_program_routes(
                     error = caller.report(from_exception(exc))
                     return {"index": index, "error": error.problem(), "usage": error.usage or {}}
             done = {"index": index, "outputs": result.outputs, "usage": result.usage, "cost": result.cost}
-            if result.call_id is not None:  # TEMP(#26)
-                done["call_id"] = result.call_id
             return done if result.prompts is None else {**done, "prompts": result.prompts}
 
         everything = asyncio.gather(*(run_one(i, item) for i, item in enumerate(items)))

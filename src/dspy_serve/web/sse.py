@@ -73,8 +73,6 @@ def response_body(result: CallResult) -> dict[str, Any]:
         body["trace"] = result.trace
     if result.prompts is not None:  # asked for (options.prompts)
         body["prompts"] = result.prompts
-    if result.call_id is not None:  # TEMP(#26)
-        body["call_id"] = result.call_id
     return body
 
 
