@@ -7,7 +7,7 @@ written once and cannot drift apart.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dspy_serve.errors import Forbidden, ModelNotAllowed
@@ -24,13 +24,22 @@ class FrontDoor:
         self._limiter = limiter if limiter.enabled else None
 
     async def admit(
-        self, caller: Caller, program: str, model: str | None = None, *, requests: int = 1
+        self,
+        caller: Caller,
+        program: str,
+        model: str | None = None,
+        *,
+        requests: int = 1,
+        served: Sequence[str] = (),
     ) -> dict[str, str]:
-        """Refuse what the caller's key or budget does not allow; returns the RateLimit headers."""
+        """Refuse what the caller's key or budget does not allow; returns the RateLimit headers.
+        ``served``: the models the server serves, of which a key limited to some models must
+        serve one when the call names none."""
         key = caller.api_key
         if key is not None:
             if not key.may_call(program):
                 raise Forbidden(f"this API key may not call {program!r}")
+            model = key.model_for(model, served) if served else model
             if model is not None and not key.may_use(model):
                 raise ModelNotAllowed(f"this API key may not use model {model!r}")
         if self._limiter is None:
