@@ -31,6 +31,8 @@ BAD = [
     ("doc", "document", {"file_data": "data:application/pdf;base64,@@not base64@@"}, []),
     ("doc", "document", {"file_data": "data:broken"}, []),
     ("doc", "document", {"file_data": f"data:text/plain;base64,{TEXT}", "download": True}, ["download"]),
+    ("doc", "document", {"file_id": "http://169.254.169.254/latest/meta-data/"}, []),
+    ("doc", "document", {"file_id": "www.example.com/report.pdf"}, []),
     ("img", "image", {"url": "file:///etc/passwd"}, []),
     ("img", "image", {"url": "/etc/passwd"}, []),
     ("img", "image", {"url": "data:image/png;base64,@@@"}, []),

@@ -1,9 +1,10 @@
 """What a caller may send as a ``dspy.Image``, ``dspy.File`` or ``dspy.Audio`` input.
 
 The media travel inside the request: a base64 ``data:`` URL (or raw base64 for audio), or, for
-an image, an ``http(s)://`` or ``gs://`` URL that the LM provider fetches. The server never reads
-a local path or a ``file://`` URL, and never downloads a URL itself: DSPy's ``download`` and
-``verify`` switches are refused like any unknown key (issue #22). Everything else a provider
+an image, an ``http(s)://`` or ``gs://`` URL handed to the LM provider. The server never reads
+a local path or a ``file://`` URL, and never downloads a URL for a caller: DSPy's ``download``
+and ``verify`` switches are refused like any unknown key, and so is a ``file_id`` that is a URL
+(which LiteLLM would download to inline it) (issue #22). Everything else a provider
 would refuse only when the call is made (a broken data URL, bytes that are not base64) is
 refused here, at validation, as a 422 with the field's path, before any LM call.
 """
@@ -72,6 +73,9 @@ def _check_source(media: Any) -> None:
     elif isinstance(media, dspy.File):
         if media.file_data is not None:
             _check_data_url(media.file_data, "file_data", "")
+        if media.file_id is not None and _looks_like_url(media.file_id):
+            # LiteLLM downloads a file_id that is a URL, in this process, to inline it.
+            raise _invalid("file_id must be a provider's file id, not a URL")
     elif isinstance(media, dspy.Audio) and not _is_base64(media.data):
         raise _invalid("audio data must be base64")
 
@@ -84,6 +88,10 @@ def _check_data_url(value: str, what: str, media_type: str) -> None:
         raise _invalid(f"{what} must be a data URL of type {media_type}*")
     if not _is_base64(match["payload"]):
         raise _invalid(f"the data of {what} is not valid base64")
+
+
+def _looks_like_url(value: str) -> bool:
+    return "://" in value or value.lower().startswith("www.")
 
 
 def _is_base64(payload: str) -> bool:
