@@ -49,7 +49,9 @@ def test_every_row_is_answered_in_input_order_with_its_key_and_usage(fake_lm: Fa
     assert "30 of 30 rows done: 30 ok, 0 failed" in done.stderr
 
 
-def test_a_killed_run_resumes_without_calling_the_lm_for_finished_rows(fake_lm: FakeLM, tmp_path: Path) -> None:
+def test_a_killed_run_resumes_without_calling_the_lm_for_its_written_rows(
+    fake_lm: FakeLM, tmp_path: Path
+) -> None:
     source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     _write_rows(source, 40)
     fake_lm.latency = 0.2

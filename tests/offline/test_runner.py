@@ -28,7 +28,8 @@ async def test_results_are_written_in_input_order_whatever_order_they_finish_in(
         running -= 1
         return ItemOutcome(outputs={"answer": row.key}, usage={"m": {"total_tokens": 3}})
 
-    summary = await run_rows(_rows(200), run_item, written.append, concurrency=8, summary=BatchSummary(total=200))
+    summary = BatchSummary(total=200)
+    await run_rows(_rows(200), run_item, written.append, concurrency=8, summary=summary)
     assert [line["key"] for line in written] == [f"k{i}" for i in range(200)]
     assert [line["outputs"]["answer"] for line in written] == [f"k{i}" for i in range(200)]
     assert peak == 8
@@ -38,17 +39,18 @@ async def test_results_are_written_in_input_order_whatever_order_they_finish_in(
 async def test_a_slow_first_row_holds_at_most_a_window_of_rows() -> None:
     written: list[dict[str, Any]] = []
     started: list[int] = []
-    first_done = asyncio.Event()
+    first_done, ten_started = asyncio.Event(), asyncio.Event()
 
     async def run_item(row: Row) -> ItemOutcome:
         started.append(row.index)
+        if len(started) == 10:
+            ten_started.set()
         if row.index == 0:
             await first_done.wait()
         return ItemOutcome(outputs={})
 
     async def release_later() -> None:
-        while len(started) < 10:
-            await asyncio.sleep(0.01)
+        await ten_started.wait()
         await asyncio.sleep(0.05)  # let the runner start whatever the window allows
         assert len(started) == 10  # 0 plus nine that finished and wait to be written
         first_done.set()
