@@ -515,6 +515,8 @@ def _batch(
         url=url,
         api_key=os.environ.get("DSPY_SERVE_CLIENT_KEY"),
         program=program,
+        engine=settings.engine if settings is not None else "uvicorn",
+        ray_actors=settings.replicas if settings is not None else 1,
     )
     try:
         summary = BatchSummary(total=count_rows(input_path))
@@ -527,6 +529,10 @@ def _batch(
             run_batch(job, settings, summary)
     except ResumeMismatch as exc:
         raise click.UsageError(str(exc)) from None
+    except RuntimeError as exc:  # the engine itself failed (Ray Data), not a row
+        click.echo(f"dspy-serve: batch stopped: {exc}", err=True)
+        click.echo(closing_summary(summary, started), err=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         interrupted = True
     click.echo(closing_summary(summary, started), err=True)
@@ -572,9 +578,10 @@ batch_command = _GroupedCommand(
         ),
         *run_command.params,
     ],
-    help="Run one program over a file of rows, in this process (TARGET as for run) or against a "
-    "served program (--url URL NAME). Exit 0: every row answered; 1: some rows failed (their "
-    "lines hold the error); 130: interrupted, rerun to resume.",
+    help="Run one program over a file of rows, in this process (TARGET as for run), on Ray Data "
+    "(--engine ray, --replicas program instances) or against a served program (--url URL NAME). "
+    "Exit 0: every row answered; 1: some rows failed (their lines hold the error); 130: "
+    "interrupted, rerun to resume.",
     context_settings={"max_content_width": 110},
 )
 main.add_command(batch_command)

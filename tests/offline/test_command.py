@@ -122,3 +122,25 @@ def test_the_same_run_against_a_served_program_gives_the_same_lines(fake_lm: Fak
     assert [line["key"] for line in lines] == [f"t{i}" for i in range(12)]
     assert all(line["outputs"]["answer"] for line in lines)  # type: ignore[index]
     assert fake_lm.requests_started == 12
+
+
+def test_ray_data_gives_the_lines_of_the_in_process_run(fake_lm: FakeLM, tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("id,question\n" + "".join(f"t{i},{i}\n" for i in range(20)))  # "3": text, not a number
+    local, on_ray = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
+    for out, extra in ((local, []), (on_ray, ["--engine", "ray", "--replicas", "2"])):
+        done = subprocess.run(
+            _batch(fake_lm, "--input", str(source), "--output", str(out), "--key", "id", *extra),
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    def comparable(path: Path) -> list[tuple[object, object, object]]:
+        return [(line["key"], line["index"], line["outputs"]) for line in _lines(path)]
+
+    assert comparable(on_ray) == comparable(local)
+    assert [line["key"] for line in _lines(on_ray)] == [f"t{i}" for i in range(20)]
+    assert fake_lm.requests_started == 40

@@ -30,6 +30,8 @@ class BatchJob:
     url: str | None = None  # run against this server instead of in-process
     api_key: str | None = None  # for ``url``
     program: str | None = None  # with ``url``: the served program's name
+    engine: str = "uvicorn"  # the settings' engine: "ray" runs the rows on Ray Data
+    ray_actors: int = 1  # with "ray": program instances (the settings' replicas)
 
 
 def _pending(job: BatchJob, results: ResultsFile, summary: BatchSummary) -> Iterator[Row]:
@@ -39,6 +41,24 @@ def _pending(job: BatchJob, results: ResultsFile, summary: BatchSummary) -> Iter
         results.check_resumes(read_rows(job.input, job.key), done)
         summary.skipped = done
     return islice(read_rows(job.input, job.key), done, None)
+
+
+def _on_ray(job: BatchJob, settings: ServeSettings, summary: BatchSummary) -> None:
+    from dspy_serve.offline.ray_engine import run_on_ray_data
+
+    results = ResultsFile(job.output)
+    _pending(job, results, summary)
+    with BatchProgress(summary) as progress:
+        run_on_ray_data(
+            settings,
+            job.input,
+            results,
+            key=job.key,
+            concurrency=job.concurrency,
+            actors=job.ray_actors,
+            summary=summary,
+            on_progress=progress.update,
+        )
 
 
 async def _run(job: BatchJob, run_item: RunItem, summary: BatchSummary) -> BatchSummary:
@@ -83,6 +103,9 @@ def run_batch(job: BatchJob, settings: ServeSettings | None, summary: BatchSumma
     """Run the job to its end, or to Ctrl-C, which leaves whole lines to resume from."""
     if job.url is not None:
         asyncio.run(_remote(job, summary))
+    elif job.engine == "ray":
+        assert settings is not None
+        _on_ray(job, settings, summary)
     else:
         assert settings is not None
         asyncio.run(_in_process(job, settings, summary))
