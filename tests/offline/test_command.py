@@ -144,3 +144,18 @@ def test_ray_data_gives_the_lines_of_the_in_process_run(fake_lm: FakeLM, tmp_pat
     assert comparable(on_ray) == comparable(local)
     assert [line["key"] for line in _lines(on_ray)] == [f"t{i}" for i in range(20)]
     assert fake_lm.requests_started == 40
+
+
+def test_an_input_ray_cannot_read_stops_the_run_with_one_line(fake_lm: FakeLM, tmp_path: Path) -> None:
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_text('{"question": "a?"}\nnot json\n')
+    done = subprocess.run(
+        _batch(fake_lm, "--input", str(source), "--output", str(out), "--engine", "ray"),
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2
+    assert "dspy-serve: batch stopped: Ray Data failed:" in done.stderr
+    assert "Traceback" not in done.stderr

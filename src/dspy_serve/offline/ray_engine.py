@@ -118,6 +118,12 @@ def run_on_ray_data(
     else:
         ray.init(address=settings.ray_address, logging_level=logging.WARNING)
     try:
+        import ray.data
+
+        # Ray Data logs its plan, and a failing block's remote traceback, on the console (its
+        # import sets that up); the log file in Ray's session keeps them, and the user gets the
+        # cause on one line (RayBatchFailed).
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL)
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
         context.enable_progress_bars = False
@@ -134,7 +140,7 @@ def run_on_ray_data(
             },
             batch_format="pyarrow",
             batch_size=per_actor * 2,
-            concurrency=actors,
+            compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=0.25,  # the actors wait on the LM; the machine's cores are for reading and writing
         )
         with results:
@@ -147,8 +153,8 @@ def run_on_ray_data(
     except ray.exceptions.RayError as exc:
         # Ray's message holds the remote traceback: the user gets its cause, on one line.
         cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc
-        last = str(cause).strip().splitlines()[-1:] or [type(cause).__name__]
-        raise RayBatchFailed(f"Ray Data failed: {last[0][:300]}") from None
+        first = next((line for line in str(cause).splitlines() if line.strip()), "")
+        raise RayBatchFailed(f"Ray Data failed: {type(cause).__name__}: {first[:300]}") from None
     finally:
         if local:
             ray.shutdown()
