@@ -487,7 +487,6 @@ def _batch(
     **values: Any,
 ) -> None:
     import os
-    import time
 
     from dspy_serve.logs import configure_logging
     from dspy_serve.offline.command import EXIT_ROWS_FAILED, BatchJob, closing_summary, run_batch
@@ -522,7 +521,6 @@ def _batch(
         summary = BatchSummary(total=count_rows(input_path))
     except InputFileError as exc:
         raise click.UsageError(str(exc)) from None
-    started = time.monotonic()
     interrupted = False
     try:
         with _or_exit_3():
@@ -531,11 +529,11 @@ def _batch(
         raise click.UsageError(str(exc)) from None
     except RuntimeError as exc:  # the engine itself failed (Ray Data), not a row
         click.echo(f"dspy-serve: batch stopped: {exc}", err=True)
-        click.echo(closing_summary(summary, started), err=True)
+        click.echo(closing_summary(summary), err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         interrupted = True
-    click.echo(closing_summary(summary, started), err=True)
+    click.echo(closing_summary(summary), err=True)
     if interrupted:
         click.echo(f"interrupted: rerun the same command to resume after row {summary.done - 1}", err=True)
         sys.exit(130)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -111,5 +110,5 @@ def run_batch(job: BatchJob, settings: ServeSettings | None, summary: BatchSumma
         asyncio.run(_in_process(job, settings, summary))
 
 
-def closing_summary(summary: BatchSummary, started: float) -> str:
-    return describe(summary, time.monotonic() - started)
+def closing_summary(summary: BatchSummary) -> str:
+    return describe(summary)

@@ -25,8 +25,10 @@ def _spent(summary: BatchSummary) -> str:
     return f"{summary.failed} errors, {summary.tokens} tokens, {cost}"
 
 
-def describe(summary: BatchSummary, elapsed_s: float) -> str:
-    """The closing summary: what ran, what failed and why, what it spent."""
+def describe(summary: BatchSummary) -> str:
+    """The closing summary: what ran, what failed and why, what it spent (the rate counts from
+    the first row, start-up excluded)."""
+    elapsed_s = summary.elapsed_s()
     ran = summary.succeeded + summary.failed
     rate = ran / elapsed_s if elapsed_s > 0 else 0.0
     lines = [
@@ -44,7 +46,6 @@ class BatchProgress:
         self._stream = stream or sys.stderr
         self._summary = summary
         self._last_plain = 0.0
-        self._started = time.monotonic()
         self._bar: Progress | None = None
         self._task: TaskID | None = None
         if self._stream.isatty():
@@ -72,7 +73,7 @@ class BatchProgress:
         return self
 
     def update(self, summary: BatchSummary) -> None:
-        elapsed = time.monotonic() - self._started
+        elapsed = summary.elapsed_s()
         ran = summary.succeeded + summary.failed
         rate = f"{ran / elapsed:.1f} rows/s" if elapsed > 0 else ""
         if self._bar is not None and self._task is not None:

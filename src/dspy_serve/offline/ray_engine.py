@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -143,6 +144,7 @@ def run_on_ray_data(
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=0.25,  # the actors wait on the LM; the machine's cores are for reading and writing
         )
+        summary.started = time.monotonic()
         with results:
             for index, row in enumerate(answered.iter_rows(), start=done):
                 outcome = ItemOutcome(**json.loads(row["outcome"]))

@@ -9,6 +9,7 @@ cannot hold the run for long: every call has the service's deadline.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,10 @@ class BatchSummary:
     errors: dict[str, int] = field(default_factory=dict)  # by error code
     tokens: int = 0
     cost_usd: float | None = None
+    started: float | None = None  # time.monotonic() when this run's first row started
+
+    def elapsed_s(self) -> float:
+        return 0.0 if self.started is None else time.monotonic() - self.started
 
     @property
     def done(self) -> int:
@@ -119,6 +124,7 @@ async def run_rows(
         for position, row in enumerate(rows):
             if next_to_write is None:
                 next_to_write = position
+                summary.started = time.monotonic()
             async with room:
                 while len(pending) >= window:  # in flight plus finished but not yet written
                     await room.wait_for(head_finished)
