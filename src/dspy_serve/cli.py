@@ -484,6 +484,7 @@ def _batch(
     key: str | None,
     concurrency: int,
     url: str | None,
+    retry_errors: bool,
     **values: Any,
 ) -> None:
     import os
@@ -499,8 +500,13 @@ def _batch(
     settings: ServeSettings | None = None
     program: str | None = None
     if url is None:
+        # A long run's console is its progress: the service's own info lines only when asked for.
+        if values.get("log_level") is None and f"{ENV_PREFIX}LOG_LEVEL" not in os.environ:
+            values["log_level"] = "warning"
         settings = _settings(config, values)
         configure_logging(settings.log_level, settings.log_format)
+        if retry_errors and settings.engine == "ray":
+            raise click.UsageError("--retry-errors runs in this process or with --url, not with --engine ray")
     else:
         targets: tuple[str, ...] = tuple(values.get("programs") or ())
         if len(targets) != 1:
@@ -514,6 +520,7 @@ def _batch(
         url=url,
         api_key=os.environ.get("DSPY_SERVE_CLIENT_KEY"),
         program=program,
+        retry_errors=retry_errors,
         engine=settings.engine if settings is not None else "uvicorn",
         ray_actors=settings.replicas if settings is not None else 1,
     )
@@ -538,7 +545,7 @@ def _batch(
         click.echo(f"interrupted: rerun the same command to resume after row {summary.done - 1}", err=True)
         sys.exit(130)
     click.echo(f"results: {output_path}", err=True)
-    if summary.failed:
+    if summary.rows_failed:
         sys.exit(EXIT_ROWS_FAILED)
 
 
@@ -573,6 +580,12 @@ batch_command = _GroupedCommand(
             default=None,
             help="Send the rows to a served program at this URL (TARGET is then its NAME; the key "
             "comes from DSPY_SERVE_CLIENT_KEY).",
+        ),
+        click.Option(
+            ["--retry-errors"],
+            is_flag=True,
+            default=False,
+            help="Run again the rows an earlier run answered with an error; the others are kept.",
         ),
         *run_command.params,
     ],

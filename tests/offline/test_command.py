@@ -159,3 +159,30 @@ def test_an_input_ray_cannot_read_stops_the_run_with_one_line(fake_lm: FakeLM, t
     assert done.returncode == 2
     assert "dspy-serve: batch stopped: Ray Data failed:" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_failed_rows_stay_failed_on_resume_until_retried(fake_lm: FakeLM, tmp_path: Path) -> None:
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_text("".join(json.dumps({"question": q}) + "\n" for q in ("a?", "boom?", "c?")))
+    argv = _batch(fake_lm, "--input", str(source), "--output", str(out))
+    fake_lm.when("boom?", Malformed())
+    first = subprocess.run(argv, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert first.returncode == 1
+    fake_lm.reset()  # the LM answers everything from now on
+
+    again = subprocess.run(argv, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1  # the file still holds a failed row
+    assert "1 rows failed in an earlier run: add --retry-errors" in again.stderr
+    assert fake_lm.requests_started == 0
+
+    kept = _lines(out)
+    retried = subprocess.run(
+        [*argv, "--retry-errors"], env=cli_env(), capture_output=True, text=True, timeout=120
+    )
+    assert retried.returncode == 0, retried.stderr
+    lines = _lines(out)
+    assert [line["key"] for line in lines] == [0, 1, 2]
+    assert lines[0] == kept[0] and lines[2] == kept[2]  # kept as they were, not run again
+    assert "outputs" in lines[1]
+    assert fake_lm.requests_started == 1
+    assert not (tmp_path / "out.jsonl.retry").exists()

@@ -38,6 +38,6 @@ def test_results_of_another_input_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "out.jsonl"
     path.write_text('{"key":"a"}\n{"key":"z"}\n', encoding="utf-8")
     results = ResultsFile(path)
-    results.check_resumes(read_rows(source, key="id"), 1)  # the first line matches
-    with pytest.raises(ResumeMismatch, match="line 2 answers key 'z'"):
-        results.check_resumes(read_rows(source, key="id"), 2)
+    assert [row.key for row, _ in results.answered(read_rows(source, key="id"), 1)] == ["a"]
+    with pytest.raises(ResumeMismatch, match=r"line 2 does not answer input row 1 \(key 'b'\)"):
+        list(results.answered(read_rows(source, key="id"), 2))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
-from dataclasses import dataclass
-from itertools import islice
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dspy_serve.offline.items import InProcessItems, RemoteItems
@@ -31,15 +31,33 @@ class BatchJob:
     program: str | None = None  # with ``url``: the served program's name
     engine: str = "uvicorn"  # the settings' engine: "ray" runs the rows on Ray Data
     ray_actors: int = 1  # with "ray": program instances (the settings' replicas)
+    retry_errors: bool = False  # run again the rows whose line is an error, rewriting the file
 
 
 def _pending(job: BatchJob, results: ResultsFile, summary: BatchSummary) -> Iterator[Row]:
     """The input rows not answered yet: an earlier run's lines are checked, then skipped."""
+    rows = read_rows(job.input, job.key)
     done = results.done_rows()
-    if done:
-        results.check_resumes(read_rows(job.input, job.key), done)
-        summary.skipped = done
-    return islice(read_rows(job.input, job.key), done, None)
+    for _, line in results.answered(rows, done):
+        summary.note_earlier(line)
+    return rows
+
+
+def _retried(job: BatchJob, summary: BatchSummary) -> Iterator[Row]:
+    """Every input row: an earlier answer kept as it is, an error line's row run again."""
+    earlier = ResultsFile(job.output)
+    rows = read_rows(job.input, job.key)
+    done = earlier.done_rows()
+    for row, line in earlier.answered(rows, done):
+        if line.get("error") is None:
+            yield replace(row, previous=line)
+        else:
+            yield row
+    yield from rows
+
+
+def _retry_path(output: Path) -> Path:
+    return output.with_name(output.name + ".retry")
 
 
 def _on_ray(job: BatchJob, settings: ServeSettings, summary: BatchSummary) -> None:
@@ -61,17 +79,40 @@ def _on_ray(job: BatchJob, settings: ServeSettings, summary: BatchSummary) -> No
 
 
 async def _run(job: BatchJob, run_item: RunItem, summary: BatchSummary) -> BatchSummary:
-    results = ResultsFile(job.output)
-    rows = _pending(job, results, summary)
-    with results, BatchProgress(summary) as progress:
-        return await run_rows(
-            rows,
-            run_item,
-            results.write,
-            concurrency=job.concurrency,
-            summary=summary,
-            on_progress=progress.update,
-        )
+    if not job.retry_errors:
+        results = ResultsFile(job.output)
+        rows = _pending(job, results, summary)
+        with results, BatchProgress(summary) as progress:
+            return await _write(rows, run_item, results, job, summary, progress)
+    # The file is written anew beside the old one, which stays whole until the new one is.
+    retry = ResultsFile(_retry_path(job.output))
+    retry.path.unlink(missing_ok=True)
+    try:
+        with retry, BatchProgress(summary) as progress:
+            await _write(_retried(job, summary), run_item, retry, job, summary, progress)
+    except BaseException:
+        retry.path.unlink(missing_ok=True)
+        raise
+    os.replace(retry.path, job.output)
+    return summary
+
+
+async def _write(
+    rows: Iterator[Row],
+    run_item: RunItem,
+    results: ResultsFile,
+    job: BatchJob,
+    summary: BatchSummary,
+    progress: BatchProgress,
+) -> BatchSummary:
+    return await run_rows(
+        rows,
+        run_item,
+        results.write,
+        concurrency=job.concurrency,
+        summary=summary,
+        on_progress=progress.update,
+    )
 
 
 async def _in_process(job: BatchJob, settings: ServeSettings, summary: BatchSummary) -> BatchSummary:

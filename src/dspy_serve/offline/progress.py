@@ -38,6 +38,10 @@ def describe(summary: BatchSummary) -> str:
     ]
     if summary.errors:
         lines.append("errors: " + ", ".join(f"{code} x{n}" for code, n in sorted(summary.errors.items())))
+    if summary.earlier_failed:
+        lines.append(
+            f"{summary.earlier_failed} rows failed in an earlier run: add --retry-errors to run them again"
+        )
     return "\n".join(lines)
 
 

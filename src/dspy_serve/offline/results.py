@@ -55,22 +55,26 @@ class ResultsFile:
         with self.path.open("rb") as file:
             return sum(1 for _ in file)
 
-    def check_resumes(self, rows: Iterator[Row], done: int) -> None:
-        """The kept lines answer the input's first ``done`` rows, key for key."""
+    def answered(self, rows: Iterator[Row], done: int) -> Iterator[tuple[Row, dict[str, Any]]]:
+        """The input's first ``done`` rows, each with the line that answers it, key for key."""
+        if done == 0:
+            return
         with self.path.open(encoding="utf-8") as lines:
             for number, (line, row) in enumerate(zip(lines, rows, strict=False), start=1):
-                if number > done:
-                    return
                 try:
-                    key = json.loads(line).get("key")
-                except (json.JSONDecodeError, AttributeError):
-                    key = object()
-                if key != row.key:
+                    answer = json.loads(line)
+                except json.JSONDecodeError:
+                    answer = None
+                key = answer.get("key", object()) if isinstance(answer, dict) else object()
+                if key != row.key or not isinstance(answer, dict):
                     raise ResumeMismatch(
-                        f"{self.path} line {number} answers key {key!r}, but input row {row.index} has key "
-                        f"{row.key!r}: it holds results of another input. Pass another --output, or "
+                        f"{self.path} line {number} does not answer input row {row.index} (key "
+                        f"{row.key!r}): it holds results of another input. Pass another --output, or "
                         "delete it to start over."
                     )
+                yield row, answer
+                if number == done:
+                    return
 
     def __enter__(self) -> ResultsFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ class Row:
     key: Any  # the --key column's value, else the index
     inputs: dict[str, Any] | None  # None when the line is not a JSON object
     problem: str | None = None  # why the row could not be read, when it could not
+    previous: dict[str, Any] | None = None  # an earlier run's line that is kept as this row's answer
 
 
 def input_format(path: Path) -> str:

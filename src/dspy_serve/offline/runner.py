@@ -29,6 +29,18 @@ class ItemOutcome:
     usage: dict[str, dict[str, Any]] = field(default_factory=dict)  # per model, as /invoke reports it
     cost: dict[str, Any] = field(default_factory=dict)
     call_id: str | None = None
+    kept: bool = False  # an earlier run's answer, written again without running the row
+
+    @classmethod
+    def of_line(cls, line: dict[str, Any]) -> ItemOutcome:
+        return cls(
+            outputs=line.get("outputs"),
+            error=line.get("error"),
+            usage=line.get("usage") or {},
+            cost=line.get("cost") or {},
+            call_id=line.get("call_id"),
+            kept=True,
+        )
 
     def line(self, row: Row) -> dict[str, Any]:
         body: dict[str, Any] = {"key": row.key, "index": row.index}
@@ -47,6 +59,7 @@ class ItemOutcome:
 class BatchSummary:
     total: int | None = None  # rows in the input, when known
     skipped: int = 0  # done by an earlier run
+    earlier_failed: int = 0  # of those, rows whose line is an error
     succeeded: int = 0
     failed: int = 0
     errors: dict[str, int] = field(default_factory=dict)  # by error code
@@ -61,7 +74,23 @@ class BatchSummary:
     def done(self) -> int:
         return self.skipped + self.succeeded + self.failed
 
+    @property
+    def rows_failed(self) -> int:
+        """Rows of the output file whose line is an error, from this run or an earlier one."""
+        return self.failed + self.earlier_failed
+
+    def note_earlier(self, line: dict[str, Any]) -> None:
+        """A row an earlier run answered, kept as it is."""
+        self.skipped += 1
+        if line.get("error") is not None:
+            self.earlier_failed += 1
+            code = str(line["error"].get("code", "error"))
+            self.errors[code] = self.errors.get(code, 0) + 1
+
     def add(self, outcome: ItemOutcome) -> None:
+        if outcome.kept:
+            self.skipped += 1
+            return
         if outcome.error is None:
             self.succeeded += 1
         else:
@@ -97,6 +126,11 @@ async def run_rows(
     room = asyncio.Condition()
 
     async def one(position: int, row: Row) -> None:
+        if row.previous is not None:  # kept from an earlier run: no LM call, no slot
+            async with room:
+                finished[position] = (row, ItemOutcome.of_line(row.previous))
+                room.notify_all()
+            return
         async with gate:
             try:
                 outcome = await run_item(row)
