@@ -130,9 +130,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_fields, self._raw_field_bytes = True, 0
 
     def _refuse_fields(self) -> None:
-        self.logger.warning(
-            "Request head or trailers over %d bytes: refused.", self._limits.max_header_bytes
-        )
+        self.logger.warning("Request head or trailers over %d bytes: refused.", self._limits.max_header_bytes)
         if self._reading_head:  # no response of this message yet; an earlier one may be under way
             busy = self.cycle is not None and not self.cycle.response_complete
         else:  # trailers: this message's response may have begun, or even ended
