@@ -8,6 +8,7 @@ name is ever logged or reported.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 from collections.abc import Iterable
@@ -122,3 +123,18 @@ def _key_file_lines(path: Path) -> list[str]:
         raise KeyConfigError(f"cannot read the key file {path}: {exc.strerror or exc}") from None
     stripped = (line.strip() for line in text.splitlines())
     return [line for line in stripped if line and not line.startswith("#")]
+
+
+def key_secrets(settings: ServeSettings) -> list[str]:
+    """The configured keys themselves, so logs and error bodies can hide them (never to match:
+    :class:`KeyRing` keeps digests only). An unreadable key file yields none here: the KeyRing
+    built from the same settings says why."""
+    lines = [secret.get_secret_value().strip() for secret in settings.api_keys]
+    if settings.api_keys_file is not None:
+        with contextlib.suppress(KeyConfigError):
+            lines += _key_file_lines(Path(settings.api_keys_file))
+    secrets = []
+    for line in filter(None, lines):
+        name, sep, secret = line.split()[0].partition(":")
+        secrets.append(secret if sep else name)
+    return secrets
