@@ -127,3 +127,19 @@ def test_a_provider_echoing_keys_in_its_error_never_puts_them_in_the_log_or_the_
         assert CALLER_KEY not in text, f"caller key in the {where}:\n{text[-3000:]}"
     failure = [line for line in output.splitlines() if "LM call failed" in line]
     assert failure and REDACTED in failure[0], output[-3000:]
+
+
+def test_a_failed_lm_check_names_the_model_without_the_keys_the_provider_echoed(fake_lm: FakeLM) -> None:
+    """``--check-lm`` stops the start with the provider's own words: minus any secret in them."""
+    fake_lm.when(
+        "Reply with: OK", ServerError(400, message=f"Invalid request: key {FAKE_KEY} ({CALLER_KEY})")
+    )
+    process, _ = serve_qa(fake_lm, "--check-lm", "--lm-retries", "0", DSPY_SERVE_API_KEYS=f"ops:{CALLER_KEY}")
+    try:
+        output, _ = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+    assert process.returncode == 3, output[-3000:]
+    assert "failed a test call" in output and REDACTED in output, output[-3000:]
+    assert FAKE_KEY not in output and CALLER_KEY not in output, output[-3000:]
