@@ -49,6 +49,7 @@ def _policy(script_src: str = "'self'") -> str:
 DOCS_PAGE_HEADERS = {
     "Content-Security-Policy": _policy(),
     "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",  # frame-ancestors, for browsers that predate it
     "Referrer-Policy": "no-referrer",
 }
 
@@ -79,10 +80,13 @@ def _oauth2_redirect() -> tuple[str, dict[str, str]]:
     return page, {**DOCS_PAGE_HEADERS, "Content-Security-Policy": _policy(hashes or "'none'")}
 
 
-def swagger_ui_page(title: str, root: str, oauth2_redirect: str) -> str:
-    def attr(value: str) -> str:
-        return html.escape(value, quote=True)
+def _attr(value: str) -> str:
+    return html.escape(value, quote=True)
 
+
+def swagger_ui_page(title: str, root: str, oauth2_redirect: str) -> str:
+    """Swagger UI's page: no inline script, the URLs it needs as data attributes."""
+    attr = _attr
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1.0'>"
@@ -98,9 +102,8 @@ def swagger_ui_page(title: str, root: str, oauth2_redirect: str) -> str:
 
 
 def redoc_page(title: str, root: str) -> str:
-    def attr(value: str) -> str:
-        return html.escape(value, quote=True)
-
+    """ReDoc's page, its options as attributes of the ``<redoc>`` element it reads them from."""
+    attr = _attr
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
