@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import select
 import signal
 import socket
 import subprocess
@@ -106,7 +107,7 @@ def head_of(size: int) -> bytes:
     return start + b"X-Big: " + b"a" * filler + b"\r\n\r\n"
 
 
-@pytest.mark.parametrize("kib", [33, 60, 120])
+@pytest.mark.parametrize("kib", [33, 60, 120, 500])
 def test_an_oversized_head_sent_in_one_write_is_refused(server: str, kib: int) -> None:
     """However the head arrives (one read or many), past max_header_bytes (32 KiB) it is a 431."""
     assert response_to(server, head_of(kib * 1024)).startswith(b"HTTP/1.1 431 ")
@@ -190,6 +191,21 @@ def test_endless_trailers_are_cut_off_without_being_buffered(server: str, line: 
         else:
             pytest.fail("the server took 64 MB of trailers")
     assert sent < 16_000_000, "cut off after about max_header_bytes, plus socket buffers"
+
+
+def test_trailers_trickled_in_get_408_within_the_body_timeout(server: str) -> None:
+    """Trailers are part of the body's time: a byte now and then does not keep the connection."""
+    request = chunked_invoke(b"", head_fields=b"X-API-Key: a-key\r\n")
+    with connect(server) as sock:
+        sock.sendall(request[: -len(b"\r\n")] + b"X-Slow: ")  # the body, then a trailer begun
+        started = time.monotonic()
+        for _ in range(40):  # 8 s of one byte every 0.2 s, against a body_timeout of 1 s
+            if select.select([sock], [], [], 0.2)[0]:
+                break  # the server answered: stop writing, so that its answer is not reset away
+            sock.sendall(b"a")
+        reply = answer_then_close(sock)
+    assert reply.startswith(b"HTTP/1.1 408 "), reply[:200]
+    assert time.monotonic() - started < 8
 
 
 def test_an_idle_connection_is_closed(server: str) -> None:
