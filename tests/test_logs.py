@@ -9,6 +9,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+import dspy
 import httpx
 import pytest
 
@@ -50,8 +51,10 @@ def test_the_secrets_of_a_server_are_its_keys_its_provider_credentials_and_url_p
         "GOOGLE_APPLICATION_CREDENTIALS": "/etc/gcp.json",  # a path, not a secret
         "HOME": "/home/someone",
     }
-    found = set(secrets_of(settings, environ))
+    lms = [dspy.LM("openai/x", api_key="sk-given-to-an-lm"), dspy.LM("openai/y"), None]
+    found = set(secrets_of(settings, environ, lms))
     assert found == {
+        "sk-given-to-an-lm",
         "alice-key-1",
         "from-the-key-file",
         "nameless-key-here",

@@ -54,6 +54,8 @@ def create_app(
     settings = settings or ServeSettings()
     remember_secrets(secrets_of(settings))  # never in a log line or an error body (logs.py)
     service = Service(settings, programs, lm)
+    # An LM given here, or one a program file configured as it was loaded, may carry its key.
+    remember_secrets(secrets_of(settings, lms=[lm, dspy.settings.lm]))
     mcp = _mcp_endpoint(service)
 
     @asynccontextmanager

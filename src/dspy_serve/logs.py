@@ -84,13 +84,20 @@ def remember_secrets(secrets: Iterable[str]) -> None:
     _SECRETS.add(secrets)
 
 
-def secrets_of(settings: ServeSettings, environ: Mapping[str, str] | None = None) -> list[str]:
+def secrets_of(
+    settings: ServeSettings, environ: Mapping[str, str] | None = None, lms: Iterable[object] = ()
+) -> list[str]:
     """What a server with ``settings`` must never write: its callers' API keys, the provider
-    credentials in the environment, and passwords in the URLs it is configured with."""
+    credentials in the environment, an ``api_key`` its LMs (``lms``) were given, and passwords in
+    the URLs it is configured with."""
     from dspy_serve.serving.keys import key_secrets
 
     environ = os.environ if environ is None else environ
     found = list(key_secrets(settings))
+    for lm in lms:
+        key = (getattr(lm, "kwargs", None) or {}).get("api_key")
+        if isinstance(key, str):
+            found.append(key)
     found += [
         value
         for name, value in environ.items()
