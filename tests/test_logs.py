@@ -13,7 +13,7 @@ import dspy
 import httpx
 import pytest
 
-from dspy_serve.errors import ServeError, UpstreamError
+from dspy_serve.errors import HTTPProblem, ServeError, UpstreamError
 from dspy_serve.logs import REDACTED, JsonFormatter, TextFormatter, remember_secrets, secrets_of
 from dspy_serve.settings import ServeSettings
 from tests.support.cli import require_answering, serve_qa
@@ -85,9 +85,10 @@ def test_an_error_body_never_holds_a_known_secret() -> None:
     error = UpstreamError(
         f"The LM said: key {CALLER_KEY} is wrong", errors=[{"loc": ["inputs"], "msg": f"not {CALLER_KEY}"}]
     )
-    body = json.dumps(error.problem())
-    assert CALLER_KEY not in body and CALLER_KEY not in str(error)
-    assert REDACTED in error.detail and isinstance(error, ServeError)
+    for made in (error, HTTPProblem(404, f"No route for {CALLER_KEY}")):
+        body = json.dumps(made.problem())
+        assert CALLER_KEY not in body and CALLER_KEY not in str(made)
+        assert REDACTED in made.detail and isinstance(made, ServeError)
 
 
 @pytest.mark.parametrize("status", [400, 500])

@@ -312,7 +312,7 @@ class HTTPProblem(ServeError):
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
         self.status = status
-        self.title = detail
+        self.title = self.detail  # as redacted
 
 
 class ClientCancelled(ServeError):
