@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dspy_serve.settings import ServeSettings
 
-__all__ = ["ApiKey", "KeyConfigError", "KeyRing", "parse_key_line"]
+__all__ = ["ApiKey", "KeyConfigError", "KeyRing", "key_secrets", "parse_key_line"]
 
 
 class KeyConfigError(ValueError):
