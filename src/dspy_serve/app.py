@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from dspy_serve._version import VERSION
 from dspy_serve.interop.openai import build_openai_router
+from dspy_serve.logs import remember_secrets, secrets_of
 from dspy_serve.serving.keys import KeyRing
 from dspy_serve.serving.programs import ProgramsArg
 from dspy_serve.serving.service import Service
@@ -51,7 +52,10 @@ def create_app(
     that already sets it (Ray Serve's).
     """
     settings = settings or ServeSettings()
+    remember_secrets(secrets_of(settings))  # never in a log line or an error body (logs.py)
     service = Service(settings, programs, lm)
+    # An LM given here, or one a program file configured as it was loaded, may carry its key.
+    remember_secrets(secrets_of(settings, lms=[lm, dspy.settings.lm]))
     mcp = _mcp_endpoint(service)
 
     @asynccontextmanager

@@ -160,13 +160,14 @@ def _run(config: Path | None, **values: Any) -> None:
 @contextlib.contextmanager
 def _or_exit_3() -> Iterator[None]:
     """A program, artifact or interface that cannot be served stops the command: one line, exit 3."""
+    from dspy_serve.logs import redact
     from dspy_serve.serving.loader import ArtifactError, TargetError
     from dspy_serve.serving.schema import SchemaError
 
     try:
         yield
     except (ArtifactError, TargetError, SchemaError, ValueError, ImportError) as exc:
-        click.echo(f"dspy-serve: cannot start: {exc}", err=True)
+        click.echo(f"dspy-serve: cannot start: {redact(str(exc))}", err=True)  # a provider's text, too
         sys.exit(3)
 
 
@@ -179,11 +180,12 @@ def serve(settings: ServeSettings) -> None:
     from dspy_serve.app import create_app
     from dspy_serve.deploy.uvicorn_server import ServeServer, bind_socket, socket_url, uvicorn_config
     from dspy_serve.lm.checks import check_lms
-    from dspy_serve.logs import configure_logging
+    from dspy_serve.logs import configure_logging, remember_secrets, secrets_of
     from dspy_serve.serving.keys import KeyRing
     from dspy_serve.serving.service import Service
 
     configure_logging(settings.log_level, settings.log_format)
+    remember_secrets(secrets_of(settings))  # this process logs before any app is built
     with _or_exit_3():  # before any worker or replica starts: a key source without keys fails open
         KeyRing.from_settings(settings)
     if settings.engine == "ray":
@@ -337,10 +339,11 @@ def _mcp(config: Path | None, **values: Any) -> None:
         from dspy_serve.interop.mcp import run_stdio
     except ImportError:
         raise click.UsageError("MCP needs the optional SDK: pip install 'dspy-serve[mcp]'") from None
-    from dspy_serve.logs import configure_logging
+    from dspy_serve.logs import configure_logging, remember_secrets, secrets_of
     from dspy_serve.serving.service import Service
 
     configure_logging(settings.log_level, settings.log_format)  # to stderr: stdout is the protocol
+    remember_secrets(secrets_of(settings))
     # Importing a program may print: stdout is the protocol.
     from dspy_serve.lm.checks import check_lms
 

@@ -42,6 +42,8 @@ from typing import Any
 import dspy
 from pydantic import ValidationError
 
+from dspy_serve.logs import redact
+
 __all__ = [
     "MAX_RETRY_AFTER",
     "PROBLEM_CONTENT_TYPE",
@@ -81,6 +83,10 @@ PROBLEM_CONTENT_TYPE = "application/problem+json"
 MAX_RETRY_AFTER = 3600.0
 
 
+def _redacted_error(error: dict[str, Any]) -> dict[str, Any]:
+    return {key: redact(value) if isinstance(value, str) else value for key, value in error.items()}
+
+
 def sane_retry_after(value: object) -> float | None:
     """A Retry-After from elsewhere (a provider, a server) as seconds within
     ``[0, MAX_RETRY_AFTER]``; None when it is not a number at all."""
@@ -109,8 +115,9 @@ class ServeError(Exception):
         errors: list[dict[str, Any]] | None = None,
         retry_after: float | None = None,
     ) -> None:
-        self.detail = detail or self.title
-        self.errors = errors
+        # Whatever text reached an error (a program's own, a library's), no known secret leaves.
+        self.detail = redact(detail or self.title)
+        self.errors = errors if errors is None else [_redacted_error(err) for err in errors]
         self.retry_after = retry_after
         # Tokens already spent when the call failed (per model): still billed, still reported.
         self.usage: dict[str, dict[str, Any]] | None = None
@@ -305,7 +312,7 @@ class HTTPProblem(ServeError):
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
         self.status = status
-        self.title = detail
+        self.title = self.detail  # as redacted
 
 
 class ClientCancelled(ServeError):

@@ -8,6 +8,7 @@ name is ever logged or reported.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 from collections.abc import Iterable, Sequence
@@ -17,7 +18,7 @@ from pathlib import Path
 from dspy_serve.errors import ModelNotAllowed
 from dspy_serve.settings import ServeSettings
 
-__all__ = ["ApiKey", "KeyConfigError", "KeyRing", "parse_key_line"]
+__all__ = ["ApiKey", "KeyConfigError", "KeyRing", "key_secrets", "parse_key_line"]
 
 
 class KeyConfigError(ValueError):
@@ -144,3 +145,18 @@ def _key_file_lines(path: Path) -> list[str]:
         raise KeyConfigError(f"cannot read the key file {path}: {exc.strerror or exc}") from None
     stripped = (line.strip() for line in text.splitlines())
     return [line for line in stripped if line and not line.startswith("#")]
+
+
+def key_secrets(settings: ServeSettings) -> list[str]:
+    """The configured keys themselves, so logs and error bodies can hide them (never to match:
+    :class:`KeyRing` keeps digests only). An unreadable key file yields none here: the KeyRing
+    built from the same settings says why."""
+    lines = [secret.get_secret_value().strip() for secret in settings.api_keys]
+    if settings.api_keys_file is not None:
+        with contextlib.suppress(KeyConfigError):
+            lines += _key_file_lines(Path(settings.api_keys_file))
+    secrets = []
+    for line in filter(None, lines):
+        name, sep, secret = line.split()[0].partition(":")
+        secrets.append(secret if sep else name)
+    return secrets
