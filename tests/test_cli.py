@@ -384,3 +384,29 @@ def test_a_given_model_wins_over_the_one_a_program_file_configures(fake_lm: Fake
 
     assert (model, sent["model"]) == ("openai/other-model", "other-model")
     assert "a program configures openai/fake-model (dspy.configure); serving on openai/other-model" in output
+
+
+def test_a_tutorial_file_without_its_provider_key_is_told_about_the_embedded_model(tmp_path: Path) -> None:
+    # DSPy's tutorials configure a provider's model; a newcomer without its key learns the way out.
+    (tmp_path / "tutorial.py").write_text(
+        'import dspy\n\ndspy.configure(lm=dspy.LM("openai/gpt-4o-mini"))\nqa = dspy.Predict("question -> answer")\n'
+    )
+    env = cli_env()
+    env.pop("OPENAI_API_KEY")
+    result = subprocess.run(
+        [*CLI, "run", "tutorial.py:qa", "--port", str(free_port())],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 3, result.stderr
+    refusal = [line for line in result.stderr.splitlines() if "cannot start" in line]
+    assert len(refusal) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "needs OPENAI_API_KEY" in refusal[0]
+    assert "--model local" in refusal[0] and "--model PROVIDER/MODEL" in refusal[0]
+    help_text = subprocess.run(
+        [*CLI, "run", "--help"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert "'local' for the embedded model" in " ".join(help_text.split())

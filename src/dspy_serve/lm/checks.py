@@ -15,7 +15,15 @@ import dspy
 from dspy_serve.lm.registry import LanguageModels, allowed_models, is_local_model
 from dspy_serve.settings import ServeSettings
 
-__all__ = ["LMCheckError", "check_lms", "missing_credentials", "probe_lms"]
+__all__ = ["ALTERNATIVES", "LMCheckError", "check_lms", "missing_credentials", "probe_lms"]
+
+
+# A tutorial-style file configures a provider's model; a newcomer without its key should learn the
+# way to serve it anyway, on the embedded model, or on another provider.
+ALTERNATIVES = (
+    "or serve on the embedded model (offline, no key) with --model local, "
+    "or on another provider with --model PROVIDER/MODEL"
+)
 
 
 class LMCheckError(ValueError):
@@ -88,7 +96,9 @@ def probe_lms(settings: ServeSettings) -> list[str]:
 def check_lms(settings: ServeSettings, *, probe: bool) -> None:
     """Raise :class:`LMCheckError` naming every model that cannot be used."""
     problems = missing_credentials(settings)
-    if not problems and probe:
+    if problems:
+        raise LMCheckError("; ".join(problems) + "; " + ALTERNATIVES)
+    if probe:
         problems = probe_lms(settings)
     if problems:
         raise LMCheckError("; ".join(problems))
