@@ -389,7 +389,9 @@ def test_a_given_model_wins_over_the_one_a_program_file_configures(fake_lm: Fake
 def test_a_tutorial_file_without_its_provider_key_is_told_about_the_embedded_model(tmp_path: Path) -> None:
     # DSPy's tutorials configure a provider's model; a newcomer without its key learns the way out.
     (tmp_path / "tutorial.py").write_text(
-        'import dspy\n\ndspy.configure(lm=dspy.LM("openai/gpt-4o-mini"))\nqa = dspy.Predict("question -> answer")\n'
+        "import dspy\n\n"
+        'dspy.configure(lm=dspy.LM("openai/gpt-4o-mini"))\n'
+        'qa = dspy.Predict("question -> answer")\n'
     )
     env = cli_env()
     env.pop("OPENAI_API_KEY")
@@ -410,3 +412,82 @@ def test_a_tutorial_file_without_its_provider_key_is_told_about_the_embedded_mod
         [*CLI, "run", "--help"], capture_output=True, text=True, timeout=60, check=True
     ).stdout
     assert "'local' for the embedded model" in " ".join(help_text.split())
+
+
+TYPED_PROGRAM = """
+import dspy
+
+triage = dspy.Predict("ticket: str, count: int, urgent: bool, tags: list[str], note: str | None -> answer")
+"""
+
+
+def test_call_reads_each_value_as_the_programs_input_schema_says(fake_lm: FakeLM, tmp_path: Path) -> None:
+    from dspy_serve import create_app
+    from tests.support.dspy_prompts import prompt_text
+    from tests.support.servers import serving
+    from tests.support.settings import fake_settings
+
+    (tmp_path / "typed.py").write_text(TYPED_PROGRAM)
+    fake_lm.answers = {"answer": "ok"}
+    os.environ.setdefault("OPENAI_API_KEY", FAKE_KEY)
+    app = create_app(fake_settings(fake_lm, programs=[f"triage={tmp_path / 'typed.py'}:triage"]))
+
+    def call(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLI, "call", server.base_url, "triage", *args],
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    with serving(app) as server:
+        # A str field takes the text as written, even when it reads as JSON; the others are JSON.
+        typed = call("ticket=12345", "count=3", "urgent=true", 'tags=["a", "b"]', "note=null")
+        assert typed.returncode == 0, typed.stderr
+        prompt = prompt_text(fake_lm.last_request)
+        assert "12345" in prompt and '"a"' in prompt and '"b"' in prompt, prompt
+        as_bool_text = call("ticket=true", "count=1", "urgent=false", "tags=[]")
+        assert as_bool_text.returncode == 0, as_bool_text.stderr
+        # A value that is not JSON where the schema wants a number: the server names the field.
+        wrong = call("ticket=x", "count=three", "urgent=true", "tags=[]")
+        assert wrong.returncode == 1 and "  inputs.count:" in wrong.stderr, wrong.stderr
+        # --json takes a whole body, options included; FIELD=VALUE adds to its inputs.
+        body = {"inputs": {"ticket": "7", "count": 1, "urgent": True}, "options": {"max_tokens": 33}}
+        whole = call("--json", json.dumps(body), "tags=[]")
+        assert whole.returncode == 0, whole.stderr
+        sent = fake_lm.last_request
+        assert sent.get("max_tokens", sent.get("max_completion_tokens")) == 33
+        bad_body = call("--json", '{"inputs": {}, "extra": 1}')
+        assert bad_body.returncode == 2 and "give a request body" in bad_body.stderr
+
+
+def test_call_prints_escape_sequences_from_the_lm_and_the_server_escaped(fake_lm: FakeLM) -> None:
+    from dspy_serve import create_app
+    from tests.support.servers import serving
+    from tests.support.settings import fake_settings
+
+    hostile = "\x1b]0;pwned\x07\x1b[31mred\x1b[0m\nline two"
+    fake_lm.answers = {"answer": hostile}
+    os.environ.setdefault("OPENAI_API_KEY", FAKE_KEY)
+    app = create_app(fake_settings(fake_lm, programs=[f"qa={PROGRAMS / 'serving.py'}:qa"]))
+    with serving(app) as server:
+        streamed = subprocess.run(
+            [*CLI, "call", server.base_url, "qa", "question=q", "--stream"],
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        echoed = subprocess.run(
+            [*CLI, "call", server.base_url, "qa", "question=q", "ques\x1b[2Jtion=x"],
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert streamed.returncode == 0, streamed.stderr
+    assert "\x1b" not in streamed.stdout and "\x07" not in streamed.stdout
+    assert streamed.stdout.startswith("answer: \\x1b]0;pwned\\x07\\x1b[31mred\\x1b[0m\nline two\n")
+    assert echoed.returncode == 1 and "\x1b" not in echoed.stderr
+    assert "inputs.ques\\x1b[2Jtion: Extra inputs are not permitted" in echoed.stderr, echoed.stderr

@@ -236,6 +236,15 @@ class RemoteProgram(dspy.Module):
             for item in results
         ]
 
+    def describe(self) -> dict[str, Any]:
+        """The program's description (``GET /programs/NAME``): signature, input and output schemas."""
+        try:
+            response = self.client._http.get(f"/programs/{self.name}")
+            _raise_for(response)
+        except errors.ServeError as exc:  # a 404 says what is served instead, as a call does
+            raise self._not_served(exc, self.client.programs) from None
+        return dict(response.json())
+
     def stream(self, **inputs: Any) -> Iterator[TokenEvent | StatusEvent | dspy.Prediction]:
         """Typed events as they arrive; the last is the Prediction (or the error is raised)."""
         try:
@@ -253,7 +262,7 @@ class RemoteProgram(dspy.Module):
         except errors.HTTPProblem as exc:
             raise self._not_served(exc, self.client.programs) from None
 
-    def _not_served(self, exc: errors.HTTPProblem, programs: Callable[[], list[dict[str, Any]]]) -> Exception:
+    def _not_served(self, exc: errors.ServeError, programs: Callable[[], list[dict[str, Any]]]) -> Exception:
         """A 404 on a program's own path means no such program: say what is served instead."""
         if exc.status != 404:
             return exc

@@ -82,9 +82,9 @@ class ServeSettings(BaseSettings):
     model: str | None = Field(
         default=None,
         description="Default LM for every program, e.g. 'openai/gpt-4o-mini', or 'local' for the "
-        "embedded model (offline, no key). Unset: the LM a program file configures as it is imported (dspy.configure(lm=...)), else "
-        "the embedded local model. Credentials come from the provider's usual environment "
-        "variables (OPENAI_API_KEY, ...).",
+        "embedded model (offline, no key). Unset: the LM a program file configures as it is imported "
+        "(dspy.configure(lm=...)), else the embedded local model. Credentials come from the provider's "
+        "usual environment variables (OPENAI_API_KEY, ...).",
     )
     api_base: str | None = Field(
         default=None, description="Base URL of the LM provider (OpenAI-compatible servers)."

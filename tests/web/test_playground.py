@@ -371,13 +371,14 @@ def test_copy_as_snippets_run_as_shown(page: Any, server: ServerThread, fake_lm:
             [sys.executable, "-c", snippet[kind]], capture_output=True, text=True, timeout=120, env=env
         )
         assert ran.returncode == 0 and "Lima" in ran.stdout, (kind, ran.stderr[-2000:])
-    # `dspy-serve call` sends no options: the page says so in the snippet.
-    assert snippet["cli"].startswith("# (dspy-serve call sends no options")
-    command = (
-        snippet["cli"].splitlines()[-1].replace("dspy-serve call", f"{sys.executable} -m dspy_serve call", 1)
-    )
+    assert "program(question=\"Capital of Peru? (it's 'quoted')\")" in snippet["python"]
+    # With options, `dspy-serve call` sends the whole body.
+    assert " --json " in snippet["cli"]
+    command = snippet["cli"].replace("dspy-serve call", f"{sys.executable} -m dspy_serve call", 1)
     ran = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120, env=env)
     assert ran.returncode == 0 and json.loads(ran.stdout)["outputs"]["answer"] == 'It\'s "Lima"', ran.stderr
+    sent = fake_lm.last_request
+    assert sent.get("max_tokens", sent.get("max_completion_tokens")) == 100
 
 
 def test_a_run_reopens_from_its_link_and_from_the_recent_runs(
