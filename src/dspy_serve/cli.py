@@ -307,16 +307,16 @@ def call_command(
         pairs.append((key, raw))
     if "://" not in url:
         url = "http://" + url  # "127.0.0.1:8000" means what it says
-    key = os.environ.get("DSPY_SERVE_CLIENT_KEY")
+    api_key = os.environ.get("DSPY_SERVE_CLIENT_KEY")
     try:
-        with Client(url, api_key=key, timeout=timeout) as client:
+        with Client(url, api_key=api_key, timeout=timeout) as client:
             program = RemoteProgram(client, name, **options)
             schema = program.describe().get("input_schema", {}) if pairs else {}
             inputs = {**given, **{field: _field_value(raw, field, schema) for field, raw in pairs}}
             prediction = _print_stream(program.stream(**inputs)) if stream else program(**inputs)
     except ServeError as exc:
         if exc.status == 401:
-            fix = "it was refused" if key else "it is not set"
+            fix = "it was refused" if api_key else "it is not set"
             detail = f"the server wants an API key: set DSPY_SERVE_CLIENT_KEY to one of its keys ({fix})"
         else:
             detail = _safe(str(exc.detail))
@@ -483,22 +483,56 @@ def _from_environment_note(settings: ServeSettings) -> None:
 
 
 def _docker(config: Path | None, out: Path, **values: Any) -> None:
-    from dspy_serve.deploy.docker import write_deployment
+    from dspy_serve.deploy.container import container_settings
+    from dspy_serve.deploy.docker import USER_ID, write_deployment
+    from dspy_serve.lm.checks import credential_variables
 
     settings = _deployable(config, values)
+    leave_out = (
+        [config] if config is not None and config.resolve().is_relative_to(Path.cwd().resolve()) else []
+    )
     try:
-        written = write_deployment(settings, out)
+        written = write_deployment(
+            settings, out, leave_out=leave_out, provider_variables=credential_variables(settings)
+        )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     for path in written:
         click.echo(f"wrote {path}")
     _from_environment_note(settings)
+    if leave_out:
+        credential = " (it holds a credential)" if container_settings(settings).from_environment else ""
+        click.echo(
+            f"{config} is left out of the image{credential}: its settings are the Dockerfile's ENV lines",
+            err=True,
+        )
+    keys = settings.api_keys_file
+    if keys is not None and not _readable_by(keys, USER_ID):
+        click.echo(
+            f"{keys} is not readable by uid {USER_ID}, which the container runs as: "
+            f"chmod o+r {keys} (or chown {USER_ID} {keys}), or the server cannot read its keys",
+            err=True,
+        )
+    if not any((Path.cwd() / name).is_file() for name in ("requirements.txt", "pyproject.toml")):
+        click.echo(
+            f"no requirements.txt or pyproject.toml in {Path.cwd()}: the image installs dspy-serve only; "
+            "add one if your programs import other packages",
+            err=True,
+        )
     env = out / ".env"
     click.echo(
         f"Next: cp {out / '.env.example'} {env} (add credentials), then "
         f"docker compose -f {out / 'compose.yaml'} up --build",
         err=True,
     )
+
+
+def _readable_by(path: Path, uid: int) -> bool:
+    """Whether a file mounted with its mode and owner (a compose secret) is readable by ``uid``."""
+    import stat
+
+    mode = path.stat()
+    return bool(mode.st_mode & stat.S_IROTH) or (mode.st_uid == uid and bool(mode.st_mode & stat.S_IRUSR))
 
 
 docker_command = click.Command(
