@@ -73,7 +73,7 @@ class _GroupedCommand(click.Command):
         for param in self.get_params(ctx):
             record = param.get_help_record(ctx)
             if isinstance(param, click.Argument) and param.name in ServeSettings.model_fields:
-                record = ("[TARGET]...", ServeSettings.model_fields[param.name].description or "")
+                record = ("TARGET...", ServeSettings.model_fields[param.name].description or "")
             if record is not None:
                 title = section_of.get(param.name or "", "Command")
                 grouped.setdefault(title[0].upper() + title[1:], []).append(record)
@@ -90,7 +90,7 @@ def _settings_params() -> list[click.Parameter]:
         envvar = f"{ENV_PREFIX}{name.upper()}"
         help_text = f"{info.description or ''} [env: {envvar}]"
         if flag == "positional":
-            params.append(click.Argument([name], nargs=-1, required=False, metavar="[TARGET]..."))
+            params.append(click.Argument([name], nargs=-1, required=False, metavar="TARGET..."))
             continue
         if flag == "env-only":
             continue
