@@ -535,11 +535,26 @@ def _readable_by(path: Path, uid: int) -> bool:
     return bool(mode.st_mode & stat.S_IROTH) or (mode.st_uid == uid and bool(mode.st_mode & stat.S_IRUSR))
 
 
-docker_command = click.Command(
+def _image_params(leave_out: set[str]) -> list[click.Parameter]:
+    """`run`'s options for a command that writes an image's files: those that make no sense in an
+    image (``--reload``, ``--host``, which a container refuses anyway) still parse, for the one-line
+    reason, but are left out of ``--help``."""
+    import copy
+
+    params = []
+    for param in run_command.params:
+        if param.name in leave_out and isinstance(param, click.Option):
+            param = copy.copy(param)
+            param.hidden = True
+        params.append(param)
+    return params
+
+
+docker_command = _GroupedCommand(
     "docker",
     callback=_docker,
     params=[
-        *run_command.params,
+        *_image_params({"reload", "host"}),
         _out_option(
             "Directory inside the project to write the Dockerfile, its .dockerignore, "
             "compose.yaml, .env.example and the dspy-serve wheel to."
@@ -576,11 +591,11 @@ def _kuberay(config: Path | None, image: str, name: str | None, out: Path, **val
     )
 
 
-kuberay_command = click.Command(
+kuberay_command = _GroupedCommand(
     "kuberay",
     callback=_kuberay,
     params=[
-        *run_command.params,
+        *_image_params({"reload", "host", "workers", "engine", "ray_address"}),
         click.Option(
             ["--image", "image"],
             required=True,

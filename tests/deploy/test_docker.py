@@ -377,3 +377,16 @@ def test_the_command_says_what_the_image_will_lack(project: Path) -> None:
         "docker", project, "examples/qa.py:program", "--model=openai/gpt-4o-mini", "--api-keys-file=keys.txt"
     )
     assert "not readable" not in result.stderr and "no requirements.txt" not in result.stderr
+
+
+def test_help_shows_what_matters_for_an_image_first_and_leaves_out_what_it_cannot_use(project: Path) -> None:
+    for command, first in (("docker", "--out"), ("kuberay", "--image")):
+        result = deploy_command(command, project, "--help")
+        lines = result.stdout.splitlines()
+        headings = [line for line in lines if line and not line[0].isspace() and line.endswith(":")]
+        assert headings[0] == "Command:" and "Programs:" in headings, headings
+        command_group = result.stdout.split("Command:")[1].split("Programs:")[0]
+        assert first in command_group
+        assert "--reload" not in result.stdout and "--host" not in result.stdout
+    refused = deploy_command("docker", project, "examples/qa.py:program", "--model=openai/x", "--reload")
+    assert refused.returncode == 2 and "--reload is for development" in refused.stderr
