@@ -25,7 +25,7 @@ import pytest
 from dspy_serve import create_app
 from tests.support.browser import browser, offline_page
 from tests.support.dspy_prompts import prompt_text
-from tests.support.fake_lm import FakeLM, Hang, Slow
+from tests.support.fake_lm import AuthFailure, FakeLM, Hang, Slow
 from tests.support.servers import ServerThread, serving
 from tests.support.settings import FAKE_KEY, PROGRAMS, fake_settings
 
@@ -256,8 +256,54 @@ def test_a_streamed_run_shows_tokens_before_the_final_outputs(
     assert answer.startswith(partial) and partial != answer
     wait_for_outputs(page)
     assert page.locator('#outputs [data-field="answer"]').inner_text().endswith(answer)
-    assert page.locator("[data-live=answer]").inner_text() == answer
+    assert page.locator("[data-live]").count() == 0  # the live box folded into Outputs
+    assert page.locator("#result").inner_text().count(answer) == 1
     assert page.locator('#outputs [data-field="mood"] .badge').inner_text() == "calm"
+
+
+def steps_shown(page: Any) -> list[tuple[str, str]]:
+    return [
+        (li.locator(".step-name").inner_text(), li.get_attribute("data-state") or "")
+        for li in page.locator("#steps li").all()
+    ]
+
+
+def test_every_step_ends_done_failed_or_stopped_and_live_boxes_fold_into_outputs(
+    page: Any, server: ServerThread, fake_lm: FakeLM
+) -> None:
+    open_program(page, server, "two_steps")
+    question = page.locator("textarea").first
+
+    fake_lm.answers = {"query": "france capital", "answer": "Paris"}
+    question.fill("Capital of France?")
+    page.locator("#run").click()
+    wait_for_outputs(page)
+    assert steps_shown(page) == [("rewrite", "done"), ("answer", "done")]
+    assert "Running" not in page.locator("#result").inner_text()
+    assert page.locator("#live > *").count() == 0
+    assert page.locator("#result").inner_text().count("Paris") == 1  # shown once, in Outputs
+
+    fake_lm.answers = {"query": "the second step fails", "answer": "never"}
+    fake_lm.when("the second step fails", AuthFailure())
+    page.locator("#run").click()
+    page.wait_for_function("document.getElementById('run-state').textContent === 'Failed.'", timeout=20_000)
+    assert steps_shown(page) == [("rewrite", "done"), ("answer", "failed")]
+    assert page.locator("#live > *").count() == 0
+
+    fake_lm.answers = {"query": "the second step hangs", "answer": "never"}
+    fake_lm.when("the second step hangs", Hang())
+    page.locator("#run").click()
+    page.wait_for_function(
+        "[...document.querySelectorAll('#steps li')].some((li) => li.textContent.startsWith('answer'))",
+        timeout=20_000,
+    )
+    page.locator("#stop").click()
+    page.wait_for_function("document.getElementById('run-state').textContent.startsWith('Stopped')")
+    assert steps_shown(page) == [("rewrite", "done"), ("answer", "stopped")]
+    assert page.locator("#live > *").count() == 0
+    partial = page.locator("#outputs")
+    assert "Partial outputs (stopped)" in partial.inner_text()
+    assert "the second step hangs" in partial.inner_text()
 
 
 def test_stop_cancels_the_call_and_the_lm_sees_the_abort(
@@ -418,6 +464,7 @@ def test_batch_upload_runs_every_line_and_downloads_the_results(
     upload.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     open_program(page, server, "echo")
     page.locator("#batch summary").click()
+    assert json.loads(page.locator("#batch-input").get_attribute("placeholder") or "") == {"question": "..."}
     page.locator("#batch-file").set_input_files(str(upload))
     page.wait_for_function("document.getElementById('batch-input').value.includes('Question 9?')")
     page.locator("#batch-run").click()
@@ -427,13 +474,23 @@ def test_batch_upload_runs_every_line_and_downloads_the_results(
     assert page.locator("#batch-state").inner_text() == "11 of 11 done, 1 failed."
     assert page.evaluate("document.getElementById('batch-progress').value") == 11
     assert page.locator("#batch-results tbody tr").count() == 11
+    # Items are numbered from 1 everywhere; the table shows each item's inputs; a rejected item
+    # says which field and why, as the API does.
+    headers = page.locator("#batch-results th").all_inner_texts()
+    assert headers == ["#", "question (input)", "wrong (input)", "answer", "mood", "error"]
+    fourth = page.locator('#batch-results tr[data-item="4"]')
+    assert fourth.locator("td").first.inner_text() == "4"
+    assert fourth.locator('[data-input="question"]').inner_text() == "Question 3?"
+    rejected = page.locator('#batch-results tr[data-item="11"] [data-error]').inner_text()
+    assert "wrong: Extra inputs are not permitted" in rejected and "question: Field required" in rejected
+    assert "Invalid input: Invalid input" not in rejected
 
     with page.expect_download() as download:
         page.locator("#batch-jsonl").click()
     records = [json.loads(line) for line in Path(download.value.path()).read_text().splitlines()]
-    assert [r["index"] for r in records] == list(range(11))
+    assert [r["item"] for r in records] == list(range(1, 12))
     assert records[0] == {
-        "index": 0,
+        "item": 1,
         "inputs": {"question": "Question 0?"},
         "outputs": {"answer": "Paris, France", "mood": "calm"},
     }
@@ -443,13 +500,13 @@ def test_batch_upload_runs_every_line_and_downloads_the_results(
     assert download.value.suggested_filename == "echo-results.csv"
     rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
     assert rows[3] == {
-        "index": "3",
+        "item": "4",
         "question": "Question 3?",
         "answer": "Paris, France",
         "mood": "calm",
         "error": "",
     }
-    assert rows[10]["error"].startswith("Invalid input")
+    assert rows[10]["error"] == rejected
 
     # CSV pasted, with a quoted comma, runs too.
     page.locator("#batch-input").fill('question\n"Paris, or Lyon?"\nRome?\n')
@@ -495,9 +552,17 @@ def test_batch_progress_moves_per_item_and_the_results_keep_input_order(
     with page.expect_download() as download:
         page.locator("#batch-jsonl").click()
     records = [json.loads(line) for line in Path(download.value.path()).read_text().splitlines()]
-    assert [(r["index"], r["inputs"], r["outputs"]["answer"]) for r in records] == [
-        (i, item, f"Answer {i}") for i, item in enumerate(items)
+    assert [(r["item"], r["inputs"], r["outputs"]["answer"]) for r in records] == [
+        (i + 1, item, f"Answer {i}") for i, item in enumerate(items)
     ]
+    # The placeholder is a line of this program's own inputs.
+    open_program(page, server, "two_steps")
+    page.locator("#batch summary").click()
+    assert json.loads(page.locator("#batch-input").get_attribute("placeholder") or "") == {"question": "..."}
+    open_program(page, server, "everything")
+    page.locator("#batch summary").click()
+    placeholder = json.loads(page.locator("#batch-input").get_attribute("placeholder") or "")
+    assert "text" in placeholder and "question" not in placeholder
 
 
 def test_metrics_show_this_programs_calls_and_latency(page: Any, server: ServerThread) -> None:
