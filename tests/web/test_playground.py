@@ -585,6 +585,8 @@ def test_metrics_show_this_programs_calls_and_latency(page: Any, server: ServerT
     requests_shown.wait_for(timeout=20_000)
     assert float(requests_shown.inner_text()) == calls >= 2
     assert page.locator('[data-metric="Latency p50"]').inner_text().endswith(" ms")
+    # openai/fake-model has no known price: its cost is unknown, not $0.
+    assert page.locator('[data-metric="Cost"]').inner_text() == "unknown (no price known for this model)"
 
 
 # --- accessibility -------------------------------------------------------------------------------
@@ -683,3 +685,37 @@ def test_no_playground_turns_the_pages_off(fake_lm: FakeLM, provider_key: str) -
         assert http.get("/playground/assets/core.js").status_code == 404
         index = http.get("/")
         assert index.status_code == 200 and "playground" not in index.text  # the plain index
+
+
+def test_with_keys_the_landing_page_says_it_waits_for_one_and_a_restricted_key_sees_its_models(
+    chromium: Any, fake_lm: FakeLM, provider_env: None, tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text(f"one-model:{KEY} models=openai/fake-model\n")
+    settings = fake_settings(
+        fake_lm, programs=[f"echo={TARGET}:echo"], api_keys_file=keys, allow_models=["openai/other-model"]
+    )
+    with serving(create_app(settings)) as keyed:
+        described = httpx.get(keyed.base_url + "/programs/echo", headers={"Authorization": f"Bearer {KEY}"})
+        assert described.json()["allowed_models"] == ["openai/fake-model"]
+        page = offline_page(chromium, keyed.base_url, viewport={"width": 420, "height": 900})
+        try:
+            page.goto(keyed.base_url + "/")
+            page.locator("#key-panel").wait_for(state="visible", timeout=20_000)
+            assert "needs an API key" in page.locator("#loading").inner_text()
+            page.locator("#key-input").fill(KEY)
+            page.keyboard.press("Enter")
+            card = page.locator('.card[data-program="echo"]')
+            card.wait_for(timeout=20_000)
+            assert "allowed" not in card.inner_text()
+            card.locator("summary", has_text="Call it").click()
+            snippet = card.locator('[data-snippet="curl"]')
+            # Code keeps its lines in a narrow card (it scrolls), never broken mid-word.
+            assert snippet.evaluate("el => getComputedStyle(el).whiteSpace") == "pre"
+            wide = page.evaluate(
+                "[...document.querySelectorAll('body *')]"
+                ".filter((el) => el.getBoundingClientRect().right > 420).map((el) => el.tagName)"
+            )
+            assert page.evaluate("document.documentElement.scrollWidth") <= 420, wide
+        finally:
+            page.context.close()
