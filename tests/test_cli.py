@@ -495,3 +495,25 @@ def test_call_prints_escape_sequences_from_the_lm_and_the_server_escaped(fake_lm
     assert streamed.stdout.startswith("answer: \\x1b]0;pwned\\x07\\x1b[31mred\\x1b[0m\nline two\n")
     assert echoed.returncode == 1 and "\x1b" not in echoed.stderr
     assert "inputs.ques\\x1b[2Jtion: Extra inputs are not permitted" in echoed.stderr, echoed.stderr
+
+
+def test_the_startup_log_names_each_artifact_and_its_sha256(fake_lm: FakeLM, tmp_path: Path) -> None:
+    import hashlib
+
+    import dspy
+
+    from tests.support.cli import wait_for_line
+
+    artifact = tmp_path / "qa.json"
+    dspy.Predict("question -> answer").save(str(artifact))
+    sha = hashlib.sha256(artifact.read_bytes()).hexdigest()
+    argv = [*CLI, "run", f"qa={PROGRAMS / 'serving.py'}:qa", "--artifact", str(artifact), "--port", "0"]
+    argv += ["--model", "openai/fake-model", "--api-base", fake_lm.base_url, "--log-format", "text"]
+    process = subprocess.Popen(argv, env=cli_env(), stderr=subprocess.PIPE, text=True)
+    try:
+        line = wait_for_line(process, "program qa: artifact")
+        assert str(artifact) in line and f"(sha256 {sha})" in line
+        assert "playground: http://127.0.0.1:" in wait_for_line(process, "serving on")
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=60)

@@ -200,24 +200,40 @@ def serve(settings: ServeSettings) -> None:
         # The served settings: with no --model, a program's file may configure the LM.
         check_lms(service.settings, probe=settings.check_lm)
         sock = bind_socket(settings.host, settings.port)
+    _log_artifacts(service)
     url = socket_url(sock)
+    pages = f"playground: {url}/, docs: {url}/docs" if settings.playground else f"docs: {url}/docs"
     if settings.workers > 1 or settings.reload:
         from dspy_serve.deploy.workers import run_workers
 
         what = "serving with --reload" if settings.reload else f"starting {settings.workers} workers"
-        click.echo(f"dspy-serve: {what} on {url}  (docs: {url}/docs)", err=True)
+        click.echo(f"dspy-serve: {what} on {url}  ({pages})", err=True)
         with contextlib.suppress(KeyboardInterrupt):
             run_workers(settings, sock)
         return
 
     def announce() -> None:
-        click.echo(f"dspy-serve: serving on {url}  (docs: {url}/docs)", err=True)
+        click.echo(f"dspy-serve: serving on {url}  ({pages})", err=True)
 
     server = ServeServer(uvicorn_config(app, settings), app.state.service, on_started=announce)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it captured, after shutdown
         server.run(sockets=[sock])
     if not server.started:
         sys.exit(3)
+
+
+def _log_artifacts(service: Any) -> None:
+    """Name the state each program serves: its artifact and sha256, or none (unoptimized)."""
+    import logging
+
+    for name, program in service.programs.items():
+        artifact = program.loaded.artifact
+        if artifact is not None:
+            logging.getLogger("dspy_serve").info(
+                "program %s: artifact %s (sha256 %s)", name, artifact.path, artifact.sha256
+            )
+        else:
+            logging.getLogger("dspy_serve").info("program %s: no artifact (not optimized)", name)
 
 
 def _serve_on_ray(settings: ServeSettings) -> None:
