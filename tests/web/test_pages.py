@@ -95,3 +95,9 @@ def test_swagger_ui_renders_offline_and_try_it_out_succeeds(server: ServerThread
         page.goto(server.base_url + "/redoc")
         page.locator(".api-content").wait_for(timeout=30_000)
         assert "Run qa" in page.locator(".api-content").inner_text()  # ReDoc rendered the operations
+
+
+def test_the_api_docs_say_where_v1_and_mcp_are_described(server: ServerThread) -> None:
+    description = httpx.get(server.base_url + "/openapi.json", timeout=10).json()["info"]["description"]
+    assert "/v1/chat/completions" in description and "docs/openai.md" in description
+    assert "/mcp" in description and "docs/mcp.md" in description
