@@ -114,7 +114,8 @@ class SafeReload(WatchFilesReload):
             if process.is_alive():
                 process.terminate()
             process.join()
-            logger.warning("the change is not served; the last good version keeps serving")
+            if not self.should_exit.is_set():  # not when stopped (Ctrl-C) while it was starting
+                logger.warning("the change is not served; the last good version keeps serving")
             return
         self.process.terminate()
         self.process.join()
