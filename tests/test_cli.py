@@ -517,3 +517,34 @@ def test_the_startup_log_names_each_artifact_and_its_sha256(fake_lm: FakeLM, tmp
     finally:
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=60)
+
+
+def test_call_values_follow_each_field_type() -> None:
+    from dspy_serve.client import field_value
+
+    schema = {
+        "properties": {
+            "text": {"type": "string"},
+            "count": {"type": "integer"},
+            "ratio": {"type": "number"},
+            "maybe": {"anyOf": [{"type": "integer"}, {"type": "string"}]},
+            "tone": {"enum": ["calm", "true"]},
+            "place": {"$ref": "#/$defs/Place"},
+        },
+        "$defs": {"Place": {"type": "object", "properties": {"city": {"type": "string"}}}},
+    }
+    cases = {
+        ("text", "12345"): "12345",
+        ("text", "true"): "true",
+        ("text", '"quoted"'): '"quoted"',
+        ("count", "3"): 3,
+        ("count", "three"): "three",  # the server names the field
+        ("ratio", "3"): 3,
+        ("maybe", "3"): 3,
+        ("maybe", "three"): "three",
+        ("tone", "true"): "true",
+        ("place", '{"city": "Paris"}'): {"city": "Paris"},
+        ("unknown", "[1]"): [1],
+    }
+    for (name, raw), expected in cases.items():
+        assert field_value(raw, name, schema) == expected, (name, raw)

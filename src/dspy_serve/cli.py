@@ -311,7 +311,7 @@ def call_command(
 
     import httpx
 
-    from dspy_serve.client import Client, RemoteProgram
+    from dspy_serve.client import Client, RemoteProgram, field_value
     from dspy_serve.errors import ServeError
 
     given, options = _call_body(body)
@@ -328,7 +328,7 @@ def call_command(
         with Client(url, api_key=api_key, timeout=timeout) as client:
             program = RemoteProgram(client, name, **options)
             schema = program.describe().get("input_schema", {}) if pairs else {}
-            inputs = {**given, **{field: _field_value(raw, field, schema) for field, raw in pairs}}
+            inputs = {**given, **{field: field_value(raw, field, schema) for field, raw in pairs}}
             prediction = _print_stream(program.stream(**inputs)) if stream else program(**inputs)
     except ServeError as exc:
         if exc.status == 401:
@@ -366,47 +366,6 @@ def _call_body(body: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
     if not isinstance(inputs, dict) or not isinstance(options, dict):
         raise click.UsageError("--json: inputs and options are JSON objects")
     return inputs, options
-
-
-def _json_types(schema: dict[str, Any], defs: dict[str, Any], depth: int = 0) -> set[str]:
-    """The JSON types a field's schema accepts; empty when it says nothing (anything goes)."""
-    if depth > 8:
-        return set()
-    if "$ref" in schema:
-        return _json_types(defs.get(str(schema["$ref"]).rsplit("/", 1)[-1], {}), defs, depth + 1)
-    if "anyOf" in schema or "oneOf" in schema:
-        found: set[str] = set()
-        for option in schema.get("anyOf", schema.get("oneOf", [])):
-            accepts = _json_types(option, defs, depth + 1)
-            if not accepts:
-                return set()
-            found |= accepts
-        return found
-    if "enum" in schema or "const" in schema:
-        values = schema.get("enum", [schema.get("const")])
-        return {"string" if isinstance(v, str) else "null" if v is None else "other" for v in values}
-    kind = schema.get("type")
-    return set(kind) if isinstance(kind, list) else {str(kind)} if kind else set()
-
-
-def _field_value(raw: str, field: str, schema: dict[str, Any]) -> Any:
-    """A FIELD=VALUE value as the program's input schema wants it: a text field takes the text as
-    written (``ticket=12345`` is the string "12345"), other types are read as JSON. A value that is
-    not valid JSON where JSON is wanted is sent as text, for the server to name the field."""
-    import json
-
-    accepts = _json_types(schema.get("properties", {}).get(field, {}), schema.get("$defs", {}))
-    try:
-        parsed = json.loads(raw)
-    except ValueError:
-        return raw
-    if not accepts or "string" not in accepts:
-        return parsed
-    others = accepts - {"string", "null"}
-    kind = {bool: "boolean", int: "integer", float: "number", list: "array", dict: "object"}.get(type(parsed))
-    if kind is not None and (kind in others or (kind == "integer" and "number" in others)):
-        return parsed
-    return raw
 
 
 def _safe(text: str) -> str:

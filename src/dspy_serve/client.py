@@ -277,6 +277,48 @@ class RemoteProgram(dspy.Module):
         return RemoteProgram(self.client, self.name, **self.options)
 
 
+# --- text values (`dspy-serve call FIELD=VALUE`) read by a program's input schema ------------------
+
+
+def _json_types(schema: dict[str, Any], defs: dict[str, Any], depth: int = 0) -> set[str]:
+    """The JSON types a field's schema accepts; empty when it says nothing (anything goes)."""
+    if depth > 8:
+        return set()
+    if "$ref" in schema:
+        return _json_types(defs.get(str(schema["$ref"]).rsplit("/", 1)[-1], {}), defs, depth + 1)
+    if "anyOf" in schema or "oneOf" in schema:
+        found: set[str] = set()
+        for option in schema.get("anyOf", schema.get("oneOf", [])):
+            accepts = _json_types(option, defs, depth + 1)
+            if not accepts:
+                return set()
+            found |= accepts
+        return found
+    if "enum" in schema or "const" in schema:
+        values = schema.get("enum", [schema.get("const")])
+        return {"string" if isinstance(v, str) else "null" if v is None else "other" for v in values}
+    kind = schema.get("type")
+    return set(kind) if isinstance(kind, list) else {str(kind)} if kind else set()
+
+
+def field_value(raw: str, field: str, schema: dict[str, Any]) -> Any:
+    """A FIELD=VALUE value as the program's input schema wants it: a text field takes the text as
+    written (``ticket=12345`` is the string "12345"), other types are read as JSON. A value that is
+    not valid JSON where JSON is wanted is sent as text, for the server to name the field."""
+    accepts = _json_types(schema.get("properties", {}).get(field, {}), schema.get("$defs", {}))
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return raw
+    if not accepts or "string" not in accepts:
+        return parsed
+    others = accepts - {"string", "null"}
+    kind = {bool: "boolean", int: "integer", float: "number", list: "array", dict: "object"}.get(type(parsed))
+    if kind is not None and (kind in others or (kind == "integer" and "number" in others)):
+        return parsed
+    return raw
+
+
 def _events(lines: Iterator[str]) -> Iterator[TokenEvent | StatusEvent | dspy.Prediction]:
     event: str | None = None
     for line in lines:
