@@ -78,7 +78,10 @@ def create_app(
     app = FastAPI(
         title=settings.title,
         version=VERSION,
-        description="DSPy programs served by dspy-serve. Errors are RFC 9457 problem+json.",
+        description="DSPy programs served by dspy-serve. Errors are RFC 9457 problem+json.\n\n"
+        "Not listed here, over the same programs, keys and limits: the OpenAI-compatible "
+        "`POST /v1/chat/completions` and `GET /v1/models` (dspy-serve's docs/openai.md), and the MCP "
+        "endpoint `/mcp` (docs/mcp.md; with the `mcp` extra).",
         lifespan=lifespan,
         # /openapi.json depends on the caller's key (add_openapi_route); /docs and /redoc load
         # their assets from the package, not from a CDN (add_pages).

@@ -73,7 +73,7 @@ class _GroupedCommand(click.Command):
         for param in self.get_params(ctx):
             record = param.get_help_record(ctx)
             if isinstance(param, click.Argument) and param.name in ServeSettings.model_fields:
-                record = ("[TARGET]...", ServeSettings.model_fields[param.name].description or "")
+                record = ("TARGET...", ServeSettings.model_fields[param.name].description or "")
             if record is not None:
                 title = section_of.get(param.name or "", "Command")
                 grouped.setdefault(title[0].upper() + title[1:], []).append(record)
@@ -90,7 +90,7 @@ def _settings_params() -> list[click.Parameter]:
         envvar = f"{ENV_PREFIX}{name.upper()}"
         help_text = f"{info.description or ''} [env: {envvar}]"
         if flag == "positional":
-            params.append(click.Argument([name], nargs=-1, required=False, metavar="[TARGET]..."))
+            params.append(click.Argument([name], nargs=-1, required=False, metavar="TARGET..."))
             continue
         if flag == "env-only":
             continue
@@ -202,24 +202,40 @@ def serve(settings: ServeSettings) -> None:
         # The served settings: with no --model, a program's file may configure the LM.
         check_lms(service.settings, probe=settings.check_lm)
         sock = bind_socket(settings.host, settings.port)
+    _log_artifacts(service)
     url = socket_url(sock)
+    pages = f"playground: {url}/, docs: {url}/docs" if settings.playground else f"docs: {url}/docs"
     if settings.workers > 1 or settings.reload:
         from dspy_serve.deploy.workers import run_workers
 
         what = "serving with --reload" if settings.reload else f"starting {settings.workers} workers"
-        click.echo(f"dspy-serve: {what} on {url}  (docs: {url}/docs)", err=True)
+        click.echo(f"dspy-serve: {what} on {url}  ({pages})", err=True)
         with contextlib.suppress(KeyboardInterrupt):
             run_workers(settings, sock)
         return
 
     def announce() -> None:
-        click.echo(f"dspy-serve: serving on {url}  (docs: {url}/docs)", err=True)
+        click.echo(f"dspy-serve: serving on {url}  ({pages})", err=True)
 
     server = ServeServer(uvicorn_config(app, settings), app.state.service, on_started=announce)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it captured, after shutdown
         server.run(sockets=[sock])
     if not server.started:
         sys.exit(3)
+
+
+def _log_artifacts(service: Any) -> None:
+    """Name the state each program serves: its artifact and sha256, or none (unoptimized)."""
+    import logging
+
+    for name, program in service.programs.items():
+        artifact = program.loaded.artifact
+        if artifact is not None:
+            logging.getLogger("dspy_serve").info(
+                "program %s: artifact %s (sha256 %s)", name, artifact.path, artifact.sha256
+            )
+        else:
+            logging.getLogger("dspy_serve").info("program %s: no artifact (not optimized)", name)
 
 
 def _serve_on_ray(settings: ServeSettings) -> None:
@@ -268,50 +284,99 @@ main.add_command(run_command)
 @click.argument("url")
 @click.argument("name")
 @click.argument("fields", nargs=-1)
+@click.option(
+    "--json",
+    "body",
+    default=None,
+    metavar="BODY",
+    help='A whole request body, {"inputs": {...}, "options": {...}} (\'-\' reads it from stdin); '
+    "FIELD=VALUE arguments add to its inputs.",
+)
 @click.option("--stream", is_flag=True, help="Print tokens as they arrive.")
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait.")
-def call_command(url: str, name: str, fields: tuple[str, ...], stream: bool, timeout: float) -> None:
-    """Call program NAME on the server at URL with FIELD=VALUE inputs (JSON values allowed).
+def call_command(
+    url: str, name: str, fields: tuple[str, ...], body: str | None, stream: bool, timeout: float
+) -> None:
+    """Call program NAME on the server at URL with FIELD=VALUE inputs.
 
     \b
     dspy-serve call http://127.0.0.1:8000 qa question="What is the capital of France?"
-    The API key, if any, comes from DSPY_SERVE_CLIENT_KEY (never a flag: flags show in `ps`).
+    dspy-serve call http://127.0.0.1:8000 triage ticket=12345 urgent=true tags='["a", "b"]'
+    dspy-serve call http://127.0.0.1:8000 qa --json '{"inputs": {"question": "Hi"}, "options": {}}'
+
+    Each VALUE is read as the program's input schema says: a text field takes it as written, a
+    number, boolean, list or object field as JSON. The API key, if any, comes from
+    DSPY_SERVE_CLIENT_KEY (never a flag: flags show in `ps`).
     """
     import json
     import os
 
     import httpx
 
-    from dspy_serve.client import Client
+    from dspy_serve.client import Client, RemoteProgram, field_value
     from dspy_serve.errors import ServeError
 
-    inputs: dict[str, object] = {}
+    given, options = _call_body(body)
+    pairs = []
     for field in fields:
         key, sep, raw = field.partition("=")
         if not sep:
             raise click.UsageError(f"{field!r}: write FIELD=VALUE")
-        try:
-            inputs[key] = json.loads(raw)
-        except ValueError:
-            inputs[key] = raw
+        pairs.append((key, raw))
     if "://" not in url:
         url = "http://" + url  # "127.0.0.1:8000" means what it says
+    api_key = os.environ.get("DSPY_SERVE_CLIENT_KEY")
     try:
-        with Client(url, api_key=os.environ.get("DSPY_SERVE_CLIENT_KEY"), timeout=timeout) as client:
-            program = client.program(name)
+        with Client(url, api_key=api_key, timeout=timeout) as client:
+            program = RemoteProgram(client, name, **options)
+            schema = program.describe().get("input_schema", {}) if pairs else {}
+            inputs = {**given, **{field: field_value(raw, field, schema) for field, raw in pairs}}
             prediction = _print_stream(program.stream(**inputs)) if stream else program(**inputs)
     except ServeError as exc:
-        click.echo(f"dspy-serve: {exc.status} {exc.code}: {exc.detail}", err=True)
+        if exc.status == 401:
+            fix = "it was refused" if api_key else "it is not set"
+            detail = f"the server wants an API key: set DSPY_SERVE_CLIENT_KEY to one of its keys ({fix})"
+        else:
+            detail = _safe(str(exc.detail))
+        click.echo(f"dspy-serve: {exc.status} {exc.code}: {detail}", err=True)
         for line in exc.field_errors():
-            click.echo(f"  {line}", err=True)
+            click.echo(f"  {_safe(line)}", err=True)
         sys.exit(1)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         reason = str(exc) or type(exc).__name__
-        click.echo(f"dspy-serve: cannot reach {url}: {reason}", err=True)
+        click.echo(f"dspy-serve: cannot reach {_safe(url)}: {_safe(reason)}", err=True)
         sys.exit(1)
     outputs = dict(prediction.items()) if prediction is not None else {}
     usage = prediction.get_lm_usage() if prediction is not None else {}
     click.echo(json.dumps({"outputs": outputs, "usage": usage}, indent=2))
+
+
+def _call_body(body: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The inputs and options of ``--json``: a whole request body, as the API takes it."""
+    import json
+
+    if body is None:
+        return {}, {}
+    text = sys.stdin.read() if body == "-" else body
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise click.UsageError(f"--json: not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or set(data) - {"inputs", "options"}:
+        raise click.UsageError('--json: give a request body, {"inputs": {...}, "options": {...}}')
+    inputs, options = data.get("inputs", {}), data.get("options", {})
+    if not isinstance(inputs, dict) or not isinstance(options, dict):
+        raise click.UsageError("--json: inputs and options are JSON objects")
+    return inputs, options
+
+
+def _safe(text: str) -> str:
+    """Text from the server or an LM, fit for a terminal: control characters (escape sequences that
+    retitle the window, recolour or move the cursor) are shown escaped; newlines and tabs stay."""
+    return "".join(
+        char if char in "\n\t" or not (ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0) else repr(char)[1:-1]
+        for char in text
+    )
 
 
 def _print_stream(events: Iterator[Any]) -> Any:
@@ -323,9 +388,9 @@ def _print_stream(events: Iterator[Any]) -> Any:
         if isinstance(event, TokenEvent):
             label = event.field if event.predictor in ("", "self") else f"{event.predictor}.{event.field}"
             if label != current:
-                click.echo(("\n" if current is not None else "") + f"{label}: ", nl=False)
+                click.echo(("\n" if current is not None else "") + f"{_safe(label)}: ", nl=False)
                 current = label
-            click.echo(event.chunk, nl=False)
+            click.echo(_safe(event.chunk), nl=False)
         elif not isinstance(event, StatusEvent):
             prediction = event
     if current is not None:
@@ -396,16 +461,42 @@ def _from_environment_note(settings: ServeSettings) -> None:
 
 
 def _docker(config: Path | None, out: Path, **values: Any) -> None:
-    from dspy_serve.deploy.docker import write_deployment
+    from dspy_serve.deploy.container import container_settings
+    from dspy_serve.deploy.docker import USER_ID, write_deployment
+    from dspy_serve.lm.checks import credential_variables
 
     settings = _deployable(config, values)
+    leave_out = (
+        [config] if config is not None and config.resolve().is_relative_to(Path.cwd().resolve()) else []
+    )
     try:
-        written = write_deployment(settings, out)
+        written = write_deployment(
+            settings, out, leave_out=leave_out, provider_variables=credential_variables(settings)
+        )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     for path in written:
         click.echo(f"wrote {path}")
     _from_environment_note(settings)
+    if leave_out:
+        credential = " (it holds a credential)" if container_settings(settings).from_environment else ""
+        click.echo(
+            f"{config} is left out of the image{credential}: its settings are the Dockerfile's ENV lines",
+            err=True,
+        )
+    keys = settings.api_keys_file
+    if keys is not None and not _readable_by(keys, USER_ID):
+        click.echo(
+            f"{keys} is not readable by uid {USER_ID}, which the container runs as: "
+            f"chmod o+r {keys} (or chown {USER_ID} {keys}), or the server cannot read its keys",
+            err=True,
+        )
+    if not any((Path.cwd() / name).is_file() for name in ("requirements.txt", "pyproject.toml")):
+        click.echo(
+            f"no requirements.txt or pyproject.toml in {Path.cwd()}: the image installs dspy-serve only; "
+            "add one if your programs import other packages",
+            err=True,
+        )
     env = out / ".env"
     click.echo(
         f"Next: cp {out / '.env.example'} {env} (add credentials), then "
@@ -414,11 +505,34 @@ def _docker(config: Path | None, out: Path, **values: Any) -> None:
     )
 
 
-docker_command = click.Command(
+def _readable_by(path: Path, uid: int) -> bool:
+    """Whether a file mounted with its mode and owner (a compose secret) is readable by ``uid``."""
+    import stat
+
+    mode = path.stat()
+    return bool(mode.st_mode & stat.S_IROTH) or (mode.st_uid == uid and bool(mode.st_mode & stat.S_IRUSR))
+
+
+def _image_params(leave_out: set[str]) -> list[click.Parameter]:
+    """`run`'s options for a command that writes an image's files: those that make no sense in an
+    image (``--reload``, ``--host``, which a container refuses anyway) still parse, for the one-line
+    reason, but are left out of ``--help``."""
+    import copy
+
+    params = []
+    for param in run_command.params:
+        if param.name in leave_out and isinstance(param, click.Option):
+            param = copy.copy(param)
+            param.hidden = True
+        params.append(param)
+    return params
+
+
+docker_command = _GroupedCommand(
     "docker",
     callback=_docker,
     params=[
-        *run_command.params,
+        *_image_params({"reload", "host"}),
         _out_option(
             "Directory inside the project to write the Dockerfile, its .dockerignore, "
             "compose.yaml, .env.example and the dspy-serve wheel to."
@@ -455,11 +569,11 @@ def _kuberay(config: Path | None, image: str, name: str | None, out: Path, **val
     )
 
 
-kuberay_command = click.Command(
+kuberay_command = _GroupedCommand(
     "kuberay",
     callback=_kuberay,
     params=[
-        *run_command.params,
+        *_image_params({"reload", "host", "workers", "engine", "ray_address"}),
         click.Option(
             ["--image", "image"],
             required=True,

@@ -218,3 +218,9 @@ def test_the_docs_pages_send_a_content_security_policy(xss_server: ServerThread,
     assert scripts == ["'self'"] or all(source.startswith("'sha256-") for source in scripts), scripts
     assert policy["frame-ancestors"] == "'none'" and policy["object-src"] == "'none'"
     assert headers["x-content-type-options"] == "nosniff"
+
+
+def test_the_api_docs_say_where_v1_and_mcp_are_described(server: ServerThread) -> None:
+    description = httpx.get(server.base_url + "/openapi.json", timeout=10).json()["info"]["description"]
+    assert "/v1/chat/completions" in description and "docs/openai.md" in description
+    assert "/mcp" in description and "docs/mcp.md" in description

@@ -98,7 +98,10 @@ def _describe(service: Service, program: Program, caller: Caller) -> dict[str, A
         "input_schema": program.interface.input_schema(),
         "output_schema": program.interface.output_schema(),
         "model": lms.model_of(None) if lms else service.settings.model or "local",
-        "allowed_models": lms.names if lms else None,
+        # Those this caller's key may pick: a key restricted to one model sees only that one.
+        "allowed_models": [m for m in lms.names if caller.api_key is None or caller.api_key.may_use(m)]
+        if lms
+        else None,
         "optimized": program.loaded.optimized,
         # Never a server path: the name and the hash say which state is served.
         "artifact": {"name": Path(artifact.path).name, "sha256": artifact.sha256} if artifact else None,
