@@ -207,13 +207,20 @@ async def test_api_keys_guard_the_endpoint_and_restrict_its_tools(fake_lm: FakeL
             answer = await client.call_tool("qa", {"question": "Capital?"})
         async with mcp_client(server, key="k2") as narrow:
             allowed = {tool.name for tool in (await narrow.list_tools()).tools}
-            forbidden = await narrow.call_tool("kitchen", {"text": "t", "tags": []})
+            # A tool outside the key is an unknown tool, whatever the arguments (#22).
+            errors = []
+            tries = (("kitchen", {}), ("kitchen", {"text": "t", "tags": []}), ("nope", {}))
+            for name, arguments in tries:
+                with pytest.raises(MCPError) as unknown:
+                    await narrow.call_tool(name, arguments)
+                errors.append((unknown.value.code, str(unknown.value).replace(name, "NAME")))
     assert refused.status_code == 401
     assert any(isinstance(error, MCPError) for error in leaves(keyless.value))
     assert refused.json()["code"] == "unauthorized"
     assert everything == {"qa", "kitchen"} and answer.structured_content == {"answer": "Paris"}
     assert allowed == {"qa"}
-    assert problem_of(forbidden)["code"] == "forbidden"
+    assert errors[0] == errors[1] == errors[2] and errors[0][0] == INVALID_PARAMS
+    assert "it serves: qa" in errors[0][1] and "kitchen" not in errors[0][1]
 
 
 async def test_rate_limits_count_tool_calls(fake_lm: FakeLM, provider_key: str) -> None:

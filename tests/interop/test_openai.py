@@ -224,7 +224,7 @@ def test_api_keys_and_rate_limits_apply(fake_lm: FakeLM, provider_key: str) -> N
         reply = client.chat.completions.create(model="qa", messages=[{"role": "user", "content": "hi"}])
         assert reply.choices[0].message.content == ANSWER
         assert [m.id for m in client.models.list()] == ["qa"]  # only what the key may call
-        with pytest.raises(openai.PermissionDeniedError):
+        with pytest.raises(openai.NotFoundError):  # outside the key: as if it did not exist (#22)
             client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
         client.chat.completions.create(model="qa", messages=[{"role": "user", "content": "hi"}])
         with pytest.raises(openai.RateLimitError) as limited:  # the third request this minute

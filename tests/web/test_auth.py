@@ -84,7 +84,8 @@ async def test_a_key_may_be_limited_to_programs_and_models(secured: httpx.AsyncC
         "/qa/invoke", json={**ASK, "options": {"model": "dummy"}}, headers=headers
     )
     assert allowed.status_code == 200
-    assert other_program.status_code == 403 and other_program.json()["code"] == "forbidden"
+    # A program outside the key's list is one that does not exist (#22).
+    assert other_program.status_code == 404 and other_program.json()["code"] == "program_not_found"
     assert other_model.status_code == 403 and other_model.json()["code"] == "model_not_allowed"
 
 

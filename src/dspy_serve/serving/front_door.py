@@ -1,8 +1,8 @@
 """The front door: admit a caller to a program, and charge what the call spent.
 
-Every front end (the program routes, OpenAI-compatible ``/v1``, MCP, and whatever comes next)
-goes through here, so per-key restrictions, rate limits, token budgets and accounting are
-written once and cannot drift apart.
+Every call goes through here, from :func:`dspy_serve.serving.call.admit` (the one admission)
+and :class:`~.accounts.CallAccounts`, so per-key restrictions, rate limits and token budgets
+are written once and cannot drift apart.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 from dspy_serve.errors import Forbidden, ModelNotAllowed
 from dspy_serve.serving.caller import Caller
 from dspy_serve.serving.ratelimit import RateLimiter
+from dspy_serve.serving.usage import total_tokens
 
 __all__ = ["FrontDoor", "total_tokens"]
 
@@ -51,23 +52,11 @@ class FrontDoor:
         *,
         within: float,
     ) -> None:
-        """Charge what a call spent, whatever its outcome, in place of its reservation: against
-        the caller's budget and in its accounting."""
-        tokens = total_tokens(usage)
-        caller.record(tokens, cost.get("total_usd"))
+        """Charge what a call spent, whatever its outcome, in place of its reservation, against
+        the caller's budget. (The request's own account is kept from the call's published record.)"""
         if self._limiter is not None:
-            await self._limiter.settle(caller.identity, reserved, tokens, within=within)
+            await self._limiter.settle(caller.identity, reserved, total_tokens(usage), within=within)
 
     async def healthy(self) -> bool:
         """Whether the rate-limit storage answers (always, when it lives in this process)."""
         return self._limiter is None or await self._limiter.healthy()
-
-
-def total_tokens(usage: Mapping[str, Mapping[str, Any]]) -> int:
-    total = 0
-    for counts in usage.values():
-        spent = counts.get("total_tokens")
-        if not isinstance(spent, int):
-            spent = (counts.get("prompt_tokens") or 0) + (counts.get("completion_tokens") or 0)
-        total += spent
-    return total

@@ -13,11 +13,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    SerializerFunctionWrapHandler,
     ValidationError,
     WrapValidator,
     create_model,
-    model_serializer,
 )
 from pydantic_core import PydanticCustomError
 from pydantic_core.core_schema import ValidatorFunctionWrapHandler
@@ -184,6 +182,7 @@ def envelope_models(
     invoke_response = create_model(
         f"{prefix}InvokeResponse",
         __base__=_InvokeResponseBase,
+        call_id=(str, _CALL_ID),
         outputs=(outputs, ...),
         usage=(Usage, Field(description="Tokens spent by this request, per model.")),
         cost=(Cost, Field(description="Estimated cost of this request.")),
@@ -200,6 +199,7 @@ def envelope_models(
         f"{prefix}BatchItem",
         __base__=_WithPrompts,
         index=(int, ...),
+        call_id=(str, _CALL_ID),
         outputs=(Optional[outputs], None),  # noqa: UP045 - a runtime type expression
         error=(Problem | None, None),
         usage=(Usage, Field(default_factory=dict)),
@@ -238,27 +238,35 @@ class LMCall(BaseModel):
     )
 
 
+_CALL_ID = Field(
+    description="The server's id for this call (also the `X-Call-Id` header): what feedback names."
+)
+
+
+def _absent(value: Any) -> bool:
+    return value is None
+
+
 class _WithPrompts(BaseModel):
-    """``prompts`` is sent only when the caller asked for it (``options.prompts``)."""
+    """``prompts`` is sent only when the caller asked for it (``options.prompts``).
+
+    Left out by ``exclude_if``, never by a ``model_serializer``: a serializer function makes
+    pydantic publish the whole response as an untyped object in the OpenAPI document."""
 
     prompts: list[LMCall] | None = Field(
-        default=None, description="Each LM call, in the order answered: only with `options.prompts`."
+        default=None,
+        exclude_if=_absent,
+        description="Each LM call, in the order answered: only with `options.prompts`.",
     )
-
-    @model_serializer(mode="wrap")
-    def _without_absent_extras(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        for extra in ("trace", "prompts"):
-            if extra in data and data[extra] is None:
-                del data[extra]
-        return data
 
 
 class _InvokeResponseBase(_WithPrompts):
     """``trace`` is sent only when the caller asked for it (``options.trace``)."""
 
     trace: list[TraceStep] | None = Field(
-        default=None, description="Each predictor that ran, in order: only when `options.trace` was set."
+        default=None,
+        exclude_if=_absent,
+        description="Each predictor that ran, in order: only when `options.trace` was set.",
     )
 
 
