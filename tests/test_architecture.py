@@ -111,3 +111,25 @@ def test_the_checker_sees_a_breach() -> None:
         assert within("dspy_serve.web.sse", "web") and not within("dspy_serve.webhooks", "web")
     finally:
         fake.unlink()
+
+
+def _calls_of(path: Path, receiver_suffix: str, methods: set[str]) -> list[str]:
+    """``<...receiver_suffix>.<method>(...)`` calls in a module, by receiver name."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in methods:
+            receiver = node.func.value
+            name = receiver.attr if isinstance(receiver, ast.Attribute) else getattr(receiver, "id", "")
+            if name.endswith(receiver_suffix):
+                found.append(f"{module_name(path)}: {name}.{node.func.attr}")
+    return found
+
+
+def test_one_run_loop_and_one_admission() -> None:
+    """#21: a program runs (``runner.call``/``runner.stream``) and a caller is admitted
+    (``front_door.admit``) in serving/call.py only, so no front end can skip either."""
+    modules = sorted(PACKAGE.rglob("*.py"))
+    runs = [hit for path in modules for hit in _calls_of(path, "runner", {"call", "stream"})]
+    admissions = [hit for path in modules for hit in _calls_of(path, "door", {"admit"})]
+    assert sorted(runs) == ["dspy_serve.serving.call: runner.call", "dspy_serve.serving.call: runner.stream"]
+    assert admissions == ["dspy_serve.serving.call: door.admit"]
