@@ -287,9 +287,16 @@ def build_openai_router(service: Service) -> APIRouter:
     async def chat_completions(request: Request) -> Response:
         try:
             require_json(request)
-            body = _validated(ChatRequest, await request.body(), "Invalid request body")
-            caller = caller_of(request)
-            program = service.find(caller, body.model)  # before anything about it is told
+            raw, caller = await request.body(), caller_of(request)
+            try:
+                data: Any = json.loads(raw)
+            except ValueError:
+                data = raw  # not JSON: pydantic says where
+            named = data.get("model") if isinstance(data, dict) else None
+            if isinstance(named, str):  # before anything about the body is told (#22)
+                service.find(caller, named)
+            body = _validated(ChatRequest, data, "Invalid request body")
+            program = service.find(caller, body.model)
             shape = chat_shape(program, replies.get(program.name))
             inputs = shape.inputs(program, body.messages)
             options = body.options(service.settings.max_tokens_limit)
