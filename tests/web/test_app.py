@@ -195,9 +195,16 @@ def test_public_api_is_pinned() -> None:
         "ProgramNotFound", "PromptsNotExposed", "ProxyError", "RateLimited", "RemoteProgram",
         "RequestTimeout", "SchemaError", "ServeError", "ServeSettings", "ServiceUnavailable", "TargetError",
         "TraceNotExposed", "Unauthorized",
-        "UnsupportedMediaType", "UnsupportedRequest", "UpstreamError", "UpstreamRateLimited", "create_app",
-        "install_error_handlers", "load_settings", "router",
+        "UnsupportedMediaType", "UnsupportedRequest", "UpstreamError", "UpstreamRateLimited", "__version__",
+        "create_app", "install_error_handlers", "load_settings", "router",
     ]  # fmt: skip
+
+
+def test_the_package_says_its_version() -> None:
+    from importlib.metadata import version
+
+    assert dspy_serve.__version__ == version("dspy-serve")
+    assert dspy_serve.__version__.count(".") >= 2
 
 
 async def test_mlflow_autolog_is_set_up_once_at_startup(monkeypatch: pytest.MonkeyPatch) -> None:
