@@ -10,9 +10,9 @@ from typing import Any
 import dspy
 import pytest
 
+from dspy_serve.call_scope import CallScope
 from dspy_serve.errors import InvalidProgramOutput, RateLimited
 from dspy_serve.serving.accounts import CallAccounts
-from dspy_serve.serving.call_scope import CallScope
 from dspy_serve.serving.caller import Caller
 from dspy_serve.serving.front_door import FrontDoor
 from dspy_serve.serving.loader import LoadedProgram

@@ -18,9 +18,9 @@ import dspy
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
 
+from dspy_serve.call_scope import CallScope
 from dspy_serve.errors import InvalidProgramOutput, ServeError
 from dspy_serve.serving import pricing
-from dspy_serve.serving.call_scope import CallScope
 from dspy_serve.serving.caller import Caller
 from dspy_serve.serving.front_door import FrontDoor
 from dspy_serve.serving.programs import Program

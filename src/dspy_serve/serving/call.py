@@ -33,6 +33,7 @@ import anyio
 import dspy
 from dspy.streaming import StatusMessage, StreamResponse
 
+from dspy_serve.call_scope import CallScope
 from dspy_serve.errors import (
     BadOverride,
     ClientCancelled,
@@ -44,7 +45,6 @@ from dspy_serve.errors import (
     from_exception,
 )
 from dspy_serve.serving import pricing, tracing
-from dspy_serve.serving.call_scope import CallScope
 from dspy_serve.serving.caller import Caller
 from dspy_serve.serving.events import Failed, Finished, Status, StreamEvent, Token
 from dspy_serve.serving.observers import FinishedCall

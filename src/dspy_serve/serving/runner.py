@@ -23,8 +23,8 @@ from dspy.streaming import StatusMessage, StreamResponse
 from dspy.utils.usage_tracker import UsageTracker
 from pydantic import BaseModel
 
+from dspy_serve.call_scope import SCOPE_SETTING, CallScope, enter_scope
 from dspy_serve.errors import InvalidProgramOutput, note_usage
-from dspy_serve.serving.call_scope import SCOPE_SETTING, CallScope, enter_scope
 from dspy_serve.serving.loader import LoadedProgram
 from dspy_serve.serving.offload import has_own_callbacks, keep_tools_off_loop
 from dspy_serve.serving.schema import ProgramInterface
