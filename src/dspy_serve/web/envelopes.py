@@ -1,7 +1,9 @@
 """The HTTP envelope around a program's own inputs and outputs.
 
 A request is ``{"inputs": {...}, "options": {...}}``: the program's fields live alone in
-``inputs``, so per-request options can never collide with a field of the same name.
+``inputs``, so per-request options can never collide with a field of the same name. An answer
+is :func:`response_body`: ``{"call_id", "outputs", "usage", "cost", "model"}`` (and ``trace``
+and ``prompts`` when asked for), the same for ``/invoke`` and the stream's ``prediction``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from pydantic_core.core_schema import ValidatorFunctionWrapHandler
 
+from dspy_serve.serving.runner import CallResult
 from dspy_serve.serving.schema import ProgramInterface
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
     "TraceStep",
     "envelope_models",
     "options_model",
+    "response_body",
     "stream_event_model",
 ]
 
@@ -299,3 +303,19 @@ def stream_event_model(prefix: str, invoke_response: type[BaseModel]) -> type[Ba
             ),
         ),
     )
+
+
+def response_body(result: CallResult, call_id: str) -> dict[str, Any]:
+    """The body of /invoke, and of the stream's ``prediction`` event."""
+    body: dict[str, Any] = {
+        "call_id": call_id,
+        "outputs": result.outputs,
+        "usage": result.usage,
+        "cost": result.cost,
+        "model": result.model,
+    }
+    if result.trace is not None:  # asked for (options.trace)
+        body["trace"] = result.trace
+    if result.prompts is not None:  # asked for (options.prompts)
+        body["prompts"] = result.prompts
+    return body

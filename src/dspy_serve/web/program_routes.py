@@ -17,7 +17,7 @@ from dspy_serve.serving.caller import Caller
 from dspy_serve.serving.programs import Program
 from dspy_serve.serving.schema import field_values
 from dspy_serve.serving.service import CallOptions, Service
-from dspy_serve.web.envelopes import InvalidItem, Problem, envelope_models, stream_event_model
+from dspy_serve.web.envelopes import InvalidItem, Problem, envelope_models, response_body, stream_event_model
 from dspy_serve.web.problems import problem_body
 from dspy_serve.web.request_state import caller_of, require_json, reuse_headers, until_disconnected
 from dspy_serve.web.sse import (
@@ -25,7 +25,6 @@ from dspy_serve.web.sse import (
     STREAM_DOC,
     EventStreamResponse,
     ProgramEventEncoder,
-    response_body,
 )
 
 __all__ = ["ERROR_RESPONSES", "add_program_routes"]

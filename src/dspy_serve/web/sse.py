@@ -8,7 +8,8 @@ domain event it emits. ``/NAME/stream`` uses
 - ``token``: ``{"predictor", "field", "chunk"}``, for every ``str`` output field of every
   predictor, as the LM produces it. Other types arrive whole in ``prediction``.
 - ``status``: ``{"message"}``, progress ("Running rewrite...", tool calls).
-- ``prediction``: the same body as ``/invoke``'s response; always the last event on success.
+- ``prediction``: the same body as ``/invoke``'s response (:func:`~.envelopes.response_body`);
+  always the last event on success.
 - ``error``: a problem+json body; the stream then ends.
 
 A comment line (``: ping``) is sent whenever nothing else was for ``heartbeat`` seconds, so
@@ -26,7 +27,7 @@ from starlette.types import Receive, Scope, Send
 
 from dspy_serve.serving.call import Call
 from dspy_serve.serving.events import Finished, Status, StreamEvent, Token
-from dspy_serve.serving.runner import CallResult
+from dspy_serve.web.envelopes import response_body
 from dspy_serve.web.problems import problem_body
 
 __all__ = [
@@ -35,7 +36,6 @@ __all__ = [
     "EventStreamResponse",
     "ProgramEventEncoder",
     "StreamEncoder",
-    "response_body",
     "sse_event",
 ]
 
@@ -62,22 +62,6 @@ class StreamEncoder(Protocol):
     def encode(self, event: StreamEvent) -> bytes: ...
 
     def closing(self) -> bytes: ...
-
-
-def response_body(result: CallResult, call_id: str) -> dict[str, Any]:
-    """The body of /invoke, and of the stream's ``prediction`` event."""
-    body: dict[str, Any] = {
-        "call_id": call_id,
-        "outputs": result.outputs,
-        "usage": result.usage,
-        "cost": result.cost,
-        "model": result.model,
-    }
-    if result.trace is not None:  # asked for (options.trace)
-        body["trace"] = result.trace
-    if result.prompts is not None:  # asked for (options.prompts)
-        body["prompts"] = result.prompts
-    return body
 
 
 def sse_event(event: str, data: dict[str, Any]) -> bytes:
