@@ -60,8 +60,9 @@ from dspy_serve.errors import (
 from dspy_serve.serving.caller import Caller
 from dspy_serve.serving.programs import Program
 from dspy_serve.serving.service import CallOptions, Service
+from dspy_serve.web.connection import require_json
 from dspy_serve.web.problems import send_problem
-from dspy_serve.web.request_state import caller_of, require_json
+from dspy_serve.web.request_state import caller_of
 
 __all__ = [
     "CALL_META",

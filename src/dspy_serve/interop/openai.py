@@ -36,8 +36,9 @@ from dspy_serve.serving.programs import Program
 from dspy_serve.serving.runner import CallResult
 from dspy_serve.serving.service import CallOptions, Service
 from dspy_serve.serving.usage import flat_usage
+from dspy_serve.web.connection import require_json, until_disconnected
 from dspy_serve.web.envelopes import NOT_BOOL_OR_STR
-from dspy_serve.web.request_state import caller_of, require_json, reuse_headers, until_disconnected
+from dspy_serve.web.request_state import caller_of, reuse_headers
 from dspy_serve.web.sse import CALL_ID_HEADER, EventStreamResponse
 
 __all__ = ["ChatRequest", "ChatShape", "build_openai_router", "chat_replies", "chat_shape"]

@@ -17,9 +17,10 @@ from dspy_serve.serving.caller import Caller
 from dspy_serve.serving.programs import Program
 from dspy_serve.serving.schema import field_values
 from dspy_serve.serving.service import CallOptions, Service
+from dspy_serve.web.connection import require_json, until_disconnected
 from dspy_serve.web.envelopes import InvalidItem, Problem, envelope_models, response_body, stream_event_model
 from dspy_serve.web.problems import problem_body
-from dspy_serve.web.request_state import caller_of, require_json, reuse_headers, until_disconnected
+from dspy_serve.web.request_state import caller_of, reuse_headers
 from dspy_serve.web.sse import (
     CALL_ID_HEADER,
     STREAM_DOC,
