@@ -104,6 +104,7 @@ def _as_missing(response: httpx.Response, name: str) -> tuple[int, str, str, str
         ("POST", "/{name}/invoke", b"{not json"),
         ("POST", "/{name}/stream", {"inputs": {}}),
         ("POST", "/{name}/batch", {"items": [{}]}),
+        ("GET", "/{name}/invoke", None),
         ("GET", "/programs/{name}", None),
         ("GET", "/v1/models/{name}", None),
         ("POST", "/v1/chat/completions", {"model": "{name}", "messages": [{"role": "user", "content": "q"}]}),

@@ -74,11 +74,11 @@ def install_error_handlers(app: FastAPI) -> None:
         error: ServeError = HTTPProblem(exc.status_code, str(exc.detail))
         service = getattr(request.app.state, "service", None)
         match = _PROGRAM_PATH.match(request.url.path)
-        if exc.status_code == 404 and service is not None and match is not None:
-            try:  # a program's path with no such program: say what is served instead
+        if exc.status_code in (404, 405) and service is not None and match is not None:
+            try:  # a program's path: no such program, or none the caller may see (then no 405)
                 service.find(caller_of(request), match.group(1))
             except ServeError as not_found:
-                error = not_found
+                return problem_response(request, not_found)
         return problem_response(request, error, exc.headers)
 
     app.add_exception_handler(ServeError, on_serve_error)
