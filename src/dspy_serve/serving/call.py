@@ -158,14 +158,13 @@ class Call:
         admission: Admission | None = None,
     ) -> None:
         self.call_id = uuid.uuid4().hex
-        self.caller, self.program, self.inputs, self.options, self.wire = (
-            caller,
-            program,
-            inputs,
-            options,
-            wire,
-        )
+        self.caller = caller
+        self.program = program
+        self.inputs = inputs
+        self.options = options
+        self.wire = wire  # "invoke", "stream", "batch", "openai", "mcp", ...
         self._service = service
+        self._ran = False
         self._streams = streams
         self._admission = admission
         self._scope: CallScope | None = None
@@ -203,11 +202,15 @@ class Call:
 
     def refuse(self, error: ServeError) -> ServeError:
         """A call that cannot run (a batch item that failed validation): published as failed."""
+        self._ran = True
         self._publish(None, error, time.perf_counter(), time.time(), reused=False)
         return error
 
     # --- the one run loop -----------------------------------------------------------------------
     async def _run(self, emit: Emit | None) -> CallResult:
+        if self._ran:
+            raise RuntimeError("a Call runs once: ask the service for another")
+        self._ran = True
         await self.admit()
         assert self._admission is not None
         lm = self._admission.lm
