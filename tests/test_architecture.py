@@ -122,3 +122,21 @@ def test_one_run_loop_and_one_admission() -> None:
     admissions = [hit for path in modules for hit in _calls_of(path, "door", {"admit"})]
     assert sorted(runs) == ["dspy_serve.serving.call: runner.call", "dspy_serve.serving.call: runner.stream"]
     assert admissions == ["dspy_serve.serving.call: door.admit"]
+
+
+def test_errors_are_noted_by_the_one_renderer_of_each_wire() -> None:
+    """#21: nothing notes an error on the caller by hand; each wire's renderer does (problem+json,
+    OpenAI's error body, MCP's tool error), and a call's record does for its own error."""
+    modules = sorted(PACKAGE.rglob("*.py"))
+    reports = sorted(
+        {hit.partition(":")[0] for path in modules for hit in _calls_of(path, "caller", {"report"})}
+    )
+    reports += sorted(
+        {hit.partition(":")[0] for path in modules for hit in _calls_of(path, "self", {"report"})}
+    )
+    assert reports == [
+        "dspy_serve.interop.mcp",
+        "dspy_serve.interop.openai",
+        "dspy_serve.web.problems",
+        "dspy_serve.serving.caller",
+    ]
