@@ -156,3 +156,15 @@ def test_an_observer_that_fails_never_fails_a_call(recorded: tuple[ServerThread,
     server.server.config.app.state.service.observers.add(Broken())
     response = httpx.post(f"{server.base_url}/qa/invoke", json={"inputs": ASK}, timeout=30)
     assert response.status_code == 200 and len(recorder.calls) == 1
+
+
+def test_a_finished_streams_tokens_are_charged_to_its_budget(fake_lm: FakeLM, provider_key: str) -> None:
+    """#24: a stream settled its budget before the runner had left its usage: it paid nothing."""
+    fake_lm.answers = {"answer": "Paris"}
+    app = create_app(fake_settings(fake_lm, programs=[QA], token_rate_limit="50/minute"))
+    with serving(app) as server:
+        stream = httpx.post(f"{server.base_url}/qa/stream", json={"inputs": ASK}, timeout=30)
+        after = httpx.post(f"{server.base_url}/qa/invoke", json={"inputs": ASK}, timeout=30)
+    assert sse(stream.text)[-1][0] == "prediction"
+    assert sse(stream.text)[-1][1]["usage"]["openai/fake-model"]["total_tokens"] > 50
+    assert after.status_code == 429, after.text
