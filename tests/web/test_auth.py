@@ -134,7 +134,7 @@ async def test_anonymous_readiness_tells_only_ready(secured: httpx.AsyncClient) 
     anonymous = await secured.get("/health/ready")
     limited = await secured.get("/health/ready", headers={"X-API-Key": OTHER})
     assert anonymous.status_code == 200 and anonymous.json() == {"status": "ready"}
-    assert limited.status_code == 200
+    assert limited.status_code == 200 and set(limited.json()["programs"]) == {"qa"}
 
 
 async def test_keys_are_compared_in_constant_time(
