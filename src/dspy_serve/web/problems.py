@@ -8,6 +8,7 @@ item's error and the stream's ``error`` event all go through it.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import re
@@ -21,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope, Send
 
 from dspy_serve.errors import PROBLEM_CONTENT_TYPE, HTTPProblem, InvalidInput, ServeError, from_exception
+from dspy_serve.serving.call import CallOptions
 from dspy_serve.serving.caller import Caller
 from dspy_serve.web.request_state import caller_in, caller_of
 
@@ -105,8 +107,8 @@ def invalid_request(exc: RequestValidationError) -> InvalidInput:
     return InvalidInput("The request does not match the program's input schema.", errors=errors)
 
 
-# The per-request options (web/envelopes.options_model), for "did you mean" on a misspelt one.
-_OPTIONS = ("model", "temperature", "max_tokens", "trace", "prompts")
+# The per-request options, for "did you mean" on a misspelt one.
+_OPTIONS = [option.name for option in dataclasses.fields(CallOptions)]
 
 
 def _json_detail(exc: RequestValidationError) -> str:
