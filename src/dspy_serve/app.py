@@ -125,6 +125,7 @@ def create_app(
                 "RateLimit-Reset",
                 "X-Cache",
                 "X-Coalesced",
+                "X-Call-Id",
             ],
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -34,6 +34,7 @@ Messages are written for the caller: no stack traces, provider payloads or secre
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 import math
 from collections.abc import Sequence
@@ -236,6 +237,16 @@ class PromptsNotExposed(ServeError):
 
 class ProgramNotFound(ServeError):
     status, code, title = 404, "program_not_found", "Program not found"
+
+    @classmethod
+    def named(cls, name: str, served: Sequence[str]) -> ProgramNotFound:
+        """``no program named 'prioritise' on this server; it serves: prioritize, triage (did you
+        mean 'prioritize'?)``, as the client says it: ``served`` is what the caller may see."""
+        close = difflib.get_close_matches(name, served, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return cls(
+            f"no program named {name!r} on this server; it serves: {', '.join(served) or 'none'}{hint}"
+        )
 
 
 class UnsupportedMediaType(ServeError):

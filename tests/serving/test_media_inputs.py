@@ -15,7 +15,7 @@ import pytest
 from pydantic import BaseModel, ValidationError, create_model
 
 from dspy_serve import create_app
-from dspy_serve.serving.wire import wire_input_type
+from dspy_serve.serving.dspy_json import wire_input_type
 from tests.support.fake_lm import FakeLM
 from tests.support.servers import ServerThread, serving
 from tests.support.settings import PROGRAMS, fake_settings

@@ -11,8 +11,8 @@ import dspy
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from dspy_serve.serving.dspy_json import to_wire
 from dspy_serve.serving.schema import ProgramInterface, SchemaError, derive_interface
-from dspy_serve.serving.wire import to_wire
 from tests.support.programs import future_programs as fp
 from tests.support.programs import sample_programs as sp
 from tests.support.programs import tutorial_programs as tp

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import dspy
 from dspy.utils.callback import with_callbacks
 
+from dspy_serve.call_scope import current_scope
 from dspy_serve.errors import BadOverride, ModelNotAllowed, UpstreamRateLimited, sane_retry_after
 from dspy_serve.lm.budget import spending
 from dspy_serve.lm.held import held_lms
@@ -26,7 +27,6 @@ from dspy_serve.lm.inline import acall_inline
 from dspy_serve.lm.pool import pooled_engines, refused_before_sending
 from dspy_serve.lm.prompts import lm_exchange
 from dspy_serve.lm.response_tags import one_response
-from dspy_serve.serving.call_scope import current_scope
 from dspy_serve.settings import ServeSettings
 
 __all__ = ["LanguageModels", "ServingLM", "adopt_held_lms", "is_local_model", "own_lm_problems"]

@@ -4,6 +4,7 @@ served program through :class:`~dspy_serve.Client`. Both give the same output li
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 from dspy_serve.client import Client
@@ -56,17 +57,19 @@ class InProcessItems:
             return _failed(error)
         attempt = 0
         while True:
-            caller = Caller(address="batch")
+            # Each try is a call of its own: admitted, run and published through the one call path.
+            call = self.service.call(Caller(address="batch"), self.program, inputs, self.options, wire="file")
             try:
-                await self.service.admit(caller, self.program, self.options)
-                result = await self.service.call(self.program, inputs, self.options, caller)
+                result = await call.result()
             except Exception as exc:
                 refused = from_exception(exc)
                 attempt += 1
                 if await _waiting(attempt, refused):
                     continue
-                return _failed(refused)
-            return ItemOutcome(outputs=result.outputs, usage=result.usage, cost=result.cost)
+                return replace(_failed(refused), call_id=call.call_id)
+            return ItemOutcome(
+                outputs=result.outputs, usage=result.usage, cost=result.cost, call_id=call.call_id
+            )
 
 
 class RemoteItems:

@@ -1,8 +1,8 @@
 """The front door: admit a caller to a program, and charge what the call spent.
 
-Every front end (the program routes, OpenAI-compatible ``/v1``, MCP, and whatever comes next)
-goes through here, so per-key restrictions, rate limits, token budgets and accounting are
-written once and cannot drift apart.
+Every call goes through here, from :func:`dspy_serve.serving.call.admit` (the one admission)
+and :class:`~.accounts.CallAccounts`, so per-key restrictions, rate limits and token budgets
+are written once and cannot drift apart.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dspy_serve.errors import Forbidden, ModelNotAllowed
-from dspy_serve.lm.budget import TokenBudget, tokens_of
+from dspy_serve.lm.budget import TokenBudget
 from dspy_serve.serving.caller import Caller
 from dspy_serve.serving.ratelimit import RateLimiter
 from dspy_serve.serving.token_budget import CallerTokenBudget
+from dspy_serve.serving.usage import total_tokens
 
 __all__ = ["FrontDoor", "total_tokens"]
 
@@ -62,16 +63,12 @@ class FrontDoor:
         *,
         within: float,
     ) -> None:
-        """Charge what a call spent, whatever its outcome: in its accounting, and against the
-        caller's budget whatever its LM calls have not already settled."""
-        tokens = total_tokens(usage)
-        caller.record(tokens, cost.get("total_usd"))
+        """Charge what a call spent, whatever its outcome, against the caller's budget: whatever
+        its LM calls have not already settled themselves. (The request's own account is kept from
+        the call's published record.)"""
         if budget is not None:
-            await budget.settle_rest(tokens, within=within)
+            await budget.settle_rest(total_tokens(usage), within=within)
 
     async def healthy(self) -> bool:
         """Whether the rate-limit storage answers (always, when it lives in this process)."""
         return self._limiter is None or await self._limiter.healthy()
-
-
-total_tokens = tokens_of  # the tokens of a usage report, counted in one place

@@ -16,7 +16,7 @@ Where the interface comes from, first match wins:
    takes them) and what it returns (a ``dspy.Prediction(...)`` or a predictor's result), each
    returned field typed by forward's return annotation or a predictor's output field, else any JSON.
 
-DSPy types are published in their wire form (see :mod:`dspy_serve.serving.wire`), and a field
+DSPy types are published in their wire form (see :mod:`dspy_serve.serving.dspy_json`), and a field
 without a JSON schema is refused here, so one program never breaks the documents of the others.
 """
 
@@ -43,6 +43,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from dspy_serve.errors import InvalidInput
+from dspy_serve.serving.dspy_json import wire_input_type, wire_output_type
 from dspy_serve.serving.forward_source import (
     KwargsUse,
     entry_name,
@@ -51,7 +52,6 @@ from dspy_serve.serving.forward_source import (
     returned_names,
     step_outputs,
 )
-from dspy_serve.serving.wire import wire_input_type, wire_output_type
 
 __all__ = ["ProgramInterface", "SchemaError", "derive_interface", "field_values"]
 

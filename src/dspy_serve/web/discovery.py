@@ -7,14 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from dspy_serve.errors import PROBLEM_CONTENT_TYPE, ProgramNotFound, ServiceUnavailable
+from dspy_serve.errors import ServiceUnavailable
 from dspy_serve.serving.caller import Caller
 from dspy_serve.serving.programs import Program
 from dspy_serve.serving.service import Service
 from dspy_serve.web.envelopes import options_model
+from dspy_serve.web.problems import problem_response
 from dspy_serve.web.program_routes import ERROR_RESPONSES, add_program_routes
 from dspy_serve.web.request_state import caller_of
 
@@ -32,6 +33,9 @@ def build_router(service: Service) -> APIRouter:
 
 
 def add_discovery_routes(router: APIRouter, service: Service) -> None:
+    settings = service.settings
+    keys_on = bool(settings.api_keys) or settings.api_keys_file is not None
+
     @router.get("/programs", tags=["discovery"], summary="The programs served here (those your key may call)")
     async def list_programs(request: Request) -> list[dict[str, Any]]:
         caller = caller_of(request)
@@ -44,10 +48,8 @@ def add_discovery_routes(router: APIRouter, service: Service) -> None:
         responses={404: {**ERROR_RESPONSES[422], "description": "No such program"}},
     )
     async def get_program(name: str, request: Request) -> dict[str, Any]:
-        program, caller = service.programs.get(name), caller_of(request)
-        if program is None or not caller.may_call(name):  # 404: not even its existence
-            raise ProgramNotFound(f"no program named {name!r}; see GET /programs")
-        return _describe(service, program, caller)
+        caller = caller_of(request)
+        return _describe(service, service.find(caller, name), caller)  # 404: not even its existence
 
     @router.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=PlainTextResponse)
     async def metrics() -> PlainTextResponse:
@@ -70,12 +72,10 @@ def add_discovery_routes(router: APIRouter, service: Service) -> None:
         elif not await service.limits_storage_healthy():
             problem = ServiceUnavailable("The rate-limit storage is not answering.", retry_after=1)
         if problem is not None:
-            return JSONResponse(
-                problem.problem(request_id=caller_of(request).request_id),
-                status_code=problem.status,
-                headers=problem.headers(),
-                media_type=PROBLEM_CONTENT_TYPE,
-            )
+            return problem_response(request, problem)
+        caller = caller_of(request)
+        if keys_on and caller.api_key is None:
+            return {"status": "ready"}  # an anonymous caller learns nothing of what is served
         return {
             "status": "ready",
             "programs": {
@@ -84,6 +84,7 @@ def add_discovery_routes(router: APIRouter, service: Service) -> None:
                     "artifact_sha256": p.loaded.artifact.sha256 if p.loaded.artifact else None,
                 }
                 for name, p in service.programs.items()
+                if caller.may_call(name)
             },
         }
 
