@@ -7,6 +7,7 @@ One server serves them all (as an operator would), so each case is one request, 
 from __future__ import annotations
 
 import subprocess
+import sys
 from base64 import b64encode
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -117,6 +118,27 @@ CASES: dict[str, Case] = {
         {"reasoning": "r", "answer": "4"},
         {"context": ["passage 0 about 2+2?", "passage 1 about 2+2?"], "answer": "4"},
     ),
+    "review": Case(
+        {"draft": "A long draft."},
+        {"feedback": "Too long.", "matches": True, "revised": "Short."},
+        {"feedback": "Too long.", "matches": True, "revised": "Short."},
+    ),
+}
+
+# Programs whose file configures its own adapter (dspy.configure(adapter=...)): served together by
+# a server of their own, since configuring DSPy is process-wide.
+ADAPTER_PROGRAMS = {
+    "two_step": PROGRAMS / "two_step_adapter.py",
+    "json_configured": PROGRAMS / "json_adapter.py",
+}
+DESCRIPTION = 'Zürich: the "Limmat" city 🚀, naïve ë \\ end'
+ADAPTER_CASES: dict[str, Case] = {
+    "two_step": Case({"question": "Capital of France?"}, {"answer": "Paris"}, {"answer": "Paris"}),
+    "json_configured": Case(
+        {"place": "Zürich"},
+        {"description": DESCRIPTION, "capital": False, "motto": "Ë 🚀"},
+        {"description": DESCRIPTION, "capital": False, "motto": "Ë 🚀"},
+    ),
 }
 
 
@@ -142,6 +164,32 @@ def server(_fake_lm_server: FakeLM, tmp_path_factory: pytest.TempPathFactory) ->
             yield running
 
 
+@pytest.fixture(scope="module")
+def adapter_server(_fake_lm_server: FakeLM) -> Iterator[ServerThread]:
+    """The programs that configure their own adapter; DSPy's settings are restored afterwards.
+
+    A real server imports program files first, before anything configures DSPy; earlier tests
+    of this process have configured it from other threads, so its owner is forgotten for the
+    import (and restored)."""
+    settings = sys.modules["dspy.dsp.utils.settings"]
+    saved = dict(settings.main_thread_config)
+    owner = (settings.config_owner_thread_id, settings.config_owner_async_task)
+    programs = [f"{name}={path}:{name}" for name, path in ADAPTER_PROGRAMS.items()]
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("OPENAI_API_KEY", FAKE_KEY)
+            patch.setenv("FAKE_LM_BASE_URL", _fake_lm_server.base_url)
+            settings.config_owner_thread_id = settings.config_owner_async_task = None
+            app = create_app(fake_settings(_fake_lm_server, programs=programs))
+            settings.config_owner_thread_id, settings.config_owner_async_task = owner
+            with serving(app) as running:
+                yield running
+    finally:
+        settings.config_owner_thread_id, settings.config_owner_async_task = owner
+        settings.main_thread_config.clear()
+        settings.main_thread_config.update(saved)
+
+
 SERVED = [(program, endpoint) for program, case in CASES.items() for endpoint in case.endpoints]
 
 
@@ -156,6 +204,77 @@ def test_serves(server: ServerThread, fake_lm: FakeLM, program: str, endpoint: s
         case.outputs(outputs)
     else:
         assert outputs == case.outputs
+
+
+ADAPTER_SERVED = [
+    (program, endpoint) for program, case in ADAPTER_CASES.items() for endpoint in case.endpoints
+]
+
+
+@pytest.mark.parametrize(("program", "endpoint"), ADAPTER_SERVED, ids=[f"{p}-{e}" for p, e in ADAPTER_SERVED])
+def test_serves_a_program_with_its_own_adapter(
+    adapter_server: ServerThread, fake_lm: FakeLM, program: str, endpoint: str
+) -> None:
+    case = ADAPTER_CASES[program]
+    fake_lm.answers = case.answers
+
+    outputs = outputs_via(endpoint, adapter_server.base_url, program, case.inputs)
+
+    assert outputs == case.outputs
+
+
+def streamed_text(events: list[tuple[str, Any]]) -> dict[str, str]:
+    """Each field's token chunks, joined; every chunk checked to be free of adapter markers."""
+    joined: dict[str, str] = {}
+    for event, data in events:
+        if event == "token":
+            assert "[[ ##" not in data["chunk"] and "]]" not in data["chunk"], data
+            joined[data["field"]] = joined.get(data["field"], "") + data["chunk"]
+    return joined
+
+
+def test_a_str_field_before_a_non_str_one_streams_only_its_own_text(
+    server: ServerThread, fake_lm: FakeLM
+) -> None:
+    # DSPy's own StreamListener ends `feedback` with "\n\n[[ ## matches ## ]]\nTrue".
+    fake_lm.answers = {"feedback": "Too long, cut it.", "matches": True, "revised": "Short."}
+    fake_lm.chunk_chars = 3
+
+    events = stream_events(server.base_url, "review", {"draft": "A long draft."})
+
+    assert events[-1][0] == "prediction", events
+    assert streamed_text(events) == {"feedback": "Too long, cut it.", "revised": "Short."}
+
+
+def test_a_two_step_adapter_program_streams_its_prediction_and_says_why_no_tokens(
+    adapter_server: ServerThread, fake_lm: FakeLM
+) -> None:
+    fake_lm.answers = {"answer": "Paris"}
+
+    events = stream_events(adapter_server.base_url, "two_step", {"question": "Capital of France?"})
+    described = httpx.get(f"{adapter_server.base_url}/programs/two_step").json()
+
+    assert [event for event, _ in events] == ["status", "prediction"]
+    assert events[-1][1]["outputs"] == {"answer": "Paris"}
+    assert described["token_streaming"]["streamed"] is False
+    assert "TwoStepAdapter" in described["token_streaming"]["reason"]
+    assert len(fake_lm.requests) == 2  # the main LM, then the extraction LM
+
+
+def test_a_program_configuring_the_json_adapter_streams_decoded_text(
+    adapter_server: ServerThread, fake_lm: FakeLM
+) -> None:
+    case = ADAPTER_CASES["json_configured"]
+    fake_lm.answers = case.answers
+    fake_lm.chunk_chars = 3  # escapes such as \u00fc and \ud83d\ude80 split across chunks
+
+    events = stream_events(adapter_server.base_url, "json_configured", case.inputs)
+    described = httpx.get(f"{adapter_server.base_url}/programs/json_configured").json()
+
+    assert events[-1][0] == "prediction", events
+    assert events[-1][1]["outputs"] == case.outputs
+    assert streamed_text(events) == {"description": DESCRIPTION, "motto": "Ë 🚀"}
+    assert described["token_streaming"] == {"streamed": True, "reason": None}
 
 
 def test_untyped_returned_fields_are_any_json_and_output_fields_keep_their_types(

@@ -174,7 +174,7 @@ def test_leaving_mid_invoke_stops_the_program(fake_lm: FakeLM, provider_key: str
 
 
 def json_field_text(raw: str, split: int) -> str:
-    """The text of field ``answer`` of the JSON object ``{"answer": RAW}``, fed ``split`` characters at a time."""
+    """Field ``answer`` of the JSON object ``{"answer": RAW}``, fed ``split`` characters at a time."""
     from dspy_serve.serving.response_fields import ResponseFields, TextFormat
 
     reader = ResponseFields(TextFormat.JSON, ["answer"])

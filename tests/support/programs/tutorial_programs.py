@@ -260,3 +260,16 @@ class CountLetters(dspy.Module):
 
 
 broken_contract = CountLetters()
+
+
+# --- A str output followed by a non-str one (the chat adapter's next marker must not leak) -----------
+class Review(dspy.Signature):
+    """Review a draft against its brief, then revise it."""
+
+    draft: str = dspy.InputField()
+    feedback: str = dspy.OutputField()
+    matches: bool = dspy.OutputField()
+    revised: str = dspy.OutputField()
+
+
+review = dspy.Predict(Review)
