@@ -118,6 +118,11 @@ CASES: dict[str, Case] = {
         {"reasoning": "r", "answer": "4"},
         {"context": ["passage 0 about 2+2?", "passage 1 about 2+2?"], "answer": "4"},
     ),
+    "synthesize": Case(
+        {"topic": "the sea"},
+        {"line": "Waves."},
+        {"line": "Waves.", "audio": {"data": tp.SILENT_WAV, "audio_format": "wav"}},
+    ),
     "review": Case(
         {"draft": "A long draft."},
         {"feedback": "Too long.", "matches": True, "revised": "Short."},
@@ -291,6 +296,9 @@ def test_untyped_returned_fields_are_any_json_and_output_fields_keep_their_types
         "data": {"title": "Data", "type": "string"},
         "audio_format": {"title": "Audio Format", "type": "string"},
     }
+    # Audio that forward builds itself (no predictor's field, no declared interface) is typed too.
+    assert schemas["synthesize"]["properties"]["audio"] == {"$ref": "#/$defs/Audio"}
+    assert schemas["synthesize"]["$defs"]["Audio"] == audio
 
 
 def test_outputs_that_break_the_programs_own_schema_are_invalid_program_output_with_usage(

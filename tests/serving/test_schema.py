@@ -279,6 +279,16 @@ def test_custom_module_prediction_outputs_are_typed_from_predictor_output_fields
     interface.outputs.model_validate({"answer": "a", "context": ["p1", {"title": "t"}]})
 
 
+def test_a_dspy_type_forward_builds_for_a_returned_field_is_that_typed_object() -> None:
+    interface = derive_interface("synthesize", tp.synthesize)
+
+    schema = interface.output_schema()
+    assert schema["properties"]["audio"] == {"$ref": "#/$defs/Audio"}
+    assert set(schema["$defs"]["Audio"]["properties"]) == {"data", "audio_format"}
+    with pytest.raises(ValidationError):
+        interface.outputs.model_validate({"line": "x", "audio": "not audio"})
+
+
 def test_custom_module_docstring_becomes_the_instructions() -> None:
     assert derive_interface("rag", sp.RAG()).instructions == "Retrieve passages, then answer."
 

@@ -48,6 +48,7 @@ from dspy_serve.serving.forward_source import (
     entry_name,
     is_signature,
     kwargs_use,
+    returned_dspy_types,
     returned_names,
     step_outputs,
 )
@@ -330,8 +331,9 @@ def _outputs_from_forward(
     name: str, module: dspy.Module, predictors: list[dspy.Predict]
 ) -> dict[str, FieldSpec]:
     """Returned fields, typed by what declares them: forward's return annotation (a Signature or
-    a pydantic model), else a predictor's output field of that name, else any JSON. Never an
-    input field: a program passes its inputs' values on, not their types."""
+    a pydantic model), else a predictor's output field of that name, else the DSPy type forward
+    builds for it (``dspy.Audio(...)``: a typed object, as a ``dspy.Image`` input is), else any
+    JSON. Never an input field: a program passes its inputs' values on, not their types."""
     returned = _resolved_hints(name, module).get("return")
     if is_signature(returned):
         return _fields(returned.output_fields)
@@ -351,6 +353,9 @@ def _outputs_from_forward(
             f"{name}: cannot tell which fields {type(module).__name__}.forward() returns; return "
             f"dspy.Prediction(field=...) or a predictor's result, or {_DECLARE}"
         )
+    built = returned_dspy_types(module)
+    for field_name, annotation in built.items():
+        known.setdefault(field_name, (annotation, Field(description=None)))
     return {field_name: known.get(field_name) or _any_json() for field_name in names}
 
 

@@ -273,3 +273,20 @@ class Review(dspy.Signature):
 
 
 review = dspy.Predict(Review)
+
+
+# --- Audio built by forward itself, with no declared interface (a text-to-speech step) --------------
+class Synthesize(dspy.Module):
+    """The LM writes a line, a (local) synthesizer speaks it: the audio is no predictor's field."""
+
+    def __init__(self):
+        super().__init__()
+        self.write = dspy.Predict("topic -> line")
+
+    def forward(self, topic: str):
+        line = self.write(topic=topic).line
+        audio = dspy.Audio(data=SILENT_WAV, audio_format="wav")
+        return dspy.Prediction(line=line, audio=audio)
+
+
+synthesize = Synthesize()
