@@ -27,6 +27,8 @@ from tests.support.servers import ServerThread, serving
 from tests.support.settings import FAKE_KEY, PROGRAMS, fake_settings
 
 TUTORIAL = PROGRAMS / "tutorial_programs.py"
+# What the refusal of a bare dspy.MultiChainComparison suggests, with the type of `completions` given.
+MCC_SIGNATURE = "completions: list[dict], question -> rationale, answer"
 HELD_MODELS = ["openai/drafter-model", "openai/strong-model", "openai/reviewer-model"]
 
 
@@ -123,6 +125,15 @@ CASES: dict[str, Case] = {
         {"line": "Waves."},
         {"line": "Waves.", "audio": {"data": tp.SILENT_WAV, "audio_format": "wav"}},
     ),
+    "mcc": Case(
+        {
+            "completions": [{"rationale": "It says so.", "answer": "Paris"}] * 3,
+            "question": "Capital of France?",
+        },
+        {"rationale": "All agree.", "answer": "Paris"},
+        {"rationale": "All agree.", "answer": "Paris"},
+        endpoints=["invoke", "batch", "stream", "mcp"],  # two required inputs: not a chat
+    ),
     "review": Case(
         {"draft": "A long draft."},
         {"feedback": "Too long.", "matches": True, "revised": "Short."},
@@ -160,7 +171,7 @@ def server(_fake_lm_server: FakeLM, tmp_path_factory: pytest.TempPathFactory) ->
         programs=programs,
         artifacts=[f"saved_by_reference={reference_dir}", f"saved_by_value={value_dir}"],
         allow_pickle=True,
-        signatures=["bare=question -> answer"],
+        signatures=["bare=question -> answer", f"mcc={MCC_SIGNATURE}"],
         allow_models=HELD_MODELS,
     )
     with pytest.MonkeyPatch.context() as patch:
@@ -425,6 +436,7 @@ def test_a_bare_value_with_a_declared_output_streams_to_its_end(
         ("bare", [], "cannot tell which fields JustTheAnswer.forward() returns"),
         ("kwargs_rag", [], "KwargsRAG.forward(**kwargs) does not say which inputs it takes"),
         ("kwargs_rag_with_signature", [], "it computes ['context'] itself"),
+        ("mcc", [], 'mcc: serve it with --signature mcc="completions, question -> rationale, answer"'),
     ],
 )
 def test_a_program_whose_interface_cannot_be_known_exits_3_naming_the_declaration(

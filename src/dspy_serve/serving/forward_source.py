@@ -25,6 +25,7 @@ __all__ = [
     "kwargs_use",
     "returned_dspy_types",
     "returned_names",
+    "source_strings",
     "step_outputs",
 ]
 
@@ -254,6 +255,19 @@ def kwargs_use(module: dspy.Module) -> KwargsUse | None:
                 # step(context=..., **kwargs): forward supplies `context` itself.
                 use.computed.update(kw.arg for kw in node.keywords if kw.arg is not None)
     return use
+
+
+def source_strings(module: dspy.Module) -> list[str]:
+    """The string literals of the entry method, and the literal parts of its f-strings
+    (``f"reasoning_attempt_{i}"`` gives ``reasoning_attempt_``): names it builds itself."""
+    function = _function_tree(_entry_owner(module), entry_name(module))
+    if function is None:
+        return []
+    return [
+        node.value
+        for node in ast.walk(function)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    ]
 
 
 def _is_name(node: ast.expr, name: str) -> bool:

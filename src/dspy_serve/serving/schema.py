@@ -50,6 +50,7 @@ from dspy_serve.serving.forward_source import (
     kwargs_use,
     returned_dspy_types,
     returned_names,
+    source_strings,
     step_outputs,
 )
 from dspy_serve.serving.wire import wire_input_type, wire_output_type
@@ -305,6 +306,8 @@ def _inputs_from_parameters(
             field = _public_field(consumer) if consumer is not None else Field()
         elif consumer is not None:
             annotation, field = consumer.annotation, _public_field(consumer)
+        elif _is_builtin(module):
+            raise SchemaError(_builtin_refusal(name, module, parameters, predictors, param.name))
         else:
             raise SchemaError(
                 f"{name}: cannot tell the type of forward() parameter {param.name!r}: add a type hint, "
@@ -314,6 +317,39 @@ def _inputs_from_parameters(
             field = FieldInfo.merge_field_infos(field, default=param.default)
         fields[param.name] = (annotation, field)
     return fields
+
+
+def _builtin_refusal(
+    name: str,
+    module: dspy.Module,
+    parameters: list[inspect.Parameter],
+    predictors: list[dspy.Predict],
+    untyped: str,
+) -> str:
+    """Serving a DSPy class directly whose forward has untyped parameters (MultiChainComparison):
+    its code is not the user's to annotate, so the way out, with an example built from what was
+    found, comes first."""
+    inputs = [param.name for param in parameters]
+    takes_kwargs = any(
+        p.kind is p.VAR_KEYWORD
+        for p in inspect.signature(getattr(type(module), entry_name(module))).parameters.values()
+    )
+    if takes_kwargs and predictors:
+        # What forward hands on to its predictor, less the inputs it builds itself (named in its code).
+        built = [text for text in source_strings(module) if len(text) >= 3]
+        inputs += [
+            field
+            for field in predictors[0].signature.input_fields
+            if field not in inputs and not any(field.startswith(text) for text in built)
+        ]
+    outputs = list(step_outputs(module) or {}) or ["answer"]
+    example = f"{', '.join(inputs)} -> {', '.join(outputs)}"
+    return (
+        f'{name}: serve it with --signature {name}="{example}" (or set `serve_signature = "{example}"` '
+        f"on the instance), giving each input its type (a bare name is read as str): DSPy's "
+        f"{type(module).__name__}.forward() does not say what type {untyped!r} is, and DSPy's code "
+        "is not yours to annotate"
+    )
 
 
 def _resolved_hints(name: str, module: dspy.Module) -> dict[str, Any]:

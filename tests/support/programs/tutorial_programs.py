@@ -7,6 +7,7 @@ class creation, as in the tutorials.)
 """
 
 import base64
+import warnings
 
 import dspy
 from pydantic import BaseModel
@@ -290,3 +291,9 @@ class Synthesize(dspy.Module):
 
 
 synthesize = Synthesize()
+
+
+# --- A DSPy built-in served directly, whose forward(completions, **kwargs) is untyped -------------------
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)  # DSPy's own class passes its deprecated `prefix`
+    mcc = dspy.MultiChainComparison("question -> answer")
