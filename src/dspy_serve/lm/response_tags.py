@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import dspy
 from anyio.streams.memory import MemoryObjectSendStream
 
@@ -36,7 +37,13 @@ class _ResponseStream:
         self._send, self._response, self._adapter = send, object(), adapter
 
     async def send(self, item: Any) -> None:
-        await self._send.send(TaggedChunk(self._response, item, self._adapter))
+        tagged = TaggedChunk(self._response, item, self._adapter)
+        try:
+            # The streaming pipeline's buffer is unbounded: no turn of the event loop per chunk
+            # (anyio's send checkpoints first); the LM's next read yields anyway.
+            self._send.send_nowait(tagged)
+        except anyio.WouldBlock:
+            await self._send.send(tagged)
 
 
 @contextmanager
