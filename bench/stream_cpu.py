@@ -4,13 +4,14 @@
 
 A fake LM (bench.fake_lm_server, a process of its own so its CPU is not counted) streams a long
 answer in 4-character chunks, ``--chunk-delay`` apart (none by default). This process serves
-``dspy.Predict("question ->
-answer")`` through :class:`~dspy_serve.serving.service.Service` (DSPy's real ``dspy.LM`` path,
-our stream pipeline) and encodes every event as ``/NAME/stream`` does (SSE framing); with
-``--asgi``, each stream is a ``POST /qa/stream`` through the whole ASGI app instead (middleware,
-route, ``EventStreamResponse``). Only the HTTP server around it is missing.
-Then the same streams are read by DSPy alone (``dspy.Predict``
-with a stream to send chunks to): its LM client's parsing is a floor no server goes under.
+``dspy.Predict("question -> answer")`` through :class:`~dspy_serve.serving.service.Service`
+(DSPy's real ``dspy.LM`` path, our stream pipeline) and encodes every event as ``/NAME/stream``
+does (SSE framing); with ``--asgi``, each stream is a ``POST /qa/stream`` through the whole ASGI
+app instead (middleware, route, ``EventStreamResponse``). Only the HTTP server is missing.
+
+Then the same streams are read by DSPy alone (``dspy.Predict`` with a stream to send chunks
+to, drained): its LM client's parsing of each chunk is a cost no server avoids.
+
 Prints JSON: CPU microseconds per LM chunk (process CPU time, not wall time) of the whole, of
 DSPy alone and of the difference (dspy-serve's share); with ``--profile N``, the N costliest
 functions by their own time (cProfile) on stderr.
