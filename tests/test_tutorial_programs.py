@@ -182,7 +182,8 @@ def server(_fake_lm_server: FakeLM, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="module")
 def adapter_server(_fake_lm_server: FakeLM) -> Iterator[ServerThread]:
-    """The programs that configure their own adapter; DSPy's settings are restored afterwards.
+    """The programs that configure their own adapter, served with DSPy's settings as they were
+    before their files were imported: each program keeps the adapter its file configured.
 
     A real server imports program files first, before anything configures DSPy; earlier tests
     of this process have configured it from other threads, so its owner is forgotten for the
@@ -190,6 +191,12 @@ def adapter_server(_fake_lm_server: FakeLM) -> Iterator[ServerThread]:
     settings = sys.modules["dspy.dsp.utils.settings"]
     saved = dict(settings.main_thread_config)
     owner = (settings.config_owner_thread_id, settings.config_owner_async_task)
+
+    def restore() -> None:
+        settings.config_owner_thread_id, settings.config_owner_async_task = owner
+        settings.main_thread_config.clear()
+        settings.main_thread_config.update(saved)
+
     programs = [f"{name}={path}:{name}" for name, path in ADAPTER_PROGRAMS.items()]
     try:
         with pytest.MonkeyPatch.context() as patch:
@@ -197,13 +204,11 @@ def adapter_server(_fake_lm_server: FakeLM) -> Iterator[ServerThread]:
             patch.setenv("FAKE_LM_BASE_URL", _fake_lm_server.base_url)
             settings.config_owner_thread_id = settings.config_owner_async_task = None
             app = create_app(fake_settings(_fake_lm_server, programs=programs))
-            settings.config_owner_thread_id, settings.config_owner_async_task = owner
+            restore()  # the other programs of this process keep DSPy's default adapter
             with serving(app) as running:
                 yield running
     finally:
-        settings.config_owner_thread_id, settings.config_owner_async_task = owner
-        settings.main_thread_config.clear()
-        settings.main_thread_config.update(saved)
+        restore()
 
 
 SERVED = [(program, endpoint) for program, case in CASES.items() for endpoint in case.endpoints]
@@ -254,10 +259,11 @@ def test_a_str_field_before_a_non_str_one_streams_only_its_own_text(
 ) -> None:
     # DSPy's own StreamListener ends `feedback` with "\n\n[[ ## matches ## ]]\nTrue".
     fake_lm.answers = {"feedback": "Too long, cut it.", "matches": True, "revised": "Short."}
-    fake_lm.chunk_chars = 3
+    fake_lm.chunk_sizes = [1, 2]  # token-sized: the next field's marker spans more than 10 chunks
 
     events = stream_events(server.base_url, "review", {"draft": "A long draft."})
 
+    assert "[[ ## feedback ## ]]" in prompt_text(fake_lm.requests[-1])  # the chat adapter's layout
     assert events[-1][0] == "prediction", events
     assert streamed_text(events) == {"feedback": "Too long, cut it.", "revised": "Short."}
 
@@ -286,6 +292,8 @@ def test_a_program_configuring_the_json_adapter_streams_decoded_text(
 
     events = stream_events(adapter_server.base_url, "json_configured", case.inputs)
     described = httpx.get(f"{adapter_server.base_url}/programs/json_configured").json()
+
+    assert "Respond with a JSON object" in prompt_text(fake_lm.requests[-1])  # its own adapter, pinned
 
     assert events[-1][0] == "prediction", events
     assert events[-1][1]["outputs"] == case.outputs
