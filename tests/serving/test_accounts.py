@@ -1,5 +1,5 @@
 """CallAccounts on a real in-memory token budget: outputs are checked before they are priced, and
-what a call spent is charged in place of its reservation, whatever its outcome."""
+what a call spent is charged, whatever its outcome, by its LM calls and by the call at its end."""
 
 from __future__ import annotations
 
@@ -77,37 +77,45 @@ def test_undeclared_outputs_are_refused_by_field_yet_their_tokens_are_counted_an
     assert counted_tokens(metrics) == 30, "the LM was paid: the metrics say so"
 
 
-async def test_a_reservation_is_replaced_by_what_the_call_spent() -> None:
+async def test_each_lm_call_reserves_from_the_calls_budget_and_the_rest_is_charged_at_the_end() -> None:
     books, _, _ = accounts("500/minute")
-    lm = dspy.LM(MODEL, max_tokens=300)
     caller = Caller("10.0.0.1")
     scope = CallScope.starting_now(10)
-    held = await books.reserve(caller, lm, scope)
-    assert held == 300, "the most one LM call may spend"
-    scope.usage = result({}, total_tokens=120).usage
-    await books.settle(caller, held, scope)
-    assert (caller.tokens, caller.cost_usd is not None) == (120, True)
-    # A call is refused once the budget is spent. 120 spent, not 300: two more calls start (the
-    # second sees 420 of 500), and only then is the budget spent.
-    assert [await books.reserve(caller, lm, scope) for _ in range(2)] == [300, 300]
+    assert await books.reserve(caller, dspy.LM(MODEL, max_tokens=300), scope) == 0, "nothing held per call"
+    budget = scope.budget
+    assert budget is not None and budget.default_max_tokens == 400, "the server's max_tokens_limit"
+    # An LM call holds its estimate, then settles what it spent (lm/budget.py does both).
+    held = await budget.reserve(300, within=1)
+    await budget.settle(held, 100, within=1)
+    assert await budget.reserve(400, within=1) == 400, "100 spent: 400 more fit in 500"
     with pytest.raises(RateLimited):
-        await books.reserve(caller, lm, scope)
+        await budget.reserve(1, within=1)  # 500 spent or held: nothing more fits
+    await budget.settle(400, 0, within=1)
+    # The call ends having spent 120 in all: the 20 its LM calls did not settle are charged now.
+    scope.usage = result({}, total_tokens=120).usage
+    await books.settle(caller, 0, scope)
+    assert (caller.tokens, caller.cost_usd is not None) == (120, True)
+    assert await budget.reserve(380, within=1) == 380, "120 charged, not 220"
+    with pytest.raises(RateLimited):
+        await budget.reserve(1, within=1)
 
 
-async def test_without_max_tokens_a_call_holds_the_servers_limit() -> None:
-    books, _, _ = accounts("1000/minute")
-    unbounded = dspy.LM(MODEL)
-    unbounded.kwargs.pop("max_tokens", None)
-    assert await books.reserve(Caller("10.0.0.4"), unbounded, CallScope.starting_now(10)) == 400
+async def test_the_first_lm_call_of_a_window_always_fits() -> None:
+    """A budget smaller than one call's estimate serves one call per window, not none ever."""
+    books, _, _ = accounts("100/minute")
+    scope = CallScope.starting_now(10)
+    await books.reserve(Caller("10.0.0.4"), dspy.LM(MODEL), scope)
+    assert scope.budget is not None
+    assert await scope.budget.reserve(1000, within=1) == 1000
+    with pytest.raises(RateLimited):
+        await scope.budget.reserve(1, within=1)
 
 
-async def test_a_call_that_spent_nothing_gives_its_whole_reservation_back() -> None:
-    books, _, _ = accounts("500/minute")
-    lm = dspy.LM(MODEL, max_tokens=300)
-    caller, scope = Caller("10.0.0.2"), CallScope.starting_now(10)
-    await books.settle(caller, await books.reserve(caller, lm, scope), scope)  # failed before any LM call
-    assert caller.tokens == 0
-    assert await books.reserve(caller, lm, scope) == 300, "the budget is whole again"
+async def test_without_a_token_budget_the_scope_gets_none() -> None:
+    books, _, _ = accounts(None)
+    scope = CallScope.starting_now(10)
+    await books.reserve(Caller("10.0.0.2"), dspy.LM(MODEL), scope)
+    assert scope.budget is None
 
 
 async def test_a_storage_failure_while_charging_is_logged_and_the_calls_outcome_stands(

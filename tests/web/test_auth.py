@@ -78,12 +78,13 @@ async def test_docs_can_require_a_key() -> None:
 
 async def test_a_key_may_be_limited_to_programs_and_models(secured: httpx.AsyncClient) -> None:
     headers = {"X-API-Key": OTHER}
-    allowed = await secured.post("/qa/invoke", json=ASK, headers=headers)
+    no_model = await secured.post("/qa/invoke", json=ASK, headers=headers)
     other_program = await secured.post("/other/invoke", json=ASK, headers=headers)
     other_model = await secured.post(
         "/qa/invoke", json={**ASK, "options": {"model": "dummy"}}, headers=headers
     )
-    assert allowed.status_code == 200
+    # Its only model is not served: a call that names none is refused, not run on the default (#22).
+    assert no_model.status_code == 403 and no_model.json()["code"] == "model_not_allowed"
     assert other_program.status_code == 403 and other_program.json()["code"] == "forbidden"
     assert other_model.status_code == 403 and other_model.json()["code"] == "model_not_allowed"
 
@@ -106,7 +107,7 @@ async def test_keys_are_compared_in_constant_time(
 def test_key_lines_parse_names_and_restrictions() -> None:
     named = parse_key_line("ci:abc programs=a,b models=m", 1)
     bare = parse_key_line("xyz", 2)
-    assert (named.name, named.programs, named.models) == ("ci", frozenset({"a", "b"}), frozenset({"m"}))
+    assert (named.name, named.programs, named.models) == ("ci", frozenset({"a", "b"}), ("m",))
     assert (bare.name, bare.programs, bare.models) == ("key-2", None, None)
     with pytest.raises(ValueError, match="unknown option"):
         parse_key_line("k rate=5", 3)

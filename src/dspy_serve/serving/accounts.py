@@ -1,7 +1,8 @@
 """What every call that ran owes, settled the same way on every path (invoke, batch, stream).
 
-Before the program runs, the most one LM call may spend is held from the caller's token budget;
-when it has run, its outputs are checked against what it declared, then priced and counted;
+Before the program runs, its scope gets the caller's token budget, from which each of its LM
+calls holds what it may spend (:mod:`dspy_serve.lm.budget`); when it has run, its outputs are
+checked against what it declared, then priced and counted;
 whatever the outcome (finished, failed after spending, timed out, left by its client), what it
 spent is charged. A reused answer (cache, coalescing) never reaches here: it spent nothing.
 """
@@ -42,9 +43,10 @@ class CallAccounts:
         self._max_tokens_limit = max_tokens_limit
 
     async def reserve(self, caller: Caller, lm: dspy.BaseLM, scope: CallScope) -> int:
-        """Hold the most one LM call may spend (its ``max_tokens``) of the caller's token budget."""
-        max_tokens = lm.kwargs.get("max_tokens") or self._max_tokens_limit
-        return await self._front_door.reserve(caller, int(max_tokens), within=scope.remaining())
+        """Give the call's LM calls the caller's token budget: each reserves its own estimate
+        before it is sent (:mod:`dspy_serve.lm.budget`). Nothing is held for the call as a whole."""
+        scope.budget = self._front_door.token_budget(caller, self._max_tokens_limit)
+        return 0
 
     def finish(self, program: Program, result: CallResult) -> CallResult:
         """Never return what the program did not declare: validate the outputs against the
@@ -72,7 +74,7 @@ class CallAccounts:
         with anyio.CancelScope(shield=True):
             try:
                 await self._front_door.settle(
-                    caller, reserved, scope.usage, cost, within=max(scope.remaining(), _SETTLE_AT_LEAST)
+                    caller, scope.budget, scope.usage, cost, within=max(scope.remaining(), _SETTLE_AT_LEAST)
                 )
             except ServeError as exc:  # the storage failed: the call's own outcome stands
                 logger.warning("the tokens of a call could not be charged: %s", exc.detail)

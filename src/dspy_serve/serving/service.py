@@ -173,7 +173,15 @@ class Service:
             raise ServiceUnavailable("The service is not ready.", retry_after=1)
         self.check_trace(options)
         self.check_prompts(options, caller)
-        return await self.front_door.admit(caller, program.name, options.model, requests=requests)
+        return await self.front_door.admit(
+            caller, program.name, options.model, requests=requests, served=self.model_names
+        )
+
+    def model_for(self, options: CallOptions, caller: Caller) -> str | None:
+        """The allow-listed model a call runs on (None: the server's default); a key limited to
+        some models never runs on another (see :meth:`~.keys.ApiKey.model_for`)."""
+        key = caller.api_key
+        return options.model if key is None else key.model_for(options.model, self.model_names)
 
     def check_trace(self, options: CallOptions, *, batch: bool = False) -> None:
         """A trace is refused unless the operator exposes traces (403), and is for one call (400)."""
@@ -209,7 +217,7 @@ class Service:
         """Run one validated call: allow-listed LM, capacity, deadline; errors stay typed. A
         deterministic call may be answered by the response cache or by an identical call in
         flight instead (:mod:`.reuse`), unless it asks for its trace or prompts (its own run's)."""
-        runner, lm, capacity, accounts = self._begin(program, options)
+        runner, lm, capacity, accounts = self._begin(program, options, caller)
         reuse = None if options.own_run else self.reuse
         key = reuse.key(program, inputs, lm, caller) if reuse is not None else None
         if key is None:
@@ -255,7 +263,7 @@ class Service:
     ) -> CallStream:
         """One call as a stream of events. What can be refused is refused here, before the
         front end sends its first byte, so refusals stay plain HTTP statuses."""
-        runner, lm, capacity, accounts = self._begin(program, options)
+        runner, lm, capacity, accounts = self._begin(program, options, caller)
         capacity.check()
         return CallStream(
             program,
@@ -272,13 +280,14 @@ class Service:
         )
 
     def _begin(
-        self, program: Program, options: CallOptions
+        self, program: Program, options: CallOptions, caller: Caller
     ) -> tuple[ProgramRunner, dspy.BaseLM, CapacityGate, CallAccounts]:
         """What can be refused before any work starts: readiness and the allow-list."""
         lms, capacity, accounts, runner = self.lms, self.capacity, self._accounts, program.runner
         if not self.ready or lms is None or capacity is None or accounts is None or runner is None:
             raise ServiceUnavailable("The service is not ready.", retry_after=1)
-        lm = lms.select(options.model, temperature=options.temperature, max_tokens=options.max_tokens)
+        model = self.model_for(options, caller)
+        lm = lms.select(model, temperature=options.temperature, max_tokens=options.max_tokens)
         return runner, lm, capacity, accounts
 
 

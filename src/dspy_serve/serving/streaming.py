@@ -105,6 +105,15 @@ class ProgramReturned:
     value: Any
 
 
+@dataclass(frozen=True)
+class _ProgramRaised:
+    """The program failed: raised where the stream is read, after what it sent before, rather
+    than cancelling the reader wherever it is (a reader busy writing an event would otherwise
+    be cancelled outside the stream, and the error lost in a task-group exception)."""
+
+    error: Exception
+
+
 StreamItem: TypeAlias = StreamResponse | StatusMessage | ProgramReturned
 
 
@@ -182,8 +191,12 @@ async def stream_program(
         async with send:
             callbacks = [*dspy.settings.get("callbacks", []), progress]
             # No listeners in the settings: every predictor streams, and chunks are routed here.
-            with dspy.context(send_stream=send, callbacks=callbacks, stream_listeners=[]):
-                value = await run()
+            try:
+                with dspy.context(send_stream=send, callbacks=callbacks, stream_listeners=[]):
+                    value = await run()
+            except Exception as exc:
+                send.send_nowait(_ProgramRaised(exc))
+                return
             send.send_nowait(ProgramReturned(value))
 
     def tokens_of(item: Any) -> list[StreamResponse]:
@@ -235,6 +248,8 @@ async def stream_program(
                     break
                 if isinstance(item, StatusMessage):
                     yield item
+                elif isinstance(item, _ProgramRaised):
+                    raise item.error
                 elif isinstance(item, ProgramReturned):
                     for (step, _), reader in readers.items():
                         for field, text in reader.close() if reader is not None else ():

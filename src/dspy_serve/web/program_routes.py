@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from dspy_serve.errors import PROBLEM_CONTENT_TYPE, InvalidInput, from_exception
 from dspy_serve.serving import pricing
+from dspy_serve.serving.caller import Caller
 from dspy_serve.serving.programs import Program
 from dspy_serve.serving.runner import CallResult
 from dspy_serve.serving.schema import field_values
@@ -94,7 +95,8 @@ def add_program_routes(
         usage = _total_usage(results)
         cost = pricing.estimate(usage)
         response.headers.update(reuse_headers(caller))
-        return {"items": results, "usage": usage, "cost": cost, "model": _served_model(service, options)}
+        model = _served_model(service, options, caller)
+        return {"items": results, "usage": usage, "cost": cost, "model": model}
 
     router.add_api_route(
         f"/{name}/invoke",
@@ -155,8 +157,8 @@ def _options(options: BaseModel | None) -> CallOptions:
     return CallOptions(**options.model_dump(exclude_none=True)) if options is not None else CallOptions()
 
 
-def _served_model(service: Service, options: CallOptions) -> str:
-    return service.lms.model_of(options.model) if service.lms else ""
+def _served_model(service: Service, options: CallOptions, caller: Caller) -> str:
+    return service.lms.model_of(service.model_for(options, caller)) if service.lms else ""
 
 
 def _total_usage(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
