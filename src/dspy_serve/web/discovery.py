@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import dspy
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -14,6 +15,7 @@ from dspy_serve.errors import ServiceUnavailable
 from dspy_serve.serving.caller import Caller
 from dspy_serve.serving.programs import Program
 from dspy_serve.serving.service import Service
+from dspy_serve.serving.streaming import tokens_not_streamed
 from dspy_serve.web.envelopes import options_model
 from dspy_serve.web.problems import problem_response
 from dspy_serve.web.program_routes import ERROR_RESPONSES, add_program_routes
@@ -117,4 +119,13 @@ def _describe(service: Service, program: Program, caller: Caller) -> dict[str, A
         # Whether `options.prompts` may be asked for, by this caller (a restricted key may not).
         "prompts_available": service.settings.expose_prompts and caller.may_see_prompts(),
         "endpoints": {endpoint: f"/{program.name}/{endpoint}" for endpoint in ("invoke", "stream", "batch")},
+        # Whether /stream sends `token` events for its str fields, and why not when it does not.
+        "token_streaming": _token_streaming(program),
     }
+
+
+def _token_streaming(program: Program) -> dict[str, Any]:
+    runner = program.runner
+    adapter = runner.adapter if runner is not None else program.loaded.configured_adapter
+    why = tokens_not_streamed(adapter or dspy.settings.adapter)
+    return {"streamed": why is None, "reason": why}

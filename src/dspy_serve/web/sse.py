@@ -22,6 +22,7 @@ import json
 from typing import Any, Protocol
 
 import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -74,15 +75,25 @@ class ProgramEventEncoder:
 
     def __init__(self, call: Call) -> None:
         self._call = call
+        self._token_prefixes: dict[tuple[str, str], bytes] = {}
 
     def opening(self) -> bytes:
         return b""
 
     def encode(self, event: StreamEvent) -> bytes:
         if isinstance(event, Token):
-            return sse_event(
-                "token", {"predictor": event.predictor, "field": event.field, "chunk": event.chunk}
-            )
+            # The most frequent event: its constant part is made once per field.
+            prefix = self._token_prefixes.get((event.predictor, event.field))
+            if prefix is None:
+                head = json.dumps(
+                    {"predictor": event.predictor, "field": event.field},
+                    separators=(",", ":"),
+                    ensure_ascii=False,
+                )
+                prefix = self._token_prefixes[(event.predictor, event.field)] = (
+                    f'event: token\ndata: {head[:-1]},"chunk":'.encode()
+                )
+            return prefix + json.dumps(event.chunk, ensure_ascii=False).encode() + b"}\n\n"
         if isinstance(event, Status):
             return sse_event("status", {"message": event.message})
         if isinstance(event, Finished):
@@ -91,6 +102,16 @@ class ProgramEventEncoder:
 
     def closing(self) -> bytes:
         return b""
+
+
+def _drain(queue: MemoryObjectReceiveStream[bytes]) -> list[bytes]:
+    """What ``queue`` holds now, without waiting (none once its sender is done)."""
+    items: list[bytes] = []
+    while True:
+        try:
+            items.append(queue.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            return items
 
 
 class EventStreamResponse(Response):
@@ -124,7 +145,10 @@ class EventStreamResponse(Response):
 
         async def emit(event: StreamEvent) -> None:
             if data := encoder.encode(event):  # b"": nothing to say on this wire
-                await send_stream.send(data)
+                try:
+                    send_stream.send_nowait(data)  # no turn of the loop per chunk
+                except anyio.WouldBlock:
+                    await send_stream.send(data)
 
         async def produce() -> None:
             async with send_stream:
@@ -145,13 +169,19 @@ class EventStreamResponse(Response):
             group.start_soon(produce)
             async with receive_stream:
                 while True:
-                    with anyio.move_on_after(self._heartbeat) as idle:
-                        try:
-                            chunk = await receive_stream.receive()
-                        except anyio.EndOfStream:
-                            break
-                    if idle.cancelled_caught:
-                        chunk = b": ping\n\n"
+                    # Events already queued go out at once, together (a busy server writes fewer,
+                    # larger pieces); only an empty queue is waited on, under the heartbeat.
+                    queued = _drain(receive_stream)
+                    if queued:
+                        chunk = b"".join(queued) if len(queued) > 1 else queued[0]
+                    else:
+                        with anyio.move_on_after(self._heartbeat) as idle:
+                            try:
+                                chunk = await receive_stream.receive()
+                            except anyio.EndOfStream:
+                                break
+                        if idle.cancelled_caught:
+                            chunk = b": ping\n\n"
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             group.cancel_scope.cancel()
