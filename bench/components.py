@@ -22,6 +22,8 @@ _RULES: list[tuple[str, str]] = [
     ("accounting", "dspy_serve/serving/front_door.py"),
     ("accounting", "dspy_serve/serving/ratelimit.py"),
     ("accounting", "dspy_serve/serving/keys.py"),
+    ("accounting", "dspy_serve/serving/token_budget.py"),
+    ("accounting", "dspy_serve/lm/budget.py"),  # before dspy_serve/lm/: the token budget, not the client
     ("accounting", "dspy/clients/costs.py"),
     ("accounting", "dspy/clients/model_metadata"),
     ("accounting", "prometheus_client/"),

@@ -68,6 +68,8 @@ class Profile:
     engine_levels: dict[float, list[int]] = field(default_factory=dict)  # ceiling with LiteLLM
     overload_levels: dict[float, list[int]] = field(default_factory=dict)  # dspy-serve, small queue
     streams: int = 20
+    # Issue #24's streaming load: (concurrency, warm-up s, measured s) per window; three windows.
+    stream_load: tuple[int, float, float] = (64, 2.0, 12.0)
 
     def steps(self) -> list[Step]:
         """Latency by latency, level by level, every system side by side at each level."""
@@ -92,7 +94,11 @@ class Profile:
 
     def seconds(self) -> float:
         """A rough estimate of the run's length (measured time plus ~2 s of overhead per step)."""
-        return sum(step.warmup + step.duration + 2.0 for step in self.steps()) + 1.5 * self.streams + 30
+        _, warmup, duration = self.stream_load
+        load = 3 * (warmup + duration) + 10
+        return (
+            sum(step.warmup + step.duration + 2.0 for step in self.steps()) + 1.5 * self.streams + 30 + load
+        )
 
 
 FULL = Profile(
@@ -114,4 +120,5 @@ QUICK = Profile(
     levels={0.1: [1, 32, 128], 1.0: [1, 128, 256]},
     two_step_levels={0.1: [128], 1.0: [128]},
     streams=10,
+    stream_load=(64, 1.0, 4.0),
 )

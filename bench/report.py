@@ -318,7 +318,38 @@ def streaming_table(streaming: dict[str, Any]) -> str:
         f"{streaming['lm_chunks']:g} chunks {streaming['chunk_delay_ms']:g} ms apart; the client got "
         f"{streaming['tokens_per_stream']:g} `token` events per stream."
     )
-    return _table(["interval", "median ms"], rows) + "\n\n" + note
+    table = _table(["interval", "median ms"], rows) + "\n\n" + note
+    if load := streaming.get("load"):
+        table += "\n\n" + stream_load_table(load)
+    return table
+
+
+def stream_load_table(load: dict[str, Any]) -> str:
+    """Issue #24's figure: /qa/stream against the same client reading the LM's stream directly."""
+    windows = [
+        ("raw LM stream, before", load["raw_before"]),
+        ("`/qa/stream`", load["server"]),
+        ("raw LM stream, after", load["raw_after"]),
+        ("raw LM stream, mean", load["raw"]),
+    ]
+    rows = [
+        [name, _number(w["streams_per_s"]), _ms(w["ttft_p50_ms"]), _ms(w["ttft_p99_ms"])]
+        for name, w in windows
+    ]
+    goals = "; ".join(
+        f"{name} {goal['value']} ({goal['bound']}: {'met' if goal['met'] else 'NOT met'})"
+        for name, goal in load["goals"].items()
+    )
+    note = (
+        f"Closed loop, c={load['concurrency']}, {load['duration_s']:g} s per window; the fake LM waits "
+        f"{load['lm_latency_ms']:g} ms, then sends 4-character chunks {load['chunk_delay_ms']:g} ms apart "
+        f"({load['answer_chars']} answer characters). Goals (issue #24): {goals}."
+    )
+    return _table(["window", "streams/s", "TTFT p50 ms", "TTFT p99 ms"], rows) + "\n\n" + note
+
+
+def _number(value: float | None) -> str:
+    return "—" if value is None else f"{value:g}"
 
 
 def reuse_table(figures: dict[str, Any]) -> str:

@@ -33,6 +33,9 @@ STREAM_CHUNK_DELAY = 0.02
 STREAM_ANSWER_CHARS = 120  # with the ChatAdapter's field markers: about 40 chunks of 4 characters
 _DRAIN_TIMEOUT = 5.0
 STREAM_CLIENT = [sys.executable, "-m", "bench.stream"]
+STREAM_LOAD_CLIENT = [sys.executable, "-m", "bench.stream_load"]
+# Issue #24's setup: 200 ms to the first byte, then 4-character chunks every 5 ms.
+STREAM_LOAD_LATENCY, STREAM_LOAD_CHUNK_DELAY = 0.2, 0.005
 
 
 def log(message: str) -> None:
@@ -130,6 +133,45 @@ class Harness:
                 raise RuntimeError(f"streaming: the client failed:\n{done.stderr[-3000:]}")
             result: dict[str, Any] = json.loads(done.stdout)
             result.update(chunk_delay_ms=STREAM_CHUNK_DELAY * 1000, lm_latency_ms=100)
+            log(f"    {result}")
+        finally:
+            if server is not None:
+                server.stop()
+            fake.stop()
+        result["load"] = self.stream_load()
+        return result
+
+    def stream_load(self) -> dict[str, Any]:
+        """Issue #24's figure: /qa/stream under closed-loop load against the same client reading
+        the LM's stream directly, measured before and after the server's window."""
+        concurrency, warmup, duration = self.profile.stream_load
+        fake = start_fake_lm(
+            self.logs / "fake-lm-stream-load.log",
+            latency=STREAM_LOAD_LATENCY,
+            chunk_delay=STREAM_LOAD_CHUNK_DELAY,
+            answer_chars=STREAM_ANSWER_CHARS,
+        )
+        system = System("dspy-serve", "dspy-serve", "predict", "/qa/stream")
+        server = None
+        try:
+            server = start_server(system, fake.api_base, self.logs)
+            log(f"streaming load: raw LM, /qa/stream, raw LM; c={concurrency}, {duration:g} s each")
+            window = ["--concurrency", str(concurrency), "--warmup", str(warmup), "--duration", str(duration)]
+            done = subprocess.run(
+                [*STREAM_LOAD_CLIENT, "--url", server.url, "--fake", fake.url, *window],
+                capture_output=True,
+                text=True,
+                timeout=3 * (warmup + duration) + 120,
+                cwd=Path(__file__).resolve().parent.parent,
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"streaming load: the client failed:\n{done.stderr[-3000:]}")
+            result: dict[str, Any] = json.loads(done.stdout)
+            result.update(
+                lm_latency_ms=STREAM_LOAD_LATENCY * 1000,
+                chunk_delay_ms=STREAM_LOAD_CHUNK_DELAY * 1000,
+                answer_chars=STREAM_ANSWER_CHARS,
+            )
             log(f"    {result}")
             return result
         finally:

@@ -8,11 +8,13 @@ stamps each SSE event with ``time.time()`` as it is read, then asks the fake LM
 Prints one JSON object of medians, in milliseconds:
 
 - ``first_chunk_to_first_token``: the LM's first content chunk -> the client's first ``token``.
-  Includes DSPy's wait for the ``[[ ## answer ## ]]`` field header, which spans several chunks.
+  Includes the wait for the ``[[ ## answer ## ]]`` field header, which spans several chunks.
 - ``answer_first_chunk_to_first_token``: the first LM chunk carrying answer text -> first
-  ``token``: the pipeline's own delay (DSPy's stream listener, dspy-serve, SSE, HTTP).
+  ``token``: the pipeline's own delay (reading the field's text, dspy-serve, SSE, HTTP).
 - ``answer_last_chunk_to_last_token``: the LM chunk with the answer's last character -> the last
-  ``token``. Includes DSPy holding back the answer's tail until it sees the next field marker.
+  ``token``. Text is held back only while it could still be a marker or trailing whitespace.
+
+Under load, against the same client reading the LM's stream directly: bench.stream_load.
 - ``last_chunk_to_prediction``: the LM's last content chunk -> the final ``prediction`` event.
 """
 

@@ -19,20 +19,9 @@ WEB_FRAMEWORKS = ("fastapi", "starlette", "uvicorn")
 # Which of our own layers each layer may not import.
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "serving": ("web", "interop", "deploy", "app", "cli", "client"),
-    # The LMs sit below the pipeline; they read only the request's deadline (serving.call_scope).
-    "lm": (
-        "web",
-        "interop",
-        "deploy",
-        "app",
-        "cli",
-        "client",
-        *(
-            f"serving.{p.stem}"
-            for p in (PACKAGE / "serving").glob("*.py")
-            if p.stem not in ("call_scope", "__init__")
-        ),
-    ),
+    # The LMs sit below the pipeline; they read the request's deadline from call_scope.py, a root
+    # module both own.
+    "lm": ("serving", "web", "interop", "deploy", "app", "cli", "client"),
     "web": ("interop", "deploy", "app", "cli", "client"),
     # The store knows tables and SQL, nothing of calls or HTTP; the data loop sits on the pipeline.
     "store": ("serving", "lm", "data", "web", "interop", "deploy", "app", "cli", "client"),
@@ -100,8 +89,8 @@ def test_every_module_belongs_to_a_layer_or_is_a_known_root() -> None:
     """A new top-level module is a decision about layers: make it here, not by accident."""
     roots = {p.name for p in PACKAGE.iterdir() if p.suffix == ".py"}
     assert roots == {
-        "__init__.py", "__main__.py", "_version.py", "app.py", "cli.py", "client.py", "errors.py",
-        "logs.py", "ray_serve.py", "settings.py",
+        "__init__.py", "__main__.py", "_version.py", "app.py", "call_scope.py", "cli.py", "client.py",
+        "errors.py", "logs.py", "ray_serve.py", "settings.py",
     }  # fmt: skip
 
 
@@ -115,3 +104,43 @@ def test_the_checker_sees_a_breach() -> None:
         assert within("dspy_serve.web.sse", "web") and not within("dspy_serve.webhooks", "web")
     finally:
         fake.unlink()
+
+
+def _calls_of(path: Path, receiver_suffix: str, methods: set[str]) -> list[str]:
+    """``<...receiver_suffix>.<method>(...)`` calls in a module, by receiver name."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in methods:
+            receiver = node.func.value
+            name = receiver.attr if isinstance(receiver, ast.Attribute) else getattr(receiver, "id", "")
+            if name.endswith(receiver_suffix):
+                found.append(f"{module_name(path)}: {name}.{node.func.attr}")
+    return found
+
+
+def test_one_run_loop_and_one_admission() -> None:
+    """#21: a program runs (``runner.call``/``runner.stream``) and a caller is admitted
+    (``front_door.admit``) in serving/call.py only, so no front end can skip either."""
+    modules = sorted(PACKAGE.rglob("*.py"))
+    runs = [hit for path in modules for hit in _calls_of(path, "runner", {"call", "stream"})]
+    admissions = [hit for path in modules for hit in _calls_of(path, "door", {"admit"})]
+    assert sorted(runs) == ["dspy_serve.serving.call: runner.call", "dspy_serve.serving.call: runner.stream"]
+    assert admissions == ["dspy_serve.serving.call: door.admit"]
+
+
+def test_errors_are_noted_by_the_one_renderer_of_each_wire() -> None:
+    """#21: nothing notes an error on the caller by hand; each wire's renderer does (problem+json,
+    OpenAI's error body, MCP's tool error), and a call's record does for its own error."""
+    modules = sorted(PACKAGE.rglob("*.py"))
+    reports = sorted(
+        {hit.partition(":")[0] for path in modules for hit in _calls_of(path, "caller", {"report"})}
+    )
+    reports += sorted(
+        {hit.partition(":")[0] for path in modules for hit in _calls_of(path, "self", {"report"})}
+    )
+    assert reports == [
+        "dspy_serve.interop.mcp",
+        "dspy_serve.interop.openai",
+        "dspy_serve.web.problems",
+        "dspy_serve.serving.caller",
+    ]

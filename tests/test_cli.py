@@ -36,7 +36,7 @@ def test_help_documents_every_setting() -> None:
 def test_run_help_groups_the_options_and_types_them() -> None:
     result = subprocess.run([*CLI, "run", "--help"], capture_output=True, text=True, timeout=60, check=True)
     help_text = result.stdout
-    assert "run [OPTIONS] [TARGET]..." in help_text
+    assert "run [OPTIONS] TARGET..." in help_text  # required, from the command line, env or config
     headings = [
         line for line in help_text.splitlines() if line and not line[0].isspace() and line.endswith(":")
     ]
@@ -49,10 +49,14 @@ def test_run_help_groups_the_options_and_types_them() -> None:
         "Limits:",
         "Security:",
         "HTTP server:",
+        "Playground and inspection:",
+        "Development:",
         "Scaling:",
+        "Performance tuning:",
         "Data loop (store, capture, feedback):",
         "Logging and tracing:",
     ]
+    assert "Set it empty in the environment" in " ".join(help_text.split())
     for typed in ("--timeout FLOAT", "--port INTEGER", "--api-keys-file PATH", "--adapter [auto|chat|json]"):
         assert typed in help_text
     bad = subprocess.run(
@@ -385,3 +389,163 @@ def test_a_given_model_wins_over_the_one_a_program_file_configures(fake_lm: Fake
 
     assert (model, sent["model"]) == ("openai/other-model", "other-model")
     assert "a program configures openai/fake-model (dspy.configure); serving on openai/other-model" in output
+
+
+def test_a_tutorial_file_without_its_provider_key_is_told_about_the_embedded_model(tmp_path: Path) -> None:
+    # DSPy's tutorials configure a provider's model; a newcomer without its key learns the way out.
+    (tmp_path / "tutorial.py").write_text(
+        "import dspy\n\n"
+        'dspy.configure(lm=dspy.LM("openai/gpt-4o-mini"))\n'
+        'qa = dspy.Predict("question -> answer")\n'
+    )
+    env = cli_env()
+    env.pop("OPENAI_API_KEY")
+    result = subprocess.run(
+        [*CLI, "run", "tutorial.py:qa", "--port", str(free_port())],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 3, result.stderr
+    refusal = [line for line in result.stderr.splitlines() if "cannot start" in line]
+    assert len(refusal) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "needs OPENAI_API_KEY" in refusal[0]
+    assert "--model local" in refusal[0] and "--model PROVIDER/MODEL" in refusal[0]
+    help_text = subprocess.run(
+        [*CLI, "run", "--help"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert "'local' for the embedded model" in " ".join(help_text.split())
+
+
+TYPED_PROGRAM = """
+import dspy
+
+triage = dspy.Predict("ticket: str, count: int, urgent: bool, tags: list[str], note: str | None -> answer")
+"""
+
+
+def test_call_reads_each_value_as_the_programs_input_schema_says(fake_lm: FakeLM, tmp_path: Path) -> None:
+    from dspy_serve import create_app
+    from tests.support.dspy_prompts import prompt_text
+    from tests.support.servers import serving
+    from tests.support.settings import fake_settings
+
+    (tmp_path / "typed.py").write_text(TYPED_PROGRAM)
+    fake_lm.answers = {"answer": "ok"}
+    os.environ.setdefault("OPENAI_API_KEY", FAKE_KEY)
+    app = create_app(fake_settings(fake_lm, programs=[f"triage={tmp_path / 'typed.py'}:triage"]))
+
+    def call(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLI, "call", server.base_url, "triage", *args],
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    with serving(app) as server:
+        # A str field takes the text as written, even when it reads as JSON; the others are JSON.
+        typed = call("ticket=12345", "count=3", "urgent=true", 'tags=["a", "b"]', "note=null")
+        assert typed.returncode == 0, typed.stderr
+        prompt = prompt_text(fake_lm.last_request)
+        assert "12345" in prompt and '"a"' in prompt and '"b"' in prompt, prompt
+        as_bool_text = call("ticket=true", "count=1", "urgent=false", "tags=[]")
+        assert as_bool_text.returncode == 0, as_bool_text.stderr
+        # A value that is not JSON where the schema wants a number: the server names the field.
+        wrong = call("ticket=x", "count=three", "urgent=true", "tags=[]")
+        assert wrong.returncode == 1 and "  inputs.count:" in wrong.stderr, wrong.stderr
+        # --json takes a whole body, options included; FIELD=VALUE adds to its inputs.
+        body = {"inputs": {"ticket": "7", "count": 1, "urgent": True}, "options": {"max_tokens": 33}}
+        whole = call("--json", json.dumps(body), "tags=[]")
+        assert whole.returncode == 0, whole.stderr
+        sent = fake_lm.last_request
+        assert sent.get("max_tokens", sent.get("max_completion_tokens")) == 33
+        bad_body = call("--json", '{"inputs": {}, "extra": 1}')
+        assert bad_body.returncode == 2 and "give a request body" in bad_body.stderr
+
+
+def test_call_prints_escape_sequences_from_the_lm_and_the_server_escaped(fake_lm: FakeLM) -> None:
+    from dspy_serve import create_app
+    from tests.support.servers import serving
+    from tests.support.settings import fake_settings
+
+    hostile = "\x1b]0;pwned\x07\x1b[31mred\x1b[0m\nline two"
+    fake_lm.answers = {"answer": hostile}
+    os.environ.setdefault("OPENAI_API_KEY", FAKE_KEY)
+    app = create_app(fake_settings(fake_lm, programs=[f"qa={PROGRAMS / 'serving.py'}:qa"]))
+    with serving(app) as server:
+        streamed = subprocess.run(
+            [*CLI, "call", server.base_url, "qa", "question=q", "--stream"],
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        echoed = subprocess.run(
+            [*CLI, "call", server.base_url, "qa", "question=q", "ques\x1b[2Jtion=x"],
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert streamed.returncode == 0, streamed.stderr
+    assert "\x1b" not in streamed.stdout and "\x07" not in streamed.stdout
+    assert streamed.stdout.startswith("answer: \\x1b]0;pwned\\x07\\x1b[31mred\\x1b[0m\nline two\n")
+    assert echoed.returncode == 1 and "\x1b" not in echoed.stderr
+    assert "inputs.ques\\x1b[2Jtion: Extra inputs are not permitted" in echoed.stderr, echoed.stderr
+
+
+def test_the_startup_log_names_each_artifact_and_its_sha256(fake_lm: FakeLM, tmp_path: Path) -> None:
+    import hashlib
+
+    import dspy
+
+    from tests.support.cli import wait_for_line
+
+    artifact = tmp_path / "qa.json"
+    dspy.Predict("question -> answer").save(str(artifact))
+    sha = hashlib.sha256(artifact.read_bytes()).hexdigest()
+    argv = [*CLI, "run", f"qa={PROGRAMS / 'serving.py'}:qa", "--artifact", str(artifact), "--port", "0"]
+    argv += ["--model", "openai/fake-model", "--api-base", fake_lm.base_url, "--log-format", "text"]
+    process = subprocess.Popen(argv, env=cli_env(), stderr=subprocess.PIPE, text=True)
+    try:
+        line = wait_for_line(process, "program qa: artifact")
+        assert str(artifact) in line and f"(sha256 {sha})" in line
+        assert "playground: http://127.0.0.1:" in wait_for_line(process, "serving on")
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=60)
+
+
+def test_call_values_follow_each_field_type() -> None:
+    from dspy_serve.client import field_value
+
+    schema = {
+        "properties": {
+            "text": {"type": "string"},
+            "count": {"type": "integer"},
+            "ratio": {"type": "number"},
+            "maybe": {"anyOf": [{"type": "integer"}, {"type": "string"}]},
+            "tone": {"enum": ["calm", "true"]},
+            "place": {"$ref": "#/$defs/Place"},
+        },
+        "$defs": {"Place": {"type": "object", "properties": {"city": {"type": "string"}}}},
+    }
+    cases = {
+        ("text", "12345"): "12345",
+        ("text", "true"): "true",
+        ("text", '"quoted"'): '"quoted"',
+        ("count", "3"): 3,
+        ("count", "three"): "three",  # the server names the field
+        ("ratio", "3"): 3,
+        ("maybe", "3"): 3,
+        ("maybe", "three"): "three",
+        ("tone", "true"): "true",
+        ("place", '{"city": "Paris"}'): {"city": "Paris"},
+        ("unknown", "[1]"): [1],
+    }
+    for (name, raw), expected in cases.items():
+        assert field_value(raw, name, schema) == expected, (name, raw)

@@ -181,7 +181,7 @@ def test_the_banner_comes_once_serving_with_the_real_port(fake_lm: FakeLM) -> No
         banner = wait_for_line(process, "serving on")
         assert banner.startswith("dspy-serve: serving on http://127.0.0.1:") and ":0 " not in banner, banner
         url = banner.split()[3]
-        assert banner.rstrip().endswith(f"(docs: {url}/docs)")
+        assert banner.rstrip().endswith(f"(playground: {url}/, docs: {url}/docs)")
         # Printed after the startup: ready at once.
         assert httpx.get(url + "/health/ready", timeout=10).status_code == 200
     finally:

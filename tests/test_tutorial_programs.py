@@ -7,6 +7,7 @@ One server serves them all (as an operator would), so each case is one request, 
 from __future__ import annotations
 
 import subprocess
+import sys
 from base64 import b64encode
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from tests.support.servers import ServerThread, serving
 from tests.support.settings import FAKE_KEY, PROGRAMS, fake_settings
 
 TUTORIAL = PROGRAMS / "tutorial_programs.py"
+# What the refusal of a bare dspy.MultiChainComparison suggests, with the type of `completions` given.
+MCC_SIGNATURE = "completions: list[dict], question -> rationale, answer"
 HELD_MODELS = ["openai/drafter-model", "openai/strong-model", "openai/reviewer-model"]
 
 
@@ -117,6 +120,41 @@ CASES: dict[str, Case] = {
         {"reasoning": "r", "answer": "4"},
         {"context": ["passage 0 about 2+2?", "passage 1 about 2+2?"], "answer": "4"},
     ),
+    "synthesize": Case(
+        {"topic": "the sea"},
+        {"line": "Waves."},
+        {"line": "Waves.", "audio": {"data": tp.SILENT_WAV, "audio_format": "wav"}},
+    ),
+    "mcc": Case(
+        {
+            "completions": [{"rationale": "It says so.", "answer": "Paris"}] * 3,
+            "question": "Capital of France?",
+        },
+        {"rationale": "All agree.", "answer": "Paris"},
+        {"rationale": "All agree.", "answer": "Paris"},
+        endpoints=["invoke", "batch", "stream", "mcp"],  # two required inputs: not a chat
+    ),
+    "review": Case(
+        {"draft": "A long draft."},
+        {"feedback": "Too long.", "matches": True, "revised": "Short."},
+        {"feedback": "Too long.", "matches": True, "revised": "Short."},
+    ),
+}
+
+# Programs whose file configures its own adapter (dspy.configure(adapter=...)): served together by
+# a server of their own, since configuring DSPy is process-wide.
+ADAPTER_PROGRAMS = {
+    "two_step": PROGRAMS / "two_step_adapter.py",
+    "json_configured": PROGRAMS / "json_adapter.py",
+}
+DESCRIPTION = 'Zürich: the "Limmat" city 🚀, naïve ë \\ end'
+ADAPTER_CASES: dict[str, Case] = {
+    "two_step": Case({"question": "Capital of France?"}, {"answer": "Paris"}, {"answer": "Paris"}),
+    "json_configured": Case(
+        {"place": "Zürich"},
+        {"description": DESCRIPTION, "capital": False, "motto": "Ë 🚀"},
+        {"description": DESCRIPTION, "capital": False, "motto": "Ë 🚀"},
+    ),
 }
 
 
@@ -133,13 +171,44 @@ def server(_fake_lm_server: FakeLM, tmp_path_factory: pytest.TempPathFactory) ->
         programs=programs,
         artifacts=[f"saved_by_reference={reference_dir}", f"saved_by_value={value_dir}"],
         allow_pickle=True,
-        signatures=["bare=question -> answer"],
+        signatures=["bare=question -> answer", f"mcc={MCC_SIGNATURE}"],
         allow_models=HELD_MODELS,
     )
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OPENAI_API_KEY", FAKE_KEY)
         with serving(create_app(settings)) as running:
             yield running
+
+
+@pytest.fixture(scope="module")
+def adapter_server(_fake_lm_server: FakeLM) -> Iterator[ServerThread]:
+    """The programs that configure their own adapter, served with DSPy's settings as they were
+    before their files were imported: each program keeps the adapter its file configured.
+
+    A real server imports program files first, before anything configures DSPy; earlier tests
+    of this process have configured it from other threads, so its owner is forgotten for the
+    import (and restored)."""
+    settings = sys.modules["dspy.dsp.utils.settings"]
+    saved = dict(settings.main_thread_config)
+    owner = (settings.config_owner_thread_id, settings.config_owner_async_task)
+
+    def restore() -> None:
+        settings.config_owner_thread_id, settings.config_owner_async_task = owner
+        settings.main_thread_config.clear()
+        settings.main_thread_config.update(saved)
+
+    programs = [f"{name}={path}:{name}" for name, path in ADAPTER_PROGRAMS.items()]
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("OPENAI_API_KEY", FAKE_KEY)
+            patch.setenv("FAKE_LM_BASE_URL", _fake_lm_server.base_url)
+            settings.config_owner_thread_id = settings.config_owner_async_task = None
+            app = create_app(fake_settings(_fake_lm_server, programs=programs))
+            restore()  # the other programs of this process keep DSPy's default adapter
+            with serving(app) as running:
+                yield running
+    finally:
+        restore()
 
 
 SERVED = [(program, endpoint) for program, case in CASES.items() for endpoint in case.endpoints]
@@ -158,6 +227,80 @@ def test_serves(server: ServerThread, fake_lm: FakeLM, program: str, endpoint: s
         assert outputs == case.outputs
 
 
+ADAPTER_SERVED = [
+    (program, endpoint) for program, case in ADAPTER_CASES.items() for endpoint in case.endpoints
+]
+
+
+@pytest.mark.parametrize(("program", "endpoint"), ADAPTER_SERVED, ids=[f"{p}-{e}" for p, e in ADAPTER_SERVED])
+def test_serves_a_program_with_its_own_adapter(
+    adapter_server: ServerThread, fake_lm: FakeLM, program: str, endpoint: str
+) -> None:
+    case = ADAPTER_CASES[program]
+    fake_lm.answers = case.answers
+
+    outputs = outputs_via(endpoint, adapter_server.base_url, program, case.inputs)
+
+    assert outputs == case.outputs
+
+
+def streamed_text(events: list[tuple[str, Any]]) -> dict[str, str]:
+    """Each field's token chunks, joined; every chunk checked to be free of adapter markers."""
+    joined: dict[str, str] = {}
+    for event, data in events:
+        if event == "token":
+            assert "[[ ##" not in data["chunk"] and "]]" not in data["chunk"], data
+            joined[data["field"]] = joined.get(data["field"], "") + data["chunk"]
+    return joined
+
+
+def test_a_str_field_before_a_non_str_one_streams_only_its_own_text(
+    server: ServerThread, fake_lm: FakeLM
+) -> None:
+    # DSPy's own StreamListener ends `feedback` with "\n\n[[ ## matches ## ]]\nTrue".
+    fake_lm.answers = {"feedback": "Too long, cut it.", "matches": True, "revised": "Short."}
+    fake_lm.chunk_sizes = [1, 2]  # token-sized: the next field's marker spans more than 10 chunks
+
+    events = stream_events(server.base_url, "review", {"draft": "A long draft."})
+
+    assert "[[ ## feedback ## ]]" in prompt_text(fake_lm.requests[-1])  # the chat adapter's layout
+    assert events[-1][0] == "prediction", events
+    assert streamed_text(events) == {"feedback": "Too long, cut it.", "revised": "Short."}
+
+
+def test_a_two_step_adapter_program_streams_its_prediction_and_says_why_no_tokens(
+    adapter_server: ServerThread, fake_lm: FakeLM
+) -> None:
+    fake_lm.answers = {"answer": "Paris"}
+
+    events = stream_events(adapter_server.base_url, "two_step", {"question": "Capital of France?"})
+    described = httpx.get(f"{adapter_server.base_url}/programs/two_step").json()
+
+    assert [event for event, _ in events] == ["status", "prediction"]
+    assert events[-1][1]["outputs"] == {"answer": "Paris"}
+    assert described["token_streaming"]["streamed"] is False
+    assert "TwoStepAdapter" in described["token_streaming"]["reason"]
+    assert len(fake_lm.requests) == 2  # the main LM, then the extraction LM
+
+
+def test_a_program_configuring_the_json_adapter_streams_decoded_text(
+    adapter_server: ServerThread, fake_lm: FakeLM
+) -> None:
+    case = ADAPTER_CASES["json_configured"]
+    fake_lm.answers = case.answers
+    fake_lm.chunk_chars = 3  # escapes such as \u00fc and \ud83d\ude80 split across chunks
+
+    events = stream_events(adapter_server.base_url, "json_configured", case.inputs)
+    described = httpx.get(f"{adapter_server.base_url}/programs/json_configured").json()
+
+    assert "Respond with a JSON object" in prompt_text(fake_lm.requests[-1])  # its own adapter, pinned
+
+    assert events[-1][0] == "prediction", events
+    assert events[-1][1]["outputs"] == case.outputs
+    assert streamed_text(events) == {"description": DESCRIPTION, "motto": "Ë 🚀"}
+    assert described["token_streaming"] == {"streamed": True, "reason": None}
+
+
 def test_untyped_returned_fields_are_any_json_and_output_fields_keep_their_types(
     server: ServerThread,
 ) -> None:
@@ -172,6 +315,9 @@ def test_untyped_returned_fields_are_any_json_and_output_fields_keep_their_types
         "data": {"title": "Data", "type": "string"},
         "audio_format": {"title": "Audio Format", "type": "string"},
     }
+    # Audio that forward builds itself (no predictor's field, no declared interface) is typed too.
+    assert schemas["synthesize"]["properties"]["audio"] == {"$ref": "#/$defs/Audio"}
+    assert schemas["synthesize"]["$defs"]["Audio"] == audio
 
 
 def test_outputs_that_break_the_programs_own_schema_are_invalid_program_output_with_usage(
@@ -298,6 +444,7 @@ def test_a_bare_value_with_a_declared_output_streams_to_its_end(
         ("bare", [], "cannot tell which fields JustTheAnswer.forward() returns"),
         ("kwargs_rag", [], "KwargsRAG.forward(**kwargs) does not say which inputs it takes"),
         ("kwargs_rag_with_signature", [], "it computes ['context'] itself"),
+        ("mcc", [], 'mcc: serve it with --signature mcc="completions, question -> rationale, answer"'),
     ],
 )
 def test_a_program_whose_interface_cannot_be_known_exits_3_naming_the_declaration(

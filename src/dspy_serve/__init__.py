@@ -1,5 +1,6 @@
 """dspy-serve: serve any DSPy program as a typed, truly async HTTP API."""
 
+from dspy_serve._version import VERSION as __version__
 from dspy_serve.app import create_app, install_error_handlers, router
 from dspy_serve.client import Client, RemoteProgram
 from dspy_serve.errors import (
@@ -63,6 +64,7 @@ __all__ = [
     "UnsupportedRequest",
     "UpstreamError",
     "UpstreamRateLimited",
+    "__version__",
     "create_app",
     "install_error_handlers",
     "load_settings",

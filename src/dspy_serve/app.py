@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from dspy_serve._version import VERSION
 from dspy_serve.interop.openai import build_openai_router
+from dspy_serve.logs import remember_secrets, secrets_of
 from dspy_serve.serving.keys import KeyRing
 from dspy_serve.serving.programs import ProgramsArg
 from dspy_serve.serving.service import Service
@@ -52,7 +53,10 @@ def create_app(
     that already sets it (Ray Serve's).
     """
     settings = settings or ServeSettings()
+    remember_secrets(secrets_of(settings))  # never in a log line or an error body (logs.py)
     service = Service(settings, programs, lm)
+    # An LM given here, or one a program file configured as it was loaded, may carry its key.
+    remember_secrets(secrets_of(settings, lms=[lm, dspy.settings.lm]))
     mcp = _mcp_endpoint(service)
 
     @asynccontextmanager
@@ -77,7 +81,10 @@ def create_app(
     app = FastAPI(
         title=settings.title,
         version=VERSION,
-        description="DSPy programs served by dspy-serve. Errors are RFC 9457 problem+json.",
+        description="DSPy programs served by dspy-serve. Errors are RFC 9457 problem+json.\n\n"
+        "Not listed here, over the same programs, keys and limits: the OpenAI-compatible "
+        "`POST /v1/chat/completions` and `GET /v1/models` (dspy-serve's docs/openai.md), and the MCP "
+        "endpoint `/mcp` (docs/mcp.md; with the `mcp` extra).",
         lifespan=lifespan,
         # /openapi.json depends on the caller's key (add_openapi_route); /docs and /redoc load
         # their assets from the package, not from a CDN (add_pages).

@@ -73,7 +73,7 @@ class _GroupedCommand(click.Command):
         for param in self.get_params(ctx):
             record = param.get_help_record(ctx)
             if isinstance(param, click.Argument) and param.name in ServeSettings.model_fields:
-                record = ("[TARGET]...", ServeSettings.model_fields[param.name].description or "")
+                record = ("TARGET...", ServeSettings.model_fields[param.name].description or "")
             if record is not None:
                 title = section_of.get(param.name or "", "Command")
                 grouped.setdefault(title[0].upper() + title[1:], []).append(record)
@@ -91,7 +91,7 @@ def _settings_params() -> list[click.Parameter]:
         envvar = f"{ENV_PREFIX}{name.upper()}"
         help_text = f"{info.description or ''} [env: {envvar}]"
         if flag == "positional":
-            params.append(click.Argument([name], nargs=-1, required=False, metavar="[TARGET]..."))
+            params.append(click.Argument([name], nargs=-1, required=False, metavar="TARGET..."))
             continue
         if flag == "env-only":
             continue
@@ -171,13 +171,14 @@ def _run(config: Path | None, **values: Any) -> None:
 @contextlib.contextmanager
 def _or_exit_3() -> Iterator[None]:
     """A program, artifact or interface that cannot be served stops the command: one line, exit 3."""
+    from dspy_serve.logs import redact
     from dspy_serve.serving.loader import ArtifactError, TargetError
     from dspy_serve.serving.schema import SchemaError
 
     try:
         yield
     except (ArtifactError, TargetError, SchemaError, ValueError, ImportError) as exc:
-        click.echo(f"dspy-serve: cannot start: {exc}", err=True)
+        click.echo(f"dspy-serve: cannot start: {redact(str(exc))}", err=True)  # a provider's text, too
         sys.exit(3)
 
 
@@ -190,11 +191,12 @@ def serve(settings: ServeSettings) -> None:
     from dspy_serve.app import create_app
     from dspy_serve.deploy.uvicorn_server import ServeServer, bind_socket, socket_url, uvicorn_config
     from dspy_serve.lm.checks import check_lms
-    from dspy_serve.logs import configure_logging
+    from dspy_serve.logs import configure_logging, remember_secrets, secrets_of
     from dspy_serve.serving.keys import KeyRing
     from dspy_serve.serving.service import Service
 
     configure_logging(settings.log_level, settings.log_format)
+    remember_secrets(secrets_of(settings))  # this process logs before any app is built
     with _or_exit_3():  # before any worker or replica starts: a key source without keys fails open
         KeyRing.from_settings(settings)
     if settings.engine == "ray":
@@ -211,24 +213,40 @@ def serve(settings: ServeSettings) -> None:
         # The served settings: with no --model, a program's file may configure the LM.
         check_lms(service.settings, probe=settings.check_lm)
         sock = bind_socket(settings.host, settings.port)
+    _log_artifacts(service)
     url = socket_url(sock)
+    pages = f"playground: {url}/, docs: {url}/docs" if settings.playground else f"docs: {url}/docs"
     if settings.workers > 1 or settings.reload:
         from dspy_serve.deploy.workers import run_workers
 
         what = "serving with --reload" if settings.reload else f"starting {settings.workers} workers"
-        click.echo(f"dspy-serve: {what} on {url}  (docs: {url}/docs)", err=True)
+        click.echo(f"dspy-serve: {what} on {url}  ({pages})", err=True)
         with contextlib.suppress(KeyboardInterrupt):
             run_workers(settings, sock)
         return
 
     def announce() -> None:
-        click.echo(f"dspy-serve: serving on {url}  (docs: {url}/docs)", err=True)
+        click.echo(f"dspy-serve: serving on {url}  ({pages})", err=True)
 
     server = ServeServer(uvicorn_config(app, settings), app.state.service, on_started=announce)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it captured, after shutdown
         server.run(sockets=[sock])
     if not server.started:
         sys.exit(3)
+
+
+def _log_artifacts(service: Any) -> None:
+    """Name the state each program serves: its artifact and sha256, or none (unoptimized)."""
+    import logging
+
+    for name, program in service.programs.items():
+        artifact = program.loaded.artifact
+        if artifact is not None:
+            logging.getLogger("dspy_serve").info(
+                "program %s: artifact %s (sha256 %s)", name, artifact.path, artifact.sha256
+            )
+        else:
+            logging.getLogger("dspy_serve").info("program %s: no artifact (not optimized)", name)
 
 
 def _serve_on_ray(settings: ServeSettings) -> None:
@@ -277,50 +295,99 @@ main.add_command(run_command)
 @click.argument("url")
 @click.argument("name")
 @click.argument("fields", nargs=-1)
+@click.option(
+    "--json",
+    "body",
+    default=None,
+    metavar="BODY",
+    help='A whole request body, {"inputs": {...}, "options": {...}} (\'-\' reads it from stdin); '
+    "FIELD=VALUE arguments add to its inputs.",
+)
 @click.option("--stream", is_flag=True, help="Print tokens as they arrive.")
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait.")
-def call_command(url: str, name: str, fields: tuple[str, ...], stream: bool, timeout: float) -> None:
-    """Call program NAME on the server at URL with FIELD=VALUE inputs (JSON values allowed).
+def call_command(
+    url: str, name: str, fields: tuple[str, ...], body: str | None, stream: bool, timeout: float
+) -> None:
+    """Call program NAME on the server at URL with FIELD=VALUE inputs.
 
     \b
     dspy-serve call http://127.0.0.1:8000 qa question="What is the capital of France?"
-    The API key, if any, comes from DSPY_SERVE_CLIENT_KEY (never a flag: flags show in `ps`).
+    dspy-serve call http://127.0.0.1:8000 triage ticket=12345 urgent=true tags='["a", "b"]'
+    dspy-serve call http://127.0.0.1:8000 qa --json '{"inputs": {"question": "Hi"}, "options": {}}'
+
+    Each VALUE is read as the program's input schema says: a text field takes it as written, a
+    number, boolean, list or object field as JSON. The API key, if any, comes from
+    DSPY_SERVE_CLIENT_KEY (never a flag: flags show in `ps`).
     """
     import json
     import os
 
     import httpx
 
-    from dspy_serve.client import Client
+    from dspy_serve.client import Client, RemoteProgram, field_value
     from dspy_serve.errors import ServeError
 
-    inputs: dict[str, object] = {}
+    given, options = _call_body(body)
+    pairs = []
     for field in fields:
         key, sep, raw = field.partition("=")
         if not sep:
             raise click.UsageError(f"{field!r}: write FIELD=VALUE")
-        try:
-            inputs[key] = json.loads(raw)
-        except ValueError:
-            inputs[key] = raw
+        pairs.append((key, raw))
     if "://" not in url:
         url = "http://" + url  # "127.0.0.1:8000" means what it says
+    api_key = os.environ.get("DSPY_SERVE_CLIENT_KEY")
     try:
-        with Client(url, api_key=os.environ.get("DSPY_SERVE_CLIENT_KEY"), timeout=timeout) as client:
-            program = client.program(name)
+        with Client(url, api_key=api_key, timeout=timeout) as client:
+            program = RemoteProgram(client, name, **options)
+            schema = program.describe().get("input_schema", {}) if pairs else {}
+            inputs = {**given, **{field: field_value(raw, field, schema) for field, raw in pairs}}
             prediction = _print_stream(program.stream(**inputs)) if stream else program(**inputs)
     except ServeError as exc:
-        click.echo(f"dspy-serve: {exc.status} {exc.code}: {exc.detail}", err=True)
+        if exc.status == 401:
+            fix = "it was refused" if api_key else "it is not set"
+            detail = f"the server wants an API key: set DSPY_SERVE_CLIENT_KEY to one of its keys ({fix})"
+        else:
+            detail = _safe(str(exc.detail))
+        click.echo(f"dspy-serve: {exc.status} {exc.code}: {detail}", err=True)
         for line in exc.field_errors():
-            click.echo(f"  {line}", err=True)
+            click.echo(f"  {_safe(line)}", err=True)
         sys.exit(1)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         reason = str(exc) or type(exc).__name__
-        click.echo(f"dspy-serve: cannot reach {url}: {reason}", err=True)
+        click.echo(f"dspy-serve: cannot reach {_safe(url)}: {_safe(reason)}", err=True)
         sys.exit(1)
     outputs = dict(prediction.items()) if prediction is not None else {}
     usage = prediction.get_lm_usage() if prediction is not None else {}
     click.echo(json.dumps({"outputs": outputs, "usage": usage}, indent=2))
+
+
+def _call_body(body: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The inputs and options of ``--json``: a whole request body, as the API takes it."""
+    import json
+
+    if body is None:
+        return {}, {}
+    text = sys.stdin.read() if body == "-" else body
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise click.UsageError(f"--json: not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or set(data) - {"inputs", "options"}:
+        raise click.UsageError('--json: give a request body, {"inputs": {...}, "options": {...}}')
+    inputs, options = data.get("inputs", {}), data.get("options", {})
+    if not isinstance(inputs, dict) or not isinstance(options, dict):
+        raise click.UsageError("--json: inputs and options are JSON objects")
+    return inputs, options
+
+
+def _safe(text: str) -> str:
+    """Text from the server or an LM, fit for a terminal: control characters (escape sequences that
+    retitle the window, recolour or move the cursor) are shown escaped; newlines and tabs stay."""
+    return "".join(
+        char if char in "\n\t" or not (ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0) else repr(char)[1:-1]
+        for char in text
+    )
 
 
 def _print_stream(events: Iterator[Any]) -> Any:
@@ -332,9 +399,9 @@ def _print_stream(events: Iterator[Any]) -> Any:
         if isinstance(event, TokenEvent):
             label = event.field if event.predictor in ("", "self") else f"{event.predictor}.{event.field}"
             if label != current:
-                click.echo(("\n" if current is not None else "") + f"{label}: ", nl=False)
+                click.echo(("\n" if current is not None else "") + f"{_safe(label)}: ", nl=False)
                 current = label
-            click.echo(event.chunk, nl=False)
+            click.echo(_safe(event.chunk), nl=False)
         elif not isinstance(event, StatusEvent):
             prediction = event
     if current is not None:
@@ -348,10 +415,11 @@ def _mcp(config: Path | None, **values: Any) -> None:
         from dspy_serve.interop.mcp import run_stdio
     except ImportError:
         raise click.UsageError("MCP needs the optional SDK: pip install 'dspy-serve[mcp]'") from None
-    from dspy_serve.logs import configure_logging
+    from dspy_serve.logs import configure_logging, remember_secrets, secrets_of
     from dspy_serve.serving.service import Service
 
     configure_logging(settings.log_level, settings.log_format)  # to stderr: stdout is the protocol
+    remember_secrets(secrets_of(settings))
     # Importing a program may print: stdout is the protocol.
     from dspy_serve.lm.checks import check_lms
 
@@ -404,16 +472,42 @@ def _from_environment_note(settings: ServeSettings) -> None:
 
 
 def _docker(config: Path | None, out: Path, **values: Any) -> None:
-    from dspy_serve.deploy.docker import write_deployment
+    from dspy_serve.deploy.container import container_settings
+    from dspy_serve.deploy.docker import USER_ID, write_deployment
+    from dspy_serve.lm.checks import credential_variables
 
     settings = _deployable(config, values)
+    leave_out = (
+        [config] if config is not None and config.resolve().is_relative_to(Path.cwd().resolve()) else []
+    )
     try:
-        written = write_deployment(settings, out)
+        written = write_deployment(
+            settings, out, leave_out=leave_out, provider_variables=credential_variables(settings)
+        )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     for path in written:
         click.echo(f"wrote {path}")
     _from_environment_note(settings)
+    if leave_out:
+        credential = " (it holds a credential)" if container_settings(settings).from_environment else ""
+        click.echo(
+            f"{config} is left out of the image{credential}: its settings are the Dockerfile's ENV lines",
+            err=True,
+        )
+    keys = settings.api_keys_file
+    if keys is not None and not _readable_by(keys, USER_ID):
+        click.echo(
+            f"{keys} is not readable by uid {USER_ID}, which the container runs as: "
+            f"chmod o+r {keys} (or chown {USER_ID} {keys}), or the server cannot read its keys",
+            err=True,
+        )
+    if not any((Path.cwd() / name).is_file() for name in ("requirements.txt", "pyproject.toml")):
+        click.echo(
+            f"no requirements.txt or pyproject.toml in {Path.cwd()}: the image installs dspy-serve only; "
+            "add one if your programs import other packages",
+            err=True,
+        )
     env = out / ".env"
     click.echo(
         f"Next: cp {out / '.env.example'} {env} (add credentials), then "
@@ -422,11 +516,34 @@ def _docker(config: Path | None, out: Path, **values: Any) -> None:
     )
 
 
-docker_command = click.Command(
+def _readable_by(path: Path, uid: int) -> bool:
+    """Whether a file mounted with its mode and owner (a compose secret) is readable by ``uid``."""
+    import stat
+
+    mode = path.stat()
+    return bool(mode.st_mode & stat.S_IROTH) or (mode.st_uid == uid and bool(mode.st_mode & stat.S_IRUSR))
+
+
+def _image_params(leave_out: set[str]) -> list[click.Parameter]:
+    """`run`'s options for a command that writes an image's files: those that make no sense in an
+    image (``--reload``, ``--host``, which a container refuses anyway) still parse, for the one-line
+    reason, but are left out of ``--help``."""
+    import copy
+
+    params = []
+    for param in run_command.params:
+        if param.name in leave_out and isinstance(param, click.Option):
+            param = copy.copy(param)
+            param.hidden = True
+        params.append(param)
+    return params
+
+
+docker_command = _GroupedCommand(
     "docker",
     callback=_docker,
     params=[
-        *run_command.params,
+        *_image_params({"reload", "host"}),
         _out_option(
             "Directory inside the project to write the Dockerfile, its .dockerignore, "
             "compose.yaml, .env.example and the dspy-serve wheel to."
@@ -463,11 +580,11 @@ def _kuberay(config: Path | None, image: str, name: str | None, out: Path, **val
     )
 
 
-kuberay_command = click.Command(
+kuberay_command = _GroupedCommand(
     "kuberay",
     callback=_kuberay,
     params=[
-        *run_command.params,
+        *_image_params({"reload", "host", "workers", "engine", "ray_address"}),
         click.Option(
             ["--image", "image"],
             required=True,
@@ -486,6 +603,127 @@ kuberay_command = click.Command(
     context_settings={"max_content_width": 110},
 )
 main.add_command(kuberay_command)
+
+
+def _batch(
+    config: Path | None,
+    input_path: Path,
+    output_path: Path,
+    key: str | None,
+    concurrency: int,
+    url: str | None,
+    retry_errors: bool,
+    **values: Any,
+) -> None:
+    import os
+
+    from dspy_serve.logs import configure_logging
+    from dspy_serve.offline.command import EXIT_ROWS_FAILED, BatchJob, closing_summary, run_batch
+    from dspy_serve.offline.results import ResumeMismatch
+    from dspy_serve.offline.rows import InputFileError, count_rows
+    from dspy_serve.offline.runner import BatchSummary
+
+    if not input_path.is_file():
+        raise click.UsageError(f"--input {input_path}: no such file")
+    settings: ServeSettings | None = None
+    program: str | None = None
+    if url is None:
+        # A long run's console is its progress: the service's own info lines only when asked for.
+        if values.get("log_level") is None and f"{ENV_PREFIX}LOG_LEVEL" not in os.environ:
+            values["log_level"] = "warning"
+        settings = _settings(config, values)
+        configure_logging(settings.log_level, settings.log_format)
+        if retry_errors and settings.engine == "ray":
+            raise click.UsageError("--retry-errors runs in this process or with --url, not with --engine ray")
+    else:
+        targets: tuple[str, ...] = tuple(values.get("programs") or ())
+        if len(targets) != 1:
+            raise click.UsageError("with --url, give the served program's NAME as the one TARGET")
+        program = targets[0]
+    job = BatchJob(
+        input=input_path,
+        output=output_path,
+        key=key,
+        concurrency=concurrency,
+        url=url,
+        api_key=os.environ.get("DSPY_SERVE_CLIENT_KEY"),
+        program=program,
+        retry_errors=retry_errors,
+        engine=settings.engine if settings is not None else "uvicorn",
+        ray_actors=settings.replicas if settings is not None else 1,
+    )
+    try:
+        summary = BatchSummary(total=count_rows(input_path))
+    except InputFileError as exc:
+        raise click.UsageError(str(exc)) from None
+    interrupted = False
+    try:
+        with _or_exit_3():
+            run_batch(job, settings, summary)
+    except ResumeMismatch as exc:
+        raise click.UsageError(str(exc)) from None
+    except RuntimeError as exc:  # the engine itself failed (Ray Data), not a row
+        click.echo(f"dspy-serve: batch stopped: {exc}", err=True)
+        click.echo(closing_summary(summary), err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        interrupted = True
+    click.echo(closing_summary(summary), err=True)
+    if interrupted:
+        click.echo(f"interrupted: rerun the same command to resume after row {summary.done - 1}", err=True)
+        sys.exit(130)
+    click.echo(f"results: {output_path}", err=True)
+    if summary.rows_failed:
+        sys.exit(EXIT_ROWS_FAILED)
+
+
+batch_command = _GroupedCommand(
+    "batch",
+    callback=_batch,
+    params=[
+        click.Option(
+            ["--input", "input_path"],
+            type=click.Path(dir_okay=False, path_type=Path),
+            required=True,
+            help="Rows of inputs: .jsonl (one JSON object a line), .csv (a header row) or .parquet.",
+        ),
+        click.Option(
+            ["--output", "output_path"],
+            type=click.Path(dir_okay=False, path_type=Path),
+            required=True,
+            help="JSON lines, one per input row in input order. Rerunning resumes where it stopped.",
+        ),
+        click.Option(
+            ["--key"], default=None, help="The column that identifies a row (default: its number, from 0)."
+        ),
+        click.Option(
+            ["--concurrency"],
+            type=click.IntRange(1, 4096),
+            default=16,
+            show_default=True,
+            help="Rows run at once.",
+        ),
+        click.Option(
+            ["--url"],
+            default=None,
+            help="Send the rows to a served program at this URL (TARGET is then its NAME; the key "
+            "comes from DSPY_SERVE_CLIENT_KEY).",
+        ),
+        click.Option(
+            ["--retry-errors"],
+            is_flag=True,
+            default=False,
+            help="Run again the rows an earlier run answered with an error; the others are kept.",
+        ),
+        *run_command.params,
+    ],
+    help="Run one program over a file of rows, in this process (TARGET as for run), on Ray Data "
+    "(--engine ray, --replicas program instances) or against a served program (--url URL NAME). "
+    "Exit 0: every row answered; 1: some rows failed (their lines hold the error); 130: "
+    "interrupted, rerun to resume.",
+    context_settings={"max_content_width": 110},
+)
+main.add_command(batch_command)
 
 
 def _add_data_loop_commands() -> None:

@@ -253,6 +253,15 @@ class RemoteProgram(dspy.Module):
             for item in results
         ]
 
+    def describe(self) -> dict[str, Any]:
+        """The program's description (``GET /programs/NAME``): signature, input and output schemas."""
+        try:
+            response = self.client._http.get(f"/programs/{self.name}")
+            _raise_for(response)
+        except errors.ServeError as exc:  # a 404 says what is served instead, as a call does
+            raise self._not_served(exc, self.client.programs) from None
+        return dict(response.json())
+
     def stream(self, **inputs: Any) -> Iterator[TokenEvent | StatusEvent | dspy.Prediction]:
         """Typed events as they arrive; the last is the Prediction (or the error is raised)."""
         try:
@@ -270,7 +279,7 @@ class RemoteProgram(dspy.Module):
         except errors.HTTPProblem as exc:
             raise self._not_served(exc, self.client.programs) from None
 
-    def _not_served(self, exc: errors.HTTPProblem, programs: Callable[[], list[dict[str, Any]]]) -> Exception:
+    def _not_served(self, exc: errors.ServeError, programs: Callable[[], list[dict[str, Any]]]) -> Exception:
         """A 404 on a program's own path means no such program: say what is served instead."""
         if exc.status != 404:
             return exc
@@ -283,6 +292,48 @@ class RemoteProgram(dspy.Module):
     def __deepcopy__(self, memo: dict[int, Any]) -> RemoteProgram:
         # Optimizers copy modules; the connection pool is shared, never copied.
         return RemoteProgram(self.client, self.name, **self.options)
+
+
+# --- text values (`dspy-serve call FIELD=VALUE`) read by a program's input schema ------------------
+
+
+def _json_types(schema: dict[str, Any], defs: dict[str, Any], depth: int = 0) -> set[str]:
+    """The JSON types a field's schema accepts; empty when it says nothing (anything goes)."""
+    if depth > 8:
+        return set()
+    if "$ref" in schema:
+        return _json_types(defs.get(str(schema["$ref"]).rsplit("/", 1)[-1], {}), defs, depth + 1)
+    if "anyOf" in schema or "oneOf" in schema:
+        found: set[str] = set()
+        for option in schema.get("anyOf", schema.get("oneOf", [])):
+            accepts = _json_types(option, defs, depth + 1)
+            if not accepts:
+                return set()
+            found |= accepts
+        return found
+    if "enum" in schema or "const" in schema:
+        values = schema.get("enum", [schema.get("const")])
+        return {"string" if isinstance(v, str) else "null" if v is None else "other" for v in values}
+    kind = schema.get("type")
+    return set(kind) if isinstance(kind, list) else {str(kind)} if kind else set()
+
+
+def field_value(raw: str, field: str, schema: dict[str, Any]) -> Any:
+    """A FIELD=VALUE value as the program's input schema wants it: a text field takes the text as
+    written (``ticket=12345`` is the string "12345"), other types are read as JSON. A value that is
+    not valid JSON where JSON is wanted is sent as text, for the server to name the field."""
+    accepts = _json_types(schema.get("properties", {}).get(field, {}), schema.get("$defs", {}))
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return raw
+    if not accepts or "string" not in accepts:
+        return parsed
+    others = accepts - {"string", "null"}
+    kind = {bool: "boolean", int: "integer", float: "number", list: "array", dict: "object"}.get(type(parsed))
+    if kind is not None and (kind in others or (kind == "integer" and "number" in others)):
+        return parsed
+    return raw
 
 
 def _events(lines: Iterator[str]) -> Iterator[TokenEvent | StatusEvent | dspy.Prediction]:

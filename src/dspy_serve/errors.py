@@ -36,6 +36,7 @@ Messages are written for the caller: no stack traces, provider payloads or secre
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 import math
 from collections.abc import Sequence
@@ -43,6 +44,8 @@ from typing import Any
 
 import dspy
 from pydantic import ValidationError
+
+from dspy_serve.logs import redact
 
 __all__ = [
     "MAX_RETRY_AFTER",
@@ -85,6 +88,10 @@ PROBLEM_CONTENT_TYPE = "application/problem+json"
 MAX_RETRY_AFTER = 3600.0
 
 
+def _redacted_error(error: dict[str, Any]) -> dict[str, Any]:
+    return {key: redact(value) if isinstance(value, str) else value for key, value in error.items()}
+
+
 def sane_retry_after(value: object) -> float | None:
     """A Retry-After from elsewhere (a provider, a server) as seconds within
     ``[0, MAX_RETRY_AFTER]``; None when it is not a number at all."""
@@ -113,8 +120,9 @@ class ServeError(Exception):
         errors: list[dict[str, Any]] | None = None,
         retry_after: float | None = None,
     ) -> None:
-        self.detail = detail or self.title
-        self.errors = errors
+        # Whatever text reached an error (a program's own, a library's), no known secret leaves.
+        self.detail = redact(detail or self.title)
+        self.errors = errors if errors is None else [_redacted_error(err) for err in errors]
         self.retry_after = retry_after
         # Tokens already spent when the call failed (per model): still billed, still reported.
         self.usage: dict[str, dict[str, Any]] | None = None
@@ -234,6 +242,16 @@ class PromptsNotExposed(ServeError):
 class ProgramNotFound(ServeError):
     status, code, title = 404, "program_not_found", "Program not found"
 
+    @classmethod
+    def named(cls, name: str, served: Sequence[str]) -> ProgramNotFound:
+        """``no program named 'prioritise' on this server; it serves: prioritize, triage (did you
+        mean 'prioritize'?)``, as the client says it: ``served`` is what the caller may see."""
+        close = difflib.get_close_matches(name, served, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return cls(
+            f"no program named {name!r} on this server; it serves: {', '.join(served) or 'none'}{hint}"
+        )
+
 
 class CallNotFound(ServeError):
     status, code, title = 404, "call_not_found", "Call not found"
@@ -317,7 +335,7 @@ class HTTPProblem(ServeError):
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
         self.status = status
-        self.title = detail
+        self.title = self.detail  # as redacted
 
 
 class ClientCancelled(ServeError):

@@ -81,10 +81,10 @@ class ServeSettings(BaseSettings):
     # --- language model ---------------------------------------------------------------------------
     model: str | None = Field(
         default=None,
-        description="Default LM for every program, e.g. 'openai/gpt-4o-mini'. "
-        "Unset: the LM a program file configures as it is imported (dspy.configure(lm=...)), else "
-        "the embedded local model. Credentials come from the provider's usual environment "
-        "variables (OPENAI_API_KEY, ...).",
+        description="Default LM for every program, e.g. 'openai/gpt-4o-mini', or 'local' for the "
+        "embedded model (offline, no key). Unset: the LM a program file configures as it is imported "
+        "(dspy.configure(lm=...)), else the embedded local model. Credentials come from the provider's "
+        "usual environment variables (OPENAI_API_KEY, ...).",
     )
     api_base: str | None = Field(
         default=None, description="Base URL of the LM provider (OpenAI-compatible servers)."
@@ -266,9 +266,11 @@ class ServeSettings(BaseSettings):
         default=2048,
         gt=0,
         description="Open connections (and requests) of this process beyond which new requests get 503 "
-        "at once. Unset: no limit.",
+        "at once. Set it empty in the environment or .env (DSPY_SERVE_MAX_CONNECTIONS=) for no limit.",
     )
     title: str = Field(default="dspy-serve", description="Title of the OpenAPI document.")
+
+    # --- playground and inspection ----------------------------------------------------------------
     playground: bool = Field(
         default=True,
         description="The web pages at / and /playground/NAME to try, inspect and batch-run each program in a "
@@ -289,6 +291,7 @@ class ServeSettings(BaseSettings):
         "instructions and demos: on, every caller may see them except API keys restricted to some programs "
         "or models, which need `prompts=yes` on their key line. Off: asking is a 403.",
     )
+    # --- development ------------------------------------------------------------------------------
     reload: bool = Field(
         default=False,
         description="Development: restart the server when a program file (*.py beside it) or an "
@@ -326,6 +329,7 @@ class ServeSettings(BaseSettings):
     replica_cpus: float = Field(
         default=1.0, ge=0, description="CPUs Ray reserves for each replica (LM-bound programs need little)."
     )
+    # --- performance tuning -----------------------------------------------------------------------
     gc_threshold: int = Field(
         default=50_000,
         ge=0,

@@ -98,7 +98,7 @@ def test_parquet_without_pyarrow_says_what_to_install(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         main, ["data", "export", "qa", "--store", url, "--format", "parquet", "--out", str(out)]
     )
-    assert result.exit_code == 2 and "pip install pyarrow" in result.output
+    assert result.exit_code == 2 and "dspy-serve[parquet]" in result.output
 
 
 @pytest.mark.skipif(importlib.util.find_spec("pyarrow") is None, reason="pyarrow is not installed")

@@ -298,3 +298,95 @@ def test_the_projects_own_dockerignore_is_kept(project: Path) -> None:
     (project / ".dockerignore").write_text("data/\n")
     files = generate(project, "examples/qa.py:program", "--model=openai/x")
     assert files["Dockerfile.dockerignore"].splitlines()[-1] == "data/"
+
+
+def build_context(project: Path, ignore_file: Path) -> set[str]:
+    """The files `docker build` sends with this ignore file, by its rules: each line a pattern
+    (`*`, `?` within a path part, `**` across parts) matched against a path or any of its parent
+    directories, the last matching line winning, `!` bringing a path back."""
+    import re
+
+    rules = []
+    for line in ignore_file.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keep, pattern = line.startswith("!"), line.removeprefix("!").strip("/")
+        regex = re.escape(pattern).replace(r"\*\*/", "(.*/)?").replace(r"\*\*", ".*")
+        rules.append((keep, re.compile(regex.replace(r"\*", "[^/]*").replace(r"\?", "[^/]") + "$")))
+    sent = set()
+    for path in project.rglob("*"):
+        if not path.is_file():
+            continue
+        relative = path.relative_to(project).as_posix()
+        parts = relative.split("/")
+        candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        excluded = False
+        for keep, regex in rules:
+            if any(regex.match(candidate) for candidate in candidates):
+                excluded = not keep
+        if not excluded:
+            sent.add(relative)
+    return sent
+
+
+def test_files_that_hold_credentials_stay_out_of_the_build_context(project: Path) -> None:
+    password = "cache-password-must-not-appear"
+    (project / "serve.toml").write_text(
+        f'response_cache = "redis://user:{password}@redis:6379/0"\ntimeout = 30\n'
+    )
+    (project / "keys.txt").write_text("ops:key-in-a-file\n")
+    (project / ".env").write_text("OPENAI_API_KEY=sk-in-dotenv\n")
+    (project / ".dockerignore").write_text("!serve.toml\n")  # the project's own rules cannot bring it back
+    result = deploy_command(
+        "docker",
+        project,
+        "examples/qa.py:program",
+        "--model=openai/gpt-4o-mini",
+        "--config=serve.toml",
+        "--api-keys-file=keys.txt",
+        "--out=deploy",
+    )
+    assert result.returncode == 0, result.stderr
+    sent = build_context(project, project / "deploy" / "Dockerfile.dockerignore")
+    assert {"examples/qa.py", "examples/qa.json", "deploy/Dockerfile"} <= sent
+    assert not sent & {"serve.toml", "keys.txt", ".env"}, sent
+    for path in sent:
+        assert password not in (project / path).read_text(errors="replace"), path
+    assert "serve.toml is left out of the image (it holds a credential)" in result.stderr
+    assert "DSPY_SERVE_RESPONSE_CACHE holds a credential" in result.stderr
+    env = image_env((project / "deploy" / "Dockerfile").read_text())
+    assert env["DSPY_SERVE_TIMEOUT"] == "30.0" and "DSPY_SERVE_RESPONSE_CACHE" not in env
+
+
+def test_the_command_says_what_the_image_will_lack(project: Path) -> None:
+    (project / "keys.txt").write_text("ops:key-in-a-file\n")
+    (project / "keys.txt").chmod(0o600)
+    result = deploy_command(
+        "docker", project, "examples/qa.py:program", "--model=openai/gpt-4o-mini", "--api-keys-file=keys.txt"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "keys.txt is not readable by uid 10001" in result.stderr
+    assert "no requirements.txt or pyproject.toml" in result.stderr
+    # The provider key's variable is in .env.example, ready to fill in.
+    assert "OPENAI_API_KEY=" in (project / ".env.example").read_text().splitlines()
+
+    (project / "keys.txt").chmod(0o644)
+    (project / "requirements.txt").write_text("httpx\n")
+    result = deploy_command(
+        "docker", project, "examples/qa.py:program", "--model=openai/gpt-4o-mini", "--api-keys-file=keys.txt"
+    )
+    assert "not readable" not in result.stderr and "no requirements.txt" not in result.stderr
+
+
+def test_help_shows_what_matters_for_an_image_first_and_leaves_out_what_it_cannot_use(project: Path) -> None:
+    for command, first in (("docker", "--out"), ("kuberay", "--image")):
+        result = deploy_command(command, project, "--help")
+        lines = result.stdout.splitlines()
+        headings = [line for line in lines if line and not line[0].isspace() and line.endswith(":")]
+        assert headings[0] == "Command:" and "Programs:" in headings, headings
+        command_group = result.stdout.split("Command:")[1].split("Programs:")[0]
+        assert first in command_group
+        assert "--reload" not in result.stdout and "--host" not in result.stdout
+    refused = deploy_command("docker", project, "examples/qa.py:program", "--model=openai/x", "--reload")
+    assert refused.returncode == 2 and "--reload is for development" in refused.stderr

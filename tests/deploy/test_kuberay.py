@@ -130,3 +130,14 @@ def test_targets_are_checked_before_the_manifest_is_written(tmp_path: Path) -> N
         "kuberay", ROOT, "examples/qa.py:program", "--workers", "2", "--image", IMAGE, "--out", str(tmp_path)
     )
     assert result.returncode == 2 and "on Ray, use --replicas" in result.stderr
+
+
+def test_the_manifest_header_names_every_secret_the_pods_need(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text("ops:a-key\n")
+    kuberay(tmp_path, "qa=examples/qa.py:program", "--api-keys-file", str(keys), "--name", "qa")
+    header = [
+        line for line in (tmp_path / "rayservice.yaml").read_text().splitlines() if line.startswith("#")
+    ]
+    assert "# Secrets: kubectl create secret generic qa-secrets --from-env-file=.env" in header
+    assert f"# REQUIRED: kubectl create secret generic qa-api-keys --from-file=api_keys={keys}" in header

@@ -92,3 +92,45 @@ def test_a_change_to_the_program_or_its_artifact_restarts_the_server(fake_lm: Fa
     assert len({first, second, third}) == 3
     sha = lambda body: body["programs"]["qa"]["artifact_sha256"]  # noqa: E731
     assert sha(changed) != sha(ready)
+
+
+def test_a_change_that_cannot_load_is_one_line_and_the_last_good_version_keeps_serving(
+    fake_lm: FakeLM, tmp_path: Path
+) -> None:
+    program = tmp_path / "prog.py"
+    program.write_text(PROGRAM.format(doc="Version one."))
+    log = tmp_path / "serve.log"  # the log inside the watched directory: never a change to reload for
+    port = free_port()
+    argv = [*CLI, "run", "qa=prog.py:qa", "--reload", "--port", str(port), "--model", "openai/fake-model"]
+    argv += ["--api-base", fake_lm.base_url, "--log-level", "debug", "--log-format", "text"]
+    with log.open("w") as written:
+        process = subprocess.Popen(argv, cwd=tmp_path, env=cli_env(), stderr=written, stdout=written)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        first, _ = ready_state(url, None)
+        program.write_text(
+            PROGRAM.format(doc="Mid-edit.").replace("dspy.Predict(Answer)", "dspy.Predict(Answer")
+        )
+        deadline = time.monotonic() + 90
+        while "cannot serve the change" not in log.read_text() and time.monotonic() < deadline:
+            with httpx.Client(base_url=url, timeout=10) as http:  # never hangs while the error stands
+                assert http.get("/health/live").json()["pid"] == first
+            time.sleep(0.3)
+        text = log.read_text()
+        assert "dspy-serve: cannot serve the change: prog.py:" in text and "SyntaxError" in text, text
+        assert "Traceback" not in text, text
+        with httpx.Client(base_url=url, timeout=10) as http:
+            response = http.post("/qa/invoke", json={"inputs": {"question": "still there?"}})
+            assert response.status_code == 200 and http.get("/health/live").json()["pid"] == first
+        # The log file is written to all the time, in the watched directory: no change is reported.
+        settled = log.stat().st_size
+        time.sleep(3)
+        assert log.stat().st_size - settled < 2000, log.read_text()[settled:]
+        assert log.read_text().count("change detected") <= 2
+
+        program.write_text(PROGRAM.format(doc="Version two."))
+        second, _ = ready_state(url, first)
+        assert second != first
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)

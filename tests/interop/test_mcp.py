@@ -22,7 +22,9 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_types import INVALID_PARAMS, CallToolResult, TextContent
 
 from dspy_serve import create_app
-from dspy_serve.interop.mcp import CALL_META, PROBLEM_META, McpEndpoint
+from dspy_serve.errors import HTTPProblem, ProxyError, ServeError
+from dspy_serve.interop.mcp import CALL_META, PROBLEM_META, McpEndpoint, error_result
+from dspy_serve.serving.caller import Caller
 from tests.support.fake_lm import FakeLM, ServerError
 from tests.support.servers import ServerThread, serving
 from tests.support.settings import PROGRAMS, fake_settings
@@ -207,13 +209,20 @@ async def test_api_keys_guard_the_endpoint_and_restrict_its_tools(fake_lm: FakeL
             answer = await client.call_tool("qa", {"question": "Capital?"})
         async with mcp_client(server, key="k2") as narrow:
             allowed = {tool.name for tool in (await narrow.list_tools()).tools}
-            forbidden = await narrow.call_tool("kitchen", {"text": "t", "tags": []})
+            # A tool outside the key is an unknown tool, whatever the arguments (#22).
+            errors = []
+            tries = (("kitchen", {}), ("kitchen", {"text": "t", "tags": []}), ("nope", {}))
+            for name, arguments in tries:
+                with pytest.raises(MCPError) as unknown:
+                    await narrow.call_tool(name, arguments)
+                errors.append((unknown.value.code, str(unknown.value).replace(name, "NAME")))
     assert refused.status_code == 401
     assert any(isinstance(error, MCPError) for error in leaves(keyless.value))
     assert refused.json()["code"] == "unauthorized"
     assert everything == {"qa", "kitchen"} and answer.structured_content == {"answer": "Paris"}
     assert allowed == {"qa"}
-    assert problem_of(forbidden)["code"] == "forbidden"
+    assert errors[0] == errors[1] == errors[2] and errors[0][0] == INVALID_PARAMS
+    assert "it serves: qa" in errors[0][1] and "kitchen" not in errors[0][1]
 
 
 async def test_rate_limits_count_tool_calls(fake_lm: FakeLM, provider_key: str) -> None:
@@ -289,3 +298,23 @@ async def test_stdio_serves_the_same_tools(
     # What the program printed went to stderr, never into the protocol on stdout.
     assert "noise while importing" in stderr and "noise while running" in stderr
     assert not [r for r in caplog.records if r.name == "mcp.client.stdio" and r.levelno >= logging.ERROR]
+
+
+def _every_error() -> list[ServeError]:
+    def subclasses(cls: type[ServeError]) -> list[type[ServeError]]:
+        return [sub for direct in cls.__subclasses__() for sub in (direct, *subclasses(direct))]
+
+    return [
+        cls(404, "gone") if cls in (HTTPProblem, ProxyError) else cls("what went wrong")  # type: ignore[call-arg]
+        for cls in [ServeError, *subclasses(ServeError)]
+    ]
+
+
+@pytest.mark.parametrize("error", _every_error(), ids=lambda error: type(error).__name__)
+def test_every_error_renders_as_one_tool_error(error: ServeError) -> None:
+    caller = Caller("stdio", request_id="r")
+    result = error_result(caller, error)
+    error_result(caller, error)
+    problem = problem_of(result)
+    assert (problem["status"], problem["code"], problem["request_id"]) == (error.status, error.code, "r")
+    assert caller.error_codes == [error.code], "counted once"

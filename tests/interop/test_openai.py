@@ -13,6 +13,9 @@ import openai
 import pytest
 
 from dspy_serve import create_app
+from dspy_serve.errors import HTTPProblem, ProxyError, ServeError
+from dspy_serve.interop.openai import error_body
+from dspy_serve.serving.caller import Caller
 from tests.support.dspy_prompts import message_text
 from tests.support.fake_lm import FakeLM, ServerError
 from tests.support.servers import ServerThread, serving
@@ -224,7 +227,7 @@ def test_api_keys_and_rate_limits_apply(fake_lm: FakeLM, provider_key: str) -> N
         reply = client.chat.completions.create(model="qa", messages=[{"role": "user", "content": "hi"}])
         assert reply.choices[0].message.content == ANSWER
         assert [m.id for m in client.models.list()] == ["qa"]  # only what the key may call
-        with pytest.raises(openai.PermissionDeniedError):
+        with pytest.raises(openai.NotFoundError):  # outside the key: as if it did not exist (#22)
             client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
         client.chat.completions.create(model="qa", messages=[{"role": "user", "content": "hi"}])
         with pytest.raises(openai.RateLimitError) as limited:  # the third request this minute
@@ -273,3 +276,26 @@ def test_the_reply_is_the_last_str_output_unless_the_operator_picks_one(
     ):
         with pytest.raises(ValueError, match=message):
             create_app(fake_settings(fake_lm, programs=triage, chat_replies=[spec]))
+
+
+def _every_error() -> list[ServeError]:
+    def subclasses(cls: type[ServeError]) -> list[type[ServeError]]:
+        return [sub for direct in cls.__subclasses__() for sub in (direct, *subclasses(direct))]
+
+    return [
+        cls(404, "gone") if cls in (HTTPProblem, ProxyError) else cls("what went wrong")  # type: ignore[call-arg]
+        for cls in [ServeError, *subclasses(ServeError)]
+    ]
+
+
+@pytest.mark.parametrize("error", _every_error(), ids=lambda error: type(error).__name__)
+def test_every_error_renders_as_one_openai_error(error: ServeError) -> None:
+    caller = Caller("127.0.0.1")
+    body = error_body(caller, error)
+    error_body(caller, error)
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["code"] == error.code and body["error"]["message"].startswith(error.detail)
+    kinds = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+    expected = kinds.get(error.status, "server_error" if error.status >= 500 else "invalid_request_error")
+    assert body["error"]["type"] == expected
+    assert caller.error_codes == [error.code], "counted once"

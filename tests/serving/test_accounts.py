@@ -1,5 +1,6 @@
 """CallAccounts on a real in-memory token budget: outputs are checked before they are priced, and
-what a call spent is charged in place of its reservation, whatever its outcome."""
+what a call spent is charged, whatever its outcome, by its LM calls and by the call at its end.
+(The metrics count a call from its published record: tests/serving/test_call.py.)"""
 
 from __future__ import annotations
 
@@ -9,13 +10,12 @@ from typing import Any
 import dspy
 import pytest
 
+from dspy_serve.call_scope import CallScope
 from dspy_serve.errors import InvalidProgramOutput, RateLimited
 from dspy_serve.serving.accounts import CallAccounts
-from dspy_serve.serving.call_scope import CallScope
 from dspy_serve.serving.caller import Caller
 from dspy_serve.serving.front_door import FrontDoor
 from dspy_serve.serving.loader import LoadedProgram
-from dspy_serve.serving.metrics import Metrics
 from dspy_serve.serving.programs import Program
 from dspy_serve.serving.ratelimit import RateLimiter
 from dspy_serve.serving.runner import CallResult
@@ -37,11 +37,10 @@ def program() -> Program:
     return Program(LoadedProgram(name="qa", target="test", module=module, artifact=None), interface)
 
 
-def accounts(token_rate_limit: str | None = "1000/minute") -> tuple[CallAccounts, Metrics, RateLimiter]:
+def accounts(token_rate_limit: str | None = "1000/minute") -> tuple[CallAccounts, RateLimiter]:
     settings = ServeSettings(model=MODEL, token_rate_limit=token_rate_limit, max_tokens_limit=400)
     limiter = RateLimiter(settings)
-    metrics = Metrics()
-    return CallAccounts(FrontDoor(limiter), metrics, settings.max_tokens_limit), metrics, limiter
+    return CallAccounts(FrontDoor(limiter), settings.max_tokens_limit), limiter
 
 
 def result(outputs: dict[str, Any], total_tokens: int = 30) -> CallResult:
@@ -51,69 +50,65 @@ def result(outputs: dict[str, Any], total_tokens: int = 30) -> CallResult:
     return CallResult(outputs=outputs, usage=usage, model=MODEL, lm_calls={MODEL: 1})
 
 
-def counted_tokens(metrics: Metrics) -> float:
-    return sum(
-        sample.value
-        for family in metrics.tokens.collect()
-        for sample in family.samples
-        if sample.name.endswith("_total")
-    )
-
-
-def test_declared_outputs_are_returned_as_json_with_their_price_and_counted() -> None:
-    books, metrics, _ = accounts()
+def test_declared_outputs_are_returned_as_json_with_their_price() -> None:
+    books, _ = accounts()
     finished = books.finish(program(), result({"answer": "Paris \ud800", "confidence": "0.9"}))
     assert finished.outputs == {"answer": "Paris \ufffd", "confidence": 0.9}, "typed, and encodable"
     assert finished.cost["total_usd"] > 0
-    assert counted_tokens(metrics) == 30
 
 
-def test_undeclared_outputs_are_refused_by_field_yet_their_tokens_are_counted_and_reported() -> None:
-    books, metrics, _ = accounts()
+def test_undeclared_outputs_are_refused_by_field_yet_their_tokens_are_reported() -> None:
+    books, _ = accounts()
     with pytest.raises(InvalidProgramOutput) as refused:
         books.finish(program(), result({"answer": "Paris", "confidence": "very"}))
     assert [error["loc"] for error in refused.value.errors or []] == [["outputs", "confidence"]]
     assert refused.value.usage is not None and refused.value.usage[MODEL]["total_tokens"] == 30
-    assert counted_tokens(metrics) == 30, "the LM was paid: the metrics say so"
 
 
-async def test_a_reservation_is_replaced_by_what_the_call_spent() -> None:
-    books, _, _ = accounts("500/minute")
-    lm = dspy.LM(MODEL, max_tokens=300)
+async def test_each_lm_call_reserves_from_the_calls_budget_and_the_rest_is_charged_at_the_end() -> None:
+    books, _ = accounts("500/minute")
     caller = Caller("10.0.0.1")
     scope = CallScope.starting_now(10)
-    held = await books.reserve(caller, lm, scope)
-    assert held == 300, "the most one LM call may spend"
-    scope.usage = result({}, total_tokens=120).usage
-    await books.settle(caller, held, scope)
-    assert (caller.tokens, caller.cost_usd is not None) == (120, True)
-    # A call is refused once the budget is spent. 120 spent, not 300: two more calls start (the
-    # second sees 420 of 500), and only then is the budget spent.
-    assert [await books.reserve(caller, lm, scope) for _ in range(2)] == [300, 300]
+    assert await books.reserve(caller, dspy.LM(MODEL, max_tokens=300), scope) == 0, "nothing held per call"
+    budget = scope.budget
+    assert budget is not None and budget.default_max_tokens == 400, "the server's max_tokens_limit"
+    # An LM call holds its estimate, then settles what it spent (lm/budget.py does both).
+    held = await budget.reserve(300, within=1)
+    await budget.settle(held, 100, within=1)
+    assert await budget.reserve(400, within=1) == 400, "100 spent: 400 more fit in 500"
     with pytest.raises(RateLimited):
-        await books.reserve(caller, lm, scope)
+        await budget.reserve(1, within=1)  # 500 spent or held: nothing more fits
+    await budget.settle(400, 0, within=1)
+    # The call ends having spent 120 in all: the 20 its LM calls did not settle are charged now.
+    scope.usage = result({}, total_tokens=120).usage
+    await books.settle(caller, 0, scope)
+    assert await budget.reserve(380, within=1) == 380, "120 charged, not 220"
+    with pytest.raises(RateLimited):
+        await budget.reserve(1, within=1)
 
 
-async def test_without_max_tokens_a_call_holds_the_servers_limit() -> None:
-    books, _, _ = accounts("1000/minute")
-    unbounded = dspy.LM(MODEL)
-    unbounded.kwargs.pop("max_tokens", None)
-    assert await books.reserve(Caller("10.0.0.4"), unbounded, CallScope.starting_now(10)) == 400
+async def test_the_first_lm_call_of_a_window_always_fits() -> None:
+    """A budget smaller than one call's estimate serves one call per window, not none ever."""
+    books, _ = accounts("100/minute")
+    scope = CallScope.starting_now(10)
+    await books.reserve(Caller("10.0.0.4"), dspy.LM(MODEL), scope)
+    assert scope.budget is not None
+    assert await scope.budget.reserve(1000, within=1) == 1000
+    with pytest.raises(RateLimited):
+        await scope.budget.reserve(1, within=1)
 
 
-async def test_a_call_that_spent_nothing_gives_its_whole_reservation_back() -> None:
-    books, _, _ = accounts("500/minute")
-    lm = dspy.LM(MODEL, max_tokens=300)
-    caller, scope = Caller("10.0.0.2"), CallScope.starting_now(10)
-    await books.settle(caller, await books.reserve(caller, lm, scope), scope)  # failed before any LM call
-    assert caller.tokens == 0
-    assert await books.reserve(caller, lm, scope) == 300, "the budget is whole again"
+async def test_without_a_token_budget_the_scope_gets_none() -> None:
+    books, _ = accounts(None)
+    scope = CallScope.starting_now(10)
+    await books.reserve(Caller("10.0.0.2"), dspy.LM(MODEL), scope)
+    assert scope.budget is None
 
 
 async def test_a_storage_failure_while_charging_is_logged_and_the_calls_outcome_stands(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    books, _, limiter = accounts("1000/minute")
+    books, limiter = accounts("1000/minute")
 
     async def unavailable(*args: object, **kwargs: object) -> int:
         raise ConnectionError("storage down")
@@ -124,5 +119,4 @@ async def test_a_storage_failure_while_charging_is_logged_and_the_calls_outcome_
     scope.usage = result({}).usage
     with caplog.at_level(logging.WARNING, logger="dspy_serve"):
         await books.settle(caller, reserved, scope)
-    assert caller.tokens == 30, "the caller's accounting still has the call"
     assert "could not be charged" in caplog.text

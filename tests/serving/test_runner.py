@@ -10,7 +10,7 @@ import dspy
 import pytest
 from dspy.utils import DummyLM
 
-from dspy_serve.serving.call_scope import CallScope
+from dspy_serve.call_scope import CallScope
 from dspy_serve.serving.loader import LoadedProgram
 from dspy_serve.serving.offload import ServedTool, has_own_callbacks, keep_tools_off_loop
 from dspy_serve.serving.runner import CALL_TRACE_STEPS, ProgramRunner

@@ -11,8 +11,8 @@ import dspy
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from dspy_serve.serving.dspy_json import to_wire
 from dspy_serve.serving.schema import ProgramInterface, SchemaError, derive_interface
-from dspy_serve.serving.wire import to_wire
 from tests.support.programs import future_programs as fp
 from tests.support.programs import sample_programs as sp
 from tests.support.programs import tutorial_programs as tp
@@ -277,6 +277,28 @@ def test_custom_module_prediction_outputs_are_typed_from_predictor_output_fields
     assert "type" not in properties(interface.outputs)["context"]
     assert "Any JSON" in properties(interface.outputs)["context"]["description"]
     interface.outputs.model_validate({"answer": "a", "context": ["p1", {"title": "t"}]})
+
+
+def test_a_dspy_type_forward_builds_for_a_returned_field_is_that_typed_object() -> None:
+    interface = derive_interface("synthesize", tp.synthesize)
+
+    schema = interface.output_schema()
+    assert schema["properties"]["audio"] == {"$ref": "#/$defs/Audio"}
+    assert set(schema["$defs"]["Audio"]["properties"]) == {"data", "audio_format"}
+    with pytest.raises(ValidationError):
+        interface.outputs.model_validate({"line": "x", "audio": "not audio"})
+
+
+@pytest.mark.filterwarnings("ignore:The 'prefix' argument:DeprecationWarning")  # DSPy's own class
+def test_a_dspy_built_in_with_untyped_parameters_is_refused_leading_with_the_signature_to_declare() -> None:
+    with pytest.raises(SchemaError) as refused:
+        derive_interface("mcc", dspy.MultiChainComparison("question -> answer"))
+
+    example = "completions, question -> rationale, answer"  # reasoning_attempt_N: forward builds them
+    assert str(refused.value).startswith(f'mcc: serve it with --signature mcc="{example}"')
+    assert f'`serve_signature = "{example}"` on the instance' in str(refused.value)
+    declared = derive_interface("mcc", dspy.MultiChainComparison("question -> answer"), example)
+    assert list(declared.inputs.model_fields) == ["completions", "question"]
 
 
 def test_custom_module_docstring_becomes_the_instructions() -> None:

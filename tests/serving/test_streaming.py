@@ -173,27 +173,31 @@ def test_leaving_mid_invoke_stops_the_program(fake_lm: FakeLM, provider_key: str
 # --- decoding JSONAdapter's raw string chunks -------------------------------------------------
 
 
+def json_field_text(raw: str, split: int) -> str:
+    """Field ``answer`` of the JSON object ``{"answer": RAW}``, fed ``split`` characters at a time."""
+    from dspy_serve.serving.response_fields import ResponseFields, TextFormat
+
+    reader = ResponseFields(TextFormat.JSON, ["answer"])
+    whole = '{"answer":' + raw + "}"
+    pieces = [whole[i : i + split] for i in range(0, len(whole), split)]
+    out = [piece for chunk in pieces for piece in reader.feed(chunk)] + reader.close()
+    assert {field for field, _ in out} <= {"answer"}
+    return "".join(text for _, text in out)
+
+
 @pytest.mark.parametrize("split", [1, 2, 3, 7, 100])
 def test_json_string_chunks_decode_to_text_whatever_the_split(split: int) -> None:
-    from dspy_serve.serving.streaming import JsonStringDecoder
-
     raw = ' "Say \\"hi\\"\\nto caf\\u00e9 \\\\ now" , '
-    decoder = JsonStringDecoder()
-    pieces = [raw[i : i + split] for i in range(0, len(raw), split)]
-    assert "".join(decoder.feed(piece) for piece in pieces) == 'Say "hi"\nto café \\ now'
+    assert json_field_text(raw, split) == 'Say "hi"\nto café \\ now'
 
 
 @pytest.mark.parametrize("split", [1, 2, 5, 6, 7, 11, 12, 13, 100])
 def test_json_string_decoding_survives_surrogates_and_invalid_escapes(split: int) -> None:
-    from dspy_serve.serving.streaming import JsonStringDecoder
-
     raw = (
         '"pair \\uD83D\\uDE00, lone \\uD83D, low \\uDE00, bad \\uZZZZ, '
         'high-high \\uD83D\\uD83D\\uDE00 \\uD83D"'
     )
-    decoder = JsonStringDecoder()
-    pieces = [raw[i : i + split] for i in range(0, len(raw), split)]
-    text = "".join(decoder.feed(piece) for piece in pieces)
+    text = json_field_text(raw, split)
     assert text == "pair \U0001f600, lone \ufffd, low \ufffd, bad \\uZZZZ, high-high \ufffd\U0001f600 \ufffd"
     text.encode("utf-8")  # always encodable
 

@@ -121,7 +121,7 @@ def output_fields(system: str) -> dict[str, Any]:
 
 
 def compose_answer(body: Body, overrides: Mapping[str, Any]) -> str:
-    """The assistant content for a request: JSON-schema, JSON, or ChatAdapter field format."""
+    """The assistant content for a request: JSON-schema, JSON, XML, or ChatAdapter field format."""
     messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
     system = "\n".join(message_text(m) for m in messages if m.get("role") in ("system", "developer"))
     last_user = next((message_text(m) for m in reversed(messages) if m.get("role") == "user"), "")
@@ -139,8 +139,19 @@ def compose_answer(body: Body, overrides: Mapping[str, Any]) -> str:
     json_prompt = _JSON_OUTPUTS in system or "Respond with a JSON object" in last_user
     if response_format.get("type") == "json_object" or json_prompt:
         return json.dumps(values)
+    if _XML_OUTPUTS in last_user:
+        return "\n\n".join(f"<{k}>\n{_xml_text(v)}\n</{k}>" for k, v in values.items())
     sections = [f"[[ ## {k} ## ]]\n{v if isinstance(v, str) else json.dumps(v)}" for k, v in values.items()]
     return "\n\n".join([*sections, "[[ ## completed ## ]]"])
+
+
+_XML_OUTPUTS = "Respond with the corresponding output fields wrapped in XML tags"
+
+
+def _xml_text(value: Any) -> str:
+    """A value as XMLAdapter asks for it: text escaped, anything else as JSON (which it parses)."""
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text.replace("&", "&amp;").replace("<", "&lt;")
 
 
 _OBSERVATION = re.compile(r"\[\[ ## observation_(\d+) ## \]\]")

@@ -20,7 +20,8 @@ By default it answers what the prompt asks for: it reads the output fields (and
 their type / JSON-schema notes) that DSPy's ChatAdapter and JSONAdapter put in
 the system message and replies in ``[[ ## field ## ]]`` form, as a JSON object,
 or per ``response_format``'s JSON schema. ``stream: true`` is answered as SSE
-chunks of ``chunk_chars`` characters, ``chunk_delay`` seconds apart.
+chunks of ``chunk_chars`` characters (or of the sizes ``chunk_sizes`` lists, cycled),
+``chunk_delay`` seconds apart.
 
 The model name matters to DSPy, not to this server: an unknown name such as
 ``openai/fake-model`` has no capability metadata, so JSONAdapter asks for JSON in
@@ -44,7 +45,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -233,7 +234,8 @@ def _error_reply(behaviour: Behaviour) -> tuple[int, dict[str, Any], dict[str, s
 class FakeLM:
     """A scriptable OpenAI-compatible server; use as a context manager or via ``start()``/``stop()``.
 
-    ``latency``, ``chunk_delay``, ``chunk_chars`` and ``answers`` may be changed while it runs.
+    ``latency``, ``chunk_delay``, ``chunk_chars``, ``chunk_sizes`` and ``answers`` may be changed
+    while it runs.
     Counters and ``requests`` are safe to read from any thread.
     """
 
@@ -247,6 +249,8 @@ class FakeLM:
     ) -> None:
         self._defaults = (latency, chunk_delay, chunk_chars, answers)
         self.latency, self.chunk_delay, self.chunk_chars, self.answers = self._defaults
+        # Sizes of successive streamed chunks, cycled (a stream split unevenly); None: chunk_chars.
+        self.chunk_sizes: Sequence[int] | None = None
         self._lock = threading.Lock()
         self._queue: deque[Behaviour] = deque()
         self._rules: list[_Rule] = []
@@ -359,6 +363,7 @@ class FakeLM:
             self._rules.clear()
             self._reset_stats()
         self.latency, self.chunk_delay, self.chunk_chars, self.answers = self._defaults
+        self.chunk_sizes = None
 
     def _reset_stats(self) -> None:
         # Written under the lock on the server thread; plain reads are atomic. ``in_flight`` is a live gauge,
@@ -494,11 +499,14 @@ class FakeLM:
 
         await exchange.start_stream()
         await exchange.body(frame({"role": "assistant", "content": ""}))
-        size = max(1, self.chunk_chars)
-        for offset in range(0, len(content), size):
+        sizes = itertools.cycle([max(1, size) for size in self.chunk_sizes or [self.chunk_chars]])
+        offset = 0
+        while offset < len(content):
             if offset and not await exchange.pause(self.chunk_delay):
                 return await self._abandon(exchange, started=True)
+            size = next(sizes)
             await exchange.body(frame({"content": content[offset : offset + size]}))
+            offset += size
         await exchange.body(frame({}, "stop"))
         if (body.get("stream_options") or {}).get("include_usage"):
             usage = {**envelope, "choices": [], "usage": _usage(body, content)}

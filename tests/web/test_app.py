@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import dspy
 import httpx
 import pytest
 from dspy.utils import DummyLM
 from fastapi import FastAPI
+from pydantic import BaseModel
 
 import dspy_serve
 from dspy_serve import ServeSettings, create_app, install_error_handlers, router
@@ -89,6 +90,60 @@ async def test_openapi_documents_each_program_with_its_schema(client: httpx.Asyn
     assert batch_items["items"] == {"$ref": "#/components/schemas/QaInputs"}
 
 
+class Where(BaseModel):
+    city: str
+    lat: float
+
+
+class Triage(dspy.Signature):
+    """Triage a ticket."""
+
+    ticket: str = dspy.InputField()
+    priority: Literal["low", "high"] = dspy.OutputField()
+    score: float = dspy.OutputField()
+    urgent: bool = dspy.OutputField()
+    tags: list[str] = dspy.OutputField()
+    where: Where = dspy.OutputField()
+
+
+def resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema:
+        schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    return schema
+
+
+async def test_openapi_publishes_the_typed_outputs_of_every_answer() -> None:
+    """#21 regression: the 200 response was an untyped object since traces and prompts came."""
+    app = create_app(ServeSettings(), programs={"triage": dspy.Predict(Triage)}, lm=DummyLM([]))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+        spec = (await http.get("/openapi.json")).json()
+    invoke = spec["paths"]["/triage/invoke"]["post"]["responses"]["200"]["content"]["application/json"]
+    batch = spec["paths"]["/triage/batch"]["post"]["responses"]["200"]["content"]["application/json"]
+    stream = spec["paths"]["/triage/stream"]["post"]["responses"]["200"]["content"]["text/event-stream"]
+    body = resolve(spec, invoke["schema"])
+    item = resolve(spec, resolve(spec, batch["schema"])["properties"]["items"]["items"])
+    events = {e["properties"]["event"]["const"]: e for e in stream["itemSchema"]["oneOf"]}
+    prediction = resolve(spec, events["prediction"]["properties"]["data"]["contentSchema"])
+    assert prediction == body, "the stream's prediction is the /invoke body"
+    assert body["properties"]["call_id"]["type"] == "string" and "call_id" in item["properties"]
+    for outputs in (body["properties"]["outputs"], *item["properties"]["outputs"]["anyOf"][:1]):
+        fields = resolve(spec, outputs)["properties"]
+        assert fields["priority"]["enum"] == ["low", "high"]
+        assert fields["score"]["type"] == "number"
+        assert fields["urgent"]["type"] == "boolean"
+        assert fields["tags"] == {"items": {"type": "string"}, "title": "Tags", "type": "array"}
+        assert resolve(spec, fields["where"])["properties"]["lat"]["type"] == "number"
+
+
+async def test_an_answer_carries_its_call_id_and_leaves_out_what_was_not_asked(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post("/qa/invoke", json={"inputs": {"question": "Capital of France?"}})
+    body = response.json()
+    assert len(body["call_id"]) == 32 and response.headers["x-call-id"] == body["call_id"]
+    assert "trace" not in body and "prompts" not in body
+
+
 async def test_program_description_reports_interface_and_artifact(client: httpx.AsyncClient) -> None:
     info = (await client.get("/programs/qa")).json()
     assert info["signature"] == "question -> answer"
@@ -140,11 +195,18 @@ def test_public_api_is_pinned() -> None:
         "HTTPProblem", "InvalidInput", "InvalidProgramOutput", "ModelNotAllowed", "Overloaded",
         "ProgramNotFound", "PromptsNotExposed", "ProxyError", "RateLimited", "RemoteProgram",
         "RequestTimeout", "SchemaError", "ServeError", "ServeSettings", "ServiceUnavailable",
-        "StoreUnavailable",
-        "TargetError", "TraceNotExposed", "Unauthorized",
-        "UnsupportedMediaType", "UnsupportedRequest", "UpstreamError", "UpstreamRateLimited", "create_app",
-        "install_error_handlers", "load_settings", "router",
+        "StoreUnavailable", "TargetError",
+        "TraceNotExposed", "Unauthorized",
+        "UnsupportedMediaType", "UnsupportedRequest", "UpstreamError", "UpstreamRateLimited", "__version__",
+        "create_app", "install_error_handlers", "load_settings", "router",
     ]  # fmt: skip
+
+
+def test_the_package_says_its_version() -> None:
+    from importlib.metadata import version
+
+    assert dspy_serve.__version__ == version("dspy-serve")
+    assert dspy_serve.__version__.count(".") >= 2
 
 
 async def test_mlflow_autolog_is_set_up_once_at_startup(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -78,14 +78,64 @@ async def test_docs_can_require_a_key() -> None:
 
 async def test_a_key_may_be_limited_to_programs_and_models(secured: httpx.AsyncClient) -> None:
     headers = {"X-API-Key": OTHER}
-    allowed = await secured.post("/qa/invoke", json=ASK, headers=headers)
+    no_model = await secured.post("/qa/invoke", json=ASK, headers=headers)
     other_program = await secured.post("/other/invoke", json=ASK, headers=headers)
     other_model = await secured.post(
         "/qa/invoke", json={**ASK, "options": {"model": "dummy"}}, headers=headers
     )
-    assert allowed.status_code == 200
-    assert other_program.status_code == 403 and other_program.json()["code"] == "forbidden"
+    # Its only model is not served: a call that names none is refused, not run on the default (#22).
+    assert no_model.status_code == 403 and no_model.json()["code"] == "model_not_allowed"
+    # A program outside the key's list is one that does not exist (#22).
+    assert other_program.status_code == 404 and other_program.json()["code"] == "program_not_found"
     assert other_model.status_code == 403 and other_model.json()["code"] == "model_not_allowed"
+
+
+def _as_missing(response: httpx.Response, name: str) -> tuple[int, str, str, str]:
+    """What a caller can tell of a program from a response, with its own name taken out."""
+    body = response.json()
+    detail = body.get("detail") or body.get("error", {}).get("message", "")
+    code = body.get("code") or body.get("error", {}).get("code", "")
+    return response.status_code, response.headers["content-type"], code, detail.replace(repr(name), "NAME")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/{name}/invoke", {"inputs": {}}),
+        ("POST", "/{name}/invoke", b"{not json"),
+        ("POST", "/{name}/stream", {"inputs": {}}),
+        ("POST", "/{name}/batch", {"items": [{}]}),
+        ("GET", "/{name}/invoke", None),
+        ("GET", "/programs/{name}", None),
+        ("GET", "/v1/models/{name}", None),
+        ("POST", "/v1/chat/completions", {"model": "{name}", "messages": [{"role": "user", "content": "q"}]}),
+        ("POST", "/v1/chat/completions", {"model": "{name}", "messages": []}),
+    ],
+)
+async def test_a_program_outside_the_key_is_one_that_does_not_exist(
+    secured: httpx.AsyncClient, method: str, path: str, body: Any
+) -> None:
+    """#22: on every wire, before the body is looked at, and naming only what the key may call."""
+    answers = []
+    for name in ("other", "nope"):
+        url = path.format(name=name)
+        content = body if isinstance(body, bytes) else json.dumps(body).replace("{name}", name).encode()
+        response = await secured.request(
+            method,
+            url,
+            content=content if body is not None else None,
+            headers={"X-API-Key": OTHER, "Content-Type": "application/json"},
+        )
+        answers.append(_as_missing(response, name))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == 404 and "it serves: qa" in answers[0][3] and "other" not in answers[0][3]
+
+
+async def test_anonymous_readiness_tells_only_ready(secured: httpx.AsyncClient) -> None:
+    anonymous = await secured.get("/health/ready")
+    limited = await secured.get("/health/ready", headers={"X-API-Key": OTHER})
+    assert anonymous.status_code == 200 and anonymous.json() == {"status": "ready"}
+    assert limited.status_code == 200 and set(limited.json()["programs"]) == {"qa"}
 
 
 async def test_keys_are_compared_in_constant_time(
@@ -106,7 +156,7 @@ async def test_keys_are_compared_in_constant_time(
 def test_key_lines_parse_names_and_restrictions() -> None:
     named = parse_key_line("ci:abc programs=a,b models=m", 1)
     bare = parse_key_line("xyz", 2)
-    assert (named.name, named.programs, named.models) == ("ci", frozenset({"a", "b"}), frozenset({"m"}))
+    assert (named.name, named.programs, named.models) == ("ci", frozenset({"a", "b"}), ("m",))
     assert (bare.name, bare.programs, bare.models) == ("key-2", None, None)
     with pytest.raises(ValueError, match="unknown option"):
         parse_key_line("k rate=5", 3)

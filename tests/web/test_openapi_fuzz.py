@@ -43,6 +43,13 @@ def test_every_operation_keeps_its_contract(served: ServerThread) -> None:
     schema = schemathesis.openapi.from_url(served.base_url + "/openapi.json")
     keys_on = "securitySchemes" in schema.raw_schema.get("components", {})
     headers = {"Authorization": f"Bearer {KEY}"} if keys_on else None
+    # Every response is checked against the 200 schema (schemathesis' response_schema_conformance):
+    # the typed one, not the untyped object it was published as since traces and prompts (#21).
+    paths = schema.raw_schema["paths"]
+    answer = paths["/qa/invoke"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer == {"$ref": "#/components/schemas/QaInvokeResponse"}
+    typed = schema.raw_schema["components"]["schemas"]["QaInvokeResponse"]
+    assert typed["properties"]["outputs"] == {"$ref": "#/components/schemas/QaOutputs"}
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) == 11  # invoke, stream, batch per program; 2 discovery, 2 health, metrics
     protected = [op for op in operations if op.definition.raw.get("security")]

@@ -25,7 +25,7 @@ import pytest
 from dspy_serve import create_app
 from tests.support.browser import browser, offline_page
 from tests.support.dspy_prompts import prompt_text
-from tests.support.fake_lm import FakeLM, Hang, Slow
+from tests.support.fake_lm import AuthFailure, FakeLM, Hang, Slow
 from tests.support.servers import ServerThread, serving
 from tests.support.settings import FAKE_KEY, PROGRAMS, fake_settings
 
@@ -256,8 +256,54 @@ def test_a_streamed_run_shows_tokens_before_the_final_outputs(
     assert answer.startswith(partial) and partial != answer
     wait_for_outputs(page)
     assert page.locator('#outputs [data-field="answer"]').inner_text().endswith(answer)
-    assert page.locator("[data-live=answer]").inner_text() == answer
+    assert page.locator("[data-live]").count() == 0  # the live box folded into Outputs
+    assert page.locator("#result").inner_text().count(answer) == 1
     assert page.locator('#outputs [data-field="mood"] .badge').inner_text() == "calm"
+
+
+def steps_shown(page: Any) -> list[tuple[str, str]]:
+    return [
+        (li.locator(".step-name").inner_text(), li.get_attribute("data-state") or "")
+        for li in page.locator("#steps li").all()
+    ]
+
+
+def test_every_step_ends_done_failed_or_stopped_and_live_boxes_fold_into_outputs(
+    page: Any, server: ServerThread, fake_lm: FakeLM
+) -> None:
+    open_program(page, server, "two_steps")
+    question = page.locator("textarea").first
+
+    fake_lm.answers = {"query": "france capital", "answer": "Paris"}
+    question.fill("Capital of France?")
+    page.locator("#run").click()
+    wait_for_outputs(page)
+    assert steps_shown(page) == [("rewrite", "done"), ("answer", "done")]
+    assert "Running" not in page.locator("#result").inner_text()
+    assert page.locator("#live > *").count() == 0
+    assert page.locator("#result").inner_text().count("Paris") == 1  # shown once, in Outputs
+
+    fake_lm.answers = {"query": "the second step fails", "answer": "never"}
+    fake_lm.when("the second step fails", AuthFailure())
+    page.locator("#run").click()
+    page.wait_for_function("document.getElementById('run-state').textContent === 'Failed.'", timeout=20_000)
+    assert steps_shown(page) == [("rewrite", "done"), ("answer", "failed")]
+    assert page.locator("#live > *").count() == 0
+
+    fake_lm.answers = {"query": "the second step hangs", "answer": "never"}
+    fake_lm.when("the second step hangs", Hang())
+    page.locator("#run").click()
+    page.wait_for_function(
+        "[...document.querySelectorAll('#steps li')].some((li) => li.textContent.startsWith('answer'))",
+        timeout=20_000,
+    )
+    page.locator("#stop").click()
+    page.wait_for_function("document.getElementById('run-state').textContent.startsWith('Stopped')")
+    assert steps_shown(page) == [("rewrite", "done"), ("answer", "stopped")]
+    assert page.locator("#live > *").count() == 0
+    partial = page.locator("#outputs")
+    assert "Partial outputs (stopped)" in partial.inner_text()
+    assert "the second step hangs" in partial.inner_text()
 
 
 def test_stop_cancels_the_call_and_the_lm_sees_the_abort(
@@ -371,13 +417,14 @@ def test_copy_as_snippets_run_as_shown(page: Any, server: ServerThread, fake_lm:
             [sys.executable, "-c", snippet[kind]], capture_output=True, text=True, timeout=120, env=env
         )
         assert ran.returncode == 0 and "Lima" in ran.stdout, (kind, ran.stderr[-2000:])
-    # `dspy-serve call` sends no options: the page says so in the snippet.
-    assert snippet["cli"].startswith("# (dspy-serve call sends no options")
-    command = (
-        snippet["cli"].splitlines()[-1].replace("dspy-serve call", f"{sys.executable} -m dspy_serve call", 1)
-    )
+    assert "program(question=\"Capital of Peru? (it's 'quoted')\")" in snippet["python"]
+    # With options, `dspy-serve call` sends the whole body.
+    assert " --json " in snippet["cli"]
+    command = snippet["cli"].replace("dspy-serve call", f"{sys.executable} -m dspy_serve call", 1)
     ran = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120, env=env)
     assert ran.returncode == 0 and json.loads(ran.stdout)["outputs"]["answer"] == 'It\'s "Lima"', ran.stderr
+    sent = fake_lm.last_request
+    assert sent.get("max_tokens", sent.get("max_completion_tokens")) == 100
 
 
 def test_a_run_reopens_from_its_link_and_from_the_recent_runs(
@@ -417,6 +464,7 @@ def test_batch_upload_runs_every_line_and_downloads_the_results(
     upload.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     open_program(page, server, "echo")
     page.locator("#batch summary").click()
+    assert json.loads(page.locator("#batch-input").get_attribute("placeholder") or "") == {"question": "..."}
     page.locator("#batch-file").set_input_files(str(upload))
     page.wait_for_function("document.getElementById('batch-input').value.includes('Question 9?')")
     page.locator("#batch-run").click()
@@ -426,13 +474,23 @@ def test_batch_upload_runs_every_line_and_downloads_the_results(
     assert page.locator("#batch-state").inner_text() == "11 of 11 done, 1 failed."
     assert page.evaluate("document.getElementById('batch-progress').value") == 11
     assert page.locator("#batch-results tbody tr").count() == 11
+    # Items are numbered from 1 everywhere; the table shows each item's inputs; a rejected item
+    # says which field and why, as the API does.
+    headers = page.locator("#batch-results th").all_inner_texts()
+    assert headers == ["#", "question (input)", "wrong (input)", "answer", "mood", "error"]
+    fourth = page.locator('#batch-results tr[data-item="4"]')
+    assert fourth.locator("td").first.inner_text() == "4"
+    assert fourth.locator('[data-input="question"]').inner_text() == "Question 3?"
+    rejected = page.locator('#batch-results tr[data-item="11"] [data-error]').inner_text()
+    assert "wrong: Extra inputs are not permitted" in rejected and "question: Field required" in rejected
+    assert "Invalid input: Invalid input" not in rejected
 
     with page.expect_download() as download:
         page.locator("#batch-jsonl").click()
     records = [json.loads(line) for line in Path(download.value.path()).read_text().splitlines()]
-    assert [r["index"] for r in records] == list(range(11))
+    assert [r["item"] for r in records] == list(range(1, 12))
     assert records[0] == {
-        "index": 0,
+        "item": 1,
         "inputs": {"question": "Question 0?"},
         "outputs": {"answer": "Paris, France", "mood": "calm"},
     }
@@ -442,13 +500,13 @@ def test_batch_upload_runs_every_line_and_downloads_the_results(
     assert download.value.suggested_filename == "echo-results.csv"
     rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
     assert rows[3] == {
-        "index": "3",
+        "item": "4",
         "question": "Question 3?",
         "answer": "Paris, France",
         "mood": "calm",
         "error": "",
     }
-    assert rows[10]["error"].startswith("Invalid input")
+    assert rows[10]["error"] == rejected
 
     # CSV pasted, with a quoted comma, runs too.
     page.locator("#batch-input").fill('question\n"Paris, or Lyon?"\nRome?\n')
@@ -494,9 +552,17 @@ def test_batch_progress_moves_per_item_and_the_results_keep_input_order(
     with page.expect_download() as download:
         page.locator("#batch-jsonl").click()
     records = [json.loads(line) for line in Path(download.value.path()).read_text().splitlines()]
-    assert [(r["index"], r["inputs"], r["outputs"]["answer"]) for r in records] == [
-        (i, item, f"Answer {i}") for i, item in enumerate(items)
+    assert [(r["item"], r["inputs"], r["outputs"]["answer"]) for r in records] == [
+        (i + 1, item, f"Answer {i}") for i, item in enumerate(items)
     ]
+    # The placeholder is a line of this program's own inputs.
+    open_program(page, server, "two_steps")
+    page.locator("#batch summary").click()
+    assert json.loads(page.locator("#batch-input").get_attribute("placeholder") or "") == {"question": "..."}
+    open_program(page, server, "everything")
+    page.locator("#batch summary").click()
+    placeholder = json.loads(page.locator("#batch-input").get_attribute("placeholder") or "")
+    assert "text" in placeholder and "question" not in placeholder
 
 
 def test_metrics_show_this_programs_calls_and_latency(page: Any, server: ServerThread) -> None:
@@ -519,6 +585,8 @@ def test_metrics_show_this_programs_calls_and_latency(page: Any, server: ServerT
     requests_shown.wait_for(timeout=20_000)
     assert float(requests_shown.inner_text()) == calls >= 2
     assert page.locator('[data-metric="Latency p50"]').inner_text().endswith(" ms")
+    # openai/fake-model has no known price: its cost is unknown, not $0.
+    assert page.locator('[data-metric="Cost"]').inner_text() == "unknown (no price known for this model)"
 
 
 # --- accessibility -------------------------------------------------------------------------------
@@ -617,3 +685,37 @@ def test_no_playground_turns_the_pages_off(fake_lm: FakeLM, provider_key: str) -
         assert http.get("/playground/assets/core.js").status_code == 404
         index = http.get("/")
         assert index.status_code == 200 and "playground" not in index.text  # the plain index
+
+
+def test_with_keys_the_landing_page_says_it_waits_for_one_and_a_restricted_key_sees_its_models(
+    chromium: Any, fake_lm: FakeLM, provider_env: None, tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text(f"one-model:{KEY} models=openai/fake-model\n")
+    settings = fake_settings(
+        fake_lm, programs=[f"echo={TARGET}:echo"], api_keys_file=keys, allow_models=["openai/other-model"]
+    )
+    with serving(create_app(settings)) as keyed:
+        described = httpx.get(keyed.base_url + "/programs/echo", headers={"Authorization": f"Bearer {KEY}"})
+        assert described.json()["allowed_models"] == ["openai/fake-model"]
+        page = offline_page(chromium, keyed.base_url, viewport={"width": 420, "height": 900})
+        try:
+            page.goto(keyed.base_url + "/")
+            page.locator("#key-panel").wait_for(state="visible", timeout=20_000)
+            assert "needs an API key" in page.locator("#loading").inner_text()
+            page.locator("#key-input").fill(KEY)
+            page.keyboard.press("Enter")
+            card = page.locator('.card[data-program="echo"]')
+            card.wait_for(timeout=20_000)
+            assert "allowed" not in card.inner_text()
+            card.locator("summary", has_text="Call it").click()
+            snippet = card.locator('[data-snippet="curl"]')
+            # Code keeps its lines in a narrow card (it scrolls), never broken mid-word.
+            assert snippet.evaluate("el => getComputedStyle(el).whiteSpace") == "pre"
+            wide = page.evaluate(
+                "[...document.querySelectorAll('body *')]"
+                ".filter((el) => el.getBoundingClientRect().right > 420).map((el) => el.tagName)"
+            )
+            assert page.evaluate("document.documentElement.scrollWidth") <= 420, wide
+        finally:
+            page.context.close()

@@ -81,7 +81,7 @@ async def _write_parquet(rows: AsyncIterator[dict[str, Any]], handle: BinaryIO) 
         import pyarrow.parquet as pq
     except ImportError:
         raise ValueError(
-            "--format parquet needs pyarrow: pip install pyarrow (or use --format jsonl)"
+            "--format parquet needs pyarrow: pip install 'dspy-serve[parquet]' (or use --format jsonl)"
         ) from None
     nested = ("inputs", "outputs", "correction", "trace")
     schema = pa.schema(

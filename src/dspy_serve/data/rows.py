@@ -7,9 +7,9 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from dspy_serve.serving.dspy_json import to_wire
 from dspy_serve.serving.loader import TargetError, _import_object
 from dspy_serve.serving.observers import FinishedCall
-from dspy_serve.serving.wire import to_wire
 from dspy_serve.settings import ServeSettings
 
 __all__ = ["Redactor", "RowMaker", "jsonable", "load_redactor"]
@@ -28,7 +28,7 @@ def load_redactor(spec: str | None) -> Redactor | None:
     if spec is None:
         return None
     try:
-        hook, _ = _import_object(spec)
+        hook = _import_object(spec)[0]
     except TargetError as exc:
         raise ValueError(f"capture_redact {spec!r}: {exc}") from None
     if not callable(hook):

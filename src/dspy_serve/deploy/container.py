@@ -78,6 +78,8 @@ def container_settings(settings: ServeSettings) -> ContainerSettings:
         raise ValueError(
             f"--host {settings.host}: a container listens on all its interfaces; publish its port instead"
         )
+    if settings.reload:
+        raise ValueError("--reload is for development; an image serves the one version it was built with")
     if settings.port == 0:
         raise ValueError("--port 0: a container needs a fixed port to publish and probe")
     update: dict[str, Any] = {"host": "0.0.0.0"}

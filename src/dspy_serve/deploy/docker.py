@@ -196,15 +196,17 @@ def dockerfile(settings: ServeSettings, located: ContainerSettings, project: Pat
     return "\n".join(lines) + "\n"
 
 
-def dockerignore(settings: ServeSettings, project: Path) -> str:
+def dockerignore(settings: ServeSettings, project: Path, leave_out: list[Path]) -> str:
     lines = ["# Written by `dspy-serve docker`: what the build context leaves out.", *_IGNORED]
-    if settings.api_keys_file is not None:
-        keys = settings.api_keys_file.resolve()
-        if keys.is_relative_to(project):
-            lines += [keys.relative_to(project).as_posix()]
     own = project / ".dockerignore"
     if own.is_file():
         lines += ["# The project's own .dockerignore.", own.read_text().rstrip("\n")]
+    # Last, so that no rule above (the project's own included) can bring them back.
+    kept_out = [path for path in [settings.api_keys_file, *leave_out] if path is not None]
+    inside = [path.resolve() for path in kept_out if path.resolve().is_relative_to(project)]
+    if inside:
+        lines += ["# The API-key file and the settings file: credentials never go into the image."]
+        lines += [path.relative_to(project).as_posix() for path in inside]
     return "\n".join(lines) + "\n"
 
 
@@ -243,13 +245,17 @@ def compose(settings: ServeSettings, located: ContainerSettings, project: Path, 
     return header + yaml.safe_dump(spec, sort_keys=False)
 
 
-def env_example(located: ContainerSettings) -> str:
+def env_example(located: ContainerSettings, provider_variables: list[str]) -> str:
     lines = [
         "# Every dspy-serve setting: the image's value, else the default. Copy to .env and edit;",
         "# .env is never baked into the image, and it overrides the image's values.",
-        "# Provider credentials go here too, e.g. OPENAI_API_KEY=...",
         "# With the redis profile: DSPY_SERVE_RATE_LIMIT_STORAGE=redis://redis:6379",
     ]
+    if provider_variables:
+        lines += ["# REQUIRED: the provider's credential of the model(s) served."]
+        lines += [f"{variable}=" for variable in provider_variables]
+    else:
+        lines += ["# Provider credentials go here too, e.g. OPENAI_API_KEY=..."]
     for name, info in ServeSettings.model_fields.items():
         if name == "programs":
             continue  # given by the image's CMD
@@ -262,8 +268,20 @@ def env_example(located: ContainerSettings) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_deployment(settings: ServeSettings, out: Path, project: Path | None = None) -> list[Path]:
-    """Write the files into ``out``, which must lie inside ``project`` (the build context)."""
+def write_deployment(
+    settings: ServeSettings,
+    out: Path,
+    project: Path | None = None,
+    *,
+    leave_out: list[Path] | None = None,
+    provider_variables: list[str] | None = None,
+) -> list[Path]:
+    """Write the files into ``out``, which must lie inside ``project`` (the build context).
+
+    ``leave_out``: files kept out of the build context (the settings file: its settings are the
+    image's ENV lines, and it may hold a credential). ``provider_variables``: the provider
+    credentials the image needs from its environment, listed in ``.env.example``.
+    """
     project = (project or Path.cwd()).resolve()
     out = out.resolve()
     if not out.is_relative_to(project):
@@ -271,9 +289,9 @@ def write_deployment(settings: ServeSettings, out: Path, project: Path | None = 
     located = container_settings(settings)
     files = {
         "Dockerfile": dockerfile(settings, located, project, out),
-        "Dockerfile.dockerignore": dockerignore(settings, project),
+        "Dockerfile.dockerignore": dockerignore(settings, project, leave_out or []),
         "compose.yaml": compose(settings, located, project, out),
-        ".env.example": env_example(located),
+        ".env.example": env_example(located, provider_variables or []),
     }
     out.mkdir(parents=True, exist_ok=True)
     written = []

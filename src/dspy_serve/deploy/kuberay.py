@@ -158,11 +158,17 @@ def write_rayservice(settings: ServeSettings, image: str, ray_version: str, out:
     manifest = rayservice(settings, image, ray_version, name)
     manifest["spec"]["serveConfigV2"] = _Literal(manifest["spec"]["serveConfigV2"])
     header = (
-        "# Written by `dspy-serve kuberay`. Needs the KubeRay operator.\n"
+        "# Written by `dspy-serve kuberay`. Needs the KubeRay operator. Create the Secrets, then\n"
         "# kubectl apply -f rayservice.yaml\n"
         f"# Secrets: kubectl create secret generic {name}-secrets --from-env-file=.env\n"
-        f"# Serve's HTTP port is {settings.port} (the '{name}-serve-svc' Service KubeRay creates).\n"
     )
+    if settings.api_keys_file is not None:
+        # Required: without it the pods wait for their volume and never start.
+        header += (
+            f"# REQUIRED: kubectl create secret generic {name}-api-keys "
+            f"--from-file=api_keys={settings.api_keys_file}\n"
+        )
+    header += f"# Serve's HTTP port is {settings.port} (the '{name}-serve-svc' Service KubeRay creates).\n"
     out.mkdir(parents=True, exist_ok=True)
     path = out / "rayservice.yaml"
     path.write_text(header + yaml.dump(manifest, Dumper=_Dumper, sort_keys=False))

@@ -20,17 +20,15 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
-from uvicorn.supervisors import ChangeReload, Multiprocess
+from uvicorn.supervisors import Multiprocess
 
+from dspy_serve.deploy.reload import SETTINGS_FILE_ENV, SafeReload, reload_options
 from dspy_serve.deploy.uvicorn_server import uvicorn_options
 from dspy_serve.logs import configure_logging
-from dspy_serve.serving.loader import parse_target
 from dspy_serve.serving.service import Service
 from dspy_serve.settings import ServeSettings
 
 __all__ = ["reload_options", "run_workers", "worker_app"]
-
-SETTINGS_FILE_ENV = "DSPY_SERVE_WORKER_SETTINGS_FILE"
 
 
 def worker_app() -> FastAPI:
@@ -65,17 +63,6 @@ def _refuse_new_calls_on_exit(service: Service) -> None:
         signal.signal(sig, handler)
 
 
-def reload_options(settings: ServeSettings) -> dict[str, Any]:
-    """Watch the directories of the program files and artifacts (not dspy-serve's own): a change
-    to a ``.py`` file or to an artifact there restarts the server process."""
-    paths = [Path(target.rpartition(":")[0]) for _, target in map(parse_target, settings.programs)]
-    files = [path for path in paths if path.suffix == ".py" or "/" in str(path)]
-    artifacts = [Path(spec.partition("=")[2] or spec) for spec in settings.artifacts]
-    dirs = sorted({str((path if path.is_dir() else path.parent).resolve()) for path in [*files, *artifacts]})
-    patterns = ["*.py", *sorted({f"*{path.suffix}" for path in artifacts if path.suffix})]
-    return {"reload": True, "reload_dirs": dirs or [str(Path.cwd())], "reload_includes": patterns}
-
-
 def run_workers(settings: ServeSettings, sock: socket.socket) -> None:
     """Serve on ``sock`` from child processes: ``settings.workers`` of them, or, with
     ``settings.reload``, one that is replaced whenever a program file or artifact changes."""
@@ -97,7 +84,7 @@ def run_workers(settings: ServeSettings, sock: socket.socket) -> None:
         )
         # The parent bound the port (a taken one is a clear message there, and --port 0 is known).
         if settings.reload:
-            ChangeReload(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
+            SafeReload(config, sockets=[sock]).run()
         else:
             Multiprocess(config, sockets=[sock]).run()
     finally:

@@ -2,10 +2,10 @@
 
 A tool is a program: its name, its instructions as the description, and its input and output
 models as JSON schemas, so an agent sees the same typed contract as ``/docs``. A call takes the
-one path every HTTP call takes (:meth:`Service.call`: allow-list, admission, deadline, output
-validation), behind the same API keys, per-key program restrictions and rate limits. Failures
-are tool results with ``isError`` and the problem+json body, so the model can read and correct
-them; never a stack trace.
+one path every HTTP call takes (a :class:`~dspy_serve.serving.call.Call`: admission, allow-list,
+deadline, span, output validation, the published record), behind the same API keys, per-key
+program restrictions and rate limits. Failures are tool results with ``isError`` and the
+problem+json body, so the model can read and correct them; never a stack trace.
 
 HTTP runs in stateless mode: every POST is served on its own, with no session to pin to a
 replica, so ``/mcp`` scales out like the rest of the API. The SDK's session manager owns a task
@@ -51,6 +51,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from dspy_serve._version import VERSION
 from dspy_serve.errors import (
     HTTPProblem,
+    ProgramNotFound,
     ServeError,
     ServiceUnavailable,
     UnsupportedMediaType,
@@ -59,14 +60,23 @@ from dspy_serve.errors import (
 from dspy_serve.serving.caller import Caller
 from dspy_serve.serving.programs import Program
 from dspy_serve.serving.service import CallOptions, Service
-from dspy_serve.web.middleware import send_problem
-from dspy_serve.web.request_state import caller_of, require_json
+from dspy_serve.web.connection import require_json
+from dspy_serve.web.problems import send_problem
+from dspy_serve.web.request_state import caller_of
 
-__all__ = ["CALL_META", "PROBLEM_META", "McpEndpoint", "build_server", "run_stdio", "serve_stdio"]
+__all__ = [
+    "CALL_META",
+    "PROBLEM_META",
+    "McpEndpoint",
+    "build_server",
+    "error_result",
+    "run_stdio",
+    "serve_stdio",
+]
 
 logger = logging.getLogger("dspy_serve.mcp")
 
-CALL_META = "dspy-serve/call"  # result _meta: {"model", "usage", "cost"} of a successful call
+CALL_META = "dspy-serve/call"  # result _meta: {"call_id", "model", "usage", "cost"} of a successful call
 PROBLEM_META = "dspy-serve/problem"  # result _meta of an isError result: the problem+json body
 
 Context = ServerRequestContext[Any, Any]
@@ -84,24 +94,28 @@ def build_server(service: Service) -> Server[Any]:
         return ListToolsResult(tools=tools, cache_scope="private")
 
     async def call_tool(ctx: Context, params: CallToolRequestParams) -> CallToolResult:
-        program = service.programs.get(params.name)
-        if program is None:  # the spec's protocol error for an unknown tool, not a tool result
-            raise MCPError(INVALID_PARAMS, f"Unknown tool: {params.name!r}")
         caller = _caller(ctx)
+        try:
+            # First, before the arguments are looked at: a tool outside the caller's key is an
+            # unknown tool, the spec's protocol error rather than a tool result.
+            program = service.find(caller, params.name)
+        except ProgramNotFound as exc:
+            raise MCPError(INVALID_PARAMS, f"Unknown tool: {exc.detail}") from None
         try:
             inputs = program.interface.validate_inputs(
                 params.arguments or {},
                 "The arguments do not match the tool's input schema.",
                 at=["arguments"],
             )
-            await service.admit(caller, program, _NO_OPTIONS)
-            result = await service.call(program, inputs, _NO_OPTIONS, caller)
+            call = service.call(caller, program, inputs, _NO_OPTIONS, wire="mcp")
+            await call.admit()
+            result = await call.result()
         except Exception as exc:  # each becomes a typed tool error; cancellation passes through
-            return _error_result(caller.report(from_exception(exc)), caller)
+            return error_result(caller, from_exception(exc))
         finally:
             if not isinstance(ctx.request, Request):  # stdio: no HTTP middleware counts errors
                 service.metrics.count_errors(caller.error_codes)
-        body = {"model": result.model, "usage": result.usage, "cost": result.cost}
+        body = {"call_id": call.call_id, "model": result.model, "usage": result.usage, "cost": result.cost}
         return CallToolResult(
             content=[TextContent(text=json.dumps(result.outputs, ensure_ascii=False))],
             structured_content=result.outputs,
@@ -203,7 +217,10 @@ def run_stdio(service: Service) -> None:
     anyio.run(serve_stdio, service)
 
 
-def _error_result(error: ServeError, caller: Caller) -> CallToolResult:
+def error_result(caller: Caller, error: ServeError) -> CallToolResult:
+    """The one rendering of an error on this wire: a tool result with ``isError`` and the
+    problem+json body, which the model can read. Noted on the caller (once per error)."""
+    caller.report(error)
     problem = error.problem(request_id=caller.request_id)
     return CallToolResult(
         content=[TextContent(text=json.dumps(problem, ensure_ascii=False))],

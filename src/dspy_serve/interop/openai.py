@@ -30,14 +30,16 @@ from dspy_serve.errors import (
     UnsupportedRequest,
     from_exception,
 )
+from dspy_serve.serving.caller import Caller
 from dspy_serve.serving.events import Failed, Finished, StreamEvent, Token
-from dspy_serve.serving.front_door import total_tokens
 from dspy_serve.serving.programs import Program
 from dspy_serve.serving.runner import CallResult
 from dspy_serve.serving.service import CallOptions, Service
+from dspy_serve.serving.usage import flat_usage
+from dspy_serve.web.connection import require_json, until_disconnected
 from dspy_serve.web.envelopes import NOT_BOOL_OR_STR
-from dspy_serve.web.request_state import caller_of, require_json, reuse_headers, until_disconnected
-from dspy_serve.web.sse import EventStreamResponse
+from dspy_serve.web.request_state import caller_of, reuse_headers
+from dspy_serve.web.sse import CALL_ID_HEADER, EventStreamResponse
 
 __all__ = ["ChatRequest", "ChatShape", "build_openai_router", "chat_replies", "chat_shape"]
 
@@ -189,16 +191,16 @@ def chat_shape(program: Program, reply: str | None = None) -> ChatShape:
 # --- responses ----------------------------------------------------------------------------------
 def openai_usage(usage: dict[str, dict[str, Any]]) -> dict[str, int]:
     """Tokens summed over every LM the program called."""
-    prompt = sum(int(u.get("prompt_tokens") or 0) for u in usage.values())
-    completion = sum(int(u.get("completion_tokens") or 0) for u in usage.values())
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total_tokens(usage)}
+    return flat_usage(usage)
 
 
 _ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 
 
-def error_body(error: ServeError) -> dict[str, Any]:
-    """OpenAI's error object: ``code`` is the native problem code, ``param`` the first bad field."""
+def error_body(caller: Caller, error: ServeError) -> dict[str, Any]:
+    """The one rendering of an error on this wire, OpenAI's error object: ``code`` is the native
+    problem code, ``param`` the first bad field. Noted on the request's caller (once per error)."""
+    caller.report(error)
     message, param = error.detail, getattr(error, "param", None)
     if error.errors:
         where = [".".join(str(p) for p in err.get("loc", [])) for err in error.errors]
@@ -216,8 +218,8 @@ def error_response(request: Request, exc: Exception) -> JSONResponse:
         error: ServeError = HTTPProblem(exc.status_code, str(exc.detail))
     else:
         error = from_exception(exc)
-    caller_of(request).report(error)  # counted and logged once, when the request ends
-    return JSONResponse(error_body(error), status_code=error.status, headers=error.headers())
+    body = error_body(caller_of(request), error)
+    return JSONResponse(body, status_code=error.status, headers=error.headers())
 
 
 def sse_data(data: dict[str, Any]) -> bytes:
@@ -269,15 +271,6 @@ def build_openai_router(service: Service) -> APIRouter:
     def card(name: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": created, "owned_by": "dspy-serve"}
 
-    def find(name: str) -> Program:
-        program = service.programs.get(name)
-        if program is None:
-            raise ProgramNotFound(
-                f"The model {name!r} does not exist; the models here are the served "
-                f"programs: {', '.join(service.programs)} (GET /v1/models)."
-            )
-        return program
-
     @router.get("/v1/models")
     async def list_models(request: Request) -> JSONResponse:
         caller = caller_of(request)  # list only what the caller's key may call
@@ -287,7 +280,7 @@ def build_openai_router(service: Service) -> APIRouter:
     @router.get("/v1/models/{model}")
     async def get_model(model: str, request: Request) -> JSONResponse:
         try:
-            return JSONResponse(card(find(model).name))
+            return JSONResponse(card(service.find(caller_of(request), model).name))
         except ServeError as exc:
             return error_response(request, exc)
 
@@ -295,23 +288,33 @@ def build_openai_router(service: Service) -> APIRouter:
     async def chat_completions(request: Request) -> Response:
         try:
             require_json(request)
-            body = _validated(ChatRequest, await request.body(), "Invalid request body")
-            program = find(body.model)
+            raw, caller = await request.body(), caller_of(request)
+            try:
+                data: Any = json.loads(raw)
+            except ValueError:
+                data = raw  # not JSON: pydantic says where
+            named = data.get("model") if isinstance(data, dict) else None
+            if isinstance(named, str):  # before anything about the body is told (#22)
+                service.find(caller, named)
+            body = _validated(ChatRequest, data, "Invalid request body")
+            program = service.find(caller, body.model)
             shape = chat_shape(program, replies.get(program.name))
             inputs = shape.inputs(program, body.messages)
             options = body.options(service.settings.max_tokens_limit)
-            caller = caller_of(request)
-            headers = await service.admit(caller, program, options)
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             completion = _Completion(program.name, shape, include_usage)
             if body.stream:
+                call = service.stream(caller, program, inputs, options, wire="openai")
+                headers = await call.admit()
                 return EventStreamResponse(
-                    service.stream(program, inputs, options, caller),
-                    _ChunkEncoder(completion),
+                    call,
+                    _ChunkEncoder(completion, caller),
                     heartbeat=service.settings.stream_heartbeat,
-                    headers=headers,
+                    headers={**headers, **reuse_headers(caller)},
                 )
-            result = await until_disconnected(request, service.call(program, inputs, options, caller))
+            call = service.call(caller, program, inputs, options, wire="openai")
+            headers = {**await call.admit(), CALL_ID_HEADER: call.call_id}
+            result = await until_disconnected(request, call.result())
             return JSONResponse(completion.whole(result), headers={**headers, **reuse_headers(caller)})
         except Exception as exc:
             return error_response(request, exc)
@@ -344,8 +347,9 @@ class _ChunkEncoder:
     stop chunk (and usage when asked); a failure is an ``{"error": ...}`` line; always
     ``[DONE]`` last."""
 
-    def __init__(self, completion: _Completion) -> None:
+    def __init__(self, completion: _Completion, caller: Caller) -> None:
         self._completion = completion
+        self._caller = caller
         self._sent = ""
 
     def opening(self) -> bytes:
@@ -359,7 +363,7 @@ class _ChunkEncoder:
             self._sent += event.chunk
             return completion.chunk({"content": event.chunk})
         if isinstance(event, Failed):
-            return sse_data(error_body(event.error))
+            return sse_data(error_body(self._caller, event.error))
         if not isinstance(event, Finished):
             return b""
         result = event.result

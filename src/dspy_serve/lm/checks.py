@@ -15,7 +15,22 @@ import dspy
 from dspy_serve.lm.registry import LanguageModels, allowed_models, is_local_model
 from dspy_serve.settings import ServeSettings
 
-__all__ = ["LMCheckError", "check_lms", "missing_credentials", "probe_lms"]
+__all__ = [
+    "ALTERNATIVES",
+    "LMCheckError",
+    "check_lms",
+    "credential_variables",
+    "missing_credentials",
+    "probe_lms",
+]
+
+
+# A tutorial-style file configures a provider's model; a newcomer without its key should learn the
+# way to serve it anyway, on the embedded model, or on another provider.
+ALTERNATIVES = (
+    "or serve on the embedded model (offline, no key) with --model local, "
+    "or on another provider with --model PROVIDER/MODEL"
+)
 
 
 class LMCheckError(ValueError):
@@ -42,6 +57,18 @@ def missing_credentials(settings: ServeSettings, default: dspy.BaseLM | None = N
                 "(set it in the environment or in .env)"
             )
     return problems
+
+
+def credential_variables(settings: ServeSettings) -> list[str]:
+    """The variables the configured models' provider credentials are read from, set or not (what
+    a deployment must provide). Found as the missing ones in an environment without any."""
+    from unittest import mock
+
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    names = [name for name in allowed_models(settings) if not is_local_model(name)]
+    with mock.patch.dict(os.environ, {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}, clear=True):
+        found = [variable for name in names for variable in _missing_variables(name, settings.api_base)]
+    return list(dict.fromkeys(found))
 
 
 def _missing_variables(model: str, api_base: str | None) -> list[str]:
@@ -88,7 +115,9 @@ def probe_lms(settings: ServeSettings) -> list[str]:
 def check_lms(settings: ServeSettings, *, probe: bool) -> None:
     """Raise :class:`LMCheckError` naming every model that cannot be used."""
     problems = missing_credentials(settings)
-    if not problems and probe:
+    if problems:
+        raise LMCheckError("; ".join(problems) + "; " + ALTERNATIVES)
+    if probe:
         problems = probe_lms(settings)
     if problems:
         raise LMCheckError("; ".join(problems))

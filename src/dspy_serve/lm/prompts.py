@@ -2,7 +2,7 @@
 
 DSPy's own LM history stays off server-wide (it would keep every caller's prompts in memory):
 instead, a call that asks (``options.prompts``) gets a list on its
-:class:`~dspy_serve.serving.call_scope.CallScope`, and each LM call it makes
+:class:`~dspy_serve.call_scope.CallScope`, and each LM call it makes
 (:class:`~dspy_serve.lm.registry.ServingLM`) appends what the adapter sent and what the LM
 answered. Nothing else of the LM call is kept: never its keyword arguments, headers or key.
 """

@@ -19,13 +19,14 @@ from urllib.parse import urlsplit
 import dspy
 from dspy.utils.callback import with_callbacks
 
+from dspy_serve.call_scope import current_scope
 from dspy_serve.errors import BadOverride, ModelNotAllowed, UpstreamRateLimited, sane_retry_after
+from dspy_serve.lm.budget import spending
 from dspy_serve.lm.held import held_lms
 from dspy_serve.lm.inline import acall_inline
 from dspy_serve.lm.pool import pooled_engines, refused_before_sending
 from dspy_serve.lm.prompts import lm_exchange
 from dspy_serve.lm.response_tags import one_response
-from dspy_serve.serving.call_scope import current_scope
 from dspy_serve.settings import ServeSettings
 
 __all__ = ["LanguageModels", "ServingLM", "adopt_held_lms", "is_local_model", "own_lm_problems"]
@@ -47,6 +48,10 @@ class ServingLM(dspy.LM):
     ``dspy.Parallel`` branch) runs on the request's event loop through the async client: the
     thread waits, and cancelling the request closes the connection instead of letting the
     provider finish (and bill) an answer nobody reads.
+
+    Each call through the async client (all of a request's calls but a sync one made on the
+    event loop itself, which the request's final charge covers) reserves its estimate of the
+    caller's token budget before it is sent, and settles what it spent (:mod:`.budget`).
     """
 
     def __init__(self, model: str, *, retries: int = 3, endpoint: str | None = None, **kwargs: Any) -> None:
@@ -84,8 +89,14 @@ class ServingLM(dspy.LM):
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def acall(self, *args: Any, **kwargs: Any) -> Any:
+        scope = current_scope()
         with one_response():
-            return await self._acall(*args, **kwargs)
+            if scope is None or scope.budget is None:
+                return await self._acall(*args, **kwargs)
+            # Each LM call holds its estimate of the caller's token budget until it has spent.
+            scope.check()
+            async with spending(scope.budget, self, args, kwargs, remaining=scope.remaining):
+                return await self._acall(*args, **kwargs)
 
     async def _acall(self, *args: Any, **kwargs: Any) -> Any:
         for attempt in range(self.serve_retries + 1):

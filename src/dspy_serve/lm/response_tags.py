@@ -3,7 +3,8 @@
 DSPy's chunks name their predictor but not their response: concurrent responses of one
 predictor (``dspy.Parallel`` branches) would interleave beyond repair, and the native engine
 gives no response id. Each LM call wraps the stream's send side so its chunks carry a tag of
-their own; the streaming pipeline (:mod:`dspy_serve.serving.streaming`) routes by it.
+their own, and the adapter that asked for the response (which decides how its fields are laid
+out); the streaming pipeline (:mod:`dspy_serve.serving.streaming`) routes by them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import dspy
 from anyio.streams.memory import MemoryObjectSendStream
 
@@ -25,16 +27,23 @@ class TaggedChunk:
 
     response: object
     chunk: Any
+    adapter: Any = None  # the adapter in effect for this LM call (None: DSPy's default)
 
 
 class _ResponseStream:
     """The send side of a stream as one LM response sees it: its chunks carry its tag."""
 
-    def __init__(self, send: MemoryObjectSendStream[Any]) -> None:
-        self._send, self._response = send, object()
+    def __init__(self, send: MemoryObjectSendStream[Any], adapter: Any) -> None:
+        self._send, self._response, self._adapter = send, object(), adapter
 
     async def send(self, item: Any) -> None:
-        await self._send.send(TaggedChunk(self._response, item))
+        tagged = TaggedChunk(self._response, item, self._adapter)
+        try:
+            # The streaming pipeline's buffer is unbounded: no turn of the event loop per chunk
+            # (anyio's send checkpoints first); the LM's next read yields anyway.
+            self._send.send_nowait(tagged)
+        except anyio.WouldBlock:
+            await self._send.send(tagged)
 
 
 @contextmanager
@@ -46,5 +55,5 @@ def one_response() -> Iterator[None]:
     if not isinstance(send, MemoryObjectSendStream):
         yield
         return
-    with dspy.context(send_stream=_ResponseStream(send)):
+    with dspy.context(send_stream=_ResponseStream(send, dspy.settings.adapter)):
         yield

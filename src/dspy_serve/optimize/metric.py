@@ -33,7 +33,7 @@ def field_match(fields: Sequence[str]) -> Metric:
 
 def load_metric(spec: str) -> Metric:
     try:
-        metric, _ = _import_object(spec)
+        metric = _import_object(spec)[0]
     except TargetError as exc:
         raise ValueError(f"--metric {spec!r}: {exc}") from None
     if not callable(metric):

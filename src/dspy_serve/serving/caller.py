@@ -1,8 +1,9 @@
 """Who is calling, and what their request has cost: one typed object per request.
 
-Every front end makes one (HTTP middleware, the MCP stdio loop), the front door fills in what
-it learns, and the access log and metrics read it when the request ends. Nothing else about a
-request is kept on the side.
+Every front end makes one (HTTP middleware, the MCP stdio loop). Each call the request makes
+adds its :class:`~.observers.FinishedCall` here (tokens, cost, error), the same record the
+service's observers get, so the access log agrees with the metrics and the response. Nothing
+else about a request is kept on the side.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 
 from dspy_serve.errors import ServeError
 from dspy_serve.serving.keys import ApiKey
+from dspy_serve.serving.observers import FinishedCall
 
 __all__ = ["CacheControl", "Caller"]
 
@@ -47,6 +49,7 @@ class Caller:
     coalesced: bool = False  # the answer (or one of a batch's) came from an identical call in flight
     # Tasks that must live as long as the request (the loop keeps only weak references).
     held: list[object] = field(default_factory=list, repr=False)
+    _reported: list[ServeError] = field(default_factory=list, repr=False)
 
     @property
     def identity(self) -> str:
@@ -61,17 +64,24 @@ class Caller:
         return self.api_key is None or self.api_key.may_see_prompts()
 
     def report(self, error: ServeError) -> ServeError:
-        """Note an error this request met (counted and logged once, when the request ends)."""
-        self.error_codes.append(error.code)
+        """Note an error this request met (counted and logged once, when the request ends).
+
+        Called by each wire's one renderer and for each finished call; an error already noted
+        (a call's error that its wire then renders) is noted once."""
+        if not any(seen is error for seen in self._reported):
+            self._reported.append(error)
+            self.error_codes.append(error.code)
         return error
+
+    def add_call(self, call: FinishedCall, error: ServeError | None) -> None:
+        """Add a finished call of this request to its account (a batch adds one per item)."""
+        self.tokens = (self.tokens or 0) + call.usage.get("total_tokens", 0)
+        if call.cost_usd is not None:
+            self.cost_usd = (self.cost_usd or 0.0) + call.cost_usd
+        if error is not None:
+            self.report(error)
 
     def note_reuse(self, hit: bool, *, coalesced: bool = False) -> None:
         """Note how a call was answered; a batch is a hit only when every item was."""
         self.cache = "hit" if hit and self.cache != "miss" else "miss"
         self.coalesced = self.coalesced or coalesced
-
-    def record(self, tokens: int, cost_usd: float | None) -> None:
-        """Add a charged call to this request's accounting (a batch charges once per item)."""
-        self.tokens = (self.tokens or 0) + tokens
-        if cost_usd is not None:
-            self.cost_usd = (self.cost_usd or 0.0) + cost_usd

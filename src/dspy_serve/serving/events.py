@@ -1,6 +1,6 @@
 """What a streamed call yields, independent of any wire format.
 
-The pipeline (:class:`~dspy_serve.serving.call_stream.CallStream`) yields these; each front end
+A :class:`~dspy_serve.serving.call.Call` hands these to its ``emit`` as it runs; each front end
 encodes them (SSE for ``/NAME/stream``, chat-completion chunks for ``/v1``, ...). A stream
 always ends with exactly one :class:`Finished` or :class:`Failed`.
 """
@@ -38,13 +38,15 @@ class Finished:
     """The call's checked, priced and charged result."""
 
     result: CallResult
+    call_id: str = ""  # the server-minted id of the call (FinishedCall.call_id)
 
 
 @dataclass(frozen=True)
 class Failed:
-    """The call failed after the stream started; the error is typed and already reported."""
+    """The call failed after the stream started; the error is typed and already counted."""
 
     error: ServeError
+    call_id: str = ""
 
 
 StreamEvent = Token | Status | Finished | Failed

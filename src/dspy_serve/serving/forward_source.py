@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import inspect
+import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,16 @@ from typing import Any, TypeGuard
 import dspy
 from pydantic.fields import FieldInfo
 
-__all__ = ["KwargsUse", "entry_name", "is_signature", "kwargs_use", "returned_names", "step_outputs"]
+__all__ = [
+    "KwargsUse",
+    "entry_name",
+    "is_signature",
+    "kwargs_use",
+    "returned_dspy_types",
+    "returned_names",
+    "source_strings",
+    "step_outputs",
+]
 
 
 def entry_name(module: dspy.Module) -> str:
@@ -96,6 +106,70 @@ def returned_names(module: dspy.Module, owner: type | None = None) -> list[str] 
             return None
         names.extend(n for n in found if n not in names)
     return names or None
+
+
+def returned_dspy_types(module: dspy.Module) -> dict[str, type[dspy.Type]]:
+    """The DSPy type (``dspy.Audio``, ``dspy.Image``, ...) of each returned field whose value
+    forward builds itself: ``dspy.Prediction(audio=dspy.Audio(...))``, ``dspy.Audio.from_file(...)``,
+    or a variable assigned (or annotated) so. A synthesizer's output is no predictor's field, yet
+    its type is plain in the source."""
+    owner = _entry_owner(module)
+    function = _function_tree(owner, entry_name(module))
+    if function is None:
+        return {}
+    scope = vars(sys.modules[owner.__module__]) if owner.__module__ in sys.modules else {}
+    variables: dict[str, type[dspy.Type]] = {}
+    for node in ast.walk(function):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            name, found = node.target.id, _dspy_type(_resolve(node.annotation, scope))
+        elif (
+            isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+        ):
+            name, found = node.targets[0].id, _built_type(node.value, scope)
+        else:
+            continue
+        if found is not None:
+            variables[name] = found
+    types: dict[str, type[dspy.Type]] = {}
+    for node in ast.walk(function):
+        if isinstance(node, ast.Call) and _is_prediction(node.func):
+            for keyword in node.keywords:
+                value = keyword.value
+                found = variables.get(value.id) if isinstance(value, ast.Name) else _built_type(value, scope)
+                if keyword.arg and found is not None:
+                    types.setdefault(keyword.arg, found)
+    return types
+
+
+def _is_prediction(func: ast.expr) -> bool:
+    return (isinstance(func, ast.Attribute) and func.attr == "Prediction") or (
+        isinstance(func, ast.Name) and func.id == "Prediction"
+    )
+
+
+def _built_type(value: ast.expr, scope: dict[str, Any]) -> type[dspy.Type] | None:
+    """The DSPy type a call builds: ``dspy.Audio(...)`` or a classmethod such as ``from_file``."""
+    if isinstance(value, ast.Await):
+        value = value.value
+    if not isinstance(value, ast.Call):
+        return None
+    built = _dspy_type(_resolve(value.func, scope))
+    if built is None and isinstance(value.func, ast.Attribute):
+        built = _dspy_type(_resolve(value.func.value, scope))
+    return built
+
+
+def _resolve(node: ast.expr, scope: dict[str, Any]) -> Any:
+    """The object a dotted name (``dspy.Audio``, ``Audio``) names in the module, else None."""
+    if isinstance(node, ast.Name):
+        return scope.get(node.id)
+    if isinstance(node, ast.Attribute):
+        return getattr(_resolve(node.value, scope), node.attr, None)
+    return None
+
+
+def _dspy_type(obj: Any) -> type[dspy.Type] | None:
+    return obj if inspect.isclass(obj) and issubclass(obj, dspy.Type) else None
 
 
 def _is_super_forward(value: ast.expr) -> bool:
@@ -181,6 +255,19 @@ def kwargs_use(module: dspy.Module) -> KwargsUse | None:
                 # step(context=..., **kwargs): forward supplies `context` itself.
                 use.computed.update(kw.arg for kw in node.keywords if kw.arg is not None)
     return use
+
+
+def source_strings(module: dspy.Module) -> list[str]:
+    """The string literals of the entry method, and the literal parts of its f-strings
+    (``f"reasoning_attempt_{i}"`` gives ``reasoning_attempt_``): names it builds itself."""
+    function = _function_tree(_entry_owner(module), entry_name(module))
+    if function is None:
+        return []
+    return [
+        node.value
+        for node in ast.walk(function)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    ]
 
 
 def _is_name(node: ast.expr, name: str) -> bool:

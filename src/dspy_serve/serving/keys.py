@@ -8,15 +8,17 @@ name is ever logged or reported.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dspy_serve.errors import ModelNotAllowed
 from dspy_serve.settings import ServeSettings
 
-__all__ = ["ApiKey", "KeyConfigError", "KeyRing", "parse_key_line"]
+__all__ = ["ApiKey", "KeyConfigError", "KeyRing", "key_secrets", "parse_key_line"]
 
 
 class KeyConfigError(ValueError):
@@ -28,7 +30,8 @@ class ApiKey:
     name: str
     digest: bytes
     programs: frozenset[str] | None = None  # None: every program
-    models: frozenset[str] | None = None  # None: every allowed model
+    # None: every allowed model. In the key line's order: the first one served is the key's default.
+    models: tuple[str, ...] | None = None
     prompts: bool | None = None  # `prompts=yes|no`; None: only a key without restrictions may see them
 
     @property
@@ -46,6 +49,18 @@ class ApiKey:
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models
 
+    def model_for(self, requested: str | None, served: Sequence[str]) -> str | None:
+        """The model a call of this key runs on: the one it asks for (checked by :meth:`may_use`);
+        else, for a key limited to some models, the first of them the server serves, never the
+        server's default when the key may not use it (403 when it serves none of them); else
+        None, the server's default."""
+        if requested is not None or self.models is None:
+            return requested
+        for model in self.models:
+            if model in served:
+                return model
+        raise ModelNotAllowed("this API key may use none of the models this server serves")
+
 
 def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
@@ -55,12 +70,13 @@ _YES_NO = {"yes": True, "no": False}
 
 
 def parse_key_line(line: str, number: int) -> ApiKey:
-    """``[name:]key [programs=a,b] [models=m1,m2] [prompts=yes|no]``."""
+    """``[name:]key [programs=a,b] [models=m1,m2] [prompts=yes|no]``; a key limited to models runs
+    a call that names none on the first of them the server serves."""
     first, *options = line.split()
     name, sep, secret = first.partition(":")
     if not sep:
         name, secret = f"key-{number}", first
-    restrictions: dict[str, frozenset[str]] = {}
+    restrictions: dict[str, tuple[str, ...]] = {}
     prompts: bool | None = None
     for option in options:
         field, eq, values = option.partition("=")
@@ -73,10 +89,17 @@ def parse_key_line(line: str, number: int) -> ApiKey:
             raise ValueError(
                 f"API key line {number}: unknown option {field!r} (expected programs=, models= or prompts=)"
             )
-        restrictions[field] = frozenset(v for v in values.split(",") if v)
+        restrictions[field] = tuple(dict.fromkeys(v for v in values.split(",") if v))
     if not secret:
         raise ValueError(f"API key line {number}: empty key")
-    return ApiKey(name, _digest(secret), restrictions.get("programs"), restrictions.get("models"), prompts)
+    programs = restrictions.get("programs")
+    return ApiKey(
+        name,
+        _digest(secret),
+        frozenset(programs) if programs is not None else None,
+        restrictions.get("models"),
+        prompts,
+    )
 
 
 class KeyRing:
@@ -122,3 +145,18 @@ def _key_file_lines(path: Path) -> list[str]:
         raise KeyConfigError(f"cannot read the key file {path}: {exc.strerror or exc}") from None
     stripped = (line.strip() for line in text.splitlines())
     return [line for line in stripped if line and not line.startswith("#")]
+
+
+def key_secrets(settings: ServeSettings) -> list[str]:
+    """The configured keys themselves, so logs and error bodies can hide them (never to match:
+    :class:`KeyRing` keeps digests only). An unreadable key file yields none here: the KeyRing
+    built from the same settings says why."""
+    lines = [secret.get_secret_value().strip() for secret in settings.api_keys]
+    if settings.api_keys_file is not None:
+        with contextlib.suppress(KeyConfigError):
+            lines += _key_file_lines(Path(settings.api_keys_file))
+    secrets = []
+    for line in filter(None, lines):
+        name, sep, secret = line.split()[0].partition(":")
+        secrets.append(secret if sep else name)
+    return secrets

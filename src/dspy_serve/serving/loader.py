@@ -41,8 +41,9 @@ __all__ = [
 RESERVED_NAMES = frozenset(
     {"docs", "health", "mcp", "metrics", "openapi", "openapi.json", "playground", "programs", "redoc", "v1"}
 )
-# Where a program's module keeps the LM its code configured when it was first imported.
+# Where a program's module keeps the LM (and adapter) its code configured when first imported.
 _CONFIGURED_LM = "__dspy_serve_configured_lm__"
+_CONFIGURED_ADAPTER = "__dspy_serve_configured_adapter__"
 
 
 class TargetError(ValueError):
@@ -68,6 +69,9 @@ class LoadedProgram:
     # The LM its file configures as it is imported (dspy.configure(lm=...)), which plain DSPy
     # would call; None when it configures none.
     configured_lm: dspy.BaseLM | None = None
+    # The adapter its file configures (dspy.configure(adapter=...)): its calls run under it, as
+    # under --adapter, whatever other program files configure.
+    configured_adapter: dspy.Adapter | None = None
 
     @property
     def optimized(self) -> bool:
@@ -128,7 +132,7 @@ def load_program(
 ) -> LoadedProgram:
     """Import (or accept) a program and load its optimized state."""
     label = f"<{type(target).__name__} instance>" if isinstance(target, dspy.Module) else str(target)
-    configured_lm = None
+    configured_lm = configured_adapter = None
     if artifact is not None and Path(artifact).is_dir():
         # A save_program directory holds the whole program: it replaces the target's object. Its
         # classes (by reference) or their imports (by value) come from the target's folder.
@@ -137,7 +141,7 @@ def load_program(
     elif isinstance(target, dspy.Module):
         module = target
     else:
-        obj, configured_lm = _import_object(str(target))
+        obj, configured_lm, configured_adapter = _import_object(str(target))
         module = as_module(obj, label)
 
     loaded: Artifact | None = None
@@ -154,7 +158,14 @@ def load_program(
             # Load into a copy: the imported object may serve another name with other state.
             module = module.deepcopy()
             loaded = _load_state(module, path, name, allow_pickle=allow_pickle)
-    return LoadedProgram(name=name, target=label, module=module, artifact=loaded, configured_lm=configured_lm)
+    return LoadedProgram(
+        name=name,
+        target=label,
+        module=module,
+        artifact=loaded,
+        configured_lm=configured_lm,
+        configured_adapter=configured_adapter,
+    )
 
 
 def as_module(obj: Any, label: str) -> dspy.Module:
@@ -182,13 +193,13 @@ def _call_without_arguments(factory: Any, label: str) -> Any:
         raise TargetError(f"{label}: cannot be built without arguments ({exc})") from exc
 
 
-def _import_object(target: str) -> tuple[Any, dspy.BaseLM | None]:
-    """The target's object, and the LM its module configured as it was imported."""
+def _import_object(target: str) -> tuple[Any, dspy.BaseLM | None, dspy.Adapter | None]:
+    """The target's object, and the LM and adapter its module configured as it was imported."""
     location, _, attr = target.rpartition(":")
     if location.endswith(".py") or "/" in location or "\\" in location:
         module = _import_file(Path(location))
     else:
-        first_import, before = location not in sys.modules, dspy.settings.lm
+        first_import, before = location not in sys.modules, (dspy.settings.lm, dspy.settings.adapter)
         try:
             module = importlib.import_module(location)
         except ModuleNotFoundError as exc:
@@ -200,16 +211,18 @@ def _import_object(target: str) -> tuple[Any, dspy.BaseLM | None]:
         if first_import:
             _note_configured_lm(module, before)
     try:
-        return getattr(module, attr), vars(module).get(_CONFIGURED_LM)
+        return getattr(module, attr), vars(module).get(_CONFIGURED_LM), vars(module).get(_CONFIGURED_ADAPTER)
     except AttributeError:
         raise TargetError(f"{target}: {location!r} has no {attr!r}{_suggestion(module, attr)}") from None
 
 
-def _note_configured_lm(module: Any, before: dspy.BaseLM | None) -> None:
-    """Note on a module, as it is first imported, the LM its code configured: a later load of
-    the same module does not run its code again."""
-    if dspy.settings.lm is not before:
+def _note_configured_lm(module: Any, before: tuple[dspy.BaseLM | None, dspy.Adapter | None]) -> None:
+    """Note on a module, as it is first imported, the LM and adapter its code configured: a
+    later load of the same module does not run its code again."""
+    if dspy.settings.lm is not before[0]:
         vars(module)[_CONFIGURED_LM] = dspy.settings.lm
+    if dspy.settings.adapter is not before[1]:
+        vars(module)[_CONFIGURED_ADAPTER] = dspy.settings.adapter
 
 
 def _suggestion(module: Any, attr: str) -> str:
@@ -250,7 +263,7 @@ def _import_file(path: Path) -> Any:
     parent = str(resolved.parent)
     if parent not in sys.path:
         sys.path.insert(0, parent)
-    before = dspy.settings.lm
+    before = (dspy.settings.lm, dspy.settings.adapter)
     try:
         spec.loader.exec_module(module)
     except Exception as exc:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as prometheus_multiprocess
+
+from dspy_serve.serving.observers import FinishedCall
 
 __all__ = ["Metrics"]
 
@@ -73,22 +74,17 @@ class Metrics:
                 os.getpid(), self.multiprocess_dir
             )
 
-    def observe_call(
-        self,
-        usage: dict[str, dict[str, Any]],
-        cost: dict[str, Any],
-        lm_calls: dict[str, int],
-        cache_hits: dict[str, int],
-    ) -> None:
-        for model, counts in usage.items():
+    def observe(self, call: FinishedCall) -> None:
+        """A finished call's tokens, cost and LM calls (a :class:`~.observers.CallObserver`)."""
+        for model, counts in call.usage_by_model.items():
             self.tokens.labels(model, "in").inc(counts.get("prompt_tokens") or 0)
             self.tokens.labels(model, "out").inc(counts.get("completion_tokens") or 0)
-        for model, model_cost in cost["by_model"].items():
-            if model_cost["usd"]:
-                self.cost.labels(model).inc(model_cost["usd"])
-        for model, count in lm_calls.items():
+        for model, usd in call.cost_by_model.items():
+            if usd:
+                self.cost.labels(model).inc(usd)
+        for model, count in call.lm_calls.items():
             self.lm_calls.labels(model).inc(count)
-        for model, count in cache_hits.items():
+        for model, count in call.lm_cache_hits.items():
             if count:
                 self.cache_hits.labels(model).inc(count)
 

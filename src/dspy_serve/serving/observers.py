@@ -39,6 +39,13 @@ class FinishedCall:
     wire: str  # "invoke", "stream", "batch", "openai", "mcp", "job", ...
     request_id: str | None = None
     trace: list[dict[str, Any]] | None = field(default=None)  # per-predictor steps, when one was taken
+    # What metrics count per model: tokens and cost (``usage`` and ``cost_usd`` sum them), the
+    # LM calls made and those DSPy's cache answered.
+    usage_by_model: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    cost_by_model: Mapping[str, float | None] = field(default_factory=dict)
+    lm_calls: Mapping[str, int] = field(default_factory=dict)
+    lm_cache_hits: Mapping[str, int] = field(default_factory=dict)
+    reused: bool = False  # answered by the response cache or an identical call in flight: nothing spent
 
     @property
     def ok(self) -> bool:

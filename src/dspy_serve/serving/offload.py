@@ -21,7 +21,7 @@ from typing import Any
 import dspy
 from dspy.utils.callback import with_callbacks
 
-from dspy_serve.serving.call_scope import current_scope
+from dspy_serve.call_scope import current_scope
 
 __all__ = ["has_own_callbacks", "keep_tools_off_loop"]
 

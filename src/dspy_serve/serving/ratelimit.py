@@ -5,9 +5,10 @@ The caller is its API key's name, or its client address when keys are off. Count
 several workers and replicas share one budget. Refusals are 429 with ``Retry-After``; every
 limited response carries the ``RateLimit-Limit``/``-Remaining``/``-Reset`` headers.
 
-Tokens are reserved before a call (its ``max_tokens``) and settled after it with what it spent,
-whatever its outcome, so concurrent calls of one key cannot all pass a budget that has room for
-one. Every storage call is bounded in time: a storage that is down or hung refuses the call with
+Tokens are reserved before each LM call (an estimate: its prompt plus ``max_tokens``) and settled
+after it with what it spent, whatever its outcome (:mod:`dspy_serve.lm.budget`), so neither
+concurrent calls of one key nor the many LM calls of one program can pass a budget that has no
+room for them. Every storage call is bounded in time: a storage that is down or hung refuses the call with
 a 503 rather than failing it with a 500 or holding it past its deadline.
 """
 
@@ -26,6 +27,7 @@ from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimite
 from limits.storage import storage_from_string
 
 from dspy_serve.errors import RateLimited, ServeError, ServiceUnavailable
+from dspy_serve.serving.token_budget import CallerTokenBudget
 from dspy_serve.settings import ServeSettings
 
 __all__ = ["RateLimiter"]
@@ -69,6 +71,11 @@ class RateLimiter:
     def limits_tokens(self) -> bool:
         return self._tokens is not None
 
+    def token_budget(self, caller: str, default_max_tokens: int) -> CallerTokenBudget | None:
+        """One request's handle on ``caller``'s token budget (None when tokens are not limited);
+        ``default_max_tokens``: the most an LM call that sets no ``max_tokens`` may spend."""
+        return CallerTokenBudget(self, caller, default_max_tokens) if self._tokens is not None else None
+
     async def admit(self, caller: str, cost: int = 1) -> dict[str, str]:
         """Count ``cost`` requests for ``caller``; refuse when a budget is spent. Returns the headers."""
         headers: dict[str, str] = {}
@@ -84,21 +91,24 @@ class RateLimiter:
         return headers
 
     async def reserve(self, caller: str, tokens: int, *, within: float) -> int:
-        """Hold ``tokens`` of ``caller``'s budget for a call about to start; refuse (429) when the
-        budget has no room left. Returns what was reserved, to :meth:`settle` afterwards."""
+        """Hold ``tokens`` of ``caller``'s budget for an LM call about to start; refuse (429) when
+        they do not fit in what is left of it. Returns what was reserved, to :meth:`settle`.
+
+        The first call of a window always fits: a budget smaller than one call's estimate then
+        serves one call per window, not none ever."""
         if self._tokens is None:
             return 0
         key, expiry = self._tokens.key_for("tokens", caller), self._tokens.get_expiry()
         with self._storage_calls(within):
             # One atomic increment: concurrent calls see each other's reservations.
             count = await self._storage.incr(key, expiry, amount=tokens)
-            if count - tokens >= self._tokens.amount:
+            if count > self._tokens.amount and count - tokens > 0:
                 await self._storage.incr(key, expiry, amount=-tokens)
                 raise await self._refusal(self._tokens, "tokens", caller, "LM token budget spent")
         return tokens
 
     async def settle(self, caller: str, reserved: int, spent: int, *, within: float) -> None:
-        """Replace a reservation with what the call spent."""
+        """Replace a reservation with what the LM call spent."""
         if self._tokens is None or spent == reserved:
             return
         key, expiry = self._tokens.key_for("tokens", caller), self._tokens.get_expiry()

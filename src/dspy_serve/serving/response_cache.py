@@ -31,10 +31,10 @@ import anyio
 import dspy
 
 from dspy_serve.serving import pricing
+from dspy_serve.serving.dspy_json import to_wire
 from dspy_serve.serving.loader import LoadedProgram
 from dspy_serve.serving.runner import CallResult
 from dspy_serve.serving.schema import ProgramInterface
-from dspy_serve.serving.wire import to_wire
 from dspy_serve.settings import ServeSettings
 
 __all__ = ["ResponseCache", "call_key", "deterministic", "program_version", "shared_answer"]

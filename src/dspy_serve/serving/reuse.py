@@ -1,7 +1,7 @@
 """Where a deterministic call's answer may come from instead of running it again: the response
 cache (:mod:`.response_cache`) and an identical call in flight (:mod:`.coalescing`).
 
-:class:`~dspy_serve.serving.service.Service` asks here first for every call, so every front end
+:class:`~dspy_serve.serving.call.Call` asks here first for every call, so every front end
 (``/NAME/invoke``, batch items, ``/v1``, MCP, and streams for the cache) gets both. A caller's
 ``Cache-Control: no-cache`` runs its call afresh (no lookup, no joining); ``no-store`` keeps its
 answer out of the cache. A reused answer reports no usage and no cost, and charges no tokens:
@@ -82,7 +82,6 @@ class Reuse:
             return None
         self._hits.inc()
         caller.note_reuse(True)
-        caller.record(0, 0.0)
         return answer
 
     async def answer(self, key: str, caller: Caller) -> CallResult | None:
@@ -101,7 +100,6 @@ class Reuse:
             raise _unspent(exc) from exc
         self._coalesced.inc()
         caller.note_reuse(True, coalesced=True)
-        caller.record(0, 0.0)
         return shared_answer(result)
 
     async def run(self, key: str, caller: Caller, call: Coroutine[Any, Any, CallResult]) -> CallResult:

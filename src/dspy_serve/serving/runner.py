@@ -23,12 +23,12 @@ from dspy.streaming import StatusMessage, StreamResponse
 from dspy.utils.usage_tracker import UsageTracker
 from pydantic import BaseModel
 
+from dspy_serve.call_scope import SCOPE_SETTING, CallScope, enter_scope
 from dspy_serve.errors import InvalidProgramOutput, note_usage
-from dspy_serve.serving.call_scope import SCOPE_SETTING, CallScope, enter_scope
+from dspy_serve.serving.dspy_json import to_wire
 from dspy_serve.serving.loader import LoadedProgram
 from dspy_serve.serving.offload import has_own_callbacks, keep_tools_off_loop
 from dspy_serve.serving.schema import ProgramInterface
-from dspy_serve.serving.wire import to_wire
 
 if TYPE_CHECKING:
     from dspy_serve.serving.streaming import PredictorNames
@@ -120,7 +120,13 @@ class ProgramRunner:
         keep_tools_off_loop(program.module)
         self.native_async = has_native_async(program.module) and not has_own_callbacks(program.module)
         self._threads = threads
-        self._adapter = adapter
+        # --adapter (or the embedded model's JSON) first, else the one the program file configures.
+        self._adapter = adapter if adapter is not None else program.configured_adapter
+
+    @property
+    def adapter(self) -> dspy.Adapter | None:
+        """The adapter calls run under (None: whatever DSPy's settings hold)."""
+        return self._adapter
 
     def _settings(
         self, lm: dspy.BaseLM, scope: CallScope, usage: UsageTracker, trace: _CallTrace
@@ -176,14 +182,13 @@ class ProgramRunner:
         module = self.program.module
         names = self._names
         provider = getattr(module, "serve_status_messages", None) or ProgressMessages(module, names)
-        json_strings = isinstance(self._adapter, dspy.JSONAdapter)
         scope.attach(self._threads)
         usage, steps = _CallUsage(), _CallTrace()
         with enter_scope(scope), dspy.context(**self._settings(lm, scope, usage, steps)):
             try:
                 run = functools.partial(self._run, inputs, scope)
                 # Drained or closed here, in this task: the stream holds a task group.
-                async with aclosing(stream_program(run, names, provider, json_strings=json_strings)) as items:
+                async with aclosing(stream_program(run, names, provider)) as items:
                     async for item in items:
                         if isinstance(item, ProgramReturned):
                             outputs = self._outputs(item.value)

@@ -16,7 +16,7 @@ Where the interface comes from, first match wins:
    takes them) and what it returns (a ``dspy.Prediction(...)`` or a predictor's result), each
    returned field typed by forward's return annotation or a predictor's output field, else any JSON.
 
-DSPy types are published in their wire form (see :mod:`dspy_serve.serving.wire`), and a field
+DSPy types are published in their wire form (see :mod:`dspy_serve.serving.dspy_json`), and a field
 without a JSON schema is refused here, so one program never breaks the documents of the others.
 """
 
@@ -43,15 +43,17 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from dspy_serve.errors import InvalidInput
+from dspy_serve.serving.dspy_json import wire_input_type, wire_output_type
 from dspy_serve.serving.forward_source import (
     KwargsUse,
     entry_name,
     is_signature,
     kwargs_use,
+    returned_dspy_types,
     returned_names,
+    source_strings,
     step_outputs,
 )
-from dspy_serve.serving.wire import wire_input_type, wire_output_type
 
 __all__ = ["ProgramInterface", "SchemaError", "derive_interface", "field_values"]
 
@@ -304,6 +306,8 @@ def _inputs_from_parameters(
             field = _public_field(consumer) if consumer is not None else Field()
         elif consumer is not None:
             annotation, field = consumer.annotation, _public_field(consumer)
+        elif _is_builtin(module):
+            raise SchemaError(_builtin_refusal(name, module, parameters, predictors, param.name))
         else:
             raise SchemaError(
                 f"{name}: cannot tell the type of forward() parameter {param.name!r}: add a type hint, "
@@ -313,6 +317,39 @@ def _inputs_from_parameters(
             field = FieldInfo.merge_field_infos(field, default=param.default)
         fields[param.name] = (annotation, field)
     return fields
+
+
+def _builtin_refusal(
+    name: str,
+    module: dspy.Module,
+    parameters: list[inspect.Parameter],
+    predictors: list[dspy.Predict],
+    untyped: str,
+) -> str:
+    """Serving a DSPy class directly whose forward has untyped parameters (MultiChainComparison):
+    its code is not the user's to annotate, so the way out, with an example built from what was
+    found, comes first."""
+    inputs = [param.name for param in parameters]
+    takes_kwargs = any(
+        p.kind is p.VAR_KEYWORD
+        for p in inspect.signature(getattr(type(module), entry_name(module))).parameters.values()
+    )
+    if takes_kwargs and predictors:
+        # What forward hands on to its predictor, less the inputs it builds itself (named in its code).
+        built = [text for text in source_strings(module) if len(text) >= 3]
+        inputs += [
+            field
+            for field in predictors[0].signature.input_fields
+            if field not in inputs and not any(field.startswith(text) for text in built)
+        ]
+    outputs = list(step_outputs(module) or {}) or ["answer"]
+    example = f"{', '.join(inputs)} -> {', '.join(outputs)}"
+    return (
+        f'{name}: serve it with --signature {name}="{example}" (or set `serve_signature = "{example}"` '
+        f"on the instance), giving each input its type (a bare name is read as str): DSPy's "
+        f"{type(module).__name__}.forward() does not say what type {untyped!r} is, and DSPy's code "
+        "is not yours to annotate"
+    )
 
 
 def _resolved_hints(name: str, module: dspy.Module) -> dict[str, Any]:
@@ -330,8 +367,9 @@ def _outputs_from_forward(
     name: str, module: dspy.Module, predictors: list[dspy.Predict]
 ) -> dict[str, FieldSpec]:
     """Returned fields, typed by what declares them: forward's return annotation (a Signature or
-    a pydantic model), else a predictor's output field of that name, else any JSON. Never an
-    input field: a program passes its inputs' values on, not their types."""
+    a pydantic model), else a predictor's output field of that name, else the DSPy type forward
+    builds for it (``dspy.Audio(...)``: a typed object, as a ``dspy.Image`` input is), else any
+    JSON. Never an input field: a program passes its inputs' values on, not their types."""
     returned = _resolved_hints(name, module).get("return")
     if is_signature(returned):
         return _fields(returned.output_fields)
@@ -351,6 +389,9 @@ def _outputs_from_forward(
             f"{name}: cannot tell which fields {type(module).__name__}.forward() returns; return "
             f"dspy.Prediction(field=...) or a predictor's result, or {_DECLARE}"
         )
+    built = returned_dspy_types(module)
+    for field_name, annotation in built.items():
+        known.setdefault(field_name, (annotation, Field(description=None)))
     return {field_name: known.get(field_name) or _any_json() for field_name in names}
 
 

@@ -4,10 +4,11 @@ Programs are imported and their interfaces derived when the service is built (so
 OpenAPI exist before the first request); LMs, the thread pool and the capacity gate are
 created at startup and released at shutdown.
 
-Every front end calls :meth:`Service.admit` (key restrictions, rate limits), then
-:meth:`Service.call` or :meth:`Service.stream`: readiness, the allow-list, capacity and the
-deadline are applied here, and output checks, pricing, metrics and token charging by the one
-:class:`~.accounts.CallAccounts`, the same on both paths.
+Every front end asks for a :class:`~.call.Call` (:meth:`Service.call`, :meth:`Service.stream`)
+or a :class:`~.batch.Batch` (:meth:`Service.batch`): admission, reuse, the deadline, capacity,
+the span, the run, the accounts and the one published :class:`~.observers.FinishedCall` all
+happen there, the same on every wire. :attr:`Service.observers` is where to hear of every
+finished call; the metrics are the first observer.
 """
 
 from __future__ import annotations
@@ -15,37 +16,28 @@ from __future__ import annotations
 import gc
 import logging
 import os
-from contextlib import nullcontext
-from dataclasses import dataclass
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any
 
 import anyio
 import dspy
 
-from dspy_serve.errors import (
-    BadOverride,
-    PromptsNotExposed,
-    RequestTimeout,
-    ServeError,
-    ServiceUnavailable,
-    TraceNotExposed,
-    from_exception,
-)
+from dspy_serve.errors import ProgramNotFound, ServeError
 from dspy_serve.lm.checks import missing_credentials
 from dspy_serve.lm.registry import LanguageModels, adopt_held_lms, allowed_models
-from dspy_serve.serving import tracing
 from dspy_serve.serving.accounts import CallAccounts
-from dspy_serve.serving.call_scope import CallScope
-from dspy_serve.serving.call_stream import CallStream
+from dspy_serve.serving.batch import Batch
+from dspy_serve.serving.call import Call, CallOptions
 from dspy_serve.serving.caller import Caller
 from dspy_serve.serving.capacity import CapacityGate
 from dspy_serve.serving.front_door import FrontDoor
 from dspy_serve.serving.metrics import Metrics
+from dspy_serve.serving.observers import CallObservers
 from dspy_serve.serving.programs import Program, ProgramsArg, load_programs
 from dspy_serve.serving.ratelimit import RateLimiter
 from dspy_serve.serving.reuse import Reuse
-from dspy_serve.serving.runner import SERVER_SAFE_DSPY_SETTINGS, CallResult, ProgramRunner
+from dspy_serve.serving.runner import SERVER_SAFE_DSPY_SETTINGS, ProgramRunner
 from dspy_serve.settings import ServeSettings
 
 __all__ = ["CallOptions", "Service", "ServiceState"]
@@ -60,20 +52,7 @@ class ServiceState(StrEnum):
     STOPPED = "stopped"
 
 
-@dataclass(frozen=True)
-class CallOptions:
-    """Per-request LM options, already validated against the server's limits."""
-
-    model: str | None = None  # must be on the allow-list
-    temperature: float | None = None
-    max_tokens: int | None = None
-    trace: bool = False  # return the call's trace (only with `expose_trace`)
-    prompts: bool = False  # return its LM calls' messages and raw responses (only with `expose_prompts`)
-
-    @property
-    def own_run(self) -> bool:
-        """A call that asks to see its own run is never answered by another's (cache, coalescing)."""
-        return self.trace or self.prompts
+NO_OPTIONS = CallOptions()
 
 
 class Service:
@@ -89,7 +68,9 @@ class Service:
         self.lms: LanguageModels | None = None
         self.capacity: CapacityGate | None = None
         self.front_door: FrontDoor | None = None
-        self._accounts: CallAccounts | None = None
+        self.accounts: CallAccounts | None = None
+        # Every finished call is published here, once (see docs/architecture.md).
+        self.observers = CallObservers([self.metrics])
         self._threads: anyio.CapacityLimiter | None = None
         # The response cache and coalescing (versions of the programs are computed here, once).
         self.reuse = Reuse.of(settings, self.programs, self.metrics)
@@ -106,7 +87,7 @@ class Service:
             self.settings.max_in_flight, self.settings.max_queue, self.metrics.in_flight, self.metrics.queued
         )
         self.front_door = FrontDoor(RateLimiter(self.settings))
-        self._accounts = CallAccounts(self.front_door, self.metrics, self.settings.max_tokens_limit)
+        self.accounts = CallAccounts(self.front_door, self.settings.max_tokens_limit)
         adapter = _adapter(self.settings, self.lms)
         for program in self.programs.values():
             adopt_held_lms(program.loaded.module, self.lms)
@@ -155,6 +136,12 @@ class Service:
         """The models callers may pick, the default first (known before startup builds them)."""
         return allowed_models(self.settings, self._given_lm)
 
+    def model_for(self, options: CallOptions, caller: Caller) -> str | None:
+        """The allow-listed model a call runs on (None: the server's default); a key limited to
+        some models never runs on another (see :meth:`~.keys.ApiKey.model_for`)."""
+        key = caller.api_key
+        return options.model if key is None else key.model_for(options.model, self.model_names)
+
     @property
     def ready(self) -> bool:
         return self.state is ServiceState.READY
@@ -164,122 +151,53 @@ class Service:
         return self.front_door is None or await self.front_door.healthy()
 
     # --- calls ----------------------------------------------------------------------------------
-    async def admit(
-        self, caller: Caller, program: Program, options: CallOptions, *, requests: int = 1
-    ) -> dict[str, str]:
-        """The front door: may this caller run ``requests`` calls of ``program`` now? Returns
-        the RateLimit headers to send back."""
-        if self.front_door is None:
-            raise ServiceUnavailable("The service is not ready.", retry_after=1)
-        self.check_trace(options)
-        self.check_prompts(options, caller)
-        return await self.front_door.admit(caller, program.name, options.model, requests=requests)
+    def find(self, caller: Caller, name: str) -> Program:
+        """The program ``name`` as ``caller`` may see it: a program outside the caller's key is
+        the same 404 as one that does not exist, naming only what the key may call."""
+        program = self.programs.get(name)
+        if program is None or not caller.may_call(name):
+            raise ProgramNotFound.named(name, [n for n in self.programs if caller.may_call(n)])
+        return program
 
-    def check_trace(self, options: CallOptions, *, batch: bool = False) -> None:
-        """A trace is refused unless the operator exposes traces (403), and is for one call (400)."""
-        if not options.trace:
-            return
-        if not self.settings.expose_trace:
-            raise TraceNotExposed(
-                "Traces are off on this server (the operator turns them on with --expose-trace).",
-                errors=[{"loc": ["options", "trace"], "msg": "traces are not exposed", "type": "trace_off"}],
-            )
-        if batch:
-            raise BadOverride(
-                "A trace is for one call: ask for it on /invoke or /stream.",
-                errors=[{"loc": ["options", "trace"], "msg": "not for /batch", "type": "trace_batch"}],
-            )
-
-    def check_prompts(self, options: CallOptions, caller: Caller) -> None:
-        """Prompts are refused (403) unless the operator exposes them and the caller's key may see them."""
-        if not options.prompts:
-            return
-        if not self.settings.expose_prompts:
-            why = "Prompts are off on this server (the operator turns them on with --expose-prompts)."
-        elif not caller.may_see_prompts():
-            why = "This API key may not see prompts (its key line needs prompts=yes)."
-        else:
-            return
-        error = {"loc": ["options", "prompts"], "msg": "prompts are not exposed", "type": "prompts_off"}
-        raise PromptsNotExposed(why, errors=[error])
-
-    async def call(
-        self, program: Program, inputs: dict[str, Any], options: CallOptions, caller: Caller
-    ) -> CallResult:
-        """Run one validated call: allow-listed LM, capacity, deadline; errors stay typed. A
-        deterministic call may be answered by the response cache or by an identical call in
-        flight instead (:mod:`.reuse`), unless it asks for its trace or prompts (its own run's)."""
-        runner, lm, capacity, accounts = self._begin(program, options)
-        reuse = None if options.own_run else self.reuse
-        key = reuse.key(program, inputs, lm, caller) if reuse is not None else None
-        if key is None:
-            return await self._run(program, runner, lm, capacity, accounts, inputs, caller, options)
-        assert reuse is not None
-        if (answer := await reuse.answer(key, caller)) is not None:
-            return answer  # no reservation was taken: a reused answer charges no tokens
-        run = self._run(program, runner, lm, capacity, accounts, inputs, caller, options)
-        return await reuse.run(key, caller, run)
-
-    async def _run(
+    def call(
         self,
-        program: Program,
-        runner: ProgramRunner,
-        lm: dspy.BaseLM,
-        capacity: CapacityGate,
-        accounts: CallAccounts,
-        inputs: dict[str, Any],
         caller: Caller,
-        options: CallOptions,
-    ) -> CallResult:
-        scope = CallScope.starting_now(self.settings.timeout, keep_prompts=options.prompts)
-        reserved = await accounts.reserve(caller, lm, scope)
-        try:
-            try:
-                span = tracing.program_span(program.name, lm.model) if self.settings.otel else nullcontext()
-                with anyio.fail_after(self.settings.timeout), span:
-                    async with capacity.slot():
-                        result = await runner.call(inputs, lm=lm, scope=scope, trace=options.trace)
-            except TimeoutError:
-                scope.cancel()
-                raise RequestTimeout.after(self.settings.timeout) from None
-            except ServeError:
-                raise
-            except Exception as exc:
-                raise from_exception(exc) from exc
-            return accounts.finish(program, result)
-        finally:
-            await accounts.settle(caller, reserved, scope)
+        program: Program,
+        inputs: dict[str, Any],
+        options: CallOptions = NO_OPTIONS,
+        *,
+        wire: str = "invoke",
+    ) -> Call:
+        """One call of ``program``: await ``admit()`` for the headers, then ``result()``. A
+        deterministic call may be answered by the response cache or by an identical call in
+        flight (:mod:`.reuse`), unless it asks for its trace or prompts (its own run's)."""
+        return Call(self, caller, program, inputs, options, wire=wire)
 
     def stream(
-        self, program: Program, inputs: dict[str, Any], options: CallOptions, caller: Caller
-    ) -> CallStream:
-        """One call as a stream of events. What can be refused is refused here, before the
-        front end sends its first byte, so refusals stay plain HTTP statuses."""
-        runner, lm, capacity, accounts = self._begin(program, options)
-        capacity.check()
-        return CallStream(
-            program,
-            runner,
-            lm,
-            inputs,
-            caller,
-            scope=CallScope.starting_now(self.settings.timeout, keep_prompts=options.prompts),
-            trace=options.trace,
-            capacity=capacity,
-            accounts=accounts,
-            reuse=None if options.own_run else self.reuse,
-            timeout=self.settings.timeout,
-        )
+        self,
+        caller: Caller,
+        program: Program,
+        inputs: dict[str, Any],
+        options: CallOptions = NO_OPTIONS,
+        *,
+        wire: str = "stream",
+    ) -> Call:
+        """One call as events: await ``admit()`` before the first byte (a full capacity gate
+        and a cache hit are known by then), then ``stream(emit)``."""
+        return Call(self, caller, program, inputs, options, wire=wire, streams=True)
 
-    def _begin(
-        self, program: Program, options: CallOptions
-    ) -> tuple[ProgramRunner, dspy.BaseLM, CapacityGate, CallAccounts]:
-        """What can be refused before any work starts: readiness and the allow-list."""
-        lms, capacity, accounts, runner = self.lms, self.capacity, self._accounts, program.runner
-        if not self.ready or lms is None or capacity is None or accounts is None or runner is None:
-            raise ServiceUnavailable("The service is not ready.", retry_after=1)
-        lm = lms.select(options.model, temperature=options.temperature, max_tokens=options.max_tokens)
-        return runner, lm, capacity, accounts
+    def batch(
+        self,
+        caller: Caller,
+        program: Program,
+        items: Sequence[dict[str, Any] | ServeError],
+        options: CallOptions = NO_OPTIONS,
+        *,
+        wire: str = "batch",
+    ) -> Batch:
+        """Many calls of ``program``, admitted together: await ``admit()``, then ``run()``. An
+        item that is a ServeError (it failed validation) is a failed call of its own."""
+        return Batch(self, caller, program, items, options, wire=wire)
 
 
 def _adapter(settings: ServeSettings, lms: LanguageModels) -> dspy.Adapter | None:

@@ -1,5 +1,5 @@
-"""What DSPy needs to stream a program: the event pipe, listeners, progress messages, and
-JSON decoding.
+"""What DSPy needs to stream a program: the event pipe, progress messages, and each LM
+response's field text (:mod:`.response_fields`).
 
 The wire formats live with their front ends (:mod:`dspy_serve.web.sse`, the OpenAI chunks);
 this is only the DSPy side, shared by all of them.
@@ -10,7 +10,7 @@ nothing (and a chunk from an unknown predictor fails the stream); each listener 
 so a ReAct streams only its first step; status messages from a thread DSPy started itself
 (``dspy.Parallel``) fail; and a program returning anything but a ``Prediction`` leaves the
 stream open until the deadline. Here every predictor streams, chunks are routed by the
-predictor's name in the program (copies included), listeners are reusable, events may come
+predictor's name in the program (copies included), every response is read, events may come
 from any thread, and the stream always ends.
 """
 
@@ -22,23 +22,24 @@ import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeAlias
+from typing import Any, TypeAlias
 
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
 import dspy
-from dspy.streaming import StatusMessage, StatusMessageProvider, StreamListener, StreamResponse
+from dspy.streaming import StatusMessage, StatusMessageProvider, StreamResponse
 from dspy.utils.callback import BaseCallback
 
 from dspy_serve.lm.response_tags import TaggedChunk
+from dspy_serve.serving.response_fields import ResponseFields, text_format
 
 __all__ = [
-    "JsonStringDecoder",
     "PredictorNames",
     "ProgramReturned",
     "ProgressMessages",
     "stream_program",
+    "tokens_not_streamed",
     "well_formed",
 ]
 
@@ -60,6 +61,11 @@ class PredictorNames:
             name: [field for field, info in p.signature.output_fields.items() if _is_text(info.annotation)]
             for name, p in named
         }
+        # The field a reasoning model's own reasoning fills, per step (its first dspy.Reasoning).
+        self.reasoning_field = {
+            name: next((f for f, i in p.signature.output_fields.items() if _is_reasoning(i.annotation)), None)
+            for name, p in named
+        }
 
     def name_of(self, instance: Any) -> str | None:
         name = self._by_id.get(id(instance))
@@ -71,7 +77,11 @@ class PredictorNames:
 def _is_text(annotation: Any) -> bool:
     """A field the LM writes as text, token by token: ``str``, or ``dspy.Reasoning`` (ReActV2's
     ``next_thought``; a reasoning model's own reasoning arrives as such chunks too)."""
-    return annotation is str or (inspect.isclass(annotation) and issubclass(annotation, dspy.Reasoning))
+    return annotation is str or _is_reasoning(annotation)
+
+
+def _is_reasoning(annotation: Any) -> bool:
+    return inspect.isclass(annotation) and issubclass(annotation, dspy.Reasoning)
 
 
 class ProgressMessages(StatusMessageProvider):
@@ -93,6 +103,15 @@ class ProgramReturned:
     """The last item of a stream: whatever the program returned."""
 
     value: Any
+
+
+@dataclass(frozen=True)
+class _ProgramRaised:
+    """The program failed: raised where the stream is read, after what it sent before, rather
+    than cancelling the reader wherever it is (a reader busy writing an event would otherwise
+    be cancelled outside the stream, and the error lost in a task-group exception)."""
+
+    error: Exception
 
 
 StreamItem: TypeAlias = StreamResponse | StatusMessage | ProgramReturned
@@ -140,17 +159,20 @@ async def stream_program(
     run: Callable[[], Awaitable[Any]],
     names: PredictorNames,
     provider: StatusMessageProvider,
-    *,
-    json_strings: bool = False,
 ) -> AsyncGenerator[StreamItem, None]:
     """Run ``run()`` with DSPy streaming on: token chunks of every string output field of every
     step, status messages, then exactly one :class:`ProgramReturned` (or the program's error).
-    With ``json_strings`` (JSONAdapter), chunks are decoded from JSON string syntax to text.
+
+    Each LM response is read by one :class:`~.response_fields.ResponseFields` in the layout of
+    the adapter that asked for it, so a field's chunks join to its parsed value; a response of
+    an adapter whose layout is not known (:func:`tokens_not_streamed`) streams no tokens.
 
     Iterate it to its end or close it in one task (it holds a task group).
     """
     send, receive = anyio.create_memory_object_stream[Any](math.inf)  # never blocks a sender
     loop, loop_thread = anyio.lowlevel.current_token(), threading.get_ident()
+    # The adapter of responses whose LM does not say (one that is not a ServingLM).
+    default_adapter = dspy.settings.adapter
 
     def emit(item: Any) -> None:
         # A thread abandoned by a cancelled call may still report progress: nobody listens.
@@ -161,69 +183,130 @@ async def stream_program(
                 anyio.from_thread.run_sync(send.send_nowait, item, token=loop)
 
     progress = _Progress(provider, names, emit)
-    fields: dict[tuple[str, str, object], _FieldStream] = {}
+    # One reader per LM response (dspy.Parallel runs one predictor in several threads at once);
+    # None for a response whose fields cannot be told apart.
+    readers: dict[tuple[str, object], ResponseFields | None] = {}
 
     async def produce() -> None:
         async with send:
             callbacks = [*dspy.settings.get("callbacks", []), progress]
             # No listeners in the settings: every predictor streams, and chunks are routed here.
-            with dspy.context(send_stream=send, callbacks=callbacks, stream_listeners=[]):
-                value = await run()
+            try:
+                with dspy.context(send_stream=send, callbacks=callbacks, stream_listeners=[]):
+                    value = await run()
+            except Exception as exc:
+                send.send_nowait(_ProgramRaised(exc))
+                return
             send.send_nowait(ProgramReturned(value))
 
-    def fields_of(step: str, response: object) -> list[_FieldStream]:
-        # One set per LM response: dspy.Parallel runs one predictor in several threads at once.
-        return [
-            fields.setdefault((step, field, response), _FieldStream(step, field, json_strings))
-            for field in names.string_fields.get(step, ())
-        ]
+    def tokens_of(item: Any) -> list[StreamResponse]:
+        if isinstance(item, TaggedChunk):
+            response, chunk, adapter = item.response, item.chunk, item.adapter
+        else:
+            response, chunk, adapter = None, item, default_adapter
+        parts = _chunk_parts(chunk)
+        if parts is None:
+            return []
+        predict_id, content, thought, finished = parts
+        step = progress.steps.get(predict_id or 0)
+        fields = names.string_fields.get(step) if step is not None else None
+        if not fields or step is None:
+            return []
+        key = (step, response)
+        if key in readers:
+            reader = readers[key]
+        else:
+            layout = text_format(adapter)
+            reader = readers[key] = ResponseFields(layout, fields) if layout is not None else None
+        pieces: list[tuple[str, str]] = []
+        if reader is not None:
+            if content:
+                pieces = reader.feed(content)
+            # A reasoning model's own reasoning fills the step's dspy.Reasoning field.
+            if thought and (reasoning := names.reasoning_field.get(step)):
+                pieces.append((reasoning, thought))
+        if finished:  # the response is complete
+            del readers[key]
+            if reader is not None:
+                pieces += reader.close()
+        return [StreamResponse(step, field, text, False) for field, text in pieces]
 
     try:
         async with anyio.create_task_group() as tasks, receive:
             tasks.start_soon(produce)
-            async for item in receive:
+            while True:
+                try:
+                    # What is queued already is taken without a turn of the event loop (one per
+                    # chunk otherwise: anyio's receive checkpoints first).
+                    item = receive.receive_nowait()
+                except anyio.WouldBlock:
+                    try:
+                        item = await receive.receive()
+                    except anyio.EndOfStream:
+                        break
+                except anyio.EndOfStream:
+                    break
                 if isinstance(item, StatusMessage):
                     yield item
+                elif isinstance(item, _ProgramRaised):
+                    raise item.error
                 elif isinstance(item, ProgramReturned):
-                    for field in fields.values():
-                        if last := field.finalize():
-                            yield last
+                    for (step, _), reader in readers.items():
+                        for field, text in reader.close() if reader is not None else ():
+                            yield StreamResponse(step, field, text, False)
+                    readers.clear()
                     yield item
                 else:
-                    response, chunk = (
-                        (item.response, item.chunk) if isinstance(item, TaggedChunk) else (None, item)
-                    )
-                    step = progress.steps.get(getattr(chunk, "predict_id", None) or 0)
-                    for field in fields_of(step, response) if step is not None else ():
-                        if streamed := field.receive(chunk):
-                            yield streamed
+                    for token in tokens_of(item):
+                        yield token
     except BaseExceptionGroup as group:
         raise _single(group) from None
 
 
-class _FieldStream:
-    """One output field of one LM response: DSPy's listener, and the JSON decoding."""
+def _chunk_parts(chunk: Any) -> tuple[int | None, str | None, str | None, bool] | None:
+    """(predictor id, text, reasoning text, last chunk of its response) of a streamed chunk, or
+    None for a chunk with no choice. DSPy's native engine sends dicts: read as such, a chunk
+    costs a tenth of the attribute lookups (a missing one raises and catches an exception)."""
+    if isinstance(chunk, dict):
+        choices = chunk.get("choices")
+        if not choices:
+            return None
+        choice = choices[0]
+        delta = choice.get("delta") or {}
+        return (
+            chunk.get("predict_id"),
+            delta.get("content"),
+            delta.get("reasoning_content"),
+            bool(choice.get("finish_reason")),
+        )
+    try:  # LiteLLM's ModelResponseStream
+        choice = chunk.choices[0]
+    except (AttributeError, IndexError, TypeError):
+        return None
+    delta = getattr(choice, "delta", None)
+    return (
+        getattr(chunk, "predict_id", None),
+        getattr(delta, "content", None),
+        getattr(delta, "reasoning_content", None),
+        bool(getattr(choice, "finish_reason", None)),
+    )
 
-    def __init__(self, step: str, field: str, json_strings: bool) -> None:
-        # Reusable: an LM that does not go through ServingLM has its responses' chunks untold
-        # apart, so one listener hears them one after the other.
-        self._listener = StreamListener(signature_field_name=field, predict_name=step, allow_reuse=True)
-        self._json_strings = json_strings
-        self._decoder = JsonStringDecoder()
 
-    def receive(self, chunk: Any) -> StreamResponse | None:
-        return self._decoded(self._listener.receive(chunk))
-
-    def finalize(self) -> StreamResponse | None:
-        return self._decoded(self._listener.finalize())
-
-    def _decoded(self, item: StreamResponse | None) -> StreamResponse | None:
-        if item is None or not self._json_strings:
-            return item
-        text = self._decoder.feed(item.chunk)
-        if item.is_last_chunk:
-            self._decoder = JsonStringDecoder()
-        return StreamResponse(item.predict_name, item.signature_field_name, text, item.is_last_chunk)
+def tokens_not_streamed(adapter: Any) -> str | None:
+    """Why a program running under ``adapter`` (None: DSPy's default) streams no tokens, or
+    None when its ``str`` fields stream. Its streams still send status events and the prediction."""
+    if text_format(adapter) is not None:
+        return None
+    name = type(adapter).__name__
+    if isinstance(adapter, dspy.TwoStepAdapter):
+        return (
+            f"{name}: the main LM writes free text and a second LM extracts the fields from it "
+            "afterwards, so no field's text exists while the LM streams"
+        )
+    return (
+        f"{name} lays out output fields in its own way (not ChatAdapter's, JSONAdapter's or "
+        "XMLAdapter's), so a field's text cannot be told apart while the LM streams"
+    )
 
 
 def _single(group: BaseExceptionGroup[Any]) -> BaseException:
@@ -237,95 +320,6 @@ def _single(group: BaseExceptionGroup[Any]) -> BaseException:
         else:
             leaves.append(current)
     return leaves[0] if len(leaves) == 1 else group
-
-
-class JsonStringDecoder:
-    """Turn the raw JSON text of a string value, fed in arbitrary pieces, into its characters.
-
-    Under JSONAdapter, DSPy streams a field as the LM writes it: ``"Paris is \\"big\\""``,
-    quotes and escapes included. Callers want the text, so it is decoded here, holding back a
-    piece only while an escape sequence (or the second half of a surrogate pair) is split across
-    chunks. LMs write what they like: an invalid ``\\u`` escape passes through as written (as
-    DSPy's own parser keeps it), and a lone surrogate becomes U+FFFD, so the text is always
-    encodable.
-    """
-
-    _ESCAPES: ClassVar[dict[str, str]] = {
-        '"': '"',
-        "\\": "\\",
-        "/": "/",
-        "b": "\b",
-        "f": "\f",
-        "n": "\n",
-        "r": "\r",
-        "t": "\t",
-    }
-
-    def __init__(self) -> None:
-        self._pending = ""
-        self._opened = False
-        self._closed = False
-
-    def feed(self, raw: str) -> str:
-        text, out, i = self._pending + raw, [], 0
-        self._pending = ""
-        while i < len(text) and not self._closed:
-            char = text[i]
-            if not self._opened:
-                self._opened = char == '"'
-                i += 1
-            elif char == '"':
-                self._closed = True
-            elif char != "\\":
-                out.append(char)
-                i += 1
-            elif i + 1 >= len(text):
-                self._pending = text[i:]
-                break
-            elif text[i + 1] == "u":
-                decoded, used = _unicode_escape(text, i)
-                if used == 0:
-                    self._pending = text[i:]
-                    break
-                out.append(decoded)
-                i += used
-            else:
-                out.append(self._ESCAPES.get(text[i + 1], text[i + 1]))
-                i += 2
-        return "".join(out)
-
-
-def _unicode_escape(text: str, i: int) -> tuple[str, int]:
-    """Decode the ``\\uXXXX`` escape at ``text[i]`` (pairing surrogates): (characters, length
-    used), or ("", 0) when more text is needed to tell."""
-    code = _hex4(text, i)
-    if code is None:
-        return ("", 0) if len(text) < i + 6 and _could_be_hex(text[i + 2 :]) else (text[i : i + 2], 2)
-    if not 0xD800 <= code <= 0xDBFF:
-        return ("\ufffd" if 0xDC00 <= code <= 0xDFFF else chr(code)), 6
-    # A high surrogate: its pair is the next escape, if it is one.
-    low = _hex4(text, i + 6) if text.startswith("\\u", i + 6) else None
-    if low is not None and 0xDC00 <= low <= 0xDFFF:
-        return chr(0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)), 12
-    if (
-        low is None
-        and len(text) < i + 12
-        and "\\u".startswith(text[i + 6 : i + 8])
-        and _could_be_hex(text[i + 8 :])
-    ):
-        return "", 0
-    return "\ufffd", 6
-
-
-def _hex4(text: str, i: int) -> int | None:
-    digits = text[i + 2 : i + 6]
-    if len(digits) == 4 and all(c in "0123456789abcdefABCDEF" for c in digits):
-        return int(digits, 16)
-    return None
-
-
-def _could_be_hex(partial: str) -> bool:
-    return len(partial) < 4 and all(c in "0123456789abcdefABCDEF" for c in partial)
 
 
 def well_formed(text: str) -> str:

@@ -2,7 +2,9 @@
 
 The line carries the request id, program, status, latency, tokens, cost and API key *name*
 (never a key, never a prompt), all read from the request's
-:class:`~dspy_serve.serving.caller.Caller`.
+:class:`~dspy_serve.serving.caller.Caller`. Its tokens and cost are the sum of the request's
+published :class:`~dspy_serve.serving.observers.FinishedCall` records (one per call, a batch
+has several), the same records the metrics count, so the two always agree.
 """
 
 from __future__ import annotations

@@ -6,15 +6,18 @@ import os
 from pathlib import Path
 from typing import Any
 
+import dspy
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from dspy_serve.errors import PROBLEM_CONTENT_TYPE, ProgramNotFound, ServiceUnavailable
+from dspy_serve.errors import ServiceUnavailable
 from dspy_serve.serving.caller import Caller
 from dspy_serve.serving.programs import Program
 from dspy_serve.serving.service import Service
+from dspy_serve.serving.streaming import tokens_not_streamed
 from dspy_serve.web.envelopes import options_model
+from dspy_serve.web.problems import problem_response
 from dspy_serve.web.program_routes import ERROR_RESPONSES, add_program_routes
 from dspy_serve.web.request_state import caller_of
 
@@ -32,6 +35,9 @@ def build_router(service: Service) -> APIRouter:
 
 
 def add_discovery_routes(router: APIRouter, service: Service) -> None:
+    settings = service.settings
+    keys_on = bool(settings.api_keys) or settings.api_keys_file is not None
+
     @router.get("/programs", tags=["discovery"], summary="The programs served here (those your key may call)")
     async def list_programs(request: Request) -> list[dict[str, Any]]:
         caller = caller_of(request)
@@ -44,10 +50,8 @@ def add_discovery_routes(router: APIRouter, service: Service) -> None:
         responses={404: {**ERROR_RESPONSES[422], "description": "No such program"}},
     )
     async def get_program(name: str, request: Request) -> dict[str, Any]:
-        program, caller = service.programs.get(name), caller_of(request)
-        if program is None or not caller.may_call(name):  # 404: not even its existence
-            raise ProgramNotFound(f"no program named {name!r}; see GET /programs")
-        return _describe(service, program, caller)
+        caller = caller_of(request)
+        return _describe(service, service.find(caller, name), caller)  # 404: not even its existence
 
     @router.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=PlainTextResponse)
     async def metrics() -> PlainTextResponse:
@@ -70,12 +74,10 @@ def add_discovery_routes(router: APIRouter, service: Service) -> None:
         elif not await service.limits_storage_healthy():
             problem = ServiceUnavailable("The rate-limit storage is not answering.", retry_after=1)
         if problem is not None:
-            return JSONResponse(
-                problem.problem(request_id=caller_of(request).request_id),
-                status_code=problem.status,
-                headers=problem.headers(),
-                media_type=PROBLEM_CONTENT_TYPE,
-            )
+            return problem_response(request, problem)
+        caller = caller_of(request)
+        if keys_on and caller.api_key is None:
+            return {"status": "ready"}  # an anonymous caller learns nothing of what is served
         return {
             "status": "ready",
             "programs": {
@@ -84,6 +86,7 @@ def add_discovery_routes(router: APIRouter, service: Service) -> None:
                     "artifact_sha256": p.loaded.artifact.sha256 if p.loaded.artifact else None,
                 }
                 for name, p in service.programs.items()
+                if caller.may_call(name)
             },
         }
 
@@ -98,7 +101,10 @@ def _describe(service: Service, program: Program, caller: Caller) -> dict[str, A
         "input_schema": program.interface.input_schema(),
         "output_schema": program.interface.output_schema(),
         "model": lms.model_of(None) if lms else service.settings.model or "local",
-        "allowed_models": lms.names if lms else None,
+        # Those this caller's key may pick: a key restricted to one model sees only that one.
+        "allowed_models": [m for m in lms.names if caller.api_key is None or caller.api_key.may_use(m)]
+        if lms
+        else None,
         "optimized": program.loaded.optimized,
         # Never a server path: the name and the hash say which state is served.
         "artifact": {"name": Path(artifact.path).name, "sha256": artifact.sha256} if artifact else None,
@@ -113,4 +119,13 @@ def _describe(service: Service, program: Program, caller: Caller) -> dict[str, A
         # Whether `options.prompts` may be asked for, by this caller (a restricted key may not).
         "prompts_available": service.settings.expose_prompts and caller.may_see_prompts(),
         "endpoints": {endpoint: f"/{program.name}/{endpoint}" for endpoint in ("invoke", "stream", "batch")},
+        # Whether /stream sends `token` events for its str fields, and why not when it does not.
+        "token_streaming": _token_streaming(program),
     }
+
+
+def _token_streaming(program: Program) -> dict[str, Any]:
+    runner = program.runner
+    adapter = runner.adapter if runner is not None else program.loaded.configured_adapter
+    why = tokens_not_streamed(adapter or dspy.settings.adapter)
+    return {"streamed": why is None, "reason": why}

@@ -1,7 +1,9 @@
 """The HTTP envelope around a program's own inputs and outputs.
 
 A request is ``{"inputs": {...}, "options": {...}}``: the program's fields live alone in
-``inputs``, so per-request options can never collide with a field of the same name.
+``inputs``, so per-request options can never collide with a field of the same name. An answer
+is :func:`response_body`: ``{"call_id", "outputs", "usage", "cost", "model"}`` (and ``trace``
+and ``prompts`` when asked for), the same for ``/invoke`` and the stream's ``prediction``.
 """
 
 from __future__ import annotations
@@ -13,15 +15,14 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    SerializerFunctionWrapHandler,
     ValidationError,
     WrapValidator,
     create_model,
-    model_serializer,
 )
 from pydantic_core import PydanticCustomError
 from pydantic_core.core_schema import ValidatorFunctionWrapHandler
 
+from dspy_serve.serving.runner import CallResult
 from dspy_serve.serving.schema import ProgramInterface
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "TraceStep",
     "envelope_models",
     "options_model",
+    "response_body",
     "stream_event_model",
 ]
 
@@ -184,6 +186,7 @@ def envelope_models(
     invoke_response = create_model(
         f"{prefix}InvokeResponse",
         __base__=_InvokeResponseBase,
+        call_id=(str, _CALL_ID),
         outputs=(outputs, ...),
         usage=(Usage, Field(description="Tokens spent by this request, per model.")),
         cost=(Cost, Field(description="Estimated cost of this request.")),
@@ -200,6 +203,7 @@ def envelope_models(
         f"{prefix}BatchItem",
         __base__=_WithPrompts,
         index=(int, ...),
+        call_id=(str, _CALL_ID),
         outputs=(Optional[outputs], None),  # noqa: UP045 - a runtime type expression
         error=(Problem | None, None),
         usage=(Usage, Field(default_factory=dict)),
@@ -238,27 +242,35 @@ class LMCall(BaseModel):
     )
 
 
+_CALL_ID = Field(
+    description="The server's id for this call (also the `X-Call-Id` header): what feedback names."
+)
+
+
+def _absent(value: Any) -> bool:
+    return value is None
+
+
 class _WithPrompts(BaseModel):
-    """``prompts`` is sent only when the caller asked for it (``options.prompts``)."""
+    """``prompts`` is sent only when the caller asked for it (``options.prompts``).
+
+    Left out by ``exclude_if``, never by a ``model_serializer``: a serializer function makes
+    pydantic publish the whole response as an untyped object in the OpenAPI document."""
 
     prompts: list[LMCall] | None = Field(
-        default=None, description="Each LM call, in the order answered: only with `options.prompts`."
+        default=None,
+        exclude_if=_absent,
+        description="Each LM call, in the order answered: only with `options.prompts`.",
     )
-
-    @model_serializer(mode="wrap")
-    def _without_absent_extras(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        for extra in ("trace", "prompts"):
-            if extra in data and data[extra] is None:
-                del data[extra]
-        return data
 
 
 class _InvokeResponseBase(_WithPrompts):
     """``trace`` is sent only when the caller asked for it (``options.trace``)."""
 
     trace: list[TraceStep] | None = Field(
-        default=None, description="Each predictor that ran, in order: only when `options.trace` was set."
+        default=None,
+        exclude_if=_absent,
+        description="Each predictor that ran, in order: only when `options.trace` was set.",
     )
 
 
@@ -291,3 +303,19 @@ def stream_event_model(prefix: str, invoke_response: type[BaseModel]) -> type[Ba
             ),
         ),
     )
+
+
+def response_body(result: CallResult, call_id: str) -> dict[str, Any]:
+    """The body of /invoke, and of the stream's ``prediction`` event."""
+    body: dict[str, Any] = {
+        "call_id": call_id,
+        "outputs": result.outputs,
+        "usage": result.usage,
+        "cost": result.cost,
+        "model": result.model,
+    }
+    if result.trace is not None:  # asked for (options.trace)
+        body["trace"] = result.trace
+    if result.prompts is not None:  # asked for (options.prompts)
+        body["prompts"] = result.prompts
+    return body

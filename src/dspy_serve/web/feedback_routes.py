@@ -17,9 +17,10 @@ from dspy_serve.data.capture import Capture
 from dspy_serve.data.feedback import Rating, give_feedback
 from dspy_serve.data.tokens import mint_token, verify_token
 from dspy_serve.errors import Unauthorized
+from dspy_serve.serving.call import CallOptions, admit
 from dspy_serve.serving.keys import KeyRing
 from dspy_serve.serving.programs import Program
-from dspy_serve.serving.service import CallOptions, Service
+from dspy_serve.serving.service import Service
 from dspy_serve.web.program_routes import _JSON_ONLY, ERROR_RESPONSES
 from dspy_serve.web.request_state import caller_of
 
@@ -106,7 +107,7 @@ def _add_route(router: APIRouter, service: Service, capture: Capture, program: P
             token_call = verify_token(secret.get_secret_value(), token, program.name)
         elif caller.api_key is None and keys_on:
             raise Unauthorized("Send a valid API key, or the call's feedback token as X-Feedback-Token.")
-        await service.admit(caller, program, CallOptions())
+        await admit(service, caller, program, CallOptions())
         rating = Rating(body.call_id, body.score, body.outputs, body.comment)
         key_name = caller.api_key.name if caller.api_key is not None else None
         replaced = await give_feedback(capture, program, rating, key_name=key_name, token_call=token_call)

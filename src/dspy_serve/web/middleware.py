@@ -6,16 +6,15 @@ uses for its per-request settings; pure ASGI keeps one task and one context per 
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
-from collections.abc import Mapping
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dspy_serve.errors import PROBLEM_CONTENT_TYPE, HTTPProblem, ServeError
+from dspy_serve.errors import HTTPProblem, ServeError
+from dspy_serve.web.problems import send_problem
 from dspy_serve.web.request_state import caller_in
 
 __all__ = ["REQUEST_ID_HEADER", "BodyLimitMiddleware", "RequestIdMiddleware", "send_problem"]
@@ -52,21 +51,6 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id if self.echo else send)
-
-
-async def send_problem(
-    scope: Scope, send: Send, error: ServeError, headers: Mapping[str, str] | None = None
-) -> None:
-    """Answer with a problem+json body from middleware, before the app runs; ``headers`` are
-    sent too (``Allow`` of a 405)."""
-    caller = caller_in(scope)
-    caller.report(error)
-    body = json.dumps(error.problem(request_id=caller.request_id, instance=scope["path"])).encode()
-    raw = [(b"content-type", PROBLEM_CONTENT_TYPE.encode()), (b"content-length", str(len(body)).encode())]
-    extra = {**error.headers(), **(headers or {})}
-    raw += [(name.lower().encode(), value.encode()) for name, value in extra.items()]
-    await send({"type": "http.response.start", "status": error.status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
 
 
 class BodyLimitMiddleware:

@@ -4,21 +4,29 @@
 the handlers' annotations at runtime.)
 """
 
-import asyncio
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
-from dspy_serve.errors import PROBLEM_CONTENT_TYPE, InvalidInput, from_exception
-from dspy_serve.serving import pricing
+from dspy_serve.errors import PROBLEM_CONTENT_TYPE, InvalidInput, ServeError
+from dspy_serve.serving.batch import BatchItem
+from dspy_serve.serving.caller import Caller
 from dspy_serve.serving.programs import Program
-from dspy_serve.serving.runner import CallResult
 from dspy_serve.serving.schema import field_values
 from dspy_serve.serving.service import CallOptions, Service
-from dspy_serve.web.envelopes import InvalidItem, Problem, envelope_models, stream_event_model
-from dspy_serve.web.request_state import caller_of, require_json, reuse_headers, until_disconnected
-from dspy_serve.web.sse import STREAM_DOC, EventStreamResponse, ProgramEventEncoder, response_body
+from dspy_serve.web.connection import require_json, until_disconnected
+from dspy_serve.web.envelopes import InvalidItem, Problem, envelope_models, response_body, stream_event_model
+from dspy_serve.web.problems import problem_body
+from dspy_serve.web.request_state import caller_of, reuse_headers
+from dspy_serve.web.sse import (
+    CALL_ID_HEADER,
+    STREAM_DOC,
+    EventStreamResponse,
+    ProgramEventEncoder,
+)
 
 __all__ = ["ERROR_RESPONSES", "add_program_routes"]
 
@@ -52,55 +60,45 @@ _JSON_ONLY = [Depends(_json_only)]
 def add_program_routes(
     router: APIRouter, service: Service, program: Program, options: type[BaseModel]
 ) -> None:
-    """``/NAME/invoke``, ``/NAME/stream`` and ``/NAME/batch``, each one front-door admission."""
+    """``/NAME/invoke``, ``/NAME/stream`` and ``/NAME/batch``: each asks the service for a call
+    (or a batch) and puts its result on the wire; admission and the rest happen there."""
     name = program.name
     prefix = program.interface.inputs.__name__.removesuffix("Inputs")
     models = envelope_models(prefix, program.interface, options, service.settings.batch_max_items)
     InvokeRequest, InvokeResponse = models["invoke_request"], models["invoke_response"]
     BatchRequest, BatchResponse = models["batch_request"], models["batch_response"]
     description = program.interface.instructions or f"Run the DSPy program `{name}`."
+    route_class = _program_route(service, name)
 
     async def invoke(body: InvokeRequest, request: Request, response: Response) -> Any:  # type: ignore[valid-type]
-        options, caller = _options(body.options), caller_of(request)  # type: ignore[attr-defined]
-        response.headers.update(await service.admit(caller, program, options))
-        call = service.call(program, field_values(body.inputs), options, caller)  # type: ignore[attr-defined]
-        result = await until_disconnected(request, call)
+        caller = caller_of(request)
+        call = service.call(caller, program, field_values(body.inputs), _options(body.options))  # type: ignore[attr-defined]
+        response.headers[CALL_ID_HEADER] = call.call_id
+        response.headers.update(await call.admit())
+        result = await until_disconnected(request, call.result())
         response.headers.update(reuse_headers(caller))
-        return response_body(result)
+        return response_body(result, call.call_id)
 
     async def batch(body: BatchRequest, request: Request, response: Response) -> Any:  # type: ignore[valid-type]
-        options, caller = _options(body.options), caller_of(request)  # type: ignore[attr-defined]
-        items: list[Any] = body.items  # type: ignore[attr-defined]
-        service.check_trace(options, batch=True)
-        response.headers.update(await service.admit(caller, program, options, requests=len(items)))
-        gate = asyncio.Semaphore(service.settings.batch_concurrency)
-
-        async def run_one(index: int, item: Any) -> dict[str, Any]:
-            if isinstance(item, InvalidItem):
-                errors = [{**err, "loc": ["items", index, *err["loc"]]} for err in item.errors]
-                error = caller.report(InvalidInput("Invalid input", errors=errors))
-                return {"index": index, "error": error.problem()}
-            async with gate:
-                try:
-                    result: CallResult = await service.call(program, field_values(item), options, caller)
-                except Exception as exc:  # each item owns its error; the others go on
-                    error = caller.report(from_exception(exc))
-                    return {"index": index, "error": error.problem(), "usage": error.usage or {}}
-            done = {"index": index, "outputs": result.outputs, "usage": result.usage, "cost": result.cost}
-            return done if result.prompts is None else {**done, "prompts": result.prompts}
-
-        everything = asyncio.gather(*(run_one(i, item) for i, item in enumerate(items)))
-        results = await until_disconnected(request, everything)
-        usage = _total_usage(results)
-        cost = pricing.estimate(usage)
+        caller = caller_of(request)
+        items = [_item(index, item) for index, item in enumerate(body.items)]  # type: ignore[attr-defined]
+        run = service.batch(caller, program, items, _options(body.options))  # type: ignore[attr-defined]
+        response.headers.update(await run.admit())
+        done = await until_disconnected(request, run.run())
         response.headers.update(reuse_headers(caller))
-        return {"items": results, "usage": usage, "cost": cost, "model": _served_model(service, options)}
+        return {
+            "items": [_batch_item(caller, item) for item in done.items],
+            "usage": done.usage,
+            "cost": done.cost,
+            "model": done.model,
+        }
 
     router.add_api_route(
         f"/{name}/invoke",
         invoke,
         methods=["POST"],
         dependencies=_JSON_ONLY,
+        route_class_override=route_class,
         response_model=InvokeResponse,
         responses=ERROR_RESPONSES,
         summary=f"Run {name}",
@@ -110,14 +108,14 @@ def add_program_routes(
     )
 
     async def stream(body: InvokeRequest, request: Request) -> EventStreamResponse:  # type: ignore[valid-type]
-        options, caller = _options(body.options), caller_of(request)  # type: ignore[attr-defined]
-        limits = await service.admit(caller, program, options)
-        call = service.stream(program, field_values(body.inputs), options, caller)  # type: ignore[attr-defined]
+        caller = caller_of(request)
+        call = service.stream(caller, program, field_values(body.inputs), _options(body.options))  # type: ignore[attr-defined]
+        limits = await call.admit()
         return EventStreamResponse(
             call,
-            ProgramEventEncoder(caller.request_id),
+            ProgramEventEncoder(call),
             heartbeat=service.settings.stream_heartbeat,
-            headers=limits,
+            headers={**limits, **reuse_headers(caller)},
         )
 
     router.add_api_route(
@@ -125,6 +123,7 @@ def add_program_routes(
         stream,
         methods=["POST"],
         dependencies=_JSON_ONLY,
+        route_class_override=route_class,
         response_class=EventStreamResponse,
         response_model=None,
         status_code=200,
@@ -142,6 +141,7 @@ def add_program_routes(
         batch,
         methods=["POST"],
         dependencies=_JSON_ONLY,
+        route_class_override=route_class,
         response_model=BatchResponse,
         responses=ERROR_RESPONSES,
         summary=f"Run {name} on many inputs",
@@ -155,16 +155,43 @@ def _options(options: BaseModel | None) -> CallOptions:
     return CallOptions(**options.model_dump(exclude_none=True)) if options is not None else CallOptions()
 
 
-def _served_model(service: Service, options: CallOptions) -> str:
-    return service.lms.model_of(options.model) if service.lms else ""
+def _program_route(service: Service, name: str) -> type[APIRoute]:
+    """A route that looks the program up for the caller before the body is read or validated:
+    a program outside the caller's key is the same 404 as one that does not exist, whatever
+    the body."""
+
+    class ProgramRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def visible_only(request: Request) -> Response:
+                service.find(caller_of(request), name)
+                return await handler(request)
+
+            return visible_only
+
+    return ProgramRoute
 
 
-def _total_usage(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    total: dict[str, dict[str, Any]] = {}
-    for result in results:
-        for model, usage in result.get("usage", {}).items():
-            into = total.setdefault(model, {})
-            for key, value in usage.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    into[key] = into.get(key, 0) + value
-    return total
+def _item(index: int, item: Any) -> dict[str, Any] | ServeError:
+    """A validated item's inputs, or the InvalidInput of one that failed validation."""
+    if isinstance(item, InvalidItem):
+        errors = [{**err, "loc": ["items", index, *err["loc"]]} for err in item.errors]
+        return InvalidInput("Invalid input", errors=errors)
+    return field_values(item)
+
+
+def _batch_item(caller: Caller, item: BatchItem) -> dict[str, Any]:
+    if item.error is not None:
+        error = {"index": item.index, "call_id": item.call_id, "error": problem_body(caller, item.error)}
+        return {**error, "usage": item.error.usage} if item.error.usage else error
+    result = item.result
+    assert result is not None
+    done = {
+        "index": item.index,
+        "call_id": item.call_id,
+        "outputs": result.outputs,
+        "usage": result.usage,
+        "cost": result.cost,
+    }
+    return done if result.prompts is None else {**done, "prompts": result.prompts}

@@ -1,13 +1,15 @@
 """Server-Sent Events: one streamed call on the wire, in whichever encoding a front end speaks.
 
-:class:`EventStreamResponse` drives a :class:`~dspy_serve.serving.call_stream.CallStream` and
-writes what a :class:`StreamEncoder` makes of each domain event. ``/NAME/stream`` uses
+:class:`EventStreamResponse` runs an admitted :class:`~dspy_serve.serving.call.Call` (whose
+deadline, span and accounts are its own) and writes what a :class:`StreamEncoder` makes of each
+domain event it emits. ``/NAME/stream`` uses
 :class:`ProgramEventEncoder`:
 
 - ``token``: ``{"predictor", "field", "chunk"}``, for every ``str`` output field of every
   predictor, as the LM produces it. Other types arrive whole in ``prediction``.
 - ``status``: ``{"message"}``, progress ("Running rewrite...", tool calls).
-- ``prediction``: the same body as ``/invoke``'s response; always the last event on success.
+- ``prediction``: the same body as ``/invoke``'s response (:func:`~.envelopes.response_body`);
+  always the last event on success.
 - ``error``: a problem+json body; the stream then ends.
 
 A comment line (``: ping``) is sent whenever nothing else was for ``heartbeat`` seconds, so
@@ -17,24 +19,24 @@ proxies keep the connection open. When the client goes away, the program is canc
 from __future__ import annotations
 
 import json
-from contextlib import aclosing
 from typing import Any, Protocol
 
 import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from dspy_serve.serving.call_stream import CallStream
+from dspy_serve.serving.call import Call
 from dspy_serve.serving.events import Finished, Status, StreamEvent, Token
-from dspy_serve.serving.runner import CallResult
-from dspy_serve.web.request_state import reuse_headers
+from dspy_serve.web.envelopes import response_body
+from dspy_serve.web.problems import problem_body
 
 __all__ = [
+    "CALL_ID_HEADER",
     "STREAM_DOC",
     "EventStreamResponse",
     "ProgramEventEncoder",
     "StreamEncoder",
-    "response_body",
     "sse_event",
 ]
 
@@ -44,6 +46,8 @@ STREAM_DOC = (
     "(problem+json). Non-`str` fields arrive whole in `prediction`. `: ping` comments keep idle "
     "connections open. Closing the connection cancels the program."
 )
+
+CALL_ID_HEADER = "X-Call-Id"  # the server-minted id of the call (also `call_id` in the body)
 
 STREAM_HEADERS = {
     "Cache-Control": "no-cache",
@@ -61,21 +65,6 @@ class StreamEncoder(Protocol):
     def closing(self) -> bytes: ...
 
 
-def response_body(result: CallResult) -> dict[str, Any]:
-    """The body of /invoke, and of the stream's ``prediction`` event."""
-    body: dict[str, Any] = {
-        "outputs": result.outputs,
-        "usage": result.usage,
-        "cost": result.cost,
-        "model": result.model,
-    }
-    if result.trace is not None:  # asked for (options.trace)
-        body["trace"] = result.trace
-    if result.prompts is not None:  # asked for (options.prompts)
-        body["prompts"] = result.prompts
-    return body
-
-
 def sse_event(event: str, data: dict[str, Any]) -> bytes:
     payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str)
     return f"event: {event}\ndata: {payload}\n\n".encode()
@@ -84,39 +73,59 @@ def sse_event(event: str, data: dict[str, Any]) -> bytes:
 class ProgramEventEncoder:
     """``/NAME/stream``'s events: token, status, then prediction or error (problem+json)."""
 
-    def __init__(self, request_id: str | None) -> None:
-        self._request_id = request_id
+    def __init__(self, call: Call) -> None:
+        self._call = call
+        self._token_prefixes: dict[tuple[str, str], bytes] = {}
 
     def opening(self) -> bytes:
         return b""
 
     def encode(self, event: StreamEvent) -> bytes:
         if isinstance(event, Token):
-            return sse_event(
-                "token", {"predictor": event.predictor, "field": event.field, "chunk": event.chunk}
-            )
+            # The most frequent event: its constant part is made once per field.
+            prefix = self._token_prefixes.get((event.predictor, event.field))
+            if prefix is None:
+                head = json.dumps(
+                    {"predictor": event.predictor, "field": event.field},
+                    separators=(",", ":"),
+                    ensure_ascii=False,
+                )
+                prefix = self._token_prefixes[(event.predictor, event.field)] = (
+                    f'event: token\ndata: {head[:-1]},"chunk":'.encode()
+                )
+            return prefix + json.dumps(event.chunk, ensure_ascii=False).encode() + b"}\n\n"
         if isinstance(event, Status):
             return sse_event("status", {"message": event.message})
         if isinstance(event, Finished):
-            return sse_event("prediction", response_body(event.result))
-        return sse_event("error", event.error.problem(request_id=self._request_id))
+            return sse_event("prediction", response_body(event.result, event.call_id))
+        return sse_event("error", problem_body(self._call.caller, event.error))
 
     def closing(self) -> bytes:
         return b""
 
 
-class EventStreamResponse(Response):
-    """Stream one call's events, with heartbeats, stopping the call if the client leaves.
+def _drain(queue: MemoryObjectReceiveStream[bytes]) -> list[bytes]:
+    """What ``queue`` holds now, without waiting (none once its sender is done)."""
+    items: list[bytes] = []
+    while True:
+        try:
+            items.append(queue.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            return items
 
-    The call's events are iterated to their end in a task of their own, so its cancel scopes
-    and context variables never cross a ``yield`` into another task.
+
+class EventStreamResponse(Response):
+    """Stream one admitted call's events, with heartbeats, stopping the call if the client leaves.
+
+    The call runs to its end in a task of its own, pushing its encoded events through a small
+    buffer, so its cancel scopes and context variables never cross into another task.
     """
 
     media_type = "text/event-stream"
 
     def __init__(
         self,
-        stream: CallStream,
+        call: Call,
         encoder: StreamEncoder,
         *,
         heartbeat: float,
@@ -125,28 +134,27 @@ class EventStreamResponse(Response):
         # Like StreamingResponse: no body, so no Content-Length.
         self.status_code = 200
         self.background = None
-        self.init_headers({**STREAM_HEADERS, **(headers or {})})
-        self._stream = stream
+        self.init_headers({**STREAM_HEADERS, **(headers or {}), CALL_ID_HEADER: call.call_id})
+        self._call = call
         self._encoder = encoder
         self._heartbeat = heartbeat
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         send_stream, receive_stream = anyio.create_memory_object_stream[bytes](16)
-        stream, encoder = self._stream, self._encoder
+        call, encoder = self._call, self._encoder
+
+        async def emit(event: StreamEvent) -> None:
+            if data := encoder.encode(event):  # b"": nothing to say on this wire
+                try:
+                    send_stream.send_nowait(data)  # no turn of the loop per chunk
+                except anyio.WouldBlock:
+                    await send_stream.send(data)
 
         async def produce() -> None:
             async with send_stream:
                 if opening := encoder.opening():
                     await send_stream.send(opening)
-                # The deadline lives here, outside the events' generator: a cancel scope must
-                # not span a yield.
-                with anyio.move_on_after(stream.timeout) as deadline:
-                    async with aclosing(stream.events()) as events:
-                        async for event in events:
-                            if data := encoder.encode(event):  # b"": nothing to say on this wire
-                                await send_stream.send(data)
-                if deadline.cancelled_caught:
-                    await send_stream.send(encoder.encode(stream.timed_out()))
+                await call.stream(emit)
                 if closing := encoder.closing():
                     await send_stream.send(closing)
 
@@ -155,22 +163,25 @@ class EventStreamResponse(Response):
                 pass
             group.cancel_scope.cancel()
 
-        await stream.look_up()  # before the headers: they say whether the answer is cached
-        for name, value in reuse_headers(stream.caller).items():
-            self.raw_headers.append((name.lower().encode(), value.encode()))
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         async with anyio.create_task_group() as group:
             group.start_soon(watch_disconnect)
             group.start_soon(produce)
             async with receive_stream:
                 while True:
-                    with anyio.move_on_after(self._heartbeat) as idle:
-                        try:
-                            chunk = await receive_stream.receive()
-                        except anyio.EndOfStream:
-                            break
-                    if idle.cancelled_caught:
-                        chunk = b": ping\n\n"
+                    # Events already queued go out at once, together (a busy server writes fewer,
+                    # larger pieces); only an empty queue is waited on, under the heartbeat.
+                    queued = _drain(receive_stream)
+                    if queued:
+                        chunk = b"".join(queued) if len(queued) > 1 else queued[0]
+                    else:
+                        with anyio.move_on_after(self._heartbeat) as idle:
+                            try:
+                                chunk = await receive_stream.receive()
+                            except anyio.EndOfStream:
+                                break
+                        if idle.cancelled_caught:
+                            chunk = b": ping\n\n"
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             group.cancel_scope.cancel()

@@ -7,6 +7,7 @@ class creation, as in the tutorials.)
 """
 
 import base64
+import warnings
 
 import dspy
 from pydantic import BaseModel
@@ -260,3 +261,39 @@ class CountLetters(dspy.Module):
 
 
 broken_contract = CountLetters()
+
+
+# --- A str output followed by a non-str one (the chat adapter's next marker must not leak) -----------
+class Review(dspy.Signature):
+    """Review a draft against its brief, then revise it."""
+
+    draft: str = dspy.InputField()
+    feedback: str = dspy.OutputField()
+    matches: bool = dspy.OutputField()
+    revised: str = dspy.OutputField()
+
+
+review = dspy.Predict(Review)
+
+
+# --- Audio built by forward itself, with no declared interface (a text-to-speech step) --------------
+class Synthesize(dspy.Module):
+    """The LM writes a line, a (local) synthesizer speaks it: the audio is no predictor's field."""
+
+    def __init__(self):
+        super().__init__()
+        self.write = dspy.Predict("topic -> line")
+
+    def forward(self, topic: str):
+        line = self.write(topic=topic).line
+        audio = dspy.Audio(data=SILENT_WAV, audio_format="wav")
+        return dspy.Prediction(line=line, audio=audio)
+
+
+synthesize = Synthesize()
+
+
+# --- A DSPy built-in served directly, whose forward(completions, **kwargs) is untyped -------------------
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)  # DSPy's own class passes its deprecated `prefix`
+    mcc = dspy.MultiChainComparison("question -> answer")

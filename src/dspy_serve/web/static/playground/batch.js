@@ -3,6 +3,7 @@
 // JSONL or CSV.
 
 import { $, api, enc, h, problemOf, problemView, resolve } from "./core.js";
+import { exampleInputs } from "./snippets.js";
 
 // Requests in flight at once: below the browser's 6 connections per server, so the page's own
 // calls (metrics, Stop) are not queued behind the batch.
@@ -23,7 +24,7 @@ async function runItems(program, items, done) {
         return;
       }
       const [item] = (await response.json()).items;
-      done({ ...item, index, inputs: items[index] });
+      done({ ...item, index, item: index + 1, inputs: items[index] });
     }
   };
   await Promise.all(Array.from({ length: Math.min(IN_FLIGHT, items.length) }, worker));
@@ -31,7 +32,9 @@ async function runItems(program, items, done) {
 }
 
 export function setUpBatch(program) {
-  const text = h("textarea", { id: "batch-input", rows: 6, "aria-describedby": "batch-hint", placeholder: '{"question": "..."}' });
+  // The placeholder is a line of this program's own inputs.
+  const example = JSON.stringify(exampleInputs(program.input_schema));
+  const text = h("textarea", { id: "batch-input", rows: 6, "aria-describedby": "batch-hint", placeholder: example });
   const file = h("input", { type: "file", id: "batch-file", accept: ".jsonl,.json,.csv,.txt,text/csv,application/json" });
   const runButton = h("button", { type: "button", id: "batch-run" }, "Run batch");
   const progress = h("progress", { id: "batch-progress", max: 1, value: 0, "aria-label": "Batch progress" });
@@ -92,8 +95,22 @@ export function setUpBatch(program) {
   );
 }
 
+// Items are numbered from 1, as the lines of the input are, in the table, JSONL and CSV alike.
 function record(r) {
-  return r.error ? { index: r.index, inputs: r.inputs, error: r.error } : { index: r.index, inputs: r.inputs, outputs: r.outputs };
+  return r.error ? { item: r.item, inputs: r.inputs, error: r.error } : { item: r.item, inputs: r.inputs, outputs: r.outputs };
+}
+
+// An item's error in one line, with the field paths and messages the API gave.
+function errorText(error) {
+  if (!error) return "";
+  const fields = (Array.isArray(error.errors) ? error.errors : []).map((e) => {
+    const loc = (e.loc || []).map(String);
+    while (loc.length && (loc[0] === "body" || loc[0] === "items" || loc[0] === "inputs" || /^\d+$/.test(loc[0]))) loc.shift();
+    return `${loc.join(".") || "inputs"}: ${e.msg || "invalid"}`;
+  });
+  const title = error.title || "Error";
+  if (fields.length) return `${title}: ${fields.join("; ")}`;
+  return error.detail && error.detail !== title ? `${title}: ${error.detail}` : title;
 }
 
 export function parseItems(text, schema) {
@@ -168,28 +185,43 @@ const csvCell = (value) => {
 function toCsv(rows, program) {
   const inputs = Object.keys(program.input_schema.properties || {});
   const outputs = Object.keys(program.output_schema.properties || {});
-  const header = ["index", ...inputs, ...outputs, "error"];
+  const header = ["item", ...inputs, ...outputs, "error"];
   const lines = rows.map((r) => [
-    r.index,
+    r.item,
     ...inputs.map((k) => (r.inputs || {})[k]),
     ...outputs.map((k) => (r.outputs || {})[k]),
-    r.error ? `${r.error.title}: ${r.error.detail}` : "",
+    errorText(r.error),
   ]);
   return [header, ...lines].map((line) => line.map(csvCell).join(",")).join("\r\n") + "\r\n";
 }
 
 function resultsTable(rows, program) {
+  const inputs = Object.keys(program.input_schema.properties || {});
   const outputs = Object.keys(program.output_schema.properties || {});
   const show = (v) => (v === undefined ? "" : typeof v === "string" ? v : JSON.stringify(v));
+  // Inputs the program does not take (a misspelt field) get a column too: they are the error.
+  const extra = [...new Set(rows.flatMap((r) => Object.keys(r.inputs || {})))].filter((k) => !inputs.includes(k));
+  const inputColumns = [...inputs, ...extra];
   return h(
     "table",
     {},
-    h("thead", {}, h("tr", {}, ["#", ...outputs, "error"].map((c) => h("th", { scope: "col" }, c)))),
+    h(
+      "thead",
+      {},
+      h("tr", {}, ["#", ...inputColumns.map((k) => `${k} (input)`), ...outputs, "error"].map((c) => h("th", { scope: "col" }, c))),
+    ),
     h(
       "tbody",
       {},
       rows.map((r) =>
-        h("tr", {}, h("td", {}, String(r.index + 1)), outputs.map((k) => h("td", {}, show((r.outputs || {})[k]))), h("td", {}, r.error ? `${r.error.title}: ${r.error.detail}` : "")),
+        h(
+          "tr",
+          { "data-item": String(r.item) },
+          h("td", {}, String(r.item)),
+          inputColumns.map((k) => h("td", { "data-input": k }, show((r.inputs || {})[k]))),
+          outputs.map((k) => h("td", { "data-output": k }, show((r.outputs || {})[k]))),
+          h("td", { "data-error": "" }, errorText(r.error)),
+        ),
       ),
     ),
   );

@@ -35,6 +35,8 @@ let waitingForKey = null;
 
 function askForKey(message) {
   $("key-panel").hidden = false;
+  // What the page waits for, in place of a "Loading…" that would never end.
+  if ($("loading")) $("loading").textContent = "This server needs an API key: enter one above to see its programs.";
   if (message) $("key-message").textContent = message;
   const input = $("key-input");
   input.value = "";

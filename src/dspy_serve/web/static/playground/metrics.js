@@ -56,11 +56,12 @@ export function summarize(samples, program) {
   const histogram = [...buckets].map(([le, count]) => ({ le, count }));
   const model = program.model;
   const tokens = { in: 0, out: 0 };
-  let cost = 0;
+  // No cost sample for the model: no call had a known price (the counter only counts priced ones).
+  let cost = null;
   for (const s of samples) {
     if (s.labels.model !== model) continue;
     if (s.name === "dspy_serve_lm_tokens_total") tokens[s.labels.direction] = (tokens[s.labels.direction] || 0) + s.value;
-    if (s.name === "dspy_serve_lm_cost_usd_total") cost += s.value;
+    if (s.name === "dspy_serve_lm_cost_usd_total") cost = (cost || 0) + s.value;
   }
   return {
     calls,
@@ -97,7 +98,7 @@ export async function refreshMetrics(program) {
       row("Latency p95", ms(m.p95)),
       row("Latency p99", ms(m.p99)),
       row("Tokens in / out", `${m.tokens.in} / ${m.tokens.out}`),
-      row("Cost", `$${m.cost.toFixed(6)}`),
+      row("Cost", m.cost !== null ? `$${m.cost.toFixed(6)}` : m.tokens.in + m.tokens.out ? "unknown (no price known for this model)" : "–"),
     ),
     h("p", { class: "hint" }, `Since this server started; latency from the histogram's buckets. Tokens and cost are for the model ${program.model}, across every program using it. With several workers, from every worker.`),
     refresh,

@@ -91,6 +91,36 @@ function parseEvent(raw) {
   return data.length ? { event, data: JSON.parse(data.join("\n")) } : null;
 }
 
+// The steps of a run: each starts "running" with its status event, and ends done (the next step
+// started, or the run finished), failed or stopped, so nothing still says "Running" once it ends.
+const STEP_WORDS = { running: "running…", done: "done", failed: "failed", stopped: "stopped" };
+
+function setStep(li, state) {
+  li.dataset.state = state;
+  li.querySelector(".step-state").textContent = STEP_WORDS[state];
+}
+
+function startStep(message) {
+  for (const li of $("steps").querySelectorAll('li[data-state="running"]')) setStep(li, "done");
+  const step = String(message).replace(/^Running\s*/, "").replace(/(\.\.\.|…)$/, "") || "program";
+  const li = h("li", {}, h("span", { class: "step-name" }, step), " ", h("span", { class: "step-state" }));
+  setStep(li, "running");
+  $("steps").append(li);
+}
+
+// The end of a run: the running step takes the outcome, and the live token boxes fold into
+// Outputs (replaced by the outputs on success, kept there as partial text otherwise).
+function endRun(outcome) {
+  const state = outcome === "ok" ? "done" : outcome === "stopped" ? "stopped" : "failed";
+  for (const li of $("steps").querySelectorAll('li[data-state="running"]')) setStep(li, state);
+  const live = [...$("live").children];
+  $("live").replaceChildren();
+  if (outcome !== "ok" && live.some((block) => block.querySelector(".text").textContent)) {
+    const title = outcome === "stopped" ? "Partial outputs (stopped)" : "Partial outputs (failed)";
+    $("outputs").replaceChildren(h("h3", {}, title), ...live.map((block) => (block.classList.add("partial"), block)));
+  }
+}
+
 function meta(entries) {
   $("meta").replaceChildren(...entries.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
 }
@@ -135,7 +165,7 @@ async function run(inputs, opts) {
         if (event.event === "token") {
           liveField(event.data.predictor, event.data.field).textContent += event.data.chunk;
         } else if (event.event === "status") {
-          $("steps").append(h("li", {}, event.data.message));
+          startStep(event.data.message);
         } else if (event.event === "prediction") {
           outcome = "ok";
           const elapsed = Math.round(performance.now() - started);
@@ -163,6 +193,7 @@ async function run(inputs, opts) {
       showProblem({ title: "The server could not be reached", detail: String(error.message || error) });
     }
   } finally {
+    endRun(outcome);
     running = null;
     setRunning(false);
     remember(body, outcome, requestId);

@@ -18,13 +18,14 @@ export function snippets({ name, inputs, options, chatField, keys }) {
   out.curl = `curl -sS ${shellQuote(`${origin}/${name}/invoke`)} \\\n  -H 'Content-Type: application/json'${auth} \\\n  -d ${shellQuote(json)}`;
 
   const optionArgs = Object.entries(options || {}).map(([k, v]) => `, ${k}=${pyLiteral(v)}`).join("");
+  const inputArgs = Object.entries(inputs).map(([k, v]) => `${k}=${pyLiteral(v)}`).join(", ");
   out.python = [
-    "import json, os",
+    "import os",
     "from dspy_serve import Client, RemoteProgram",
     "",
     `with Client(${pyString(origin)}, api_key=os.environ.get("DSPY_SERVE_CLIENT_KEY")) as client:`,
     `    program = RemoteProgram(client, ${pyString(name)}${optionArgs})`,
-    `    prediction = program(**json.loads(${pyString(JSON.stringify(inputs))}))`,
+    `    prediction = program(${inputArgs})`,
     "    print(prediction)",
   ].join("\n");
 
@@ -46,27 +47,21 @@ export function snippets({ name, inputs, options, chatField, keys }) {
     ].join("\n");
   }
 
-  const fields = Object.entries(inputs).map(([k, v]) => shellQuote(`${k}=${cliValue(v)}`));
-  const note = options && Object.keys(options).length ? "# (dspy-serve call sends no options: the server's defaults apply)\n" : "";
-  out.cli = `${note}dspy-serve call ${shellQuote(origin)} ${shellQuote(name)} ${fields.join(" ")}`.trim();
+  // With options, the whole body (`--json`); else one FIELD=VALUE per input, text as written.
+  const fields = options && Object.keys(options).length
+    ? ["--json", shellQuote(json)]
+    : Object.entries(inputs).map(([k, v]) => shellQuote(`${k}=${typeof v === "string" ? v : JSON.stringify(v)}`));
+  out.cli = `dspy-serve call ${shellQuote(origin)} ${shellQuote(name)} ${fields.join(" ")}`.trim();
   return out;
 }
 
-// `dspy-serve call` reads each value as JSON when it parses, else as text.
-function cliValue(value) {
-  if (typeof value !== "string") return JSON.stringify(value);
-  try {
-    JSON.parse(value);
-    return JSON.stringify(value);
-  } catch {
-    return value;
-  }
-}
-
+// A JSON value as a Python literal (a JSON string is a valid Python str literal).
 function pyLiteral(value) {
   if (value === true) return "True";
   if (value === false) return "False";
-  if (value === null) return "None";
+  if (value === null || value === undefined) return "None";
+  if (Array.isArray(value)) return `[${value.map(pyLiteral).join(", ")}]`;
+  if (typeof value === "object") return `{${Object.entries(value).map(([k, v]) => `${pyString(k)}: ${pyLiteral(v)}`).join(", ")}}`;
   return JSON.stringify(value);
 }
 

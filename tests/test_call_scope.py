@@ -8,8 +8,8 @@ import threading
 import anyio
 import pytest
 
+from dspy_serve.call_scope import CallScope
 from dspy_serve.errors import ClientCancelled, RequestTimeout
-from dspy_serve.serving.call_scope import CallScope
 
 Attached = tuple[CallScope, asyncio.AbstractEventLoop, threading.Thread]
 

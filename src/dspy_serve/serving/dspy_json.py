@@ -26,6 +26,8 @@ import dspy
 from pydantic import BaseModel, ConfigDict, Field, ValidatorFunctionWrapHandler, WrapValidator, create_model
 from pydantic.fields import FieldInfo
 
+from dspy_serve.serving.media_inputs import MEDIA_TYPES, media_input
+
 __all__ = ["ToolDescription", "to_wire", "wire_input_type", "wire_output_type"]
 
 _StringTypes = (dspy.Code, dspy.Reasoning)
@@ -65,6 +67,8 @@ def wire_input_type(annotation: Any) -> Any:
 def _input_leaf(annotation: Any) -> Any:
     if inspect.isclass(annotation) and issubclass(annotation, dspy.Tool):
         return _TOOL_INPUT
+    if inspect.isclass(annotation) and issubclass(annotation, MEDIA_TYPES):
+        return media_input(annotation)  # never a local file, never a download by the server
     return annotation
 
 

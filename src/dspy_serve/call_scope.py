@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -27,6 +27,9 @@ import anyio.to_thread
 import dspy
 
 from dspy_serve.errors import ClientCancelled, RequestTimeout
+
+if TYPE_CHECKING:
+    from dspy_serve.lm.budget import TokenBudget
 
 __all__ = ["SCOPE_SETTING", "CallScope", "current_scope", "enter_scope"]
 
@@ -51,6 +54,9 @@ class CallScope:
     # Each answered LM call's messages and raw response, in order: a list only when the caller
     # asked for its prompts (see :mod:`.prompts`); None, the default, captures nothing.
     prompts: list[dict[str, Any]] | None = None
+    # The caller's token budget, which each LM call reserves from and settles to (see
+    # :mod:`dspy_serve.lm.budget`); None when no token budget applies.
+    budget: TokenBudget | None = None
     _loop: anyio.lowlevel.EventLoopToken | None = field(default=None, repr=False)
     _asyncio_loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
     _loop_thread: int | None = field(default=None, repr=False)
