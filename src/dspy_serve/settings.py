@@ -410,8 +410,9 @@ class ServeSettings(BaseSettings):
     )
     feedback_token_secret: SecretStr | None = Field(
         default=None,
-        description="Secret that signs feedback tokens: each /invoke response then carries "
-        "'X-Feedback-Token', which lets a browser rate that one call without the API key, until it expires.",
+        description="Secret that signs feedback tokens: each answer naming its call in X-Call-Id then "
+        "carries 'X-Feedback-Token', which lets a browser rate that one call without the API key, until it "
+        "expires.",
         json_schema_extra={"cli": "env-only"},
     )
     feedback_token_ttl: float = Field(

@@ -214,3 +214,19 @@ def test_capturing_a_program_that_is_not_served_is_refused_at_start(fake_lm: Fak
 
     with pytest.raises(ValueError, match="--capture nope: no such program"):
         create_app(fake_settings(fake_lm, programs=[QA], capture=["nope"]))
+
+
+def test_a_streamed_call_is_captured_like_any_other(
+    fake_lm: FakeLM, provider_key: str, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    fake_lm.answers = {"answer": "Paris"}
+    app = create_app(fake_settings(fake_lm, programs=[QA], capture=["*"], store=url))
+    with serving(app) as server:
+        body = {"inputs": {"question": "Capital of France?"}}
+        with httpx.stream("POST", f"{server.base_url}/qa/stream", json=body, timeout=30) as response:
+            call_id = response.headers["x-call-id"]
+            text = "".join(response.iter_text())
+        [row] = wait_for_rows(url, CALLS, 1)
+    assert "event: prediction" in text
+    assert (row["call_id"], row["wire"], _json(row["outputs"])) == (call_id, "stream", {"answer": "Paris"})
