@@ -34,7 +34,9 @@ def describe(summary: BatchSummary) -> str:
     lines = [
         f"{summary.done} of {summary.total if summary.total is not None else '?'} rows done: "
         f"{summary.succeeded} ok, {summary.failed} failed, {summary.skipped} done by an earlier run",
-        f"{ran} rows in {elapsed_s:.1f} s ({rate:.1f} rows/s); {_spent(summary)}",
+        f"{ran} rows in {elapsed_s:.1f} s ({rate:.1f} rows/s); {_spent(summary)}"
+        if ran
+        else "nothing left to run",
     ]
     if summary.errors:
         lines.append("errors: " + ", ".join(f"{code} x{n}" for code, n in sorted(summary.errors.items())))
@@ -49,7 +51,7 @@ class BatchProgress:
     def __init__(self, summary: BatchSummary, stream: TextIO | None = None) -> None:
         self._stream = stream or sys.stderr
         self._summary = summary
-        self._last_plain = 0.0
+        self._last_plain = time.monotonic()  # the first plain line after a few seconds, not at once
         self._bar: Progress | None = None
         self._task: TaskID | None = None
         if self._stream.isatty():
