@@ -145,14 +145,16 @@ def test_the_generated_image_builds_and_serves(image: str, fake_lm: FakeLM, tmp_
     try:
         ready = wait_ready(url, 120)
         assert ready is not None, "never ready"
-        assert ready.json()["programs"]["qa"]["optimized"] is True
+        assert ready.json() == {"status": "ready"}, "an anonymous caller learns ready, nothing more"
         headers = {"Authorization": "Bearer key-in-a-file"}
+        known = httpx.get(f"{url}/health/ready", headers=headers, timeout=5).json()
+        assert known["programs"]["qa"]["optimized"] is True
         assert httpx.post(f"{url}/qa/invoke", json={"inputs": {"question": "?"}}).status_code == 401
         answer = httpx.post(f"{url}/qa/invoke", json={"inputs": {"question": "Capital?"}}, headers=headers)
         assert answer.status_code == 200 and answer.json()["outputs"] == {"answer": "fake answer"}
         assert (
             httpx.post(f"{url}/brief/invoke", json={"inputs": {"question": "?"}}, headers=headers).status_code
-            == 403
+            == 404  # outside the key's programs: as if it did not exist
         )
         mcp = httpx.post(
             f"{url}/mcp",
