@@ -27,6 +27,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "store": ("serving", "lm", "data", "web", "interop", "deploy", "app", "cli", "client"),
     "data": ("web", "interop", "deploy", "app", "cli", "client", "optimize"),
     "optimize": ("web", "interop", "deploy", "app", "cli", "client"),
+    # Offline batch is a front end without HTTP: the pipeline, or the client for --url.
+    "offline": ("web", "interop", "deploy", "app", "cli", "commands", "data", "optimize"),
     "interop": ("deploy", "app", "cli", "client"),
 }
 
@@ -90,8 +92,19 @@ def test_every_module_belongs_to_a_layer_or_is_a_known_root() -> None:
     roots = {p.name for p in PACKAGE.iterdir() if p.suffix == ".py"}
     assert roots == {
         "__init__.py", "__main__.py", "_version.py", "app.py", "call_scope.py", "cli.py", "client.py",
-        "errors.py", "logs.py", "ray_serve.py", "settings.py",
+        "errors.py", "logs.py", "ray_serve.py", "redaction.py", "settings.py",
     }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("module", "may_import"),
+    [("redaction", set()), ("errors", {"dspy_serve.redaction"}), ("logs", {"dspy_serve.redaction"})],
+)
+def test_the_shared_modules_stand_below_every_layer(module: str, may_import: set[str]) -> None:
+    """Every layer reports errors and logs, so these import no layer: redacting secrets lives
+    below them (redaction.py), and what the secrets are is found above (serving/secrets.py)."""
+    ours = {name for name in imports_of(PACKAGE / f"{module}.py") if name.startswith("dspy_serve")}
+    assert {name.rpartition(".")[0] if name.count(".") > 1 else name for name in ours} <= may_import
 
 
 def test_the_checker_sees_a_breach() -> None:

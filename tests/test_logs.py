@@ -14,7 +14,9 @@ import httpx
 import pytest
 
 from dspy_serve.errors import HTTPProblem, ServeError, UpstreamError
-from dspy_serve.logs import REDACTED, JsonFormatter, TextFormatter, remember_secrets, secrets_of
+from dspy_serve.logs import JsonFormatter, TextFormatter
+from dspy_serve.redaction import REDACTED, remember_secrets
+from dspy_serve.serving.secrets import secrets_of
 from dspy_serve.settings import ServeSettings
 from tests.support.cli import require_answering, serve_qa
 from tests.support.fake_lm import FakeLM, ServerError

@@ -16,9 +16,10 @@ from starlette.routing import Route
 
 from dspy_serve._version import VERSION
 from dspy_serve.interop.openai import build_openai_router
-from dspy_serve.logs import remember_secrets, secrets_of
+from dspy_serve.redaction import remember_secrets
 from dspy_serve.serving.keys import KeyRing
 from dspy_serve.serving.programs import ProgramsArg
+from dspy_serve.serving.secrets import secrets_of
 from dspy_serve.serving.service import Service
 from dspy_serve.settings import ServeSettings
 from dspy_serve.web.access_log import AccessLogMiddleware

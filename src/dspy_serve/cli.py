@@ -10,127 +10,23 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import typing
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import click
-import dotenv
-from pydantic import ValidationError
-from pydantic.fields import FieldInfo
 
 from dspy_serve._version import VERSION
-from dspy_serve.settings import ENV_PREFIX, ServeSettings, load_settings, setting_sections, unknown_setting
+from dspy_serve.commands.options import (
+    GroupedCommand,
+    command_settings,
+    config_option,
+    or_exit_3,
+    settings_params,
+)
+from dspy_serve.settings import ServeSettings
 
 __all__ = ["main"]
-
-
-def _flag(name: str, info: FieldInfo) -> str:
-    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-    return str(extra.get("cli") or "--" + name.replace("_", "-"))
-
-
-def _is_list(annotation: Any) -> bool:
-    return typing.get_origin(annotation) is list or (
-        typing.get_origin(annotation) is typing.Annotated and _is_list(typing.get_args(annotation)[0])
-    )
-
-
-def _choices(annotation: Any) -> list[str] | None:
-    if typing.get_origin(annotation) is Literal:
-        return [str(arg) for arg in typing.get_args(annotation)]
-    return None
-
-
-def _is_bool(annotation: Any) -> bool:
-    return annotation is bool
-
-
-def _click_type(annotation: Any) -> Any:
-    """The click type of a setting, so help shows INTEGER, FLOAT, PATH or the choices."""
-    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-    inner = args[0] if len(args) == 1 and typing.get_origin(annotation) is not Literal else annotation
-    choices = _choices(inner)
-    if choices:
-        return click.Choice(choices)
-    if inner is int:
-        return click.INT
-    if inner is float:
-        return click.FLOAT
-    if inner is Path:
-        return click.Path(path_type=Path)
-    return click.STRING
-
-
-class _GroupedCommand(click.Command):
-    """A command whose ``--help`` lists the settings under their sections of settings.py
-    (programs, language model, limits, security, ...), not as one flat list."""
-
-    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        section_of = {name: title for title, names in setting_sections().items() for name in names}
-        grouped: dict[str, list[tuple[str, str]]] = {"Command": []}
-        for param in self.get_params(ctx):
-            record = param.get_help_record(ctx)
-            if isinstance(param, click.Argument) and param.name in ServeSettings.model_fields:
-                record = ("TARGET...", ServeSettings.model_fields[param.name].description or "")
-            if record is not None:
-                title = section_of.get(param.name or "", "Command")
-                grouped.setdefault(title[0].upper() + title[1:], []).append(record)
-        for title, records in grouped.items():
-            if records:
-                with formatter.section(title):
-                    formatter.write_dl(records)
-
-
-def _settings_params() -> list[click.Parameter]:
-    params: list[click.Parameter] = []
-    for name, info in ServeSettings.model_fields.items():
-        annotation, flag = info.annotation, _flag(name, info)
-        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-        envvar = f"{ENV_PREFIX}{name.upper()}"
-        help_text = f"{info.description or ''} [env: {envvar}]"
-        if flag == "positional":
-            params.append(click.Argument([name], nargs=-1, required=False, metavar="TARGET..."))
-            continue
-        if flag == "env-only":
-            continue
-        default_note = (
-            "" if info.default in (None, ...) or _is_list(annotation) else f" [default: {info.default}]"
-        )
-        if _is_bool(annotation):
-            params.append(
-                click.Option([f"{flag}/--no-{flag[2:]}", name], default=None, help=help_text + default_note)
-            )
-        elif _is_list(annotation):
-            bare = extra.get("flag_value")  # given alone (`--capture`), the flag means this value
-            option = click.Option([flag, name], multiple=True, help=help_text + " (repeatable)")
-            if bare is not None:
-                option = click.Option(
-                    [flag, name],
-                    multiple=True,
-                    is_flag=False,
-                    flag_value=str(bare),
-                    help=help_text + " (repeatable; alone: every program)",
-                )
-            params.append(option)
-        else:
-            params.append(
-                click.Option(
-                    [flag, name], type=_click_type(annotation), default=None, help=help_text + default_note
-                )
-            )
-    return params
-
-
-def _overrides(values: dict[str, Any]) -> dict[str, Any]:
-    """Only what was given on the command line: everything else falls through to env and files."""
-    given: dict[str, Any] = {}
-    for name, value in values.items():
-        if value is None or value == ():
-            continue
-        given[name] = list(value) if isinstance(value, tuple) else value
-    return given
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -149,37 +45,8 @@ def main() -> None:
     """
 
 
-def _settings(config: Path | None, values: dict[str, Any]) -> ServeSettings:
-    """The settings of `run` and `mcp`: flags over env, .env and the TOML file."""
-    # Provider credentials (OPENAI_API_KEY, ...) may live in the working directory's .env (the one
-    # the settings read), as users expect; the real environment wins. (Without a path, python-dotenv
-    # searches from this module's directory, not the working one.)
-    dotenv.load_dotenv(Path(".env"), override=False)
-    try:
-        settings = load_settings(config, **_overrides(values))
-    except (ValidationError, FileNotFoundError, ValueError) as exc:
-        raise click.UsageError(_friendly(exc, config)) from None
-    if not settings.programs:
-        raise click.UsageError("give at least one TARGET, e.g. examples/qa.py:program")
-    return settings
-
-
 def _run(config: Path | None, **values: Any) -> None:
-    serve(_settings(config, values))
-
-
-@contextlib.contextmanager
-def _or_exit_3() -> Iterator[None]:
-    """A program, artifact or interface that cannot be served stops the command: one line, exit 3."""
-    from dspy_serve.logs import redact
-    from dspy_serve.serving.loader import ArtifactError, TargetError
-    from dspy_serve.serving.schema import SchemaError
-
-    try:
-        yield
-    except (ArtifactError, TargetError, SchemaError, ValueError, ImportError) as exc:
-        click.echo(f"dspy-serve: cannot start: {redact(str(exc))}", err=True)  # a provider's text, too
-        sys.exit(3)
+    serve(command_settings(config, values))
 
 
 def serve(settings: ServeSettings) -> None:
@@ -191,20 +58,22 @@ def serve(settings: ServeSettings) -> None:
     from dspy_serve.app import create_app
     from dspy_serve.deploy.uvicorn_server import ServeServer, bind_socket, socket_url, uvicorn_config
     from dspy_serve.lm.checks import check_lms
-    from dspy_serve.logs import configure_logging, remember_secrets, secrets_of
+    from dspy_serve.logs import configure_logging
+    from dspy_serve.redaction import remember_secrets
     from dspy_serve.serving.keys import KeyRing
+    from dspy_serve.serving.secrets import secrets_of
     from dspy_serve.serving.service import Service
 
     configure_logging(settings.log_level, settings.log_format)
     remember_secrets(secrets_of(settings))  # this process logs before any app is built
-    with _or_exit_3():  # before any worker or replica starts: a key source without keys fails open
+    with or_exit_3():  # before any worker or replica starts: a key source without keys fails open
         KeyRing.from_settings(settings)
     if settings.engine == "ray":
         _serve_on_ray(settings)
         return
     if settings.reload and settings.workers > 1:
         raise click.UsageError("--reload runs one server process: drop --workers")
-    with _or_exit_3():
+    with or_exit_3():
         if settings.workers > 1 or settings.reload:
             service = Service(settings)  # each worker loads its own; this one proves they will load
         else:
@@ -256,33 +125,16 @@ def _serve_on_ray(settings: ServeSettings) -> None:
         raise click.UsageError("--engine ray needs Ray Serve: pip install 'dspy-serve[ray]'") from None
     if settings.workers > 1:
         raise click.UsageError("--workers is for --engine uvicorn; on Ray, use --replicas")
-    with _or_exit_3():  # it loads the programs and checks the LM's credentials before Ray starts
+    with or_exit_3():  # it loads the programs and checks the LM's credentials before Ray starts
         run_on_ray(settings)
 
 
-def _friendly(exc: Exception, config: Path | None = None) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(
-            unknown_setting(str(err["loc"][0]), config)
-            if err["type"] == "extra_forbidden" and len(err["loc"]) == 1
-            else f"{'.'.join(str(part) for part in err['loc']) or 'settings'}: {err['msg']}"
-            for err in exc.errors(include_url=False)
-        )
-    return str(exc)
-
-
-run_command = _GroupedCommand(
+run_command = GroupedCommand(
     "run",
     callback=_run,
     params=[
-        click.Option(
-            ["--config", "config"],
-            type=click.Path(dir_okay=False, path_type=Path),
-            default=None,
-            envvar=f"{ENV_PREFIX}CONFIG",
-            help=f"TOML file with settings (lowest precedence after defaults). [env: {ENV_PREFIX}CONFIG]",
-        ),
-        *_settings_params(),
+        config_option(),
+        *settings_params(),
     ],
     help="Serve one or more programs. TARGET is path/file.py:NAME or package.module:NAME, "
     "optionally alias=TARGET.",
@@ -410,12 +262,14 @@ def _print_stream(events: Iterator[Any]) -> Any:
 
 
 def _mcp(config: Path | None, **values: Any) -> None:
-    settings = _settings(config, values)
+    settings = command_settings(config, values)
     try:
         from dspy_serve.interop.mcp import run_stdio
     except ImportError:
         raise click.UsageError("MCP needs the optional SDK: pip install 'dspy-serve[mcp]'") from None
-    from dspy_serve.logs import configure_logging, remember_secrets, secrets_of
+    from dspy_serve.logs import configure_logging
+    from dspy_serve.redaction import remember_secrets
+    from dspy_serve.serving.secrets import secrets_of
     from dspy_serve.serving.service import Service
 
     configure_logging(settings.log_level, settings.log_format)  # to stderr: stdout is the protocol
@@ -423,14 +277,14 @@ def _mcp(config: Path | None, **values: Any) -> None:
     # Importing a program may print: stdout is the protocol.
     from dspy_serve.lm.checks import check_lms
 
-    with _or_exit_3(), contextlib.redirect_stdout(sys.stderr):
+    with or_exit_3(), contextlib.redirect_stdout(sys.stderr):
         service = Service(settings)
         check_lms(service.settings, probe=settings.check_lm)
     with contextlib.suppress(KeyboardInterrupt):
         run_stdio(service)
 
 
-mcp_command = _GroupedCommand(
+mcp_command = GroupedCommand(
     "mcp",
     callback=_mcp,
     params=run_command.params,
@@ -455,12 +309,12 @@ def _deployable(config: Path | None, values: dict[str, Any]) -> ServeSettings:
     """The settings of `docker` and `kuberay`, checked as `run` checks them, before any file is written."""
     from dspy_serve.deploy.container import check_programs, container_settings
 
-    settings = _settings(config, values)
+    settings = command_settings(config, values)
     try:
         container_settings(settings)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    with _or_exit_3():
+    with or_exit_3():
         return check_programs(settings)
 
 
@@ -539,7 +393,7 @@ def _image_params(leave_out: set[str]) -> list[click.Parameter]:
     return params
 
 
-docker_command = _GroupedCommand(
+docker_command = GroupedCommand(
     "docker",
     callback=_docker,
     params=[
@@ -580,7 +434,7 @@ def _kuberay(config: Path | None, image: str, name: str | None, out: Path, **val
     )
 
 
-kuberay_command = _GroupedCommand(
+kuberay_command = GroupedCommand(
     "kuberay",
     callback=_kuberay,
     params=[

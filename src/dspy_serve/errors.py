@@ -45,7 +45,7 @@ from typing import Any
 import dspy
 from pydantic import ValidationError
 
-from dspy_serve.logs import redact
+from dspy_serve.redaction import redact
 
 __all__ = [
     "MAX_RETRY_AFTER",

@@ -4,116 +4,21 @@ Library use configures nothing: only the CLI calls :func:`configure_logging`. Re
 come from the access logger (``dspy_serve.access``), one per request, with the request id,
 program, status, latency, tokens, cost and API key *name*; never a key, never a prompt.
 
-Secrets are redacted in one place whatever wrote them (our code, DSPy, LiteLLM, uvicorn, a
-provider's error text echoing its key): :func:`remember_secrets` learns the configured ones when
-an app is built (callers' API keys, provider keys in the environment, passwords in configured
-URLs), and both formatters, like every error body (``errors.ServeError``), pass their text
-through :func:`redact`.
+Both formatters pass their final text through :func:`dspy_serve.redaction.redact`, so a secret
+is never written, whatever wrote the line.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 import sys
-from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import quote, urlsplit
+from typing import Any, Literal
 
-if TYPE_CHECKING:
-    from dspy_serve.settings import ServeSettings
+from dspy_serve.redaction import redact
 
-__all__ = [
-    "REDACTED",
-    "JsonFormatter",
-    "TextFormatter",
-    "configure_logging",
-    "escape_controls",
-    "redact",
-    "remember_secrets",
-    "secrets_of",
-]
-
-REDACTED = "[redacted]"
-# Shorter values are not worth hiding, and would blank ordinary words out of every line.
-_MIN_SECRET = 4
-_MIN_ENV_SECRET = 8
-# Environment variables that hold credentials: every provider key LiteLLM and DSPy read
-# (OPENAI_API_KEY, AWS_SECRET_ACCESS_KEY, HF_TOKEN, ...), by the shape of their names.
-_CREDENTIAL_NAME = re.compile(r"(API_?KEY|_KEY|_TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)(_|$)", re.I)
-_URL_SETTINGS = ("api_base", "response_cache", "rate_limit_storage", "ray_address")
-
-
-class _Secrets:
-    """The process's known secrets, as one pattern (each also as JSON and URL encoding write it)."""
-
-    def __init__(self) -> None:
-        self._known: set[str] = set()
-        self._pattern: re.Pattern[str] | None = None
-
-    def add(self, secrets: Iterable[str]) -> None:
-        forms = {
-            form
-            for secret in secrets
-            if len(secret) >= _MIN_SECRET
-            for form in (secret, json.dumps(secret)[1:-1], quote(secret, safe=""))
-        }
-        if forms - self._known:
-            self._known |= forms
-            alternatives = sorted(self._known, key=len, reverse=True)  # the longest form first
-            self._pattern = re.compile("|".join(map(re.escape, alternatives)))
-
-    def redact(self, text: str) -> str:
-        return text if self._pattern is None else self._pattern.sub(REDACTED, text)
-
-
-_SECRETS = _Secrets()
-
-
-def redact(text: str) -> str:
-    """``text`` with every secret this process knows replaced by ``[redacted]``."""
-    return _SECRETS.redact(text)
-
-
-def remember_secrets(secrets: Iterable[str]) -> None:
-    """Add to what :func:`redact` hides, for as long as the process runs (never forgotten: a
-    second app in the process, or a reload, adds its own)."""
-    _SECRETS.add(secrets)
-
-
-def secrets_of(
-    settings: ServeSettings, environ: Mapping[str, str] | None = None, lms: Iterable[object] = ()
-) -> list[str]:
-    """What a server with ``settings`` must never write: its callers' API keys, the provider
-    credentials in the environment, an ``api_key`` its LMs (``lms``) were given, and passwords in
-    the URLs it is configured with."""
-    from dspy_serve.serving.keys import key_secrets
-
-    environ = os.environ if environ is None else environ
-    found = list(key_secrets(settings))
-    for lm in lms:
-        key = (getattr(lm, "kwargs", None) or {}).get("api_key")
-        if isinstance(key, str):
-            found.append(key)
-    found += [
-        value
-        for name, value in environ.items()
-        if _CREDENTIAL_NAME.search(name) and len(value) >= _MIN_ENV_SECRET and not value.startswith("/")
-    ]
-    for field in _URL_SETTINGS:
-        url = getattr(settings, field, None)
-        if isinstance(url, str) and "@" in url:
-            try:
-                password = urlsplit(url).password
-            except ValueError:
-                continue
-            if password:
-                found.append(password)
-    return found
-
+__all__ = ["JsonFormatter", "TextFormatter", "configure_logging", "escape_controls"]
 
 # Record attributes that are not ours to print (uvicorn adds a terminal-coloured copy).
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}

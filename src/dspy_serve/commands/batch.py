@@ -10,7 +10,13 @@ from typing import Any
 
 import click
 
-from dspy_serve.cli import _GroupedCommand, _or_exit_3, _settings, run_command
+from dspy_serve.commands.options import (
+    GroupedCommand,
+    command_settings,
+    config_option,
+    or_exit_3,
+    settings_params,
+)
 from dspy_serve.settings import ENV_PREFIX, ServeSettings
 
 __all__ = ["batch_command"]
@@ -31,6 +37,8 @@ def _batch(
     from dspy_serve.offline.results import ResumeMismatch
     from dspy_serve.offline.rows import InputFileError, count_rows
     from dspy_serve.offline.runner import BatchSummary
+    from dspy_serve.redaction import remember_secrets
+    from dspy_serve.serving.secrets import secrets_of
 
     if not input_path.is_file():
         raise click.UsageError(f"--input {input_path}: no such file")
@@ -40,8 +48,9 @@ def _batch(
         # A long run's console is its progress: the service's own info lines only when asked for.
         if values.get("log_level") is None and f"{ENV_PREFIX}LOG_LEVEL" not in os.environ:
             values["log_level"] = "warning"
-        settings = _settings(config, values)
+        settings = command_settings(config, values)
         configure_logging(settings.log_level, settings.log_format)
+        remember_secrets(secrets_of(settings))  # a row's error or a log line never shows one
         if retry_errors and settings.engine == "ray":
             raise click.UsageError("--retry-errors runs in this process or with --url, not with --engine ray")
     else:
@@ -67,7 +76,7 @@ def _batch(
         raise click.UsageError(str(exc)) from None
     interrupted = False
     try:
-        with _or_exit_3():
+        with or_exit_3():
             run_batch(job, settings, summary)
     except ResumeMismatch as exc:
         raise click.UsageError(str(exc)) from None
@@ -86,7 +95,7 @@ def _batch(
         sys.exit(EXIT_ROWS_FAILED)
 
 
-batch_command = _GroupedCommand(
+batch_command = GroupedCommand(
     "batch",
     callback=_batch,
     params=[
@@ -124,7 +133,8 @@ batch_command = _GroupedCommand(
             default=False,
             help="Run again the rows an earlier run answered with an error; the others are kept.",
         ),
-        *run_command.params,
+        config_option(),
+        *settings_params(),
     ],
     help="Run one program over a file of rows, in this process (TARGET as for run), on Ray Data "
     "(--engine ray, --replicas program instances) or against a served program (--url URL NAME). "

@@ -13,7 +13,8 @@ import click
 import dotenv
 from pydantic import ValidationError
 
-from dspy_serve.settings import ENV_PREFIX, ServeSettings, load_settings
+from dspy_serve.commands.options import config_option, friendly, overrides, settings_params
+from dspy_serve.settings import ServeSettings, load_settings
 
 __all__ = ["parse_since", "settings_from", "with_settings"]
 
@@ -25,37 +26,31 @@ _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 def with_settings(command: click.Command) -> click.Command:
     """Add ``--config`` and every option of ``run`` (not its TARGETs) to ``command``."""
-    from dspy_serve.cli import _settings_params
-
-    command.params.append(
-        click.Option(
-            ["--config", "config"],
-            type=click.Path(dir_okay=False, path_type=Path),
-            default=None,
-            envvar=f"{ENV_PREFIX}CONFIG",
-            help=f"TOML file with settings, as for `run`. [env: {ENV_PREFIX}CONFIG]",
-        )
-    )
+    command.params.append(config_option("TOML file with settings, as for `run`."))
     taken = {name for param in command.params for name in param.opts}
     command.params.extend(
         param
-        for param in _settings_params()
+        for param in settings_params()
         if isinstance(param, click.Option) and not taken.intersection(param.opts)
     )
     return command
 
 
 def settings_from(values: dict[str, Any], **fixed: Any) -> ServeSettings:
-    """The settings from the options :func:`with_settings` added (and removes them from ``values``)."""
-    from dspy_serve.cli import _friendly, _overrides
+    """The settings from the options :func:`with_settings` added (and removes them from ``values``).
+    Their secrets are redacted from this process's output from here on."""
+    from dspy_serve.redaction import remember_secrets
+    from dspy_serve.serving.secrets import secrets_of
 
     config = values.pop("config", None)
     given = {name: values.pop(name) for name in list(values) if name in ServeSettings.model_fields}
     dotenv.load_dotenv(Path(".env"), override=False)
     try:
-        return load_settings(config, **{**_overrides(given), **fixed})
+        settings = load_settings(config, **{**overrides(given), **fixed})
     except (ValidationError, FileNotFoundError, ValueError) as exc:
-        raise click.UsageError(_friendly(exc, config)) from None
+        raise click.UsageError(friendly(exc, config)) from None
+    remember_secrets(secrets_of(settings))
+    return settings
 
 
 def parse_since(text: str | None, *, now: float | None = None) -> float | None:
