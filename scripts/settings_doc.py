@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic_core import PydanticUndefined
 
-from dspy_serve.cli import _flag
+from dspy_serve.commands.options import _flag
 from dspy_serve.settings import ENV_PREFIX, ServeSettings, setting_sections
 
 ROOT = Path(__file__).resolve().parents[1]
