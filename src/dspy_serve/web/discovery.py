@@ -78,6 +78,8 @@ def add_discovery_routes(router: APIRouter, service: Service) -> None:
             )
         return {
             "status": "ready",
+            # What runs the embedded model (xllamacpp or llama-cpp-python), when one is served.
+            "local_runtime": service.lms.local_runtime if service.lms else None,
             "programs": {
                 name: {
                     "optimized": p.loaded.optimized,
@@ -99,6 +101,7 @@ def _describe(service: Service, program: Program, caller: Caller) -> dict[str, A
         "output_schema": program.interface.output_schema(),
         "model": lms.model_of(None) if lms else service.settings.model or "local",
         "allowed_models": lms.names if lms else None,
+        "local_runtime": lms.local_runtime if lms else None,
         "optimized": program.loaded.optimized,
         # Never a server path: the name and the hash say which state is served.
         "artifact": {"name": Path(artifact.path).name, "sha256": artifact.sha256} if artifact else None,
