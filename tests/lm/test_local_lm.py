@@ -220,6 +220,35 @@ def test_stream_events_shape(fake: tuple[dspy.LM, FakeLlama]) -> None:
     assert (events[-1].usage.input_tokens, events[-1].usage.output_tokens) == (7, 6)
 
 
+async def test_a_stream_cancelled_mid_step_still_releases_the_model(
+    fake: tuple[dspy.LM, FakeLlama], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """task.cancel() lands while a worker thread is inside next(): the close must wait for that
+    step, not fail with "generator already executing" and leave the model locked."""
+    lm, llama = fake
+    original = llama._chunks
+    entered = threading.Event()
+
+    def slow_chunks(pieces: list[str]) -> Iterator[dict[str, Any]]:
+        for chunk in original(pieces):
+            entered.set()
+            time.sleep(0.2)
+            yield chunk
+
+    monkeypatch.setattr(llama, "_chunks", slow_chunks)
+
+    async def consume() -> None:
+        async for _ in lm._async_engine_spec.stream(_request(lm)):
+            pass
+
+    task = asyncio.create_task(consume())
+    await asyncio.to_thread(entered.wait, 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not lm.engine._model.lock.locked()
+
+
 def test_closed_engine_refuses(fake: tuple[dspy.LM, FakeLlama]) -> None:
     lm, _ = fake
     lm.engine.close()

@@ -399,14 +399,29 @@ class AsyncLocalEngine:
         return await anyio.to_thread.run_sync(self.sync.complete, request)
 
     async def stream(self, request: Request) -> AsyncIterator[StreamEvent]:
-        """Bridge the sync token iterator one step per thread hop, so cancelling stops generation."""
+        """Bridge the sync token iterator one step per thread hop, so cancelling stops generation.
+
+        A task cancelled natively (``task.cancel()``) leaves its await while the worker thread is
+        still inside ``next()``; closing the generator then would fail ("generator already
+        executing") and keep the model locked. The step lock makes the close wait for that step.
+        """
         events = self.sync.stream(request)
+        step = threading.Lock()
+
+        def advance() -> Any:
+            with step:
+                return next(events, _DONE)
+
+        def close() -> None:
+            with step:
+                events.close()  # releases the model lock
+
         try:
-            while (event := await anyio.to_thread.run_sync(next, events, _DONE)) is not _DONE:
+            while (event := await anyio.to_thread.run_sync(advance)) is not _DONE:
                 yield event
         finally:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(events.close)  # releases the model lock
+                await anyio.to_thread.run_sync(close)
 
     async def aclose(self) -> None:
         await anyio.to_thread.run_sync(self.sync.close)
