@@ -249,6 +249,40 @@ async def test_a_stream_cancelled_mid_step_still_releases_the_model(
     assert not lm.engine._model.lock.locked()
 
 
+async def test_a_cancelled_async_call_stops_generating(
+    fake: tuple[dspy.LM, FakeLlama], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """acall generates as a stream: cancelling it (the client left) stops the generation at the
+    next token, where a plain create_chat_completion would run to max_tokens."""
+    lm, llama = fake
+    original, sent = llama._chunks, []
+    entered = threading.Event()
+
+    def slow_chunks(pieces: list[str]) -> Iterator[dict[str, Any]]:
+        for chunk in original(pieces * 10):
+            entered.set()
+            sent.append(chunk)
+            time.sleep(0.02)
+            yield chunk
+
+    monkeypatch.setattr(llama, "_chunks", slow_chunks)
+    task = asyncio.create_task(lm._async_engine_spec.complete(_request(lm)))
+    await asyncio.to_thread(entered.wait, 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(sent) < 30  # of 62 chunks
+    assert not lm.engine._model.lock.locked()
+
+
+async def test_an_async_call_answers_like_a_sync_one(fake: tuple[dspy.LM, FakeLlama]) -> None:
+    lm, _ = fake
+    done = await lm._async_engine_spec.complete(_request(lm))
+    assert done.message.parts[0].text == '{"answer":"Paris"}'
+    assert done.id == "chatcmpl-2" and done.finish_reason == "stop"
+    assert (done.usage.input_tokens, done.usage.output_tokens) == (7, 6)
+
+
 def test_closed_engine_refuses(fake: tuple[dspy.LM, FakeLlama]) -> None:
     lm, _ = fake
     lm.engine.close()

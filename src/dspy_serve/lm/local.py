@@ -395,8 +395,25 @@ class AsyncLocalEngine:
         raise AttributeError(name)
 
     async def complete(self, request: Request) -> Response:
-        # Cancellation waits for the running generation (bounded by max_tokens); the loop stays free.
-        return await anyio.to_thread.run_sync(self.sync.complete, request)
+        """Generated as a stream and assembled, so a cancelled call (the client left) stops at
+        the next token instead of finishing an answer nobody reads while others queue."""
+        start: Any = None
+        end: Any = None
+        parts: list[str] = []
+        async for event in self.stream(request):
+            if event.type == "start":
+                start = event
+            elif event.type == "delta":
+                parts.append(event.delta.text)
+            elif event.type == "end":
+                end = event
+        return Response(
+            id=getattr(start, "id", None),
+            model=request.model,
+            message=Message.assistant([TextPart("".join(parts))]),
+            finish_reason=end.finish_reason,
+            usage=end.usage,
+        )
 
     async def stream(self, request: Request) -> AsyncIterator[StreamEvent]:
         """Bridge the sync token iterator one step per thread hop, so cancelling stops generation.
