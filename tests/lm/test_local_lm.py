@@ -548,6 +548,21 @@ def test_xllamacpp_socket_is_private_and_keyed() -> None:
     assert not os.path.exists(socket_dir)  # removed with the model
 
 
+@MARKS["xllamacpp"]
+def test_the_socket_directory_goes_at_exit_without_a_close() -> None:
+    require("xllamacpp")
+    script = (
+        "from dspy_serve.lm.local import build_local_lm\n"
+        "print(build_local_lm().engine._model.handle.socket_dir)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=_env(), capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    socket_dir = out.stdout.strip().splitlines()[-1]
+    assert "dspy-serve-llama-" in socket_dir and not os.path.exists(socket_dir)
+
+
 SIGNAL_SCRIPT = """
 import os, signal, sys, time
 got = []

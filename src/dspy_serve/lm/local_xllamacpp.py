@@ -26,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import weakref
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,8 @@ class _Server:
         self.socket_dir: str | None = None
         if sys.platform != "win32":
             self.socket_dir = tempfile.mkdtemp(prefix="dspy-serve-llama-")  # mode 0700
+            # Removed at interpreter exit too, for a model its owner never closed.
+            weakref.finalize(self, shutil.rmtree, self.socket_dir, True)
             params.hostnames = [os.path.join(self.socket_dir, "llama.sock")]
         else:
             params.hostnames = ["127.0.0.1"]
