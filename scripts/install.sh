@@ -7,8 +7,9 @@
 # Its x86-64 wheel needs AVX2, FMA, F16C and BMI2. On a CPU without them (or with
 # --with-llama-cpp, or DSPY_SERVE_WITH_LLAMA_CPP=1) llama-cpp-python is built from source as
 # the fallback runtime. Its default native build compiles AVX-512/AMX code paths that crash
-# ("Illegal instruction") on many virtual machines, so it is built portable (GGML_NATIVE=OFF)
-# and never taken from pip's wheel cache, which ignores CMAKE_ARGS and may hold a native build.
+# ("Illegal instruction") on many virtual machines, so it is built portable (GGML_NATIVE=OFF,
+# minus the instruction sets this CPU lacks) and never taken from pip's wheel cache, which
+# ignores CMAKE_ARGS and may hold a native build.
 # That build takes ~5-8 minutes on 2 cores, once per venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,7 +53,11 @@ marker="$VENV/.llama-cpp-portable-build"
 if [ "$WITH_LLAMA_CPP" = 1 ] && { [ ! -f "$marker" ] || ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; }; then
     echo "Building llama-cpp-python (portable, ~5 min on 2 cores; log: $VENV/llama-cpp-build.log)" >&2
     log="$VENV/llama-cpp-build.log"
-    CMAKE_ARGS="-DGGML_NATIVE=OFF" FORCE_CMAKE=1 \
+    # -DGGML_NATIVE=OFF, plus each instruction set this CPU lacks switched off (a plain
+    # GGML_NATIVE=OFF build needs AVX2, FMA, F16C and BMI2, like xllamacpp's wheel).
+    cmake_args=$("$VENV/bin/python" -c "from dspy_serve.lm.local_runtime import fallback_cmake_args; print(fallback_cmake_args())")
+    echo "  CMAKE_ARGS=\"$cmake_args\"" >&2
+    CMAKE_ARGS="$cmake_args" FORCE_CMAKE=1 \
         "$VENV/bin/python" -m pip install --verbose --no-cache-dir --force-reinstall --no-binary llama-cpp-python \
         "llama-cpp-python>=0.3.16,<0.4" >"$log" 2>&1 &
     build=$!

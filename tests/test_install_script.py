@@ -15,7 +15,9 @@ echo "$*" >> "$(dirname "$0")/../calls.log"
 case "$*" in
   "-c import llama_cpp") exit 1 ;;
   *missing_cpu_flags*) [ "${FAKE_CPU_LACKS_FLAGS:-0}" = 1 ] && exit 0 || exit 1 ;;
+  *fallback_cmake_args*) echo "-DGGML_NATIVE=OFF -DGGML_AVX2=OFF" ; exit 0 ;;
   *llama-cpp-python*)
+    echo "CMAKE_ARGS=$CMAKE_ARGS"
     echo "-- Configuring done"
     sleep 1; echo "[1/3] Building C object ggml.c.o"
     sleep 1; echo "[3/3] Linking CXX shared library libllama.so"
@@ -97,6 +99,8 @@ def test_a_cpu_without_the_wheels_features_gets_the_fallback_built(tmp_path: Pat
     assert result.returncode == 0, result.stderr
     assert "lacks a feature xllamacpp's prebuilt wheel needs" in result.stderr
     assert "built llama.cpp in" in result.stderr
+    # The build gets the package's CMAKE_ARGS: GGML_NATIVE=OFF minus what the CPU lacks.
+    assert "CMAKE_ARGS=-DGGML_NATIVE=OFF -DGGML_AVX2=OFF" in (venv / "llama-cpp-build.log").read_text()
 
 
 def test_an_unknown_option_is_refused(tmp_path: Path) -> None:

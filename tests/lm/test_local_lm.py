@@ -101,7 +101,7 @@ def test_missing_runtime(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
     model = tmp_path / "m.gguf"
     model.write_bytes(b"GGUF")
     monkeypatch.setattr(local_lm.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(LocalModelUnavailable, match=r"GGML_NATIVE=OFF.*--with-llama-cpp"):
+    with pytest.raises(LocalModelUnavailable, match=r"--with-llama-cpp.*GGML_NATIVE=OFF minus"):
         LlamaCppEngine(model)
 
 

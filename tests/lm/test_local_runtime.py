@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dspy_serve.lm import local_runtime
-from dspy_serve.lm.local_runtime import choose_runtime, cpu_flags, missing_cpu_flags
+from dspy_serve.lm.local_runtime import choose_runtime, cpu_flags, fallback_cmake_args, missing_cpu_flags
 
 MODERN = frozenset({"sse4_2", "avx", "avx2", "fma", "f16c", "bmi1", "bmi2"})
 OLD = frozenset({"sse4_2", "avx"})  # a Sandy Bridge: AVX, but none of the four
@@ -92,3 +92,13 @@ def test_the_choice_describes_the_installed_package() -> None:
     described = choose_runtime("xllamacpp", flags=MODERN, machine="x86_64").describe()
     assert described["package"] == "xllamacpp"
     assert described["version"] == "2026.10.11549"
+
+
+def test_the_fallback_build_switches_off_what_the_cpu_lacks() -> None:
+    """A GGML_NATIVE=OFF build enables AVX2, FMA, F16C and BMI2 by default: on a CPU without them
+    it would die exactly as xllamacpp does, so the build turns them off."""
+    assert fallback_cmake_args(OLD, "x86_64") == (
+        "-DGGML_NATIVE=OFF -DGGML_AVX2=OFF -DGGML_BMI2=OFF -DGGML_FMA=OFF -DGGML_F16C=OFF"
+    )
+    assert fallback_cmake_args(MODERN, "x86_64") == "-DGGML_NATIVE=OFF"  # what CI builds
+    assert fallback_cmake_args(frozenset({"asimd"}), "aarch64") == "-DGGML_NATIVE=OFF"

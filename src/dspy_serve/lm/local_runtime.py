@@ -25,12 +25,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["REQUIRED_FLAGS", "RuntimeChoice", "choose_runtime", "cpu_flags", "missing_cpu_flags"]
+__all__ = [
+    "REQUIRED_FLAGS",
+    "RuntimeChoice",
+    "choose_runtime",
+    "cpu_flags",
+    "fallback_cmake_args",
+    "missing_cpu_flags",
+]
 
 logger = logging.getLogger("dspy_serve.lm.local")
 
 Runtime = Literal["xllamacpp", "llama-cpp"]
 REQUIRED_FLAGS = ("avx2", "fma", "f16c", "bmi2")
+# ggml's instruction-set options a GGML_NATIVE=OFF build turns on by default, and the CPU flag
+# each needs: a "portable" build needs the same four flags as xllamacpp's wheel (and more).
+_GGML_OPTIONS = {
+    "sse4_2": "SSE42",
+    "avx": "AVX",
+    "avx2": "AVX2",
+    "bmi2": "BMI2",
+    "fma": "FMA",
+    "f16c": "F16C",
+}
 _X86 = {"x86_64", "amd64", "i386", "i686", "x86"}
 _PACKAGES: dict[str, tuple[str, str]] = {  # runtime -> (import name, distribution name)
     "xllamacpp": ("xllamacpp", "xllamacpp"),
@@ -123,3 +140,18 @@ def choose_runtime(
     if missing is None:
         return RuntimeChoice("xllamacpp", "the CPU's flags cannot be read on this platform (unchecked)")
     return RuntimeChoice("xllamacpp", "the CPU has AVX2, FMA, F16C and BMI2")
+
+
+def fallback_cmake_args(flags: frozenset[str] | None = None, machine: str | None = None) -> str:
+    """CMAKE_ARGS for building llama-cpp-python on this CPU.
+
+    ``GGML_NATIVE=OFF`` avoids ``-march=native``, which crashes on VMs that advertise AVX-512 they
+    cannot run, but it also switches SSE4.2, AVX, AVX2, BMI2, FMA and F16C on: such a build needs
+    the very flags xllamacpp does. So each one this CPU lacks is switched off again.
+    """
+    args = ["-DGGML_NATIVE=OFF"]
+    if (machine or platform.machine()).lower() in _X86:
+        known = cpu_flags() if flags is None else flags
+        if known is not None:
+            args += [f"-DGGML_{option}=OFF" for flag, option in _GGML_OPTIONS.items() if flag not in known]
+    return " ".join(args)
