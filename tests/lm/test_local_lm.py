@@ -30,15 +30,16 @@ import pytest
 from dspy.lm15 import Config, ContextLengthError, InvalidRequestError, Message, Request, ServerError
 
 from dspy_serve.lm import local as local_lm
+from dspy_serve.lm import local_llama_cpp
 from dspy_serve.lm.fifo_lock import FifoLock
 from dspy_serve.lm.local import (
     AsyncLlamaCppEngine,
     AsyncLocalEngine,
-    LlamaCppEngine,
     LocalModelUnavailable,
     build_local_lm,
     local_model_path,
 )
+from dspy_serve.lm.local_llama_cpp import LlamaCppEngine
 from dspy_serve.lm.local_xllamacpp import XLlamaCppEngine
 from tests.support.local_model import MARKS, require, runtime_params
 
@@ -61,7 +62,7 @@ QUESTIONS = [
 
 def test_import_is_cheap_and_lazy() -> None:
     code = (
-        "import sys, dspy_serve.lm.local, dspy_serve.lm.local_xllamacpp; "
+        "import sys, dspy_serve.lm.local, dspy_serve.lm.local_xllamacpp, dspy_serve.lm.local_llama_cpp; "
         "assert 'llama_cpp' not in sys.modules and 'xllamacpp' not in sys.modules; print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -157,7 +158,7 @@ class FakeLlama:
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tuple[dspy.LM, FakeLlama]]:
     llama = FakeLlama()
-    monkeypatch.setattr(local_lm, "_open_llama", lambda *args: llama)
+    monkeypatch.setattr(local_llama_cpp, "_open_llama", lambda *args: llama)
     model = tmp_path / "fake.gguf"
     model.write_bytes(b"GGUF")
     lm = build_local_lm(str(model), max_tokens=64, n_ctx=512, runtime="llama-cpp")

