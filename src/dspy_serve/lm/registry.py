@@ -294,6 +294,16 @@ class LanguageModels:
     def uses_local_model(self) -> bool:
         return any(is_local_model(name) for name in self._lms)
 
+    @property
+    def local_runtime(self) -> dict[str, Any] | None:
+        """Which runtime runs the embedded model (name, package, version), if one is served."""
+        for lm in self._lms.values():
+            engine = getattr(lm, "engine", None)
+            describe = getattr(engine, "describe_runtime", None)
+            if callable(describe):
+                return dict(describe())
+        return None
+
     def select(
         self, model: str | None = None, *, temperature: float | None = None, max_tokens: int | None = None
     ) -> dspy.BaseLM:
@@ -321,7 +331,9 @@ class LanguageModels:
 
             # In-process: no provider to retry against, but the cancellation checks still apply.
             model, engine, async_engine = local_engines(
-                None if name == "local" else name, max_tokens=settings.max_tokens or 256
+                None if name == "local" else name,
+                max_tokens=settings.max_tokens or 256,
+                runtime=settings.local_runtime,
             )
             return ServingLM(
                 model, retries=0, engine=engine, async_engine=async_engine, endpoint="this process", **common

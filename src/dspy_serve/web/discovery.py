@@ -80,6 +80,8 @@ def add_discovery_routes(router: APIRouter, service: Service) -> None:
             return {"status": "ready"}  # an anonymous caller learns nothing of what is served
         return {
             "status": "ready",
+            # What runs the embedded model (xllamacpp or llama-cpp-python), when one is served.
+            "local_runtime": service.lms.local_runtime if service.lms else None,
             "programs": {
                 name: {
                     "optimized": p.loaded.optimized,
@@ -105,6 +107,7 @@ def _describe(service: Service, program: Program, caller: Caller) -> dict[str, A
         "allowed_models": [m for m in lms.names if caller.api_key is None or caller.api_key.may_use(m)]
         if lms
         else None,
+        "local_runtime": lms.local_runtime if lms else None,
         "optimized": program.loaded.optimized,
         # Never a server path: the name and the hash say which state is served.
         "artifact": {"name": Path(artifact.path).name, "sha256": artifact.sha256} if artifact else None,
