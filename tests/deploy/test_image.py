@@ -144,7 +144,9 @@ def test_the_generated_image_builds_and_serves(image: str, fake_lm: FakeLM, tmp_
     url = f"http://127.0.0.1:{port}"
     try:
         ready = wait_ready(url, 120)
-        assert ready is not None, "never ready"
+        if ready is None:
+            podman("stop", "-t", "5", name, timeout=60)
+            pytest.fail("never ready; the container said:\n" + process.communicate(timeout=60)[0][-4000:])
         assert ready.json() == {"status": "ready"}, "an anonymous caller learns ready, nothing more"
         headers = {"Authorization": "Bearer key-in-a-file"}
         known = httpx.get(f"{url}/health/ready", headers=headers, timeout=5).json()
