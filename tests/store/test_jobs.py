@@ -45,6 +45,7 @@ async def test_concurrent_claimers_never_take_the_same_item(store_url: str) -> N
         async def drain(store: Store, worker: str) -> list[int]:
             taken: list[int] = []
             while batch := await claim_items(store, worker, 7, lease_s=60):
+                assert len(batch) <= 7
                 taken += [item.position for item in batch]
             return taken
 
@@ -83,10 +84,12 @@ async def test_an_item_whose_lease_expired_is_claimed_again_and_only_its_new_own
 
 
 async def test_results_are_a_prefix_in_input_order_up_to_the_first_unfinished_item(store: Store) -> None:
-    job = await create_job(
-        store, program="qa", key_name=None, options={},
-        items=[JobItem({"question": "a"}), JobItem(None, error={"code": "invalid_input"}), JobItem({"question": "c"})],
-    )  # fmt: skip
+    items = [
+        JobItem({"question": "a"}),
+        JobItem(None, error={"code": "invalid_input"}),
+        JobItem({"question": "c"}),
+    ]
+    job = await create_job(store, program="qa", key_name=None, options={}, items=items)
     claimed = await claim_items(store, "w", 5, lease_s=60)
     assert [item.position for item in claimed] == [0, 2]  # the invalid item is failed already
     await finish_item(

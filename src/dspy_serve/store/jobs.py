@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import and_, case, delete, func, insert, or_, select, update
 
+from dspy_serve.errors import JobCancelled
 from dspy_serve.store.database import Store
 from dspy_serve.store.tables import job_items, jobs
 
@@ -36,6 +37,7 @@ __all__ = [
     "finish_item",
     "get_job",
     "job_states",
+    "release_items",
     "remove_expired",
     "renew_leases",
     "results_from",
@@ -143,10 +145,15 @@ async def claim_items(store: Store, worker: str, limit: int, *, lease_s: float) 
         .limit(limit)
     )
     if store.dialect == "postgresql":
-        chosen = chosen.with_for_update(skip_locked=True, of=job_items)
+        # A CTE, evaluated once: PostgreSQL may run an `IN (SELECT ... LIMIT n)` subquery more
+        # than once per UPDATE, and claim more than n rows.
+        picked = chosen.with_for_update(skip_locked=True, of=job_items).cte("picked")
+        where = job_items.c.id == picked.c.id
+    else:
+        where = job_items.c.id.in_(chosen.scalar_subquery())
     claim = (
         update(job_items)
-        .where(job_items.c.id.in_(chosen.scalar_subquery()), claimable)
+        .where(where, claimable)
         .values(state="running", claimed_by=worker, claimed_at=now)
         .returning(job_items.c.id, job_items.c.job_id, job_items.c.position, job_items.c.inputs)
     )
@@ -160,6 +167,18 @@ async def claim_items(store: Store, worker: str, limit: int, *, lease_s: float) 
                 .values(state="running", started_at=now)
             )
     return sorted(claimed, key=lambda item: (item.job_id, item.position))
+
+
+async def release_items(store: Store, worker: str) -> int:
+    """Hand this worker's running items back to the queue (it is stopping): the next worker
+    claims them at once instead of after their lease."""
+    async with store.engine.begin() as connection:
+        released = await connection.execute(
+            update(job_items)
+            .where(job_items.c.claimed_by == worker, job_items.c.state == "running")
+            .values(state="queued", claimed_by=None, claimed_at=None)
+        )
+    return int(released.rowcount or 0)
 
 
 async def renew_leases(store: Store, worker: str, item_ids: Sequence[int]) -> None:
@@ -195,7 +214,7 @@ async def finish_item(
         )
         if not written.rowcount:
             return None  # its lease expired and another worker has it now
-        counted = jobs.c.failed + 1 if state != "done" else jobs.c.failed
+        counted = jobs.c.failed + 1 if state == "failed" else jobs.c.failed
         await connection.execute(
             update(jobs)
             .where(jobs.c.id == item.job_id)
@@ -247,13 +266,7 @@ async def cancel_job(store: Store, job_id: str, *, retention_s: float) -> bool:
 
 
 def _cancelled_problem() -> dict[str, Any]:
-    return {
-        "type": "about:blank",
-        "title": "Cancelled",
-        "status": 499,
-        "detail": "The job was cancelled before this item ran.",
-        "code": "job_cancelled",
-    }
+    return JobCancelled("The job was cancelled before this item ran.").problem()
 
 
 async def results_from(store: Store, job_id: str, offset: int) -> tuple[int, AsyncIterator[dict[str, Any]]]:
