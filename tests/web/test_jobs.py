@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dspy_serve import create_app
+from dspy_serve import Client, JobNotFound, create_app
 from tests.support.dspy_prompts import Body, prompt_text
 from tests.support.fake_lm import FakeLM
 from tests.support.servers import ServerThread, serving
@@ -204,3 +204,18 @@ def test_the_job_routes_are_in_the_openapi_document_with_typed_models(jobs_serve
     results = paths["/jobs/{job_id}/results"]["get"]["responses"]["200"]["content"]
     assert "application/x-ndjson" in results
     assert {"JobStatus", "JobCreated", "JobResultLine"} <= set(document["components"]["schemas"])
+
+
+def test_the_python_client_submits_follows_and_resumes_a_job(
+    jobs_server: ServerThread, fake_lm: FakeLM
+) -> None:
+    fake_lm.latency = 0.1
+    with Client(jobs_server.base_url, api_key="key-alice") as client:
+        job_id = client.program("qa").submit([{"question": f"q{i}"} for i in range(7)])
+        lines = list(client.job_results(job_id))  # follows until every item is in
+        assert [line["outputs"]["answer"] for line in lines] == [f"a{i}" for i in range(7)]
+        assert [line["index"] for line in client.job_results(job_id, offset=5)] == [5, 6]
+        assert client.job(job_id)["state"] == "done"
+        assert client.cancel_job(job_id)["state"] == "done"  # an ended job stays as it ended
+    with Client(jobs_server.base_url, api_key="key-bob") as other, pytest.raises(JobNotFound):
+        other.job(job_id)
