@@ -24,8 +24,10 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from pydantic import ValidationError
 
 from dspy_serve.errors import (
+    InvalidInput,
     JobCancelled,
     Overloaded,
     RateLimited,
@@ -38,6 +40,7 @@ from dspy_serve.serving import pricing
 from dspy_serve.serving.call import CallOptions
 from dspy_serve.serving.caller import Caller
 from dspy_serve.serving.keys import KeyRing
+from dspy_serve.serving.schema import field_values
 from dspy_serve.serving.usage import total_tokens
 from dspy_serve.store import Store, store_url
 from dspy_serve.store.jobs import (
@@ -74,6 +77,7 @@ class JobRunner:
         self._store: Store | None = None
         self._running: dict[int, tuple[str, asyncio.Task[None]]] = {}  # item id -> (job id, task)
         self._cancelled: set[int] = set()
+        self._call_ids: dict[int, str] = {}  # item id -> the call running it now
         self._jobs: dict[str, dict[str, Any]] = {}  # the jobs items run for (program, owner, options)
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
@@ -135,6 +139,7 @@ class JobRunner:
 
     def _done(self, item_id: int, _: object = None) -> None:
         self._running.pop(item_id, None)
+        self._call_ids.pop(item_id, None)
         self._cancelled.discard(item_id)
         self._wake.set()
 
@@ -174,7 +179,7 @@ class JobRunner:
         except asyncio.CancelledError:
             if item.id not in self._cancelled:
                 raise  # the server stops: stop() hands the item back to the queue
-            state, call_id = "cancelled", None
+            state, call_id = "cancelled", self._call_ids.get(item.id)
             result = {"error": JobCancelled("The job was cancelled while this item ran.").problem()}
         except Exception as exc:  # the store failed us: the lease expires and the item is run again
             logger.warning(
@@ -207,14 +212,23 @@ class JobRunner:
                 error = Unauthorized("The API key that submitted this job is no longer configured.")
                 return "failed", {"error": error.problem()}, None
         options = CallOptions(**job["options"])
+        if program is None:
+            return (
+                "failed",
+                {"error": ServeError(f"The program {job['program']!r} is not served.").problem()},
+                None,
+            )
+        try:  # stored as JSON: back to the objects the program takes (nested models, images)
+            inputs = field_values(program.interface.inputs.model_validate(item.inputs))
+        except ValidationError as exc:
+            errors = [
+                {"loc": ["items", item.position, *e["loc"]], "msg": e["msg"], "type": e["type"]}
+                for e in exc.errors()
+            ]
+            return "failed", {"error": InvalidInput("Invalid input", errors=errors).problem()}, None
         while True:
-            if program is None:
-                return (
-                    "failed",
-                    {"error": ServeError(f"The program {job['program']!r} is not served.").problem()},
-                    None,
-                )
-            call = self.service.call(caller, program, item.inputs, options, wire="job")
+            call = self.service.call(caller, program, inputs, options, wire="job")
+            self._call_ids[item.id] = call.call_id
             try:
                 done = await call.result()
             except _RETRIES as error:
