@@ -98,3 +98,23 @@ def test_two_workers_share_one_job_and_each_item_runs_once(fake_lm: FakeLM, stor
     assert asked(fake_lm) == Counter(range(24))  # every item asked once, none twice
     workers = read_store(store_url, "SELECT DISTINCT claimed_by FROM job_items")
     assert len(workers) == 2  # both workers took items of the one job
+
+
+def test_a_server_that_stops_cleanly_hands_its_running_items_back_at_once(
+    fake_lm: FakeLM, store_url: str
+) -> None:
+    """A long lease: the next server finishes the job well before it would expire."""
+    fake_lm.answers, fake_lm.latency = echo, 2.0
+    flags = ("--store", store_url, "--job-concurrency", "2", "--job-lease", "600")
+    with server(fake_lm, *flags) as (process, url):
+        items = [{"question": f"q{i}"} for i in range(4)]
+        job_id = httpx.post(f"{url}/qa/jobs", json={"items": items}, timeout=30).json()["id"]
+        assert fake_lm.wait_for(lambda: fake_lm.in_flight == 2, timeout=60)
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+    running = read_store(store_url, "SELECT position FROM job_items WHERE state = 'running'")
+    assert running == []  # handed back, not left to their lease
+    started = time.monotonic()
+    with server(fake_lm, *flags) as (_, url):
+        status = wait_for_state(url, job_id, lambda s: s["state"] == "done", seconds=120)
+    assert status["done"] == 4 and time.monotonic() - started < 300

@@ -219,3 +219,18 @@ def test_the_python_client_submits_follows_and_resumes_a_job(
         assert client.cancel_job(job_id)["state"] == "done"  # an ended job stays as it ended
     with Client(jobs_server.base_url, api_key="key-bob") as other, pytest.raises(JobNotFound):
         other.job(job_id)
+
+
+def test_an_item_over_the_rate_limit_waits_its_turn_instead_of_failing(
+    fake_lm: FakeLM, provider_key: str, tmp_path: Any
+) -> None:
+    """Each item is one request of its key's budget when it runs: a 429 is waited out."""
+    fake_lm.answers = echo
+    settings = fake_settings(
+        fake_lm, programs=[QA], store=f"sqlite:///{tmp_path / 's.db'}", jobs=True, job_concurrency=4,
+        api_keys=["alice:key-alice"], rate_limit="3/second",
+    )  # fmt: skip
+    with serving(create_app(settings)) as server:
+        created = submit(server.base_url, {"items": [{"question": f"q{i}"} for i in range(8)]}, ALICE)
+        status = wait_until_ended(server.base_url, created.json()["id"], ALICE)
+    assert (status["state"], status["done"], status["failed"]) == ("done", 8, 0)

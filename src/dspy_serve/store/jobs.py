@@ -157,6 +157,10 @@ async def claim_items(store: Store, worker: str, limit: int, *, lease_s: float) 
         .values(state="running", claimed_by=worker, claimed_at=now)
         .returning(job_items.c.id, job_items.c.job_id, job_items.c.position, job_items.c.inputs)
     )
+    async with store.engine.connect() as connection:
+        # A read first: an idle worker polls often, and on SQLite a write would take the one lock.
+        if (await connection.execute(chosen.limit(1))).first() is None:
+            return []
     async with store.engine.begin() as connection:
         claimed = [ClaimedItem(*row) for row in await connection.execute(claim)]
         job_ids = sorted({item.job_id for item in claimed})
