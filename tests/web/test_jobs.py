@@ -124,6 +124,9 @@ def test_a_key_sees_and_cancels_only_its_own_jobs(jobs_server: ServerThread) -> 
         response = httpx.request(method, f"{url}/jobs/{job_id}{path}", headers=BOB, timeout=30)
         assert response.status_code == 404 and response.json()["code"] == "job_not_found", (method, path)
     assert httpx.get(f"{url}/jobs/{job_id}", headers=ALICE).status_code == 200
+    mine = httpx.get(f"{url}/jobs", headers=ALICE).json()["jobs"]
+    assert [job["id"] for job in mine] == [job_id]
+    assert httpx.get(f"{url}/jobs", headers=BOB).json()["jobs"] == []
     # A program outside the key is one that does not exist, as for /invoke.
     outside = submit(url, {"items": [{"question": "q1"}]}, {"Authorization": "Bearer key-cook"})
     assert outside.status_code == 404 and outside.json()["code"] == "program_not_found"
@@ -197,7 +200,7 @@ def test_the_webhook_is_signed_and_retried_until_it_is_taken(jobs_server: Server
 def test_the_job_routes_are_in_the_openapi_document_with_typed_models(jobs_server: ServerThread) -> None:
     document = httpx.get(f"{jobs_server.base_url}/openapi.json", headers=ALICE, timeout=30).json()
     paths = document["paths"]
-    assert {"/qa/jobs", "/jobs/{job_id}", "/jobs/{job_id}/results"} <= set(paths)
+    assert {"/qa/jobs", "/jobs", "/jobs/{job_id}", "/jobs/{job_id}/results"} <= set(paths)
     submit_body = paths["/qa/jobs"]["post"]["requestBody"]["content"]
     assert "$ref" in submit_body["application/json"]["schema"] and "application/x-ndjson" in submit_body
     assert "delete" in paths["/jobs/{job_id}"]

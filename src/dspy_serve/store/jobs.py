@@ -37,6 +37,7 @@ __all__ = [
     "finish_item",
     "get_job",
     "job_states",
+    "list_jobs",
     "release_items",
     "remove_expired",
     "renew_leases",
@@ -120,6 +121,17 @@ async def get_job(store: Store, job_id: str) -> dict[str, Any] | None:
     async with store.engine.connect() as connection:
         row = (await connection.execute(select(jobs).where(jobs.c.id == job_id))).mappings().first()
     return dict(row) if row is not None else None
+
+
+async def list_jobs(
+    store: Store, *, key_name: str | None, everyone: bool, limit: int
+) -> list[dict[str, Any]]:
+    """The newest jobs of one owner (of every owner with ``everyone``), newest first."""
+    query = select(jobs).order_by(jobs.c.created_at.desc()).limit(limit)
+    if not everyone:
+        query = query.where(jobs.c.key_name == key_name)
+    async with store.engine.connect() as connection:
+        return [dict(row) for row in (await connection.execute(query)).mappings()]
 
 
 async def job_states(store: Store, job_ids: Sequence[str]) -> dict[str, str]:

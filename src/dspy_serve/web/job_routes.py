@@ -25,7 +25,7 @@ from dspy_serve.serving.call import CallOptions, admit
 from dspy_serve.serving.caller import Caller
 from dspy_serve.serving.programs import Program
 from dspy_serve.serving.service import Service
-from dspy_serve.store.jobs import JobItem, cancel_job, create_job, get_job, results_from
+from dspy_serve.store.jobs import JobItem, cancel_job, create_job, get_job, list_jobs, results_from
 from dspy_serve.web.envelopes import InvalidItem, _keep_invalid, options_model
 from dspy_serve.web.program_routes import ERROR_RESPONSES
 from dspy_serve.web.request_state import caller_of
@@ -56,6 +56,10 @@ class JobStatus(BaseModel):
     expires_at: float | None = Field(description="When the job and its results are removed (job_retention).")
     tokens: int = Field(description="LM tokens spent so far.")
     cost_usd: float | None = Field(description="Estimated cost so far (null when the model has no price).")
+
+
+class JobList(BaseModel):
+    jobs: list[JobStatus] = Field(description="This key's jobs (every job with API keys off), newest first.")
 
 
 class JobResultLine(BaseModel):
@@ -264,6 +268,15 @@ def _add_job_routes(router: APIRouter, service: Service, runner: JobRunner) -> N
             raise JobNotFound(f"No job {job_id!r}.")
         return job
 
+    async def listing(
+        request: Request, limit: Annotated[int, Query(ge=1, le=1000, description="Most jobs to list.")] = 50
+    ) -> JobList:
+        key = caller_of(request).api_key
+        rows = await list_jobs(
+            runner.store, key_name=key.name if key is not None else None, everyone=key is None, limit=limit
+        )
+        return JobList(jobs=[JobStatus(**status_of(row)) for row in rows])
+
     async def status(job_id: str, request: Request) -> JobStatus:
         return JobStatus(**status_of(await own_job(request, job_id)))
 
@@ -295,6 +308,10 @@ def _add_job_routes(router: APIRouter, service: Service, runner: JobRunner) -> N
         404: {**ERROR_RESPONSES[422], "description": "No such job (or not this key's)"}
     }
     responses: dict[int | str, dict[str, Any]] = {**{s: ERROR_RESPONSES[s] for s in (401, 503)}, **not_found}
+    router.add_api_route(
+        "/jobs", listing, methods=["GET"], response_model=JobList, responses=responses,
+        summary="Your jobs, newest first", operation_id="job_list", tags=["jobs"],
+    )  # fmt: skip
     router.add_api_route(
         "/jobs/{job_id}", status, methods=["GET"], response_model=JobStatus, responses=responses,
         summary="A job's state, counts and spending so far", operation_id="job_status", tags=["jobs"],
