@@ -99,7 +99,8 @@ class JobRunner:
         for task in self._loops:
             task.cancel()
         running = [task for _, task in self._running.values()]
-        for task in running:
+        # Webhooks still retrying are dropped too: a shutdown waits for no remote server.
+        for task in [*running, *self._background]:
             task.cancel()
         for task in [*self._loops, *running, *self._background]:
             with contextlib.suppress(BaseException):
@@ -172,10 +173,9 @@ class JobRunner:
 
     # --- one item -------------------------------------------------------------------------------
     async def _run(self, item: ClaimedItem) -> None:
-        job = await self._job(item.job_id)
         result: dict[str, Any]
         try:
-            state, result, call_id = await self._call(job, item)
+            state, result, call_id = await self._call(await self._job(item.job_id), item)
         except asyncio.CancelledError:
             if item.id not in self._cancelled:
                 raise  # the server stops: stop() hands the item back to the queue
@@ -188,17 +188,22 @@ class JobRunner:
             return
         usage = result.get("usage") or {}
         cost = (result.get("cost") or {}).get("total_usd")
-        ended = await finish_item(
-            self.store,
-            self.worker,
-            item,
-            state=state,
-            result=result,
-            call_id=call_id,
-            tokens=total_tokens(usage),
-            cost_usd=cost,
-            retention_s=self.settings.job_retention,
-        )
+        try:
+            ended = await finish_item(
+                self.store,
+                self.worker,
+                item,
+                state=state,
+                result=result,
+                call_id=call_id,
+                tokens=total_tokens(usage),
+                cost_usd=cost,
+                retention_s=self.settings.job_retention,
+            )
+        except Exception as exc:  # not recorded: the lease expires and the item is run again
+            logger.warning("jobs: the result of item %d of job %s was not written (%s)",
+                           item.position, item.job_id, type(exc).__name__)  # fmt: skip
+            return
         if ended is not None and ended.get("webhook"):
             self._in_background(deliver(self.settings, ended))
 
