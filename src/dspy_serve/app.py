@@ -145,7 +145,11 @@ def create_app(
                 "X-Job-State",
             ],
         )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        job_max_bytes=settings.job_max_body_bytes if jobs is not None else None,
+    )
     app.add_middleware(AccessLogMiddleware, metrics=service.metrics, programs=frozenset(service.programs))
     app.add_middleware(RequestIdMiddleware, echo=echo_request_id)
     if settings.otel:

@@ -432,6 +432,11 @@ class ServeSettings(BaseSettings):
         "the capacity interactive calls need (keep it below max_in_flight).",
     )
     job_max_items: int = Field(default=100_000, gt=0, description="Most items one job may carry.")
+    job_max_body_bytes: int = Field(
+        default=50_000_000,
+        gt=0,
+        description="Largest body of POST /NAME/jobs (413 beyond); max_body_bytes is every other route's.",
+    )
     job_retention: float = Field(
         default=7 * 86400.0,
         gt=0,

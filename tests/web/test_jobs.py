@@ -237,3 +237,19 @@ def test_an_item_over_the_rate_limit_waits_its_turn_instead_of_failing(
         created = submit(server.base_url, {"items": [{"question": f"q{i}"} for i in range(8)]}, ALICE)
         status = wait_until_ended(server.base_url, created.json()["id"], ALICE)
     assert (status["state"], status["done"], status["failed"]) == ("done", 8, 0)
+
+
+def test_a_job_may_carry_a_larger_body_than_other_routes_up_to_its_own_limit(
+    fake_lm: FakeLM, provider_key: str, tmp_path: Any
+) -> None:
+    settings = fake_settings(
+        fake_lm, programs=[QA], store=f"sqlite:///{tmp_path / 's.db'}", jobs=True,
+        max_body_bytes=2_000, job_max_body_bytes=20_000, batch_max_items=1000,
+    )  # fmt: skip
+    items = [{"question": f"q{i} " + "x" * 40} for i in range(60)]  # ~4 kB
+    with serving(create_app(settings)) as server:
+        url = server.base_url
+        assert httpx.post(f"{url}/qa/batch", json={"items": items}, timeout=30).status_code == 413
+        assert httpx.post(f"{url}/qa/jobs", json={"items": items}, timeout=30).status_code == 202
+        huge = httpx.post(f"{url}/qa/jobs", json={"items": items * 6}, timeout=30)
+        assert huge.status_code == 413 and "20000 bytes" in huge.json()["detail"]
