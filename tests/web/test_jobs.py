@@ -253,3 +253,34 @@ def test_a_job_may_carry_a_larger_body_than_other_routes_up_to_its_own_limit(
         assert httpx.post(f"{url}/qa/jobs", json={"items": items}, timeout=30).status_code == 202
         huge = httpx.post(f"{url}/qa/jobs", json={"items": items * 6}, timeout=30)
         assert huge.status_code == 413 and "20000 bytes" in huge.json()["detail"]
+
+
+def test_a_job_keeps_to_its_budget_and_leaves_the_rest_of_the_capacity_to_interactive_calls(
+    fake_lm: FakeLM, provider_key: str, tmp_path: Any
+) -> None:
+    """max_in_flight 4 with no queue: a job of many items takes its 2 slots, never more, and two
+    interactive calls at once still get the other two (a full gate would answer 503)."""
+    fake_lm.answers = echo
+    settings = fake_settings(
+        fake_lm, programs=[QA], store=f"sqlite:///{tmp_path / 's.db'}", jobs=True, job_concurrency=2,
+        max_in_flight=4, max_queue=0,
+    )  # fmt: skip
+    with serving(create_app(settings)) as server:
+        url = server.base_url
+        fake_lm.latency = 1.0
+        submit(url, {"items": [{"question": f"q{i}"} for i in range(40)]}, {})
+        assert fake_lm.wait_for(lambda: fake_lm.in_flight == 2, timeout=30)
+        time.sleep(0.6)  # another poll of the runner: it takes no third slot
+        assert fake_lm.in_flight == 2
+        results: list[int] = []
+
+        def interactive(n: int) -> None:
+            answer = httpx.post(f"{url}/qa/invoke", json={"inputs": {"question": f"q{100 + n}"}}, timeout=30)
+            results.append(answer.status_code)
+
+        callers = [threading.Thread(target=interactive, args=(n,)) for n in range(2)]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join(60)
+    assert results == [200, 200]
