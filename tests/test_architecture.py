@@ -26,6 +26,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     # The store knows tables and SQL, nothing of calls or HTTP; the data loop sits on the pipeline.
     "store": ("serving", "lm", "data", "web", "interop", "deploy", "app", "cli", "client"),
     "data": ("web", "interop", "deploy", "app", "cli", "client", "optimize"),
+    # Durable jobs (#28) run items through the pipeline and keep them in the store; HTTP sits above.
+    "jobs": ("web", "interop", "deploy", "app", "cli", "client", "optimize", "data"),
     "optimize": ("web", "interop", "deploy", "app", "cli", "client"),
     # Offline batch is a front end without HTTP: the pipeline, or the client for --url.
     "offline": ("web", "interop", "deploy", "app", "cli", "commands", "data", "optimize"),

@@ -26,6 +26,7 @@ from dspy_serve.web.access_log import AccessLogMiddleware
 from dspy_serve.web.auth import ApiKeyMiddleware
 from dspy_serve.web.discovery import build_router
 from dspy_serve.web.feedback_routes import add_feedback, feedback_paths, running
+from dspy_serve.web.job_routes import add_jobs, running_jobs
 from dspy_serve.web.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from dspy_serve.web.openapi import add_openapi_route, document_event_streams, document_security
 from dspy_serve.web.pages import add_pages
@@ -75,6 +76,8 @@ def create_app(
                     await stack.enter_async_context(_in_own_task(mcp.run))
                 if capture is not None:  # captured calls and feedback (#26)
                     await stack.enter_async_context(running(capture))
+                if jobs is not None:  # durable jobs (#28)
+                    await stack.enter_async_context(running_jobs(jobs))
                 yield
         finally:
             await service.stop()
@@ -103,6 +106,7 @@ def create_app(
     app.include_router(build_router(service))
     app.include_router(build_openai_router(service))
     capture = add_feedback(app, service)
+    jobs = add_jobs(app, service)
     if mcp is not None:
         # A Route, not a mount: a mount only matches "/mcp/", so every POST would be redirected.
         app.router.routes.append(Route("/mcp", mcp.asgi_app, name="mcp", include_in_schema=False))
@@ -124,7 +128,7 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID", "X-Feedback-Token"],
             expose_headers=[
                 "X-Request-ID",
@@ -136,9 +140,17 @@ def create_app(
                 "X-Coalesced",
                 "X-Call-Id",
                 "X-Feedback-Token",
+                "Location",
+                "X-Next-Offset",
+                "X-More-Results",
+                "X-Job-State",
             ],
         )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        job_max_bytes=settings.job_max_body_bytes if jobs is not None else None,
+    )
     app.add_middleware(AccessLogMiddleware, metrics=service.metrics, programs=frozenset(service.programs))
     app.add_middleware(RequestIdMiddleware, echo=echo_request_id)
     if settings.otel:

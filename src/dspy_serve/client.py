@@ -125,6 +125,39 @@ class Client:
         _raise_for(response)
         return list(response.json())
 
+    # --- durable jobs (#28) ---------------------------------------------------------------------
+    def job(self, job_id: str) -> dict[str, Any]:
+        """A job's state, counts, timestamps, tokens and cost so far (``GET /jobs/ID``)."""
+        response = self._http.get(f"/jobs/{job_id}")
+        _raise_for(response)
+        return dict(response.json())
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        """Cancel a job and its running calls; its state afterwards."""
+        response = self._http.delete(f"/jobs/{job_id}")
+        _raise_for(response)
+        return dict(response.json())
+
+    def job_results(
+        self, job_id: str, *, offset: int = 0, follow: bool = True, poll: float = 1.0
+    ) -> Iterator[dict[str, Any]]:
+        """A job's result lines in input order from ``offset`` (``index``, ``call_id``, then
+        ``outputs`` or ``error``, ``usage``, ``cost``); with ``follow``, waits for the rest until the
+        job has none left to give. Resumable: pass the next index as ``offset``."""
+        while True:
+            with self._http.stream("GET", f"/jobs/{job_id}/results", params={"offset": offset}) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    _raise_for(response)
+                more = response.headers.get("X-More-Results") == "true"
+                for line in response.iter_lines():
+                    if line.strip():
+                        yield json.loads(line)
+                offset = int(response.headers.get("X-Next-Offset", offset))
+            if not (follow and more):
+                return
+            time.sleep(poll)
+
     # --- transport with retries -----------------------------------------------------------------
     # A call, its retries and the waits between them all fit in ``timeout``: a Retry-After that
     # would outlive it is raised at once (with its value) instead of slept through.
@@ -252,6 +285,17 @@ class RemoteProgram(dspy.Module):
             _error(item["error"], item["error"]["status"]) if item.get("error") else _prediction(item)
             for item in results
         ]
+
+    def submit(self, items: list[dict[str, Any]], *, webhook: str | None = None) -> str:
+        """Submit a durable job of ``items`` (``POST /NAME/jobs``); its id. Follow it with
+        ``client.job(id)`` and ``client.job_results(id)``."""
+        body: dict[str, Any] = {"items": items, **({"options": self.options} if self.options else {})}
+        if webhook is not None:
+            body["webhook"] = webhook
+        try:
+            return str(self.client.post(f"/{self.name}/jobs", body)["id"])
+        except errors.HTTPProblem as exc:
+            raise self._not_served(exc, self.client.programs) from None
 
     def describe(self) -> dict[str, Any]:
         """The program's description (``GET /programs/NAME``): signature, input and output schemas."""

@@ -257,6 +257,14 @@ class CallNotFound(ServeError):
     status, code, title = 404, "call_not_found", "Call not found"
 
 
+class JobNotFound(ServeError):
+    status, code, title = 404, "job_not_found", "Job not found"
+
+
+class JobCancelled(ServeError):
+    status, code, title = 409, "job_cancelled", "The job was cancelled"
+
+
 class UnsupportedMediaType(ServeError):
     """Only JSON bodies are taken: a browser may send a form or text/plain body to any site,
     without asking first, but never JSON."""

@@ -425,6 +425,47 @@ class ServeSettings(BaseSettings):
         default=3600.0, gt=0, description="Seconds a feedback token stays valid."
     )
 
+    # --- durable jobs (#28) -----------------------------------------------------------------------
+    jobs: bool = Field(
+        default=False,
+        description="Durable async jobs in the store: POST /NAME/jobs, GET /jobs/ID, GET /jobs/ID/results, "
+        "DELETE /jobs/ID (off by default). Each worker process runs queued items in the background.",
+    )
+    job_concurrency: int = Field(
+        default=8,
+        gt=0,
+        description="Job items one worker process runs at once: a budget of their own, so jobs never take "
+        "the capacity interactive calls need (keep it below max_in_flight).",
+    )
+    job_max_items: int = Field(default=100_000, gt=0, description="Most items one job may carry.")
+    job_max_body_bytes: int = Field(
+        default=50_000_000,
+        gt=0,
+        description="Largest body of POST /NAME/jobs (413 beyond); max_body_bytes is every other route's.",
+    )
+    job_retention: float = Field(
+        default=7 * 86400.0,
+        gt=0,
+        description="Seconds a finished or cancelled job and its results are kept, then removed.",
+    )
+    job_lease: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds an item claimed by a worker stays its own without a renewal (renewed every "
+        "third of it while it runs): a worker that died leaves its items to be claimed again after this.",
+    )
+    job_webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Secret that signs job webhooks (HMAC-SHA256 of the body, 'X-DSPy-Serve-Signature: "
+        "sha256=HEX'). A job may name a webhook only when it is set.",
+        json_schema_extra={"cli": "env-only"},
+    )
+    job_webhook_retries: int = Field(
+        default=5,
+        ge=0,
+        description="Retries of a failed webhook delivery, with exponential backoff from 1 s.",
+    )
+
     # --- logging and tracing ----------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
     log_format: Literal["auto", "json", "text"] = Field(
@@ -519,12 +560,16 @@ class ServeSettings(BaseSettings):
         differs from the defaults. Without ``secrets``, API keys are left out and the receiving
         process takes them from its own environment."""
         data = self.model_dump(
-            mode="json", exclude_defaults=True, exclude={"api_keys", "feedback_token_secret"}
+            mode="json",
+            exclude_defaults=True,
+            exclude={"api_keys", "feedback_token_secret", "job_webhook_secret"},
         )
         if secrets and self.api_keys:
             data["api_keys"] = [key.get_secret_value() for key in self.api_keys]
         if secrets and self.feedback_token_secret is not None:
             data["feedback_token_secret"] = self.feedback_token_secret.get_secret_value()
+        if secrets and self.job_webhook_secret is not None:
+            data["job_webhook_secret"] = self.job_webhook_secret.get_secret_value()
         return data
 
     @property

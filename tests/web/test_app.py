@@ -192,7 +192,8 @@ def test_public_api_is_pinned() -> None:
     assert sorted(dspy_serve.__all__) == [
         "ArtifactError", "BadOverride", "CallNotFound", "Client", "ClientCancelled", "ContextTooLong",
         "Forbidden",
-        "HTTPProblem", "InvalidInput", "InvalidProgramOutput", "ModelNotAllowed", "Overloaded",
+        "HTTPProblem", "InvalidInput", "InvalidProgramOutput", "JobCancelled", "JobNotFound",
+        "ModelNotAllowed", "Overloaded",
         "ProgramNotFound", "PromptsNotExposed", "ProxyError", "RateLimited", "RemoteProgram",
         "RequestTimeout", "SchemaError", "ServeError", "ServeSettings", "ServiceUnavailable",
         "StoreUnavailable", "TargetError",

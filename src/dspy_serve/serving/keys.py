@@ -129,6 +129,10 @@ class KeyRing:
             return None
         return cls(keys)
 
+    def named(self, name: str) -> ApiKey | None:
+        """The key called ``name`` (a job runs its items as the key that submitted it)."""
+        return next((key for key in self._keys if key.name == name), None)
+
     def match(self, presented: str) -> ApiKey | None:
         digest, found = _digest(presented), None
         for key in self._keys:  # no early exit: the time taken says nothing about which key matched

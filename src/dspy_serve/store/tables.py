@@ -21,7 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-__all__ = ["calls", "feedback", "feedback_history", "metadata"]
+__all__ = ["calls", "feedback", "feedback_history", "job_items", "jobs", "metadata"]
 
 metadata = MetaData()
 
@@ -81,4 +81,43 @@ feedback_history = Table(
     Column("recorded_at", Float, nullable=False),  # when it was given
     Column("superseded_at", Float, nullable=False),
     Index("ix_feedback_history_call", "call_id"),
+)
+
+# Durable jobs (#28): one row per job, one per input item; items are claimed by the workers.
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("program", String(200), nullable=False),
+    Column("key_name", String(200)),  # the owner; None without API keys
+    Column("state", String(16), nullable=False),  # queued, running, done, failed, cancelled
+    Column("options", Document, nullable=False),
+    Column("total", Integer, nullable=False),
+    Column("done", Integer, nullable=False),
+    Column("failed", Integer, nullable=False),
+    Column("tokens", Integer, nullable=False),
+    Column("cost_usd", Float),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("finished_at", Float),
+    Column("expires_at", Float),  # set when it finishes: finished_at + job_retention
+    Column("webhook", Text),
+    Index("ix_jobs_state", "state"),
+    Index("ix_jobs_expires", "expires_at"),
+)
+
+job_items = Table(
+    "job_items",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(64), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("inputs", Document),  # None for an item that failed validation (its result says why)
+    Column("state", String(16), nullable=False),  # queued, running, done, failed, cancelled
+    Column("claimed_by", String(200)),
+    Column("claimed_at", Float),  # the lease: renewed while the item runs
+    Column("result", Document),
+    Column("call_id", String(64)),
+    UniqueConstraint("job_id", "position", name="uq_job_items_position"),
+    Index("ix_job_items_state", "state", "claimed_at"),
 )

@@ -57,17 +57,21 @@ class BodyLimitMiddleware:
     """Refuse bodies over ``max_bytes`` with 413: at once when Content-Length says so, else as
     soon as the streamed body passes the limit (nothing more is read)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, job_max_bytes: int | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.job_max_bytes = job_max_bytes  # POST /NAME/jobs: a job's items are many (#28)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.max_bytes
+        if self.job_max_bytes is not None and scope["method"] == "POST" and scope["path"].endswith("/jobs"):
+            limit = self.job_max_bytes
         declared = Headers(scope=scope).get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await send_problem(scope, send, self._too_large())
+        if declared.isdigit() and int(declared) > limit:
+            await send_problem(scope, send, self._too_large(limit))
             return
         received = 0
 
@@ -76,12 +80,12 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     # An HTTPException passes FastAPI's body parsing untouched, to the problem handler.
-                    raise HTTPException(413, self._too_large().detail)
+                    raise HTTPException(413, self._too_large(limit).detail)
             return message
 
         await self.app(scope, limited, send)
 
-    def _too_large(self) -> ServeError:
-        return HTTPProblem(413, f"The request body exceeds {self.max_bytes} bytes.")
+    def _too_large(self, limit: int) -> ServeError:
+        return HTTPProblem(413, f"The request body exceeds {limit} bytes.")
