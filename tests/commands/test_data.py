@@ -17,6 +17,7 @@ from dspy_serve.settings import ServeSettings
 from dspy_serve.store import Store, store_url
 from dspy_serve.store.calls import insert_calls
 from dspy_serve.store.feedback import upsert_feedback
+from tests.support.migrations import newest_revision
 from tests.support.stores import call_row, read_store
 
 DAY = 86400.0
@@ -155,8 +156,12 @@ def test_deleting_a_users_calls_names_the_artifacts_whose_demos_came_from_them(
 
 def test_store_migrate_creates_the_schema_and_says_so(store_url: str) -> None:
     said = cli("store", "migrate", "--store", store_url)
-    assert said.strip().endswith("empty -> 0001")
-    assert cli("store", "migrate", "--store", store_url).strip().endswith("0001 -> 0001")
+    assert said.strip().endswith(f"empty -> {newest_revision()}")
+    assert (
+        cli("store", "migrate", "--store", store_url)
+        .strip()
+        .endswith(f"{newest_revision()} -> {newest_revision()}")
+    )
 
 
 def test_capture_alone_means_every_program_and_with_a_name_that_program() -> None:
@@ -198,4 +203,4 @@ def test_several_processes_migrating_one_store_at_once_all_succeed(store_url: st
     ]
     outputs = [process.communicate(timeout=120)[0] for process in processes]
     assert [process.returncode for process in processes] == [0] * 6, outputs
-    assert all(output.strip().endswith("-> 0001") for output in outputs), outputs
+    assert all(output.strip().endswith(f"-> {newest_revision()}") for output in outputs), outputs
