@@ -425,7 +425,7 @@ class ServeSettings(BaseSettings):
         default=3600.0, gt=0, description="Seconds a feedback token stays valid."
     )
 
-    # --- durable jobs (#28) -----------------------------------------------------------------------
+    # --- durable jobs -----------------------------------------------------------------------------
     jobs: bool = Field(
         default=False,
         description="Durable async jobs in the store: POST /NAME/jobs, GET /jobs/ID, GET /jobs/ID/results, "

@@ -99,7 +99,11 @@ def run_on_ray_data(
     summary: BatchSummary,
     on_progress: Callable[[BatchSummary], None],
 ) -> None:
-    import ray
+    try:
+        import ray
+        import ray.data  # pandas and the rest of Ray Data's own dependencies
+    except ImportError as exc:
+        raise ImportError(f"--engine ray needs Ray Data ({exc}): pip install 'dspy-serve[ray]'") from None
 
     from dspy_serve.serving.loader import relocate_files
 
