@@ -36,6 +36,7 @@ from dspy.lm15 import (
     Response,
     TextPart,
     UnsupportedFeatureError,
+    Usage,
 )
 
 from dspy_serve.lm.fifo_lock import FifoLock
@@ -153,6 +154,18 @@ def _text(parts: Any, where: str) -> str:
 
 def _finish(reason: str | None) -> str:
     return "length" if reason == "length" else "stop"
+
+
+def completion_response(out: dict[str, Any], model: str) -> Response:
+    """An OpenAI-shaped chat completion (what both runtimes return) as DSPy's engine response."""
+    choice, usage = out["choices"][0], out.get("usage") or {}
+    return Response(
+        id=out.get("id"),
+        model=model,
+        message=Message.assistant([TextPart(choice["message"].get("content") or "")]),
+        finish_reason=_finish(choice.get("finish_reason")),
+        usage=Usage(input_tokens=usage.get("prompt_tokens"), output_tokens=usage.get("completion_tokens")),
+    )
 
 
 class LocalEngine:

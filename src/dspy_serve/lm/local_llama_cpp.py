@@ -15,18 +15,16 @@ from dspy._vendor.lm15.types import StreamEvent
 from dspy.lm15 import (
     ContextLengthError,
     InvalidRequestError,
-    Message,
     Request,
     Response,
     StreamDeltaEvent,
     StreamEndEvent,
     StreamStartEvent,
     TextDelta,
-    TextPart,
     Usage,
 )
 
-from dspy_serve.lm.local import LocalEngine, LocalModelUnavailable, _finish
+from dspy_serve.lm.local import LocalEngine, LocalModelUnavailable, _finish, completion_response
 
 __all__ = ["LLAMA_CPP_HINT", "LlamaCppEngine"]
 
@@ -74,16 +72,7 @@ class LlamaCppEngine(LocalEngine):
                 out = self._handle().create_chat_completion(**kwargs)
             except ValueError as exc:
                 raise _llama_error(exc) from exc
-        choice, usage = out["choices"][0], out.get("usage") or {}
-        return Response(
-            id=out.get("id"),
-            model=request.model,
-            message=Message.assistant([TextPart(choice["message"].get("content") or "")]),
-            finish_reason=_finish(choice.get("finish_reason")),
-            usage=Usage(
-                input_tokens=usage.get("prompt_tokens"), output_tokens=usage.get("completion_tokens")
-            ),
-        )
+        return completion_response(out, request.model)
 
     def stream(self, request: Request) -> Generator[StreamEvent, None, None]:
         """Validate now; generate lazily, holding the model lock until the stream ends or is closed."""

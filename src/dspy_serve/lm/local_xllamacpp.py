@@ -35,7 +35,6 @@ from dspy._vendor.lm15.types import StreamEvent
 from dspy.lm15 import (
     ContextLengthError,
     InvalidRequestError,
-    Message,
     Request,
     Response,
     ServerError,
@@ -43,11 +42,10 @@ from dspy.lm15 import (
     StreamEndEvent,
     StreamStartEvent,
     TextDelta,
-    TextPart,
     Usage,
 )
 
-from dspy_serve.lm.local import INSTALL_HINT, LocalEngine, LocalModelUnavailable
+from dspy_serve.lm.local import INSTALL_HINT, LocalEngine, LocalModelUnavailable, _finish, completion_response
 
 __all__ = ["XLlamaCppEngine"]
 
@@ -121,10 +119,6 @@ def _error(body: dict[str, Any]) -> Exception:
     return exc
 
 
-def _finish(reason: str | None) -> str:
-    return "length" if reason == "length" else "stop"
-
-
 class XLlamaCppEngine(LocalEngine):
     """Synchronous engine over a process-shared ``xllamacpp.Server``; one generation at a time."""
 
@@ -157,16 +151,7 @@ class XLlamaCppEngine(LocalEngine):
             out = self._call(body)
         if "error" in out or "choices" not in out:
             raise _error(out)
-        choice, usage = out["choices"][0], out.get("usage") or {}
-        return Response(
-            id=out.get("id"),
-            model=request.model,
-            message=Message.assistant([TextPart(choice["message"].get("content") or "")]),
-            finish_reason=_finish(choice.get("finish_reason")),
-            usage=Usage(
-                input_tokens=usage.get("prompt_tokens"), output_tokens=usage.get("completion_tokens")
-            ),
-        )
+        return completion_response(out, request.model)
 
     def stream(self, request: Request) -> Generator[StreamEvent, None, None]:
         """Validate now; generate lazily, holding the model lock until the stream ends or is closed."""
