@@ -25,8 +25,6 @@ from dspy_serve.settings import ServeSettings
 from dspy_serve.web.access_log import AccessLogMiddleware
 from dspy_serve.web.auth import ApiKeyMiddleware
 from dspy_serve.web.discovery import build_router
-from dspy_serve.web.feedback_routes import add_feedback, feedback_paths, running
-from dspy_serve.web.job_routes import add_jobs, running_jobs
 from dspy_serve.web.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from dspy_serve.web.openapi import add_openapi_route, document_event_streams, document_security
 from dspy_serve.web.pages import add_pages
@@ -34,7 +32,9 @@ from dspy_serve.web.playground import add_playground
 from dspy_serve.web.problems import install_error_handlers
 
 if TYPE_CHECKING:
+    from dspy_serve.data.capture import Capture
     from dspy_serve.interop.mcp import McpEndpoint
+    from dspy_serve.jobs import JobRunner
 
 __all__ = ["create_app", "install_error_handlers", "router"]
 
@@ -75,8 +75,12 @@ def create_app(
                 if mcp is not None:
                     await stack.enter_async_context(_in_own_task(mcp.run))
                 if capture is not None:  # captured calls and feedback (#26)
+                    from dspy_serve.web.feedback_routes import running
+
                     await stack.enter_async_context(running(capture))
                 if jobs is not None:  # durable jobs (#28)
+                    from dspy_serve.web.job_routes import running_jobs
+
                     await stack.enter_async_context(running_jobs(jobs))
                 yield
         finally:
@@ -105,8 +109,20 @@ def create_app(
         add_playground(app)
     app.include_router(build_router(service))
     app.include_router(build_openai_router(service))
-    capture = add_feedback(app, service)
-    jobs = add_jobs(app, service)
+    # The store, the data loop and jobs (SQLAlchemy, Alembic: ~0.2 s and ~25 MB) load only when
+    # the server uses them.
+    capture: Capture | None = None
+    jobs: JobRunner | None = None
+    open_paths: frozenset[str] = frozenset()
+    if service.settings.capture:
+        from dspy_serve.web.feedback_routes import add_feedback, feedback_paths
+
+        capture = add_feedback(app, service)
+        open_paths = feedback_paths(service)
+    if service.settings.jobs:
+        from dspy_serve.web.job_routes import add_jobs
+
+        jobs = add_jobs(app, service)
     if mcp is not None:
         # A Route, not a mount: a mount only matches "/mcp/", so every POST would be redirected.
         app.router.routes.append(Route("/mcp", mcp.asgi_app, name="mcp", include_in_schema=False))
@@ -122,7 +138,7 @@ def create_app(
             keys=keys,
             protect_docs=settings.protect_docs,
             open_pages=settings.playground,
-            open_paths=feedback_paths(service),
+            open_paths=open_paths,
         )
     if settings.cors_origins:
         app.add_middleware(

@@ -6,7 +6,6 @@ import asyncio
 from typing import Any
 
 import click
-from sqlalchemy.engine import make_url
 
 from dspy_serve.commands.common import settings_from, with_settings
 
@@ -19,6 +18,8 @@ def store_group() -> None:
 
 
 def _migrate(**values: Any) -> None:
+    from sqlalchemy.engine import make_url
+
     from dspy_serve.store import Store, store_url
 
     url = store_url(settings_from(values))
