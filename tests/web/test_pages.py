@@ -9,6 +9,7 @@ server's origin, where the playground keeps a caller's key.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import dspy
 import httpx
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from dspy_serve import create_app
 from tests.support.browser import browser, offline_page
@@ -161,8 +163,7 @@ def test_redoc_renders_program_text_without_running_it(xss_server: ServerThread)
         # Open the programs' inputs, so their fields' descriptions render too.
         for toggle in page.locator("button[aria-label='expand inputs']").all():
             toggle.click()
-        shown = page.locator(".api-content").inner_text()
-        assert_rendered_and_never_ran(page, shown)
+        assert_rendered_and_never_ran(page, rendered_text(page, ".api-content"))
 
 
 def test_swagger_ui_renders_program_text_without_running_it(xss_server: ServerThread) -> None:
@@ -178,8 +179,7 @@ def test_swagger_ui_renders_program_text_without_running_it(xss_server: ServerTh
                 has=page.locator(".json-schema-2020-12__title", has_text="inputs")
             )
             inputs.locator(".json-schema-2020-12-expand-deep-button").first.click()
-        shown = page.locator("#swagger-ui").inner_text()
-        assert_rendered_and_never_ran(page, shown)
+        assert_rendered_and_never_ran(page, rendered_text(page, "#swagger-ui"))
 
 
 def watched_page(chromium: Any, base_url: str) -> Any:
@@ -190,6 +190,17 @@ def watched_page(chromium: Any, base_url: str) -> Any:
         " (e) => window.blocked.push(e.violatedDirective + ' ' + e.blockedURI));"
     )
     return page
+
+
+def rendered_text(page: Any, selector: str) -> str:
+    """The element's text once every payload's marker shows (expanded fields render a moment
+    after their click), or as it is after 10 s, for the assertion to name what is missing."""
+    markers = [f"Marker {where} here." for where in WHERE]
+    check = "([sel, marks]) => { const el = document.querySelector(sel); "
+    check += "return !!el && marks.every((m) => el.innerText.includes(m)); }"
+    with contextlib.suppress(PlaywrightTimeout):
+        page.wait_for_function(check, arg=[selector, markers], timeout=10_000)
+    return str(page.locator(selector).inner_text())
 
 
 def assert_rendered_and_never_ran(page: Any, shown: str) -> None:
