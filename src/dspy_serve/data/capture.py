@@ -88,7 +88,8 @@ class Capture:
         if not self.captures(call.program):
             return
         self.recent.add(call)
-        if not is_sampled(call.call_id, self.settings.capture_rate):
+        # A shadow run is kept exactly when the call it shadowed is: the pair is compared together.
+        if not is_sampled(call.shadow_of or call.call_id, self.settings.capture_rate):
             return
         loop = self._loop
         if loop is not None and _running_loop() is not loop:  # published from a worker thread

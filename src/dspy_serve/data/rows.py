@@ -76,6 +76,8 @@ class RowMaker:
             "created_at": call.started_at,
             "program": call.program,
             "version": call.version,
+            "version_name": call.version_name,
+            "shadow_of": call.shadow_of,
             "key_name": call.key_name,
             "wire": call.wire,
             "request_id": call.request_id,
@@ -96,4 +98,10 @@ class RowMaker:
         if redacted is None:
             return None
         # The hook may change values, never the row's identity.
-        return {**redacted, "call_id": call.call_id, "program": call.program, "sampled": sampled}
+        return {
+            **redacted,
+            "call_id": call.call_id,
+            "program": call.program,
+            "sampled": sampled,
+            "shadow_of": call.shadow_of,
+        }

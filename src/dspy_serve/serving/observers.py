@@ -25,7 +25,7 @@ class FinishedCall:
 
     call_id: str  # minted by the server, unique per call (a batch item is a call)
     program: str
-    version: str | None  # the artifact's sha256, None when the program has no artifact
+    version: str | None  # the answering version's sha256 (its artifact's), None when it has none
     key_name: str | None  # the API key's name, None without keys
     inputs: Mapping[str, Any]
     options: Mapping[str, Any]  # the per-request options the call ran with (model, temperature, ...)
@@ -46,6 +46,10 @@ class FinishedCall:
     lm_calls: Mapping[str, int] = field(default_factory=dict)
     lm_cache_hits: Mapping[str, int] = field(default_factory=dict)
     reused: bool = False  # answered by the response cache or an identical call in flight: nothing spent
+    version_name: str | None = None  # the answering version's name (X-Program-Version), #27
+    # A shadow run (#27): the call_id of the served call whose inputs it ran on. Its answer was
+    # recorded, never returned; its cost is counted apart.
+    shadow_of: str | None = None
 
     @property
     def ok(self) -> bool:

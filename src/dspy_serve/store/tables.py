@@ -21,7 +21,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-__all__ = ["calls", "feedback", "feedback_history", "job_items", "jobs", "metadata"]
+__all__ = [
+    "calls",
+    "feedback",
+    "feedback_history",
+    "job_items",
+    "jobs",
+    "metadata",
+    "program_versions",
+    "rollouts",
+]
 
 metadata = MetaData()
 
@@ -34,7 +43,8 @@ calls = Table(
     Column("call_id", String(64), primary_key=True),
     Column("created_at", Float, nullable=False),  # when the call was admitted
     Column("program", String(200), nullable=False),
-    Column("version", String(64)),  # the artifact's sha256
+    Column("version", String(64)),  # the sha256 of the version that answered (its artifact's)
+    Column("version_name", String(200)),  # that version's name ("v2"), as X-Program-Version says
     Column("key_name", String(200)),
     Column("wire", String(32), nullable=False),
     Column("request_id", String(200)),
@@ -49,7 +59,11 @@ calls = Table(
     Column("trace", Document),
     # False when the call was not sampled and was stored only because feedback came for it.
     Column("sampled", Boolean, nullable=False),
+    # A shadow run (#27): the call_id of the served call whose inputs it ran on; its answer was
+    # recorded, never returned.
+    Column("shadow_of", String(64)),
     Index("ix_calls_program_created", "program", "created_at"),
+    Index("ix_calls_shadow_of", "shadow_of"),
     Index("ix_calls_created", "created_at"),
     Index("ix_calls_key", "key_name"),
 )
@@ -120,4 +134,27 @@ job_items = Table(
     Column("call_id", String(64)),
     UniqueConstraint("job_id", "position", name="uq_job_items_position"),
     Index("ix_job_items_state", "state", "claimed_at"),
+)
+
+# Program versions (#27), loaded at run time by the admin API: every worker loads the same file.
+program_versions = Table(
+    "program_versions",
+    metadata,
+    Column("program", String(200), primary_key=True),
+    Column("name", String(200), primary_key=True),
+    Column("sha256", String(64), nullable=False),
+    Column("artifact", Text),  # the artifact's path, as the server that loaded it read it
+    Column("target", Text),  # the program target, when the version has its own code
+    Column("created_at", Float, nullable=False),
+)
+
+# A program's rollout: which version is stable, the candidate, the split and the shadow. One row
+# per program; ``revision`` grows with every change, so workers notice one with a single read.
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("program", String(200), primary_key=True),
+    Column("revision", Integer, nullable=False),
+    Column("state", Document, nullable=False),
+    Column("updated_at", Float, nullable=False),
 )
