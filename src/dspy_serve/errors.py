@@ -65,6 +65,7 @@ __all__ = [
     "ProxyError",
     "RateLimited",
     "RequestTimeout",
+    "RolloutConflict",
     "ServeError",
     "ServiceUnavailable",
     "StoreUnavailable",
@@ -74,6 +75,8 @@ __all__ = [
     "UnsupportedRequest",
     "UpstreamError",
     "UpstreamRateLimited",
+    "VersionLoadFailed",
+    "VersionNotFound",
     "error_class",
     "from_exception",
     "note_usage",
@@ -263,6 +266,23 @@ class JobNotFound(ServeError):
 
 class JobCancelled(ServeError):
     status, code, title = 409, "job_cancelled", "The job was cancelled"
+
+
+class VersionNotFound(ServeError):
+    status, code, title = 404, "version_not_found", "Program version not found"
+
+
+class RolloutConflict(ServeError):
+    """A rollout change that contradicts the rollout as it is (promote the stable version,
+    roll back with nothing to go back to, reuse a version's name for other content)."""
+
+    status, code, title = 409, "rollout_conflict", "Rollout conflict"
+
+
+class VersionLoadFailed(ServeError):
+    """A version could not be loaded; everything serves as before, and the detail says why."""
+
+    status, code, title = 422, "version_load_failed", "Version load failed"
 
 
 class UnsupportedMediaType(ServeError):

@@ -466,6 +466,75 @@ class ServeSettings(BaseSettings):
         description="Retries of a failed webhook delivery, with exponential backoff from 1 s.",
     )
 
+    # --- program versions (rollouts) --------------------------------------------------------------
+    candidates: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="A candidate version of a program, next to its stable one (--artifact): "
+        "'NAME=PATH' or 'NAME@VERSION=PATH'; the version's name is the file's stem unless given. It "
+        "serves nothing until a split or a shadow sends it calls.",
+        json_schema_extra={"cli": "--candidate"},
+    )
+    splits: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Weighted split: 'NAME=PERCENT' sends that share of callers to the candidate, "
+        "sticky per caller (--sticky).",
+        json_schema_extra={"cli": "--split"},
+    )
+    sticky: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="What keeps a caller on one side of a split, per program: 'NAME=key' (the API key, "
+        "else the client address; the default), 'NAME=header:HEADER' or 'NAME=input:FIELD'.",
+        json_schema_extra={"cli": "--sticky"},
+    )
+    shadows: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Shadow runs: 'NAME=RATE' (0..1) also runs the candidate on that share of calls; its "
+        "answers are recorded (with --capture), never returned, and its cost is counted apart.",
+        json_schema_extra={"cli": "--shadow"},
+    )
+    shadow_max_in_flight: int = Field(
+        default=16,
+        gt=0,
+        description="Most shadow runs at once; beyond it (or when the server is at capacity) a shadow run "
+        "is skipped and counted, never queued: it must not delay callers.",
+    )
+    admin_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Admin API keys ('[name:]key' each), separate from callers' keys: setting any turns "
+        "the admin API (/admin/programs/...) on. Never a flag.",
+        json_schema_extra={"cli": "env-only"},
+    )
+    admin_keys_file: Path | None = Field(
+        default=None, description="File of admin API keys, one '[name:]key' per line."
+    )
+    artifact_dir: Path | None = Field(
+        default=None,
+        description="The one directory the admin API may load versions from (POST /admin/programs/NAME/"
+        "versions); unset: it loads none.",
+    )
+    rollout_sync_interval: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds between two reads of the shared rollouts (the store) with the admin API on: "
+        "how soon every worker and replica follows a change made through another.",
+    )
+    auto_rollback: bool = Field(
+        default=True,
+        description="Roll a candidate back on its own when the comparison says it is worse (needs "
+        "--capture and the admin API).",
+    )
+    auto_promote: bool = Field(
+        default=False, description="Promote a candidate on its own when the comparison says it is better."
+    )
+    rollout_check_interval: float = Field(
+        default=60.0, gt=0, description="Seconds between two checks of the automatic rollout policy."
+    )
+    compare_min_sample: int = Field(
+        default=30,
+        gt=0,
+        description="Calls with feedback (or labelled shadow pairs) each version needs before a verdict.",
+    )
+
     # --- logging and tracing ----------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
     log_format: Literal["auto", "json", "text"] = Field(
@@ -503,6 +572,11 @@ class ServeSettings(BaseSettings):
         "forwarded_allow_ips",
         "capture",
         "capture_exclude",
+        "candidates",
+        "splits",
+        "sticky",
+        "shadows",
+        "admin_keys",
         mode="before",
     )
     @classmethod
@@ -562,10 +636,12 @@ class ServeSettings(BaseSettings):
         data = self.model_dump(
             mode="json",
             exclude_defaults=True,
-            exclude={"api_keys", "feedback_token_secret", "job_webhook_secret"},
+            exclude={"api_keys", "admin_keys", "feedback_token_secret", "job_webhook_secret"},
         )
         if secrets and self.api_keys:
             data["api_keys"] = [key.get_secret_value() for key in self.api_keys]
+        if secrets and self.admin_keys:
+            data["admin_keys"] = [key.get_secret_value() for key in self.admin_keys]
         if secrets and self.feedback_token_secret is not None:
             data["feedback_token_secret"] = self.feedback_token_secret.get_secret_value()
         if secrets and self.job_webhook_secret is not None:

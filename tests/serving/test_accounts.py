@@ -34,7 +34,7 @@ class Answer(dspy.Signature):
 def program() -> Program:
     module = dspy.Predict(Answer)
     interface = derive_interface("qa", module, None, max_input_chars=10_000)
-    return Program(LoadedProgram(name="qa", target="test", module=module, artifact=None), interface)
+    return Program.of(LoadedProgram(name="qa", target="test", module=module, artifact=None), interface)
 
 
 def accounts(token_rate_limit: str | None = "1000/minute") -> tuple[CallAccounts, RateLimiter]:

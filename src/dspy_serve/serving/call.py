@@ -53,6 +53,7 @@ from dspy_serve.serving.programs import Program
 from dspy_serve.serving.runner import CallResult, ProgramRunner
 from dspy_serve.serving.streaming import well_formed
 from dspy_serve.serving.usage import flat_usage
+from dspy_serve.serving.versions import ProgramVersion
 
 if TYPE_CHECKING:
     from dspy_serve.serving.service import Service
@@ -159,13 +160,19 @@ class Call:
         wire: str,
         streams: bool = False,
         admission: Admission | None = None,
+        version: ProgramVersion | None = None,
+        shadow_of: str | None = None,
     ) -> None:
         self.call_id = uuid.uuid4().hex
         self.caller = caller
         self.program = program
         self.inputs = inputs
         self.options = options
-        self.wire = wire  # "invoke", "stream", "batch", "openai", "mcp", ...
+        self.wire = wire  # "invoke", "stream", "batch", "openai", "mcp", "shadow", ...
+        # The version that answers, chosen now: it is the one the call finishes on, whatever
+        # a promote or a rollback does meanwhile (X-Program-Version names it).
+        self.version = version if version is not None else _routed(program, caller, inputs)
+        self.shadow_of = shadow_of  # a shadow run: the call whose inputs it runs on, unseen
         self._service = service
         self._ran = False
         self._streams = streams
@@ -224,6 +231,10 @@ class Call:
         await self.admit()
         assert self._admission is not None
         lm = self._admission.lm
+        if self.shadow_of is None:
+            shadow = self.program.rollout.shadow_for(self.call_id, self.version.name)
+            if shadow is not None and shadow in self.program.versions:
+                self._service.shadows.start(self, self.program.versions[shadow], self._admission)
         started, started_at = time.perf_counter(), time.time()
         result: CallResult | None = None
         error: ServeError | None = None
@@ -248,7 +259,7 @@ class Call:
         flight) instead of run. A stream uses the cache but never joins another call: its
         tokens are its own."""
         reuse = self._service.reuse
-        if self.options.own_run or reuse is None:
+        if self.options.own_run or reuse is None or self.shadow_of is not None:
             return await self._execute(lm, emit), False
         if emit is not None or self._streams:
             await self._look_up(lm)
@@ -258,7 +269,7 @@ class Call:
             if self._key is not None:
                 await reuse.store(self._key, self.caller, result)
             return result, False
-        key = reuse.key(self.program, self.inputs, lm, self.caller)
+        key = reuse.key(self.program, self.version, self.inputs, lm, self.caller)
         if key is None:
             return await self._execute(lm, emit), False
         if (answer := await reuse.answer(key, self.caller)) is not None:
@@ -272,7 +283,7 @@ class Call:
         reuse = self._service.reuse
         if reuse is None or reuse.cache is None or self.options.own_run:
             return
-        self._key = reuse.key(self.program, self.inputs, lm, self.caller)
+        self._key = reuse.key(self.program, self.version, self.inputs, lm, self.caller)
         if self._key is not None:
             self._hit = await reuse.cached(self._key, self.caller)
             if self._hit is None:
@@ -282,18 +293,22 @@ class Call:
         """Reserve, then within the deadline and the span, in a capacity slot: run; finish;
         and charge what was spent, whatever the outcome."""
         service, caller, program = self._service, self.caller, self.program
-        accounts, capacity, runner = service.accounts, service.capacity, program.runner
+        accounts, capacity, runner = service.accounts, service.capacity, self.version.runner
         if accounts is None or capacity is None or runner is None:
             raise ServiceUnavailable("The service is not ready.", retry_after=1)
         timeout = service.settings.timeout
         scope = self._scope = CallScope.starting_now(timeout, keep_prompts=self.options.prompts)
         reserved = -1  # nothing to settle until a reservation is made
+        # A shadow run is counted apart: no caller's tokens, no caller's capacity slot (the
+        # shadow runs have a limit of their own, see :mod:`.shadow`).
+        shadow = self.shadow_of is not None
         try:
-            reserved = await accounts.reserve(caller, lm, scope)
+            if not shadow:
+                reserved = await accounts.reserve(caller, lm, scope)
             span = tracing.program_span(program.name, lm.model) if service.settings.otel else nullcontext()
             try:
                 with anyio.fail_after(timeout), span:
-                    async with capacity.slot():
+                    async with nullcontext() if shadow else capacity.slot():
                         if emit is None:
                             result = await runner.call(self.inputs, lm=lm, scope=scope, trace=self._trace)
                         else:
@@ -360,12 +375,13 @@ class Call:
             cost = pricing.estimate(usage)
         else:
             cost = {"total_usd": 0.0 if reused else None, "by_model": {}}
-        artifact = self.program.loaded.artifact
         key = self.caller.api_key
         finished = FinishedCall(
             call_id=self.call_id,
             program=self.program.name,
-            version=artifact.sha256 if artifact is not None else None,
+            version=self.version.sha256,
+            version_name=self.version.name,
+            shadow_of=self.shadow_of,
             key_name=key.name if key is not None else None,
             inputs=self.inputs,
             options=self.options.given(),
@@ -388,3 +404,20 @@ class Call:
         # A cancellation is the wire's to report (the client left, or the server stops).
         self.caller.add_call(finished, None if isinstance(error, ClientCancelled) else error)
         self._service.observers.publish(finished)
+
+
+def _routed(program: Program, caller: Caller, inputs: dict[str, Any]) -> ProgramVersion:
+    """The version a caller's call goes to: the stable one, or the candidate for the callers a
+    split sends there, sticky by the API key (else the client address), a header or an input."""
+    split = program.rollout.split
+    if split is None:
+        return program.stable
+    sticky = split.sticky
+    if sticky == "key":
+        key = caller.api_key.name if caller.api_key is not None else caller.address
+    elif sticky.startswith("header:"):
+        key = caller.header(sticky.removeprefix("header:")) or caller.address
+    else:
+        value = inputs.get(sticky.removeprefix("input:"))
+        key = str(value) if value is not None else caller.address
+    return program.route(key)

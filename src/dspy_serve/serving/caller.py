@@ -8,6 +8,7 @@ else about a request is kept on the side.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from dspy_serve.errors import ServeError
@@ -49,12 +50,19 @@ class Caller:
     coalesced: bool = False  # the answer (or one of a batch's) came from an identical call in flight
     # Tasks that must live as long as the request (the loop keeps only weak references).
     held: list[object] = field(default_factory=list, repr=False)
+    # The request's raw headers (ASGI's lower-case name/value pairs): a split may be sticky by one.
+    headers: Sequence[tuple[bytes, bytes]] = field(default=(), repr=False)
     _reported: list[ServeError] = field(default_factory=list, repr=False)
 
     @property
     def identity(self) -> str:
         """Whose budget a call spends: the API key's name, else the client address."""
         return self.api_key.name if self.api_key is not None else self.address
+
+    def header(self, name: str) -> str | None:
+        """The value of the request header ``name`` (lower-case), if it was sent."""
+        wanted = name.encode("latin-1")
+        return next((value.decode("latin-1") for key, value in self.headers if key == wanted), None)
 
     def may_call(self, program: str) -> bool:
         return self.api_key is None or self.api_key.may_call(program)

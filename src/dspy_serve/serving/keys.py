@@ -18,7 +18,14 @@ from pathlib import Path
 from dspy_serve.errors import ModelNotAllowed
 from dspy_serve.settings import ServeSettings
 
-__all__ = ["ApiKey", "KeyConfigError", "KeyRing", "key_secrets", "parse_key_line"]
+__all__ = [
+    "ApiKey",
+    "KeyConfigError",
+    "KeyRing",
+    "admin_ring",
+    "key_secrets",
+    "parse_key_line",
+]
 
 
 class KeyConfigError(ValueError):
@@ -151,14 +158,25 @@ def _key_file_lines(path: Path) -> list[str]:
     return [line for line in stripped if line and not line.startswith("#")]
 
 
+def admin_ring(settings: ServeSettings) -> KeyRing | None:
+    """The admin API's keys (``admin_keys``, ``admin_keys_file``), separate from callers' keys;
+    None when none is configured: the admin API is off."""
+    lines = [secret.get_secret_value().strip() for secret in settings.admin_keys]
+    if settings.admin_keys_file is not None:
+        lines += _key_file_lines(Path(settings.admin_keys_file))
+    keys = [parse_key_line(line.split()[0], number) for number, line in enumerate(filter(None, lines), 1)]
+    return KeyRing(keys) if keys else None
+
+
 def key_secrets(settings: ServeSettings) -> list[str]:
-    """The configured keys themselves, so logs and error bodies can hide them (never to match:
-    :class:`KeyRing` keeps digests only). An unreadable key file yields none here: the KeyRing
-    built from the same settings says why."""
-    lines = [secret.get_secret_value().strip() for secret in settings.api_keys]
-    if settings.api_keys_file is not None:
-        with contextlib.suppress(KeyConfigError):
-            lines += _key_file_lines(Path(settings.api_keys_file))
+    """The configured keys themselves, callers' and admins', so logs and error bodies can hide
+    them (never to match: :class:`KeyRing` keeps digests only). An unreadable key file yields
+    none here: the KeyRing built from the same settings says why."""
+    lines = [secret.get_secret_value().strip() for secret in [*settings.api_keys, *settings.admin_keys]]
+    for path in (settings.api_keys_file, settings.admin_keys_file):
+        if path is not None:
+            with contextlib.suppress(KeyConfigError):
+                lines += _key_file_lines(Path(path))
     secrets = []
     for line in filter(None, lines):
         name, sep, secret = line.split()[0].partition(":")

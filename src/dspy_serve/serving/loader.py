@@ -115,11 +115,13 @@ def relocate_files(settings: ServeSettings, move: Callable[[str], str]) -> Serve
         if location.endswith(".py") or "/" in location:
             target = f"{move(location)}:{attr}"
         programs.append(f"{name}={target}")
-    artifacts = []
-    for spec in settings.artifacts:
-        name, sep, path = spec.partition("=")
-        artifacts.append(f"{name}={move(path)}" if sep else move(spec))
-    return settings.model_copy(update={"programs": programs, "artifacts": artifacts})
+    moved: dict[str, list[str]] = {}
+    for field in ("artifacts", "candidates"):
+        moved[field] = []
+        for spec in getattr(settings, field):
+            name, sep, path = spec.partition("=")
+            moved[field].append(f"{name}={move(path)}" if sep else move(spec))
+    return settings.model_copy(update={"programs": programs, **moved})
 
 
 def load_program(

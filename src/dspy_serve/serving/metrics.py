@@ -66,6 +66,32 @@ class Metrics:
             registry=own,
         )
         self.errors = Counter("dspy_serve_errors", "Errors by problem code.", ["code"], registry=own)
+        # Per program version (#27): "served" calls answered callers, "shadow" runs were recorded only.
+        self.version_calls = Counter(
+            "dspy_serve_version_calls",
+            "Program calls by the version that ran them, role (served or shadow) and outcome (ok or error).",
+            ["program", "version", "role", "outcome"],
+            registry=own,
+        )
+        self.version_latency = Histogram(
+            "dspy_serve_version_call_duration_seconds",
+            "Program call latency by version and role.",
+            ["program", "version", "role"],
+            buckets=_LATENCY_BUCKETS,
+            registry=own,
+        )
+        self.version_cost = Counter(
+            "dspy_serve_version_cost_usd",
+            "Estimated LM cost (USD) by program version and role: a shadow run's cost counted apart.",
+            ["program", "version", "role"],
+            registry=own,
+        )
+        self.shadow_skipped = Counter(
+            "dspy_serve_shadow_skipped",
+            "Shadow runs skipped because the server was busy (they never queue behind callers).",
+            ["program"],
+            registry=own,
+        )
 
     def close(self) -> None:
         """This process's gauges stop counting (its counters stay: they are history)."""
@@ -87,6 +113,11 @@ class Metrics:
         for model, count in call.lm_cache_hits.items():
             if count:
                 self.cache_hits.labels(model).inc(count)
+        version, role = call.version_name or "-", "shadow" if call.shadow_of is not None else "served"
+        self.version_calls.labels(call.program, version, role, "ok" if call.ok else "error").inc()
+        self.version_latency.labels(call.program, version, role).observe(call.latency_s)
+        if call.cost_usd:
+            self.version_cost.labels(call.program, version, role).inc(call.cost_usd)
 
     def observe_request(
         self, program: str, endpoint: str, status: int, seconds: float, errors: list[str]

@@ -1,4 +1,5 @@
-"""Which programs a service serves: imported, artifacts loaded, interfaces derived.
+"""Which programs a service serves: imported, artifacts loaded, interfaces derived, and each
+program's versions and rollout (#27).
 
 This runs when the service is built, before any server starts, so that a program that cannot
 be served stops the start-up with a message instead of failing its first caller.
@@ -6,16 +7,22 @@ be served stops the start-up with a message instead of failing its first caller.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import dspy
 
+from dspy_serve.errors import VersionNotFound
 from dspy_serve.lm.registry import allowed_models, own_lm_problems
 from dspy_serve.serving.loader import LoadedProgram, check_program_name, load_program, parse_target
+from dspy_serve.serving.rollout import Rollout, Shadow, Split, parse_sticky
 from dspy_serve.serving.runner import ProgramRunner
 from dspy_serve.serving.schema import ProgramInterface, derive_interface
+from dspy_serve.serving.versions import BASE_VERSION, ProgramVersion, load_version, parse_version_spec
 from dspy_serve.settings import ServeSettings
 
 __all__ = ["Program", "ProgramsArg", "load_programs"]
@@ -25,15 +32,69 @@ ProgramsArg = Mapping[str, "dspy.Module | str | type[dspy.Signature]"]
 logger = logging.getLogger("dspy_serve")
 
 
-@dataclass
+@dataclass(eq=False)
 class Program:
-    loaded: LoadedProgram
+    """A served program: its interface, its versions, and the rollout that routes between them.
+
+    ``rollout`` is swapped whole on a change (promote, rollback, split, shadow), and a version
+    is only ever added: a call holds the :class:`ProgramVersion` it started on to its end."""
+
+    name: str
     interface: ProgramInterface
-    runner: ProgramRunner | None = None
+    versions: dict[str, ProgramVersion]
+    rollout: Rollout
+    # What a new version's artifact loads into: the TARGET, or the object given.
+    source: str | dspy.Module = field(repr=False)
+
+    @classmethod
+    def of(
+        cls, loaded: LoadedProgram, interface: ProgramInterface, version: str = BASE_VERSION
+    ) -> Program:
+        """A program with one version, ``loaded`` (its source is the loaded module itself)."""
+        stable = ProgramVersion(version, loaded, interface)
+        return cls(loaded.name, interface, {version: stable}, Rollout(loaded.name, version), loaded.module)
 
     @property
-    def name(self) -> str:
-        return self.loaded.name
+    def stable(self) -> ProgramVersion:
+        return self.versions[self.rollout.stable]
+
+    @property
+    def loaded(self) -> LoadedProgram:
+        """The stable version's program."""
+        return self.stable.loaded
+
+    @property
+    def runner(self) -> ProgramRunner | None:
+        return self.stable.runner
+
+    def version(self, name: str) -> ProgramVersion:
+        found = self.versions.get(name)
+        if found is None:
+            raise VersionNotFound(
+                f"{self.name!r} has no version {name!r}; it has: {', '.join(self.versions)}"
+            )
+        return found
+
+    def route(self, sticky_key: str) -> ProgramVersion:
+        """The version that answers a caller (stable, or the candidate for its share of a split)."""
+        return self.versions[self.rollout.version_for(sticky_key)]
+
+    def state_of(self, version: str) -> str:
+        """stable, candidate (in a split), shadow, or retired."""
+        rollout = self.rollout
+        if version == rollout.stable:
+            return "stable"
+        if version == rollout.candidate:
+            return "candidate" if rollout.split is not None or rollout.shadow is None else "shadow"
+        return "retired"
+
+    def describe(self) -> dict[str, Any]:
+        """What ``/programs/NAME`` and the admin API show of the versions and the rollout."""
+        return {
+            "program": self.name,
+            **self.rollout.to_data(),
+            "versions": [version.describe(self.state_of(name)) for name, version in self.versions.items()],
+        }
 
 
 def load_programs(
@@ -43,13 +104,13 @@ def load_programs(
     and the settings to serve them with: the default model is the one a program file configured,
     when none was given (:func:`_with_configured_lm`)."""
     loaded = _load_all(settings, given or {})
-    configured = [program.configured_lm for program in loaded if program.configured_lm is not None]
+    configured = [program.configured_lm for program, _ in loaded if program.configured_lm is not None]
     if lm is None and configured:
         settings = _with_configured_lm(settings, configured[-1])  # the last one, as in plain DSPy
     programs: dict[str, Program] = {}
     allowed = allowed_models(settings, lm)
     declared = _declared_signatures(settings)
-    for program in loaded:
+    for program, source in loaded:
         if problems := own_lm_problems(program.module, allowed):
             raise ValueError(
                 f"program {program.name!r}: {'; '.join(problems)}, not in the allow-list "
@@ -58,10 +119,100 @@ def load_programs(
         interface = derive_interface(
             program.name, program.module, declared.get(program.name), max_input_chars=settings.max_input_chars
         )
-        programs[program.name] = Program(program, interface)
+        programs[program.name] = dataclasses.replace(
+            Program.of(program, interface, _version_name(settings, program)), source=source
+        )
     if not programs:
         raise ValueError("no programs to serve: pass at least one TARGET")
+    _add_candidates(settings, programs)
     return settings, programs
+
+
+def _version_name(settings: ServeSettings, program: LoadedProgram) -> str:
+    """The stable version's name: given as ``--artifact NAME@VERSION=PATH``, else the
+    artifact's stem, else ``base``."""
+    for spec in settings.artifacts:
+        head, sep, _ = spec.partition("=")
+        name, at, version = head.partition("@")
+        if sep and at and name == program.name:
+            return version
+    if program.artifact is None:
+        return BASE_VERSION
+    return Path(program.artifact.path.rstrip("/")).stem
+
+
+def _add_candidates(settings: ServeSettings, programs: dict[str, Program]) -> None:
+    """The configured candidates, splits and shadows (``--candidate``, ``--split``, ``--shadow``)."""
+    names = list(programs)
+    for spec in settings.candidates:
+        wanted = parse_version_spec(spec, names, flag="--candidate")
+        program = programs[wanted.program]
+        if wanted.name in program.versions:
+            raise ValueError(
+                f"--candidate {spec!r}: {wanted.program!r} already has a version {wanted.name!r}"
+            )
+        program.versions[wanted.name] = load_version(
+            wanted.name,
+            program.name,
+            program.source,
+            wanted.artifact,
+            program.interface,
+            allow_pickle=settings.allow_pickle,
+            max_input_chars=settings.max_input_chars,
+        )
+        program.rollout = Rollout(program.name, program.rollout.stable, candidate=wanted.name)
+    sticky = {
+        name: parse_sticky(value) for name, value in _per_program(settings.sticky, names, "--sticky").items()
+    }
+    for name, value in _per_program(settings.splits, names, "--split").items():
+        rollout = _needs_candidate(programs[name], "--split")
+        weight = _number(value, f"--split {name}={value}", 0, 100)
+        programs[name].rollout = Rollout(
+            name,
+            rollout.stable,
+            rollout.candidate,
+            split=Split(weight, sticky.get(name, "key")),
+            shadow=rollout.shadow,
+        )
+    for name, value in _per_program(settings.shadows, names, "--shadow").items():
+        rollout = _needs_candidate(programs[name], "--shadow")
+        rate = _number(value, f"--shadow {name}={value}", 0, 1)
+        programs[name].rollout = Rollout(
+            name, rollout.stable, rollout.candidate, split=rollout.split, shadow=Shadow(rate)
+        )
+
+
+def _per_program(specs: list[str], names: list[str], flag: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        if not sep and len(names) == 1:
+            name, value = names[0], spec
+        elif name not in names:
+            raise ValueError(
+                f"{flag} {spec!r}: write NAME=VALUE for one of the programs ({', '.join(names)})"
+            )
+        found[name] = value.strip()
+    return found
+
+
+def _needs_candidate(program: Program, flag: str) -> Rollout:
+    if program.rollout.candidate is None:
+        raise ValueError(
+            f"{flag} {program.name}: it has no candidate version; "
+            f"add one with --candidate {program.name}=PATH"
+        )
+    return program.rollout
+
+
+def _number(value: str, label: str, low: float, high: float) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{label}: {value!r} is not a number") from None
+    if not low <= number <= high:
+        raise ValueError(f"{label}: must be from {low:g} to {high:g}")
+    return number
 
 
 def _with_configured_lm(settings: ServeSettings, configured: dspy.BaseLM) -> ServeSettings:
@@ -101,7 +252,7 @@ def _with_configured_lm(settings: ServeSettings, configured: dspy.BaseLM) -> Ser
 
 def _load_all(
     settings: ServeSettings, given: Mapping[str, dspy.Module | str | type[dspy.Signature]]
-) -> list[LoadedProgram]:
+) -> list[tuple[LoadedProgram, str | dspy.Module]]:
     targets: dict[str, str | dspy.Module] = {}
     for spec in settings.programs:
         name, target = parse_target(spec)
@@ -115,12 +266,15 @@ def _load_all(
         targets[name] = obj if isinstance(obj, dspy.Module) else dspy.Predict(obj)
     artifacts = _artifacts_by_program(settings.artifacts, list(targets))
     return [
-        load_program(
-            name,
+        (
+            load_program(
+                name,
+                target,
+                artifact=artifacts.get(name),
+                artifact_optional=settings.artifact_optional,
+                allow_pickle=settings.allow_pickle,
+            ),
             target,
-            artifact=artifacts.get(name),
-            artifact_optional=settings.artifact_optional,
-            allow_pickle=settings.allow_pickle,
         )
         for name, target in targets.items()
     ]
@@ -130,6 +284,7 @@ def _artifacts_by_program(specs: list[str], names: list[str]) -> dict[str, str]:
     by_name: dict[str, str] = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
+        name = name.partition("@")[0]  # NAME@VERSION=PATH names the version too
         if sep and name in names:
             by_name[name] = path
         elif len(names) == 1:

@@ -25,10 +25,10 @@ from dspy_serve.serving.response_cache import (
     ResponseCache,
     call_key,
     deterministic,
-    program_version,
     shared_answer,
 )
 from dspy_serve.serving.runner import CallResult
+from dspy_serve.serving.versions import ProgramVersion
 from dspy_serve.settings import ServeSettings
 
 __all__ = ["Reuse"]
@@ -37,40 +37,52 @@ __all__ = ["Reuse"]
 class Reuse:
     """The response cache (when on) and the calls in flight (when coalescing), for one service."""
 
-    def __init__(self, settings: ServeSettings, programs: dict[str, Program], metrics: Metrics) -> None:
+    def __init__(self, settings: ServeSettings, metrics: Metrics) -> None:
         self.cache = ResponseCache(settings) if settings.response_cache != "off" else None
         self.flights = Flights() if settings.coalesce_requests else None
         self._any_temperature = settings.response_cache_any_temperature
-        self._versions = {name: program_version(p.loaded, p.interface) for name, p in programs.items()}
-        # A program that holds an LM of its own samples with that LM's temperature, whatever the
-        # request's: its answers are reused only when every held LM is at temperature 0.
-        self._sampling = {
-            name
-            for name, p in programs.items()
-            if not all(deterministic(held.lm, self._any_temperature) for held in held_lms(p.loaded.module))
-        }
+        # A version that holds an LM of its own samples with that LM's temperature, whatever the
+        # request's: its answers are reused only when every held LM is at temperature 0. Known
+        # per version (by fingerprint), as versions load.
+        self._sampling: dict[str, bool] = {}
         self._hits, self._misses = metrics.response_cache.labels("hit"), metrics.response_cache.labels("miss")
         self._coalesced = metrics.coalesced
 
     @classmethod
-    def of(cls, settings: ServeSettings, programs: dict[str, Program], metrics: Metrics) -> Reuse | None:
+    def of(cls, settings: ServeSettings, metrics: Metrics) -> Reuse | None:
         """The service's reuse, or None when both the cache and coalescing are off."""
         if settings.response_cache == "off" and not settings.coalesce_requests:
             return None
-        return cls(settings, programs, metrics)
+        return cls(settings, metrics)
 
-    def key(self, program: Program, inputs: dict[str, Any], lm: dspy.BaseLM, caller: Caller) -> str | None:
+    def key(
+        self,
+        program: Program,
+        version: ProgramVersion,
+        inputs: dict[str, Any],
+        lm: dspy.BaseLM,
+        caller: Caller,
+    ) -> str | None:
         """The call's key, or None when its answer may not be reused: not deterministic, no
-        canonical form, or the caller asked for a fresh run (``no-cache``)."""
-        if not deterministic(lm, self._any_temperature) or program.name in self._sampling:
+        canonical form, or the caller asked for a fresh run (``no-cache``). Each version of a
+        program has keys of its own."""
+        if not deterministic(lm, self._any_temperature) or self._samples(version):
             return None
         if not caller.cache_control.read:
             caller.note_reuse(False)
             return None
-        key = call_key(program.name, self._versions[program.name], inputs, lm)
+        key = call_key(program.name, version.fingerprint, inputs, lm)
         if key is None:
             caller.note_reuse(False)
         return key
+
+    def _samples(self, version: ProgramVersion) -> bool:
+        samples = self._sampling.get(version.fingerprint)
+        if samples is None:
+            held = held_lms(version.loaded.module)
+            samples = not all(deterministic(h.lm, self._any_temperature) for h in held)
+            self._sampling[version.fingerprint] = samples
+        return samples
 
     async def cached(self, key: str, caller: Caller) -> CallResult | None:
         """The stored answer, counted as a hit or a miss."""

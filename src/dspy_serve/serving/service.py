@@ -38,6 +38,8 @@ from dspy_serve.serving.programs import Program, ProgramsArg, load_programs
 from dspy_serve.serving.ratelimit import RateLimiter
 from dspy_serve.serving.reuse import Reuse
 from dspy_serve.serving.runner import SERVER_SAFE_DSPY_SETTINGS, ProgramRunner
+from dspy_serve.serving.shadow import ShadowRuns
+from dspy_serve.serving.versions import ProgramVersion
 from dspy_serve.settings import ServeSettings
 
 __all__ = ["CallOptions", "Service", "ServiceState"]
@@ -72,8 +74,10 @@ class Service:
         # Every finished call is published here, once (see docs/architecture.md).
         self.observers = CallObservers([self.metrics])
         self._threads: anyio.CapacityLimiter | None = None
-        # The response cache and coalescing (versions of the programs are computed here, once).
-        self.reuse = Reuse.of(settings, self.programs, self.metrics)
+        self._adapter: dspy.Adapter | None = None
+        # The response cache and coalescing (keyed by each program version's fingerprint).
+        self.reuse = Reuse.of(settings, self.metrics)
+        self.shadows = ShadowRuns(self, settings.shadow_max_in_flight, self.metrics)
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -88,10 +92,10 @@ class Service:
         )
         self.front_door = FrontDoor(RateLimiter(self.settings))
         self.accounts = CallAccounts(self.front_door, self.settings.max_tokens_limit)
-        adapter = _adapter(self.settings, self.lms)
+        self._adapter = _adapter(self.settings, self.lms)
         for program in self.programs.values():
-            adopt_held_lms(program.loaded.module, self.lms)
-            program.runner = ProgramRunner(program.loaded, program.interface, self._threads, adapter)
+            for version in program.versions.values():
+                self.prepare(version)
         # Everything built so far (DSPy, the programs, the LMs) lives as long as the process:
         # keep it out of every future garbage collection, which otherwise walks it again and
         # again (measured: +29% throughput at 100 ms LM latency, c=128; docs/benchmarks.md).
@@ -129,12 +133,19 @@ class Service:
 
     async def stop(self) -> None:
         self.state = ServiceState.STOPPING
+        await self.shadows.aclose()
         if self.lms is not None:
             await self.lms.aclose()
         if self.reuse is not None:
             await self.reuse.aclose()
         self.metrics.close()
         self.state = ServiceState.STOPPED
+
+    def prepare(self, version: ProgramVersion) -> None:
+        """Make a loaded version ready to run: its held LMs on the service's clients, its runner."""
+        assert self.lms is not None and self._threads is not None, "prepared before startup"
+        adopt_held_lms(version.loaded.module, self.lms)
+        version.runner = ProgramRunner(version.loaded, version.interface, self._threads, self._adapter)
 
     @property
     def model_names(self) -> list[str]:

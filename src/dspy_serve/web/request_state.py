@@ -24,7 +24,9 @@ def caller_in(scope: Scope) -> Caller:
     caller = state.get(_KEY)
     if caller is None:
         client = scope.get("client")
-        caller = state[_KEY] = Caller(address=client[0] if client else "unknown")
+        caller = state[_KEY] = Caller(
+            address=client[0] if client else "unknown", headers=scope.get("headers", ())
+        )
         for name, value in scope.get("headers", ()):
             if name == b"cache-control":
                 caller.cache_control = CacheControl.parse(value.decode("latin-1"))
