@@ -55,6 +55,7 @@ def test_run_help_groups_the_options_and_types_them() -> None:
         "Performance tuning:",
         "Data loop (store, capture, feedback):",
         "Durable jobs:",
+        "Program versions (rollouts):",
         "Logging and tracing:",
     ]
     assert "Set it empty in the environment" in " ".join(help_text.split())

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+import signal
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import dspy
@@ -17,7 +18,7 @@ from starlette.routing import Route
 from dspy_serve._version import VERSION
 from dspy_serve.interop.openai import build_openai_router
 from dspy_serve.redaction import remember_secrets
-from dspy_serve.serving.keys import KeyRing
+from dspy_serve.serving.keys import KeyRing, admin_ring
 from dspy_serve.serving.programs import ProgramsArg
 from dspy_serve.serving.secrets import secrets_of
 from dspy_serve.serving.service import Service
@@ -82,6 +83,7 @@ def create_app(
                     from dspy_serve.web.job_routes import running_jobs
 
                     await stack.enter_async_context(running_jobs(jobs))
+                stack.enter_context(_reload_on_sighup(service))
                 yield
         finally:
             await service.stop()
@@ -123,6 +125,11 @@ def create_app(
         from dspy_serve.web.job_routes import add_jobs
 
         jobs = add_jobs(app, service)
+    admin_keys = admin_ring(settings)
+    if admin_keys is not None:  # versions and rollouts at run time (#27)
+        from dspy_serve.web.admin_routes import add_admin
+
+        add_admin(app, service, admin_keys)
     if mcp is not None:
         # A Route, not a mount: a mount only matches "/mcp/", so every POST would be redirected.
         app.router.routes.append(Route("/mcp", mcp.asgi_app, name="mcp", include_in_schema=False))
@@ -139,6 +146,7 @@ def create_app(
             protect_docs=settings.protect_docs,
             open_pages=settings.playground,
             open_paths=open_paths,
+            open_prefix="/admin/" if admin_keys is not None else None,
         )
     if settings.cors_origins:
         app.add_middleware(
@@ -197,6 +205,35 @@ def router(
     api = build_router(service)
     api.lifespan_context = lifespan
     return api
+
+
+@contextmanager
+def _reload_on_sighup(service: Service) -> Iterator[None]:
+    """SIGHUP loads the configured versions' files again (#27), without a restart. Only where
+    the process can take signals: in its main thread (a server in a test thread cannot)."""
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[Any]] = set()
+
+    async def reload() -> None:
+        try:
+            await service.versions.reload()
+        except Exception as exc:  # a failed reload leaves everything serving as before
+            logger.error("SIGHUP: the configuration was not reloaded, serving as before: %s", exc)
+
+    def on_sighup() -> None:
+        task = loop.create_task(reload())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    except (ValueError, RuntimeError, NotImplementedError, AttributeError):
+        yield  # not the main thread, or no SIGHUP on this platform
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
 
 
 def _instrument(app: FastAPI) -> None:

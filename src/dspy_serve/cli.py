@@ -9,6 +9,7 @@ bad value gets the same message whether it came from a flag, the environment or 
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,6 +98,9 @@ def serve(settings: ServeSettings) -> None:
     def announce() -> None:
         click.echo(f"dspy-serve: serving on {url}  ({pages})", err=True)
 
+    # SIGHUP reloads the configured versions once the app has started (app.py); until then it
+    # must not kill the process, as it would by default.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     server = ServeServer(uvicorn_config(app, settings), app.state.service, on_started=announce)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it captured, after shutdown
         server.run(sockets=[sock])

@@ -81,7 +81,7 @@ def test_workers_get_the_same_uvicorn_options_as_one_process(monkeypatch: pytest
         def run(self) -> None:
             pass
 
-    monkeypatch.setattr(workers, "Multiprocess", Recorder)
+    monkeypatch.setattr(workers, "HotReloadingWorkers", Recorder)
     for name in ("PROMETHEUS_MULTIPROC_DIR", "DSPY_SERVE_WORKER_SETTINGS_FILE"):  # run_workers sets them
         monkeypatch.setenv(name, "restored-after-the-test")
     settings = ServeSettings(programs=[f"qa={PROGRAMS / 'serving.py'}:qa"], workers=2, shutdown_grace=0.5)

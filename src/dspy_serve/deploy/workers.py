@@ -7,7 +7,9 @@ only, and points every worker at it and at one Prometheus multiprocess directory
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -28,6 +30,8 @@ from dspy_serve.logs import configure_logging
 from dspy_serve.serving.service import Service
 from dspy_serve.settings import ServeSettings
 
+logger = logging.getLogger("dspy_serve")
+
 __all__ = ["reload_options", "run_workers", "worker_app"]
 
 
@@ -35,6 +39,8 @@ def worker_app() -> FastAPI:
     """The app of one worker (uvicorn calls this factory in each process)."""
     from dspy_serve.app import create_app
 
+    # SIGHUP reloads versions once the app has started (app.py); until then it must not kill.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     settings = ServeSettings.model_validate(json.loads(Path(os.environ[SETTINGS_FILE_ENV]).read_text()))
     # A spawned process inherits no logging set-up: without this, a worker's logs are lost.
     configure_logging(settings.log_level, settings.log_format)
@@ -63,6 +69,19 @@ def _refuse_new_calls_on_exit(service: Service) -> None:
         signal.signal(sig, handler)
 
 
+class HotReloadingWorkers(Multiprocess):
+    """uvicorn's process manager, except that SIGHUP reaches the workers, which reload their
+    versions in place (#27), instead of restarting them."""
+
+    def handle_hup(self) -> None:
+        logger.info("SIGHUP: the workers reload the configured versions")
+        for worker in self.processes:
+            pid = worker.process.pid
+            if pid is not None and worker.process.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGHUP)
+
+
 def run_workers(settings: ServeSettings, sock: socket.socket) -> None:
     """Serve on ``sock`` from child processes: ``settings.workers`` of them, or, with
     ``settings.reload``, one that is replaced whenever a program file or artifact changes."""
@@ -86,6 +105,6 @@ def run_workers(settings: ServeSettings, sock: socket.socket) -> None:
         if settings.reload:
             SafeReload(config, sockets=[sock]).run()
         else:
-            Multiprocess(config, sockets=[sock]).run()
+            HotReloadingWorkers(config, sockets=[sock]).run()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -76,7 +76,8 @@ __all__ = [
 
 logger = logging.getLogger("dspy_serve.mcp")
 
-CALL_META = "dspy-serve/call"  # result _meta: {"call_id", "model", "usage", "cost"} of a successful call
+# The result _meta of a successful call: {"call_id", "version", "model", "usage", "cost"}.
+CALL_META = "dspy-serve/call"
 PROBLEM_META = "dspy-serve/problem"  # result _meta of an isError result: the problem+json body
 
 Context = ServerRequestContext[Any, Any]
@@ -115,7 +116,13 @@ def build_server(service: Service) -> Server[Any]:
         finally:
             if not isinstance(ctx.request, Request):  # stdio: no HTTP middleware counts errors
                 service.metrics.count_errors(caller.error_codes)
-        body = {"call_id": call.call_id, "model": result.model, "usage": result.usage, "cost": result.cost}
+        body = {
+            "call_id": call.call_id,
+            "version": call.version.name,
+            "model": result.model,
+            "usage": result.usage,
+            "cost": result.cost,
+        }
         return CallToolResult(
             content=[TextContent(text=json.dumps(result.outputs, ensure_ascii=False))],
             structured_content=result.outputs,

@@ -39,7 +39,7 @@ from dspy_serve.serving.usage import flat_usage
 from dspy_serve.web.connection import require_json, until_disconnected
 from dspy_serve.web.envelopes import NOT_BOOL_OR_STR
 from dspy_serve.web.request_state import caller_of, reuse_headers
-from dspy_serve.web.sse import CALL_ID_HEADER, EventStreamResponse
+from dspy_serve.web.sse import CALL_ID_HEADER, VERSION_HEADER, EventStreamResponse
 
 __all__ = ["ChatRequest", "ChatShape", "build_openai_router", "chat_replies", "chat_shape"]
 
@@ -313,7 +313,7 @@ def build_openai_router(service: Service) -> APIRouter:
                     headers={**headers, **reuse_headers(caller)},
                 )
             call = service.call(caller, program, inputs, options, wire="openai")
-            headers = {**await call.admit(), CALL_ID_HEADER: call.call_id}
+            headers = {**await call.admit(), CALL_ID_HEADER: call.call_id, VERSION_HEADER: call.version.name}
             result = await until_disconnected(request, call.result())
             return JSONResponse(completion.whole(result), headers={**headers, **reuse_headers(caller)})
         except Exception as exc:

@@ -33,6 +33,7 @@ class BatchItem:
 
     index: int
     call_id: str
+    version: str  # the program version that ran it
     result: CallResult | None = None
     error: ServeError | None = None
 
@@ -102,9 +103,9 @@ class Batch:
             admission=self._admission,
         )
         if isinstance(item, ServeError):
-            return BatchItem(index, call.call_id, error=call.refuse(item))
+            return BatchItem(index, call.call_id, call.version.name, error=call.refuse(item))
         async with gate:
             try:
-                return BatchItem(index, call.call_id, result=await call.result())
+                return BatchItem(index, call.call_id, call.version.name, result=await call.result())
             except ServeError as error:  # each item owns its error; the others go on
-                return BatchItem(index, call.call_id, error=error)
+                return BatchItem(index, call.call_id, call.version.name, error=error)

@@ -39,7 +39,20 @@ __all__ = [
 # First path segments the app routes itself (and `playground`, planned): a program's routes
 # live under /NAME/, so a program of one of these names would shadow them or share their access.
 RESERVED_NAMES = frozenset(
-    {"docs", "health", "mcp", "metrics", "openapi", "openapi.json", "playground", "programs", "redoc", "v1"}
+    {
+        "admin",
+        "docs",
+        "health",
+        "jobs",
+        "mcp",
+        "metrics",
+        "openapi",
+        "openapi.json",
+        "playground",
+        "programs",
+        "redoc",
+        "v1",
+    }
 )
 # Where a program's module keeps the LM (and adapter) its code configured when first imported.
 _CONFIGURED_LM = "__dspy_serve_configured_lm__"

@@ -25,7 +25,7 @@ from dspy_serve.serving.schema import ProgramInterface, derive_interface
 from dspy_serve.serving.versions import BASE_VERSION, ProgramVersion, load_version, parse_version_spec
 from dspy_serve.settings import ServeSettings
 
-__all__ = ["Program", "ProgramsArg", "load_programs"]
+__all__ = ["Program", "ProgramsArg", "configured_rollout", "load_programs"]
 
 ProgramsArg = Mapping[str, "dspy.Module | str | type[dspy.Signature]"]
 
@@ -47,9 +47,7 @@ class Program:
     source: str | dspy.Module = field(repr=False)
 
     @classmethod
-    def of(
-        cls, loaded: LoadedProgram, interface: ProgramInterface, version: str = BASE_VERSION
-    ) -> Program:
+    def of(cls, loaded: LoadedProgram, interface: ProgramInterface, version: str = BASE_VERSION) -> Program:
         """A program with one version, ``loaded`` (its source is the loaded module itself)."""
         stable = ProgramVersion(version, loaded, interface)
         return cls(loaded.name, interface, {version: stable}, Rollout(loaded.name, version), loaded.module)
@@ -142,7 +140,7 @@ def _version_name(settings: ServeSettings, program: LoadedProgram) -> str:
 
 
 def _add_candidates(settings: ServeSettings, programs: dict[str, Program]) -> None:
-    """The configured candidates, splits and shadows (``--candidate``, ``--split``, ``--shadow``)."""
+    """The configured candidates (``--candidate``), and each program's configured rollout."""
     names = list(programs)
     for spec in settings.candidates:
         wanted = parse_version_spec(spec, names, flag="--candidate")
@@ -160,26 +158,35 @@ def _add_candidates(settings: ServeSettings, programs: dict[str, Program]) -> No
             allow_pickle=settings.allow_pickle,
             max_input_chars=settings.max_input_chars,
         )
-        program.rollout = Rollout(program.name, program.rollout.stable, candidate=wanted.name)
-    sticky = {
-        name: parse_sticky(value) for name, value in _per_program(settings.sticky, names, "--sticky").items()
-    }
-    for name, value in _per_program(settings.splits, names, "--split").items():
-        rollout = _needs_candidate(programs[name], "--split")
-        weight = _number(value, f"--split {name}={value}", 0, 100)
-        programs[name].rollout = Rollout(
-            name,
-            rollout.stable,
-            rollout.candidate,
-            split=Split(weight, sticky.get(name, "key")),
-            shadow=rollout.shadow,
+    for program in programs.values():
+        program.rollout = configured_rollout(settings, program.name, names, program.rollout.stable)
+
+
+def configured_rollout(settings: ServeSettings, program: str, names: list[str], stable: str) -> Rollout:
+    """The rollout the settings give ``program``: ``stable``, its last ``--candidate``, and the
+    ``--split`` (sticky by ``--sticky``) and ``--shadow`` that send the candidate calls."""
+    candidate = None
+    for spec in settings.candidates:
+        wanted = parse_version_spec(spec, names, flag="--candidate")
+        if wanted.program == program:
+            candidate = wanted.name
+    weight = _per_program(settings.splits, names, "--split").get(program)
+    rate = _per_program(settings.shadows, names, "--shadow").get(program)
+    sticky = _per_program(settings.sticky, names, "--sticky").get(program, "key")
+    if candidate is None and (weight is not None or rate is not None):
+        raise ValueError(
+            f"{'--split' if weight is not None else '--shadow'} {program}: it has no candidate version; "
+            f"add one with --candidate {program}=PATH"
         )
-    for name, value in _per_program(settings.shadows, names, "--shadow").items():
-        rollout = _needs_candidate(programs[name], "--shadow")
-        rate = _number(value, f"--shadow {name}={value}", 0, 1)
-        programs[name].rollout = Rollout(
-            name, rollout.stable, rollout.candidate, split=rollout.split, shadow=Shadow(rate)
-        )
+    return Rollout(
+        program,
+        stable,
+        candidate,
+        split=Split(_number(weight, f"--split {program}", 0, 100), parse_sticky(sticky))
+        if weight is not None
+        else None,
+        shadow=Shadow(_number(rate, f"--shadow {program}", 0, 1)) if rate is not None else None,
+    )
 
 
 def _per_program(specs: list[str], names: list[str], flag: str) -> dict[str, str]:
@@ -196,20 +203,11 @@ def _per_program(specs: list[str], names: list[str], flag: str) -> dict[str, str
     return found
 
 
-def _needs_candidate(program: Program, flag: str) -> Rollout:
-    if program.rollout.candidate is None:
-        raise ValueError(
-            f"{flag} {program.name}: it has no candidate version; "
-            f"add one with --candidate {program.name}=PATH"
-        )
-    return program.rollout
-
-
 def _number(value: str, label: str, low: float, high: float) -> float:
     try:
         number = float(value)
     except ValueError:
-        raise ValueError(f"{label}: {value!r} is not a number") from None
+        raise ValueError(f"{label}={value}: {value!r} is not a number") from None
     if not low <= number <= high:
         raise ValueError(f"{label}: must be from {low:g} to {high:g}")
     return number

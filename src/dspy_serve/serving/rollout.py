@@ -121,6 +121,9 @@ class Rollout:
             )
         return self._next(stable=self.previous[-1], previous=self.previous[:-1])
 
+    def at_revision(self, revision: int) -> Rollout:
+        return replace(self, revision=revision)
+
     def _not_stable(self, candidate: str) -> None:
         if candidate == self.stable:
             raise RolloutConflict(

@@ -32,6 +32,7 @@ from dspy_serve.serving.call import Call, CallOptions
 from dspy_serve.serving.caller import Caller
 from dspy_serve.serving.capacity import CapacityGate
 from dspy_serve.serving.front_door import FrontDoor
+from dspy_serve.serving.keys import admin_ring
 from dspy_serve.serving.metrics import Metrics
 from dspy_serve.serving.observers import CallObservers
 from dspy_serve.serving.programs import Program, ProgramsArg, load_programs
@@ -39,6 +40,7 @@ from dspy_serve.serving.ratelimit import RateLimiter
 from dspy_serve.serving.reuse import Reuse
 from dspy_serve.serving.runner import SERVER_SAFE_DSPY_SETTINGS, ProgramRunner
 from dspy_serve.serving.shadow import ShadowRuns
+from dspy_serve.serving.version_control import VersionControl
 from dspy_serve.serving.versions import ProgramVersion
 from dspy_serve.settings import ServeSettings
 
@@ -78,6 +80,8 @@ class Service:
         # The response cache and coalescing (keyed by each program version's fingerprint).
         self.reuse = Reuse.of(settings, self.metrics)
         self.shadows = ShadowRuns(self, settings.shadow_max_in_flight, self.metrics)
+        # Versions and rollouts changed while serving; shared through the store with the admin API on.
+        self.versions = VersionControl(self, shared=admin_ring(settings) is not None)
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -106,6 +110,7 @@ class Service:
             # Python's 700 the collector walks them many times over before they die. Rarer
             # collections free the same cycles (measured: ~0.3 ms less CPU per request at c=128).
             gc.set_threshold(self.settings.gc_threshold, 20, 100)
+        await self.versions.start()
         self.state = ServiceState.READY
         runtime = self.lms.local_runtime
         logger.info(
@@ -134,6 +139,7 @@ class Service:
     async def stop(self) -> None:
         self.state = ServiceState.STOPPING
         await self.shadows.aclose()
+        await self.versions.stop()
         if self.lms is not None:
             await self.lms.aclose()
         if self.reuse is not None:

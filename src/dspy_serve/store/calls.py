@@ -16,12 +16,12 @@ from dspy_serve.store.tables import calls, feedback, feedback_history
 __all__ = ["delete_calls", "get_call", "insert_calls", "prune_calls"]
 
 
-def insert_ignoring_duplicates(store: Store, table: Any, key: str) -> Insert:
+def insert_ignoring_duplicates(store: Store, table: Any, *key: str) -> Insert:
     """An INSERT that leaves an existing row alone: a call may be written by capture and by the
     feedback that came for it first, in either order."""
     dialect = postgresql if store.dialect == "postgresql" else sqlite
     statement: Any = dialect.insert(table)
-    return statement.on_conflict_do_nothing(index_elements=[key])  # type: ignore[no-any-return]
+    return statement.on_conflict_do_nothing(index_elements=list(key))  # type: ignore[no-any-return]
 
 
 async def insert_calls(store: Store, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -13,7 +13,7 @@ from dspy_serve.serving.keys import KeyRing
 from dspy_serve.web.middleware import send_problem
 from dspy_serve.web.request_state import caller_in
 
-__all__ = ["DOCS_PATHS", "OPEN_PATHS", "PAGES_PREFIX", "ApiKeyMiddleware"]
+__all__ = ["DOCS_PATHS", "OPEN_PATHS", "PAGES_PREFIX", "ApiKeyMiddleware", "presented_key"]
 
 # Exact paths, never prefixes: a program named ``docs_qa`` or ``health`` must not inherit them.
 OPEN_PATHS = frozenset({"/health/live", "/health/ready"})
@@ -38,8 +38,10 @@ class ApiKeyMiddleware:
         protect_docs: bool = False,
         open_pages: bool = False,
         open_paths: frozenset[str] = frozenset(),
+        open_prefix: str | None = None,
     ) -> None:
         self.app = app
+        self.open_prefix = open_prefix  # the admin API's routes, which check admin keys instead
         self.open_paths = open_paths  # routes that check a credential of their own (feedback tokens)
         self.keys = keys
         self.protect_docs = protect_docs
@@ -49,7 +51,7 @@ class ApiKeyMiddleware:
         if scope["type"] != "http" or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
-        key = self._presented(scope)
+        key = presented_key(scope)
         match = self.keys.match(key) if key else None
         if match is None and not self._is_open(scope["path"]):
             await send_problem(
@@ -64,18 +66,20 @@ class ApiKeyMiddleware:
         return (
             path in OPEN_PATHS
             or path in self.open_paths
+            or (self.open_prefix is not None and path.startswith(self.open_prefix))
             or path.startswith(ASSETS_PREFIX)
             or (not self.protect_docs and path in DOCS_PATHS)
             or (self.open_pages and (path == "/" or path.startswith(PAGES_PREFIX)))
         )
 
-    @staticmethod
-    def _presented(scope: Scope) -> str | None:
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                if scheme.lower() == "bearer" and token.strip():
-                    return str(token.strip())
-            elif name == b"x-api-key" and value:
-                return str(value.decode("latin-1").strip())
-        return None
+
+def presented_key(scope: Scope) -> str | None:
+    """The key a request presents, as ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return str(token.strip())
+        elif name == b"x-api-key" and value:
+            return str(value.decode("latin-1").strip())
+    return None

@@ -112,6 +112,17 @@ def _describe(service: Service, program: Program, caller: Caller) -> dict[str, A
         # Never a server path: the name and the hash say which state is served.
         "artifact": {"name": Path(artifact.path).name, "sha256": artifact.sha256} if artifact else None,
         "execution": "async" if program.runner is None or program.runner.native_async else "thread",
+        # Its versions (#27): which one is stable, the candidate, and what each is (file names only).
+        "versions": [
+            {
+                "name": version.name,
+                "sha256": version.sha256,
+                "loaded_at": version.loaded_at,
+                "state": program.state_of(version.name),
+                "provenance": Path(version.provenance).name if version.provenance else None,
+            }
+            for version in program.versions.values()
+        ],
         # What a form needs to stay within bounds (the playground's max tokens and batch size).
         "limits": {
             "max_tokens": service.settings.max_tokens_limit,

@@ -187,6 +187,7 @@ def envelope_models(
         f"{prefix}InvokeResponse",
         __base__=_InvokeResponseBase,
         call_id=(str, _CALL_ID),
+        version=(str, _VERSION),
         outputs=(outputs, ...),
         usage=(Usage, Field(description="Tokens spent by this request, per model.")),
         cost=(Cost, Field(description="Estimated cost of this request.")),
@@ -204,6 +205,7 @@ def envelope_models(
         __base__=_WithPrompts,
         index=(int, ...),
         call_id=(str, _CALL_ID),
+        version=(str, _VERSION),
         outputs=(Optional[outputs], None),  # noqa: UP045 - a runtime type expression
         error=(Problem | None, None),
         usage=(Usage, Field(default_factory=dict)),
@@ -244,6 +246,10 @@ class LMCall(BaseModel):
 
 _CALL_ID = Field(
     description="The server's id for this call (also the `X-Call-Id` header): what feedback names."
+)
+_VERSION = Field(
+    description="The program version that answered (also the `X-Program-Version` header; "
+    "`GET /programs/NAME` lists the versions)."
 )
 
 
@@ -305,10 +311,11 @@ def stream_event_model(prefix: str, invoke_response: type[BaseModel]) -> type[Ba
     )
 
 
-def response_body(result: CallResult, call_id: str) -> dict[str, Any]:
+def response_body(result: CallResult, call_id: str, version: str) -> dict[str, Any]:
     """The body of /invoke, and of the stream's ``prediction`` event."""
     body: dict[str, Any] = {
         "call_id": call_id,
+        "version": version,
         "outputs": result.outputs,
         "usage": result.usage,
         "cost": result.cost,

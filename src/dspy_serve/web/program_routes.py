@@ -24,6 +24,7 @@ from dspy_serve.web.request_state import caller_of, reuse_headers
 from dspy_serve.web.sse import (
     CALL_ID_HEADER,
     STREAM_DOC,
+    VERSION_HEADER,
     EventStreamResponse,
     ProgramEventEncoder,
 )
@@ -74,10 +75,11 @@ def add_program_routes(
         caller = caller_of(request)
         call = service.call(caller, program, field_values(body.inputs), _options(body.options))  # type: ignore[attr-defined]
         response.headers[CALL_ID_HEADER] = call.call_id
+        response.headers[VERSION_HEADER] = call.version.name
         response.headers.update(await call.admit())
         result = await until_disconnected(request, call.result())
         response.headers.update(reuse_headers(caller))
-        return response_body(result, call.call_id)
+        return response_body(result, call.call_id, call.version.name)
 
     async def batch(body: BatchRequest, request: Request, response: Response) -> Any:  # type: ignore[valid-type]
         caller = caller_of(request)
@@ -86,6 +88,8 @@ def add_program_routes(
         response.headers.update(await run.admit())
         done = await until_disconnected(request, run.run())
         response.headers.update(reuse_headers(caller))
+        # Items of one batch may run on different versions (a split sticky by an input).
+        response.headers[VERSION_HEADER] = ", ".join(dict.fromkeys(item.version for item in done.items))
         return {
             "items": [_batch_item(caller, item) for item in done.items],
             "usage": done.usage,
@@ -183,13 +187,19 @@ def _item(index: int, item: Any) -> dict[str, Any] | ServeError:
 
 def _batch_item(caller: Caller, item: BatchItem) -> dict[str, Any]:
     if item.error is not None:
-        error = {"index": item.index, "call_id": item.call_id, "error": problem_body(caller, item.error)}
+        error = {
+            "index": item.index,
+            "call_id": item.call_id,
+            "version": item.version,
+            "error": problem_body(caller, item.error),
+        }
         return {**error, "usage": item.error.usage} if item.error.usage else error
     result = item.result
     assert result is not None
     done = {
         "index": item.index,
         "call_id": item.call_id,
+        "version": item.version,
         "outputs": result.outputs,
         "usage": result.usage,
         "cost": result.cost,

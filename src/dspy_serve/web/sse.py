@@ -48,6 +48,7 @@ STREAM_DOC = (
 )
 
 CALL_ID_HEADER = "X-Call-Id"  # the server-minted id of the call (also `call_id` in the body)
+VERSION_HEADER = "X-Program-Version"  # the program version that answered (also `version`)
 
 STREAM_HEADERS = {
     "Cache-Control": "no-cache",
@@ -97,7 +98,9 @@ class ProgramEventEncoder:
         if isinstance(event, Status):
             return sse_event("status", {"message": event.message})
         if isinstance(event, Finished):
-            return sse_event("prediction", response_body(event.result, event.call_id))
+            return sse_event(
+                "prediction", response_body(event.result, event.call_id, self._call.version.name)
+            )
         return sse_event("error", problem_body(self._call.caller, event.error))
 
     def closing(self) -> bytes:
@@ -134,7 +137,14 @@ class EventStreamResponse(Response):
         # Like StreamingResponse: no body, so no Content-Length.
         self.status_code = 200
         self.background = None
-        self.init_headers({**STREAM_HEADERS, **(headers or {}), CALL_ID_HEADER: call.call_id})
+        self.init_headers(
+            {
+                **STREAM_HEADERS,
+                **(headers or {}),
+                CALL_ID_HEADER: call.call_id,
+                VERSION_HEADER: call.version.name,
+            }
+        )
         self._call = call
         self._encoder = encoder
         self._heartbeat = heartbeat
