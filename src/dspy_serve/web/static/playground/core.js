@@ -99,9 +99,9 @@ export function hasKey() {
 }
 
 // fetch() against this server with the tab's key; a 401 asks for a key and tries again.
-export async function api(path, { method = "GET", body, signal } = {}) {
+export async function api(path, { method = "GET", body, signal, headers: extra = {} } = {}) {
   for (;;) {
-    const headers = {};
+    const headers = { ...extra };
     const key = sessionStorage.getItem(KEY_STORE);
     if (key) headers.Authorization = "Bearer " + key;
     if (body !== undefined) headers["Content-Type"] = "application/json";
