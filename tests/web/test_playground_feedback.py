@@ -8,6 +8,8 @@ import json
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -34,38 +36,53 @@ def chromium() -> Iterator[Any]:
         yield launched
 
 
-@pytest.fixture(scope="module")
-def server(
-    _fake_lm_server: FakeLM, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[ServerThread, str]]:
-    """kitchen captured (echo is not), an API key, and feedback tokens."""
-    store = f"sqlite:///{tmp_path_factory.mktemp('store') / 'store.db'}"
+@contextmanager
+def serving_kitchen(fake: FakeLM, store: str, **overrides: Any) -> Iterator[ServerThread]:
+    """kitchen captured (echo is not), with feedback tokens."""
     settings = fake_settings(
-        _fake_lm_server,
+        fake,
         programs=[KITCHEN, ECHO],
         capture=["kitchen"],
         store=store,
-        api_keys=[f"alice:{KEY}"],
         feedback_token_secret="playground-feedback-secret",
+        **overrides,
     )
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OPENAI_API_KEY", FAKE_KEY)
         with serving(create_app(settings)) as running:
-            yield running, store
+            yield running
+
+
+@pytest.fixture(scope="module")
+def server(
+    _fake_lm_server: FakeLM, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ServerThread, str]]:
+    """API keys off: the page rates with each answer's feedback token."""
+    store = f"sqlite:///{tmp_path_factory.mktemp('store') / 'store.db'}"
+    with serving_kitchen(_fake_lm_server, store) as running:
+        yield running, store
+
+
+@contextmanager
+def browsing(chromium: Any, base_url: str) -> Iterator[Any]:
+    """A page under the real CSP (no bypass): a violation or a script error fails the test."""
+    page = offline_page(chromium, base_url)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    try:
+        yield page
+    finally:
+        page.context.close()
+    # The refusals the tests provoke (the 401 asking for the key, a 422, a 404) are the only errors.
+    assert not [e for e in errors if not re.search(r"status of (401|404|422)", e)], errors
 
 
 @pytest.fixture
 def page(chromium: Any, server: tuple[ServerThread, str], fake_lm: FakeLM) -> Iterator[Any]:
-    """A page under the real CSP (no bypass): a violation or a script error fails the test."""
     fake_lm.answers = ANSWER
-    page = offline_page(chromium, server[0].base_url)
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-    yield page
-    page.context.close()
-    # The refusals the tests provoke (the 401 asking for the key, a 422, a 404) are the only errors.
-    assert not [e for e in errors if not re.search(r"status of (401|404|422)", e)], errors
+    with browsing(chromium, server[0].base_url) as page:
+        yield page
 
 
 def read_store(store: str, query: str) -> list[dict[str, Any]]:
@@ -74,10 +91,11 @@ def read_store(store: str, query: str) -> list[dict[str, Any]]:
         return pool.submit(read_store_here, store, query).result()
 
 
-def open_with_key(page: Any, base_url: str, name: str) -> None:
+def open_program(page: Any, base_url: str, name: str, key: str | None = None) -> None:
     page.goto(f"{base_url}/playground/{name}")
-    page.locator("#key-input").fill(KEY)
-    page.keyboard.press("Enter")
+    if key is not None:
+        page.locator("#key-input").fill(key)
+        page.keyboard.press("Enter")
     expect(page.locator("#workbench")).to_be_visible(timeout=20_000)
 
 
@@ -105,7 +123,7 @@ def test_an_answer_rated_up_then_down_keeps_the_second_rating_and_the_first_in_h
     page: Any, server: tuple[ServerThread, str]
 ) -> None:
     url, store = server
-    open_with_key(page, url.base_url, "kitchen")
+    open_program(page, url.base_url, "kitchen")
     run_kitchen(page)
     up, down = page.locator("#rate-up"), page.locator("#rate-down")
     expect(up).to_have_attribute("aria-pressed", "false")
@@ -115,10 +133,10 @@ def test_an_answer_rated_up_then_down_keeps_the_second_rating_and_the_first_in_h
     expect(up).to_have_attribute("aria-pressed", "true")
     call_id = first["body"]["call_id"]
     assert first["body"] == {"call_id": call_id, "score": True}
-    # The answer's own feedback token goes with it (the tab's key too).
-    assert first["headers"]["x-feedback-token"] and first["headers"]["authorization"] == f"Bearer {KEY}"
-    [call] = read_store(store, f"SELECT program, key_name FROM calls WHERE call_id = '{call_id}'")
-    assert call == {"program": "kitchen", "key_name": "alice"}
+    # The tab has no key: the answer's own feedback token goes with it.
+    assert first["headers"]["x-feedback-token"] and "authorization" not in first["headers"]
+    [call] = read_store(store, f"SELECT program FROM calls WHERE call_id = '{call_id}'")
+    assert call == {"program": "kitchen"}
     assert feedback_row(store, call_id)["score"] == 1.0
 
     page.locator("#feedback-comment").fill("the label is <b>wrong</b>")
@@ -129,7 +147,7 @@ def test_an_answer_rated_up_then_down_keeps_the_second_rating_and_the_first_in_h
     assert second["body"] == {"call_id": call_id, "score": False, "comment": "the label is <b>wrong</b>"}
     row = feedback_row(store, call_id)
     assert (row["key_name"], row["score"], row["comment"], row["outputs"]) == (
-        "alice",
+        "",  # no key: the token's holder rates for the call's own (no) key
         0.0,
         "the label is <b>wrong</b>",
         None,
@@ -147,7 +165,7 @@ def test_a_correction_that_does_not_fit_names_its_field_and_one_that_fits_is_sto
     page: Any, server: tuple[ServerThread, str]
 ) -> None:
     url, store = server
-    open_with_key(page, url.base_url, "kitchen")
+    open_program(page, url.base_url, "kitchen")
     run_kitchen(page)
     call_id = send(page, "#rate-down")["body"]["call_id"]
     expect(page.locator("#feedback-state")).to_have_text("Rated bad.")
@@ -214,13 +232,12 @@ def test_a_program_without_capture_shows_no_rating_buttons(
     page: Any, server: tuple[ServerThread, str]
 ) -> None:
     url, _ = server
-    headers = {"Authorization": f"Bearer {KEY}"}
-    endpoints = httpx.get(f"{url.base_url}/programs", headers=headers, timeout=10).json()
+    endpoints = httpx.get(f"{url.base_url}/programs", timeout=10).json()
     assert {p["name"]: sorted(p["endpoints"]) for p in endpoints} == {
         "kitchen": ["batch", "feedback", "invoke", "stream"],
         "echo": ["batch", "invoke", "stream"],
     }
-    open_with_key(page, url.base_url, "echo")
+    open_program(page, url.base_url, "echo")
     page.locator("textarea").first.fill("Capital of Peru?")
     page.locator("#run").click()
     expect(page.locator("#outputs .output").first).to_be_visible(timeout=20_000)
@@ -232,11 +249,11 @@ def test_the_servers_error_is_shown_as_text(page: Any, server: tuple[ServerThrea
     """A refusal whose detail holds markup (here the server's own 404 for a call it no longer
     knows, with the call id the page sent) is shown as text."""
     url, _ = server
-    open_with_key(page, url.base_url, "kitchen")
+    open_program(page, url.base_url, "kitchen")
     run_kitchen(page)
 
     # The page's answer is replaced by one the server never made: its call id is markup (sent
-    # with the key alone, as the answer's token names another call).
+    # without the answer's token, which names another call).
     def forge(route: Any) -> None:
         headers = {k: v for k, v in route.request.headers.items() if k != "x-feedback-token"}
         body = {**route.request.post_data_json, "call_id": "<img src=x onerror=alert(1)>"}
@@ -248,3 +265,36 @@ def test_the_servers_error_is_shown_as_text(page: Any, server: tuple[ServerThrea
     expect(problem).to_contain_text("404")
     expect(problem).to_contain_text("<img src=x onerror=alert(1)>")
     assert problem.locator("img").count() == 0
+
+
+def test_a_tab_with_a_key_rates_with_it_and_an_expired_token_falls_back_to_the_key_path(
+    chromium: Any, fake_lm: FakeLM, tmp_path: Path
+) -> None:
+    fake_lm.answers = ANSWER
+    keyed = f"sqlite:///{tmp_path / 'keyed.db'}"
+    with (
+        serving_kitchen(fake_lm, keyed, api_keys=[f"alice:{KEY}"]) as server,
+        browsing(chromium, server.base_url) as page,
+    ):
+        open_program(page, server.base_url, "kitchen", key=KEY)
+        run_kitchen(page)
+        sent = send(page, "#rate-up")
+        expect(page.locator("#feedback-state")).to_have_text("Rated good.")
+        assert (
+            sent["headers"]["authorization"] == f"Bearer {KEY}" and "x-feedback-token" not in sent["headers"]
+        )
+        assert feedback_row(keyed, sent["body"]["call_id"])["key_name"] == "alice"
+
+    short = f"sqlite:///{tmp_path / 'short.db'}"
+    with (
+        serving_kitchen(fake_lm, short, feedback_token_ttl=0.5) as server,
+        browsing(chromium, server.base_url) as page,
+    ):
+        open_program(page, server.base_url, "kitchen")
+        run_kitchen(page)
+        page.wait_for_timeout(1_000)  # the answer's token has expired
+        with page.expect_response(lambda response: response.status == 401) as expired:
+            sent = send(page, "#rate-down")
+        assert expired.value.request.headers["x-feedback-token"]
+        expect(page.locator("#feedback-state")).to_have_text("Rated bad.")
+        assert feedback_row(short, sent["body"]["call_id"])["score"] == 0.0

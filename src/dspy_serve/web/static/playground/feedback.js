@@ -3,7 +3,7 @@
 // schema. The server keeps one current rating per (call, key) and replaces it on each send, so
 // every send carries the whole current state: a second click changes the rating.
 
-import { $, api, enc, h, problemOf, problemView } from "./core.js";
+import { $, api, enc, h, hasKey, problemOf, problemView } from "./core.js";
 import { buildForm, clearHighlights, FieldProblem, highlight } from "./form.js";
 
 let program = null;
@@ -109,9 +109,7 @@ async function send(change, done) {
   $("feedback-problem").replaceChildren();
   for (const button of $("feedback").querySelectorAll("button")) button.disabled = true;
   try {
-    // The token lets this tab rate the call it got without a key (the key, if any, goes too).
-    const headers = sent.token ? { "X-Feedback-Token": sent.token } : {};
-    const response = await api(`/${enc(program.name)}/feedback`, { method: "POST", body, headers });
+    const response = await post(sent.token, body);
     if (answer !== sent) return; // a new run started meanwhile: this answer is gone from the page
     if (!response.ok) {
       const problem = await problemOf(response);
@@ -130,4 +128,15 @@ async function send(change, done) {
   } finally {
     for (const button of $("feedback").querySelectorAll("button")) button.disabled = false;
   }
+}
+
+// A tab with a key rates with it (its own calls); one without uses the answer's feedback token,
+// and once that has expired (401), the key path (which asks for a key if the server needs one).
+async function post(token, body) {
+  const path = `/${enc(program.name)}/feedback`;
+  if (token && !hasKey()) {
+    const response = await api(path, { method: "POST", body, headers: { "X-Feedback-Token": token }, askKey: false });
+    if (response.status !== 401) return response;
+  }
+  return api(path, { method: "POST", body });
 }
