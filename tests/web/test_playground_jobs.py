@@ -23,7 +23,7 @@ from tests.support.settings import FAKE_KEY, PROGRAMS, fake_settings
 
 ECHO = f"echo={PROGRAMS / 'playground_programs.py'}:echo"
 CAP = 4  # batch_max_items: a file of more items runs as a job
-MAX = 8  # job_max_items
+MAX = 1500  # job_max_items
 
 expect = pytest.importorskip("playwright.sync_api").expect
 
@@ -112,7 +112,7 @@ def test_a_file_above_the_batch_cap_runs_as_a_job_with_progress_and_results_in_i
         re.compile(r": done\. 7 of 7 finished, 1 failed · \d+ tokens · cost "), timeout=30_000
     )
     expect(page.locator("#batch-cancel")).to_be_hidden()
-    [job] = httpx.get(f"{server.base_url}/jobs", timeout=10).json()["jobs"]
+    job = httpx.get(f"{server.base_url}/jobs", timeout=10).json()["jobs"][0]  # the newest
     assert state.inner_text().startswith(f"Job {job['id'][:8]}…") and job["tokens"] > 0
     assert (job["state"], job["total"], job["done"], job["failed"]) == ("done", 7, 6, 1)
     assert f"{job['tokens']} tokens" in state.inner_text()
@@ -159,6 +159,25 @@ def test_cancel_stops_the_job_and_its_items_end_cancelled(
     expect(errors).to_have_count(3)
     assert all(text.startswith("The job was cancelled") for text in errors.all_inner_texts())
     expect(page.locator("#batch-jsonl")).to_be_enabled()
+
+
+def test_the_table_shows_the_first_thousand_rows_and_the_download_holds_them_all(
+    page: Any, server: ServerThread
+) -> None:
+    items = [{"wrong": i} for i in range(1001)]  # each fails validation at once: no LM call
+    open_batch(page, server.base_url, items)
+    page.locator("#batch-run").click()
+    expect(page.locator("#batch-state")).to_have_text(
+        re.compile(r": failed\. 1001 of 1001 finished, 1001 failed"), timeout=30_000
+    )
+    expect(page.locator("#batch-results tbody tr")).to_have_count(1000)
+    expect(page.locator("#batch-results p.hint")).to_have_text(
+        "The table shows the first 1000 rows; the downloads hold them all."
+    )
+    with page.expect_download() as download:
+        page.locator("#batch-jsonl").click()
+    records = [json.loads(line) for line in Path(download.value.path()).read_text().splitlines()]
+    assert [r["item"] for r in records] == list(range(1, 1002))
 
 
 def test_a_job_the_server_refuses_shows_its_problem(page: Any, server: ServerThread) -> None:

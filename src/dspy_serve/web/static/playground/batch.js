@@ -11,6 +11,8 @@ import { cancelJob, jobText, runJob } from "./jobs.js";
 // calls (metrics, Stop) are not queued behind the batch.
 const IN_FLIGHT = 4;
 let results = [];
+// Rows the results table shows (a job may hold 100,000): the downloads hold every row.
+const TABLE_ROWS = 1000;
 
 // Run every item through /NAME/batch, IN_FLIGHT at a time; `done(result)` as each finishes. A
 // refused request (no key, rate limited, ...) stops new ones and is returned as a problem.
@@ -233,7 +235,13 @@ function resultsTable(program, items) {
       h("td", { "data-error": "" }, errorText(r.error)),
     );
   const head = h("thead", {}, h("tr", {}, ["#", ...inputColumns.map((k) => `${k} (input)`), ...outputs, "error"].map((c) => h("th", { scope: "col" }, c))));
-  return { table: h("table", {}, head, body), add: (rows) => body.append(...rows.map(row)) };
+  const more = h("p", { class: "hint", hidden: true }, `The table shows the first ${TABLE_ROWS} rows; the downloads hold them all.`);
+  const add = (rows) => {
+    const room = rows.slice(0, Math.max(0, TABLE_ROWS - body.childElementCount));
+    body.append(...room.map(row));
+    if (room.length < rows.length) more.hidden = false;
+  };
+  return { table: h("div", {}, h("table", {}, head, body), more), add };
 }
 
 // The items as a job: progress and spending from the job's status, rows from its results.
@@ -270,6 +278,9 @@ async function runAsJob(program, items, { progress, state, problem, table, cance
       problem.replaceChildren(problemView(ended.problem));
       if (!id) state.textContent = "The job was not submitted.";
     }
+  } catch (error) {
+    // The job goes on without this tab: its id is in the state line above.
+    problem.replaceChildren(problemView({ title: "The server could not be reached", detail: String(error.message || error) }));
   } finally {
     cancel.removeEventListener("click", stop);
     cancel.hidden = true;
