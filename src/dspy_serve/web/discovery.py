@@ -127,15 +127,28 @@ def _describe(service: Service, program: Program, caller: Caller) -> dict[str, A
         "limits": {
             "max_tokens": service.settings.max_tokens_limit,
             "batch_max_items": service.settings.batch_max_items,
+            **({"job_max_items": service.settings.job_max_items} if service.settings.jobs else {}),
         },
         # Whether `options.trace` may be asked for (the playground's Inspect).
         "trace_available": service.settings.expose_trace,
         # Whether `options.prompts` may be asked for, by this caller (a restricted key may not).
         "prompts_available": service.settings.expose_prompts and caller.may_see_prompts(),
-        "endpoints": {endpoint: f"/{program.name}/{endpoint}" for endpoint in ("invoke", "stream", "batch")},
+        "endpoints": _endpoints(service, program),
         # Whether /stream sends `token` events for its str fields, and why not when it does not.
         "token_streaming": _token_streaming(program),
     }
+
+
+def _endpoints(service: Service, program: Program) -> dict[str, str]:
+    """Its routes here: feedback when it is captured, jobs when jobs are on (the playground shows
+    its rating buttons and runs large batches as jobs by these)."""
+    settings = service.settings
+    endpoints = ["invoke", "stream", "batch"]
+    if "*" in settings.capture or program.name in settings.capture:
+        endpoints.append("feedback")
+    if settings.jobs:
+        endpoints.append("jobs")
+    return {endpoint: f"/{program.name}/{endpoint}" for endpoint in endpoints}
 
 
 def _token_streaming(program: Program) -> dict[str, Any]:

@@ -1,14 +1,18 @@
 // Batch: JSONL or CSV of inputs, run through /NAME/batch one item per request, a few at a time (so
 // the progress bar moves as each item finishes), results kept in input order and downloadable as
-// JSONL or CSV.
+// JSONL or CSV. When the server runs jobs (--jobs), a file of more than batch_max_items items (or
+// any file, when asked) runs as a durable job on the server instead (jobs.js).
 
 import { $, api, enc, h, problemOf, problemView, resolve } from "./core.js";
 import { exampleInputs } from "./snippets.js";
+import { cancelJob, jobText, runJob } from "./jobs.js";
 
 // Requests in flight at once: below the browser's 6 connections per server, so the page's own
 // calls (metrics, Stop) are not queued behind the batch.
 const IN_FLIGHT = 4;
 let results = [];
+// Rows the results table shows (a job may hold 100,000): the downloads hold every row.
+const TABLE_ROWS = 1000;
 
 // Run every item through /NAME/batch, IN_FLIGHT at a time; `done(result)` as each finishes. A
 // refused request (no key, rate limited, ...) stops new ones and is returned as a problem.
@@ -43,6 +47,13 @@ export function setUpBatch(program) {
   const table = h("div", { id: "batch-results" });
   const jsonl = h("button", { type: "button", class: "secondary", id: "batch-jsonl", disabled: true }, "Download JSONL");
   const csv = h("button", { type: "button", class: "secondary", id: "batch-csv", disabled: true }, "Download CSV");
+  const cancel = h("button", { type: "button", class: "secondary", id: "batch-cancel", hidden: true }, "Cancel job");
+  const jobsOn = Boolean(program.endpoints && program.endpoints.jobs);
+  const cap = (program.limits && program.limits.batch_max_items) || 64;
+  const asJob = h("input", { type: "checkbox", role: "switch", id: "batch-as-job" });
+  const jobNote = jobsOn
+    ? `More than ${cap} items run as a durable job on the server: it goes on if you close this tab, and Cancel job stops it.`
+    : `Items run from this tab, which must stay open. Large files (more than ${cap} items) need the server started with --jobs to run as a durable job.`;
   file.addEventListener("change", async () => {
     if (file.files && file.files[0]) text.value = await file.files[0].text();
   });
@@ -64,8 +75,13 @@ export function setUpBatch(program) {
     results = [];
     progress.max = items.length;
     progress.value = 0;
+    table.replaceChildren();
     state.textContent = `Running ${items.length} item${items.length === 1 ? "" : "s"}…`;
     try {
+      if (jobsOn && (items.length > cap || asJob.checked)) {
+        await runAsJob(program, items, { progress, state, problem, table, cancel });
+        return;
+      }
       const refused = await runItems(program, items, (result) => {
         finished[result.index] = result;
         progress.value += 1;
@@ -74,8 +90,11 @@ export function setUpBatch(program) {
       if (refused) problem.replaceChildren(problemView(refused));
       results = finished.filter(Boolean); // in input order, whatever order they finished in
       const failed = results.filter((r) => r.error).length;
-      state.textContent = `${results.length} of ${items.length} done, ${failed} failed.`;
-      table.replaceChildren(resultsTable(results, program));
+      const large = !jobsOn && items.length > cap ? ` Large files run faster and survive this tab as a job: start the server with --jobs.` : "";
+      state.textContent = `${results.length} of ${items.length} done, ${failed} failed.${large}`;
+      const view = resultsTable(program, items);
+      view.add(results);
+      table.replaceChildren(view.table);
     } finally {
       runButton.disabled = false;
       jsonl.disabled = csv.disabled = results.length === 0;
@@ -85,9 +104,11 @@ export function setUpBatch(program) {
   csv.addEventListener("click", () => download(`${program.name}-results.csv`, "text/csv", toCsv(results, program)));
   $("batch-body").append(
     h("p", { class: "hint", id: "batch-hint" }, "One JSON object of inputs per line (JSONL), or CSV with a header row naming the input fields. Items run concurrently on the server."),
+    h("p", { class: "hint", id: "batch-jobs-note" }, jobNote),
     h("div", { class: "field" }, h("label", { for: "batch-input" }, "Inputs"), text),
     h("div", { class: "field" }, h("label", { for: "batch-file" }, "or upload a file"), file),
-    h("div", { class: "actions" }, runButton, jsonl, csv),
+    jobsOn ? h("div", { class: "field" }, h("label", { class: "switch", for: "batch-as-job" }, asJob, h("span", {}, "Run as a durable job, whatever its size"))) : null,
+    h("div", { class: "actions" }, runButton, cancel, jsonl, csv),
     progress,
     state,
     problem,
@@ -195,36 +216,75 @@ function toCsv(rows, program) {
   return [header, ...lines].map((line) => line.map(csvCell).join(",")).join("\r\n") + "\r\n";
 }
 
-function resultsTable(rows, program) {
+// The results table, its rows added as results come (a job's arrive a page at a time).
+function resultsTable(program, items) {
   const inputs = Object.keys(program.input_schema.properties || {});
   const outputs = Object.keys(program.output_schema.properties || {});
   const show = (v) => (v === undefined ? "" : typeof v === "string" ? v : JSON.stringify(v));
   // Inputs the program does not take (a misspelt field) get a column too: they are the error.
-  const extra = [...new Set(rows.flatMap((r) => Object.keys(r.inputs || {})))].filter((k) => !inputs.includes(k));
-  const inputColumns = [...inputs, ...extra];
-  return h(
-    "table",
-    {},
+  const given = items.flatMap((inputs) => (inputs && typeof inputs === "object" ? Object.keys(inputs) : []));
+  const inputColumns = [...inputs, ...new Set(given.filter((k) => !inputs.includes(k)))];
+  const body = h("tbody");
+  const row = (r) =>
     h(
-      "thead",
-      {},
-      h("tr", {}, ["#", ...inputColumns.map((k) => `${k} (input)`), ...outputs, "error"].map((c) => h("th", { scope: "col" }, c))),
-    ),
-    h(
-      "tbody",
-      {},
-      rows.map((r) =>
-        h(
-          "tr",
-          { "data-item": String(r.item) },
-          h("td", {}, String(r.item)),
-          inputColumns.map((k) => h("td", { "data-input": k }, show((r.inputs || {})[k]))),
-          outputs.map((k) => h("td", { "data-output": k }, show((r.outputs || {})[k]))),
-          h("td", { "data-error": "" }, errorText(r.error)),
-        ),
-      ),
-    ),
-  );
+      "tr",
+      { "data-item": String(r.item) },
+      h("td", {}, String(r.item)),
+      inputColumns.map((k) => h("td", { "data-input": k }, show((r.inputs || {})[k]))),
+      outputs.map((k) => h("td", { "data-output": k }, show((r.outputs || {})[k]))),
+      h("td", { "data-error": "" }, errorText(r.error)),
+    );
+  const head = h("thead", {}, h("tr", {}, ["#", ...inputColumns.map((k) => `${k} (input)`), ...outputs, "error"].map((c) => h("th", { scope: "col" }, c))));
+  const more = h("p", { class: "hint", hidden: true }, `The table shows the first ${TABLE_ROWS} rows; the downloads hold them all.`);
+  const add = (rows) => {
+    const room = rows.slice(0, Math.max(0, TABLE_ROWS - body.childElementCount));
+    body.append(...room.map(row));
+    if (room.length < rows.length) more.hidden = false;
+  };
+  return { table: h("div", {}, h("table", {}, head, body), more), add };
+}
+
+// The items as a job: progress and spending from the job's status, rows from its results.
+async function runAsJob(program, items, { progress, state, problem, table, cancel }) {
+  const view = resultsTable(program, items);
+  table.replaceChildren(view.table);
+  let id = null;
+  const stop = async () => {
+    cancel.disabled = true;
+    const refused = await cancelJob(id);
+    if (refused) problem.replaceChildren(problemView(refused));
+  };
+  cancel.addEventListener("click", stop);
+  try {
+    const ended = await runJob(program, items, {
+      started(jobId) {
+        id = jobId;
+        cancel.hidden = false;
+        cancel.disabled = false;
+        state.textContent = `Job ${id.slice(0, 8)}… submitted: ${items.length} items.`;
+      },
+      status(status) {
+        progress.max = status.total;
+        progress.value = status.done + status.failed;
+        state.textContent = jobText(id, status);
+      },
+      results(lines) {
+        const rows = lines.map((line) => ({ ...line, item: line.index + 1, inputs: items[line.index] }));
+        results.push(...rows);
+        view.add(rows);
+      },
+    });
+    if (ended.problem) {
+      problem.replaceChildren(problemView(ended.problem));
+      if (!id) state.textContent = "The job was not submitted.";
+    }
+  } catch (error) {
+    // The job goes on without this tab: its id is in the state line above.
+    problem.replaceChildren(problemView({ title: "The server could not be reached", detail: String(error.message || error) }));
+  } finally {
+    cancel.removeEventListener("click", stop);
+    cancel.hidden = true;
+  }
 }
 
 function download(filename, type, text) {

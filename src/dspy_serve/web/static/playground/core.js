@@ -98,10 +98,11 @@ export function hasKey() {
   return Boolean(sessionStorage.getItem(KEY_STORE));
 }
 
-// fetch() against this server with the tab's key; a 401 asks for a key and tries again.
-export async function api(path, { method = "GET", body, signal } = {}) {
+// fetch() against this server with the tab's key; a 401 asks for a key and tries again (unless
+// askKey is false: the caller then handles the 401 itself).
+export async function api(path, { method = "GET", body, signal, headers: extra = {}, askKey = true } = {}) {
   for (;;) {
-    const headers = {};
+    const headers = { ...extra };
     const key = sessionStorage.getItem(KEY_STORE);
     if (key) headers.Authorization = "Bearer " + key;
     if (body !== undefined) headers["Content-Type"] = "application/json";
@@ -111,7 +112,7 @@ export async function api(path, { method = "GET", body, signal } = {}) {
       body: body === undefined ? undefined : JSON.stringify(body),
       signal,
     });
-    if (response.status !== 401) return response;
+    if (response.status !== 401 || !askKey) return response;
     await askForKey(key ? "That key was refused. Enter another one." : undefined);
   }
 }

@@ -297,12 +297,12 @@ export class FieldProblem extends Error {
   }
 }
 
-// The form for a whole schema (the program's inputs).
-export function buildForm(schema, ctx) {
+// The form for a whole schema: the program's inputs, or (prefix "outputs") a correction of its outputs.
+export function buildForm(schema, ctx, prefix = "inputs") {
   const required = new Set(schema.required || []);
   const fields = Object.entries(schema.properties || {}).map(([key, sub]) => [
     key,
-    buildField(key, sub, `inputs.${key}`, required.has(key), ctx),
+    buildField(key, sub, `${prefix}.${key}`, required.has(key), ctx),
   ]);
   return {
     elements: fields.map(([, w]) => w.element),

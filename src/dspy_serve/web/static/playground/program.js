@@ -7,6 +7,7 @@ import { chatField, requestBody, snippetViews, snippets } from "./snippets.js";
 import { setUpBatch } from "./batch.js";
 import { clearInspect, inspectSwitches, showPrompts, showTrace } from "./inspect.js";
 import { refreshMetrics } from "./metrics.js";
+import { hideFeedback, setUpFeedback, showFeedback } from "./feedback.js";
 
 const name = decodeURIComponent(location.pathname.split("/").pop());
 const RECENT = `dspy-serve:runs:${name}`;
@@ -134,6 +135,7 @@ async function run(inputs, opts) {
   const body = requestBody(inputs, opts);
   for (const id of ["live", "outputs", "steps", "run-problem", "meta"]) $(id).replaceChildren();
   clearInspect();
+  hideFeedback();
   $("run-state").textContent = "Running…";
   showSnippets(inputs, opts);
   location.hash = "run=" + encodeURIComponent(JSON.stringify(body));
@@ -142,10 +144,12 @@ async function run(inputs, opts) {
   setRunning(true);
   const started = performance.now();
   let requestId = "";
+  let token = null;
   let outcome = "error";
   try {
     const response = await api(`/${enc(name)}/stream`, { method: "POST", body, signal: controller.signal });
     requestId = response.headers.get("X-Request-ID") || "";
+    token = response.headers.get("X-Feedback-Token");
     if (!response.ok) {
       showProblem(await problemOf(response));
       return;
@@ -180,6 +184,7 @@ async function run(inputs, opts) {
           $("run-state").textContent = `Done in ${elapsed} ms.`;
           if (event.data.trace) showTrace(event.data.trace);
           if (event.data.prompts) showPrompts(event.data.prompts);
+          showFeedback(event.data.call_id, token, event.data.outputs);
         } else if (event.event === "error") {
           showProblem(event.data);
         }
@@ -331,6 +336,7 @@ async function main() {
   if (values) showSnippets(values.inputs, values.options);
   showRecent();
   setUpBatch(program);
+  setUpFeedback(program);
   refreshMetrics(program);
 }
 
