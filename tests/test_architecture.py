@@ -33,7 +33,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "offline": ("web", "interop", "deploy", "app", "cli", "commands", "data", "optimize"),
     "interop": ("deploy", "app", "cli", "client"),
     # Comparing versions (#27) reads the store; the admin API and the CLI sit above it.
-    "compare": ("web", "interop", "deploy", "app", "cli", "client", "commands", "jobs", "offline", "optimize"),
+    "compare": ("web", "interop", "deploy", "app", "cli", "client", "commands", "jobs", "offline"),
 }
 
 
