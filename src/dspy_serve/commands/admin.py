@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import click
@@ -97,8 +97,9 @@ def _failure(response: Any, key_given: bool) -> AdminFailure:
     lines = []
     for err in problem.get("errors") or []:
         if isinstance(err, dict):
-            loc = ".".join(str(part) for part in err.get("loc") or []) or "body"
-            lines.append(f"{loc}: {err.get('msg', 'invalid')}")
+            loc = [str(part) for part in err.get("loc") or []]
+            loc = loc[1:] if loc[:1] == ["body"] else loc  # as ServeError.field_errors says them
+            lines.append(f"{'.'.join(loc) or 'body'}: {err.get('msg', 'invalid')}")
     return AdminFailure(status, f"{status} {code}: {detail}", lines)
 
 
@@ -184,7 +185,7 @@ def console() -> Any:
 
 def _answer(ctx: click.Context, method: str, path: str, body: Mapping[str, Any] | None = None) -> None:
     """Call the admin API and print its answer (a rollout as a table, a version as a line)."""
-    url, as_json = ctx.obj["url"], ctx.obj["json"]
+    url, as_json = ctx.obj["url"], ctx.obj.get("json", False)
     try:
         answer = admin_request(url, method, path, body=body)
     except AdminFailure as failure:
@@ -207,9 +208,8 @@ def _answer(ctx: click.Context, method: str, path: str, body: Mapping[str, Any] 
 
 @click.group("admin")
 @click.argument("url")
-@click.option("--json", "as_json", is_flag=True, help="Print the server's JSON answer as it is.")
 @click.pass_context
-def admin_group(ctx: click.Context, url: str, as_json: bool) -> None:
+def admin_group(ctx: click.Context, url: str) -> None:
     """Versions and rollouts of the server at URL: load, promote, roll back, split, shadow.
 
     \b
@@ -222,10 +222,31 @@ def admin_group(ctx: click.Context, url: str, as_json: bool) -> None:
     The admin key comes from DSPY_SERVE_ADMIN_KEY (never a flag: flags show in `ps`). Exit 0 when
     the server did it, 1 when it refused or could not be reached, 2 for a usage error.
     """
-    ctx.obj = {"url": url, "json": as_json}
+    ctx.obj = {"url": url}
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _json_option(command: F) -> F:
+    """``--json``, on each subcommand: it is written after the command, where a script puts it."""
+
+    def remember(ctx: click.Context, _: click.Parameter, value: bool) -> bool:
+        ctx.ensure_object(dict)["json"] = value
+        return value
+
+    return click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        expose_value=False,
+        callback=remember,
+        help="Print the server's JSON answer as it is.",
+    )(command)
 
 
 @admin_group.command("show")
+@_json_option
 @click.argument("name")
 @click.pass_context
 def show_command(ctx: click.Context, name: str) -> None:
@@ -234,6 +255,7 @@ def show_command(ctx: click.Context, name: str) -> None:
 
 
 @admin_group.command("load")
+@_json_option
 @click.argument("name")
 @click.argument("version")
 @click.argument("artifact")
@@ -245,6 +267,7 @@ def load_command(ctx: click.Context, name: str, version: str, artifact: str) -> 
 
 
 @admin_group.command("promote")
+@_json_option
 @click.argument("name")
 @click.argument("version")
 @click.pass_context
@@ -254,6 +277,7 @@ def promote_command(ctx: click.Context, name: str, version: str) -> None:
 
 
 @admin_group.command("rollback")
+@_json_option
 @click.argument("name")
 @click.pass_context
 def rollback_command(ctx: click.Context, name: str) -> None:
@@ -270,6 +294,7 @@ def _sticky(_: click.Context, __: click.Parameter, value: str) -> str:
 
 
 @admin_group.command("split")
+@_json_option
 @click.argument("name")
 @click.argument("candidate")
 @click.argument("weight", type=click.FloatRange(0, 100))
@@ -289,6 +314,7 @@ def split_command(ctx: click.Context, name: str, candidate: str, weight: float, 
 
 
 @admin_group.command("shadow")
+@_json_option
 @click.argument("name")
 @click.argument("candidate")
 @click.argument("rate", type=click.FloatRange(0, 1))
