@@ -207,6 +207,9 @@ REPORT: dict[str, Any] = {
             "tokens": 0,
             "cost_usd": None,
             "shadow_calls": 40,
+            "shadow_errors": 2,
+            "shadow_latency_ms": {"p50": 250.0, "p90": 600.0, "p99": 1500.0},
+            "shadow_tokens": 5000,
             "shadow_cost_usd": 0.004,
             "feedback": {"n": 0, "mean": None, "ci": None, "binary": True},
         },
@@ -245,7 +248,9 @@ def test_the_report_renders_per_version_then_pairs_then_verdict() -> None:
     ):
         assert cell in v1
     v2 = next(line for line in lines if line.startswith("v2"))
-    assert "candidate" in v2 and "40" in v2 and "0.0040" in v2
+    # A version that only runs in shadow shows its runs, errors, latency, tokens and cost apart.
+    for cell in ("candidate shadow", "40", "2 (5.0 %)", "250 / 600 / 1500", "5000", "0.0040"):
+        assert cell in v2
     assert "shadow pairs: 40, 36 labelled by feedback; v2 passed 34, v1 26" in text
     assert "McNemar p = 0.0215 (exact: 9 only v2, 1 only v1)" in text
     assert lines[-1] == "verdict: better: on 36 labelled shadow pairs v2 passed 34 and v1 26"

@@ -51,10 +51,40 @@ def _feedback(score: Mapping[str, Any]) -> str:
     return f"{score['mean']:.3f} [{low:.3f}, {high:.3f}] n={score['n']}"
 
 
-def _errors(version: Mapping[str, Any]) -> str:
-    if not version.get("calls"):
-        return "-"
-    return f"{version['errors']} ({100 * version['error_rate']:.1f} %)"
+def _errors(errors: int, calls: int) -> str:
+    return f"{errors} ({100 * errors / calls:.1f} %)" if calls else "-"
+
+
+def _rows(version: Mapping[str, Any], role: str) -> list[tuple[str, ...]]:
+    """A version's served calls, then its shadow runs (answers recorded, never returned) apart."""
+    rows = []
+    if version.get("calls") or not version.get("shadow_calls"):
+        rows.append(
+            (
+                str(version.get("name")),
+                role,
+                str(version.get("calls", 0)),
+                _errors(version.get("errors", 0), version.get("calls", 0)),
+                _ms(version.get("latency_ms")),
+                str(version.get("tokens", 0)),
+                _cost(version.get("cost_usd")),
+                _feedback(version.get("feedback") or {}),
+            )
+        )
+    if version.get("shadow_calls"):
+        rows.append(
+            (
+                str(version.get("name")),
+                f"{role} shadow".strip(),
+                str(version["shadow_calls"]),
+                _errors(version.get("shadow_errors", 0), version["shadow_calls"]),
+                _ms(version.get("shadow_latency_ms")),
+                str(version.get("shadow_tokens", 0)),
+                _cost(version.get("shadow_cost_usd")),
+                "-",
+            )
+        )
+    return rows
 
 
 def render_report(report: Mapping[str, Any], console: Any, since: str | None = None) -> None:
@@ -67,35 +97,14 @@ def render_report(report: Mapping[str, Any], console: Any, since: str | None = N
     title = f"{report['program']}: {candidate or '-'} (candidate) against {stable or '-'} (stable)"
     console.print(Text(safe_text(title + window)))
     table = Table(show_edge=False, pad_edge=False)
-    columns = (
-        "version",
-        "",
-        "calls",
-        "errors",
-        "p50/p90/p99 ms",
-        "tokens",
-        "cost $",
-        "shadow runs",
-        "shadow $",
-    )
-    for column in (*columns, "feedback mean [95 % CI]"):
-        table.add_column(column, justify="right" if column not in ("version", "") else "left")
+    columns = ("version", "", "calls", "errors", "p50/p90/p99 ms", "tokens", "cost $", "feedback [95 % CI]")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("version", "") else "right")
     for version in report.get("versions") or []:
         name = version.get("name")
         role = "stable" if name == stable else "candidate" if name == candidate else ""
-        cells = (
-            str(name),
-            role,
-            str(version.get("calls", 0)),
-            _errors(version),
-            _ms(version.get("latency_ms")),
-            str(version.get("tokens", 0)),
-            _cost(version.get("cost_usd")),
-            str(version.get("shadow_calls", 0)),
-            _cost(version.get("shadow_cost_usd")),
-            _feedback(version.get("feedback") or {}),
-        )
-        table.add_row(*(Text(safe_text(cell)) for cell in cells))
+        for cells in _rows(version, role):
+            table.add_row(*(Text(safe_text(cell)) for cell in cells))
     console.print(table)
     paired = report.get("paired")
     if paired and paired.get("pairs"):
