@@ -57,7 +57,7 @@ def _errors(errors: int, calls: int) -> str:
 
 def _rows(version: Mapping[str, Any], role: str) -> list[tuple[str, ...]]:
     """A version's served calls, then its shadow runs (answers recorded, never returned) apart."""
-    rows = []
+    rows: list[tuple[str, ...]] = []
     if version.get("calls") or not version.get("shadow_calls"):
         rows.append(
             (
