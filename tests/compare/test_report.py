@@ -220,6 +220,13 @@ async def test_each_version_reports_its_calls_errors_latency_tokens_and_cost(sto
     assert v1["feedback"] == {"n": 0, "mean": None, "ci": None, "binary": True}
 
 
+async def test_calls_stored_only_for_their_feedback_count_for_scores_not_rates(sqlite_store: Store) -> None:
+    await insert_calls(sqlite_store, [run("sampled", "v1"), run("rated-only", "v1", sampled=False)])
+    await upsert_feedback(sqlite_store, "rated-only", "", score=1.0, outputs=None, comment=None)
+    [v1] = (await report(sqlite_store))["versions"]
+    assert (v1["calls"], v1["tokens"], v1["feedback"]["n"]) == (1, 12, 1)
+
+
 async def test_latency_percentiles_are_nearest_rank_over_the_served_calls(sqlite_store: Store) -> None:
     rows = [run(f"a{i}", "v1", latency_s=(i + 1) / 1000) for i in range(200)]
     await insert_calls(sqlite_store, rows)

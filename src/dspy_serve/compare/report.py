@@ -4,6 +4,10 @@ Counts, sums and the feedback's moments are aggregated in SQL; latency percentil
 ``ORDER BY ... OFFSET`` each (exact, and portable: SQLite has no percentile function); shadow
 pairs are streamed and kept as counts. Memory stays flat however long the window.
 
+Calls, errors, latency, tokens and cost count the sampled calls (``--capture-rate``), a fair
+sample of the traffic; the calls stored only because feedback came for them count for the
+feedback, never for the rates, which they would bend (rated calls are no random sample).
+
 A version is its name (``version_name``), or its sha256 for calls recorded without one. A
 shadow run (``shadow_of`` set) is counted apart from the served calls: its answer was never
 returned, so it has no feedback of its own; it is compared with the served call it shadowed
@@ -162,7 +166,7 @@ async def _versions(store: Store, window: ColumnElement[bool]) -> dict[str | Non
             func.sum(calls.c.usage["total_tokens"].as_float()).label("tokens"),
             func.sum(calls.c.cost_usd).label("cost_usd"),
         )
-        .where(window)
+        .where(window, calls.c.sampled.is_(True))
         .group_by(version_key(calls), shadow)
     )
     # One score per served call: the mean of its feedback (several keys may rate one call).
@@ -218,7 +222,7 @@ async def _latency(
         for label, q in QUANTILES.items():
             query = (
                 select(calls.c.latency_s)
-                .where(window, is_version(calls, name), kind)
+                .where(window, calls.c.sampled.is_(True), is_version(calls, name), kind)
                 .order_by(calls.c.latency_s)
                 .offset(rank_index(n, q))
                 .limit(1)
