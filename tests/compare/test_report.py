@@ -37,11 +37,11 @@ async def sqlite_store(tmp_path: Any) -> AsyncIterator[Store]:
     await opened.close()
 
 
-def run(call_id: str, version: str, **overrides: Any) -> dict[str, Any]:
-    """A call answered by ``version`` a minute ago."""
+def run(call_id: str, name: str, **overrides: Any) -> dict[str, Any]:
+    """A call answered by version ``name`` a minute ago."""
     values: dict[str, Any] = {
-        "version": f"sha-{version}",
-        "version_name": version,
+        "version": f"sha-{name}",
+        "version_name": name,
         "created_at": NOW - 60,
         "outputs": {"answer": "A"},
         "cost_usd": 0.001,
@@ -250,6 +250,18 @@ async def test_numeric_scores_are_compared_as_means(sqlite_store: Store) -> None
     result = await report(sqlite_store)
     assert result["split"]["method"] == "welch" and result["verdict"] == "better"
     assert result["versions"][0]["feedback"]["binary"] is False
+
+
+async def test_calls_without_a_version_are_a_group_of_their_own(sqlite_store: Store) -> None:
+    await insert_calls(
+        sqlite_store, [run(f"old{i}", "v0", version=None, version_name=None) for i in range(3)]
+    )
+    await insert_calls(sqlite_store, [run("new", "v1"), run("new-sha", "v1", version_name=None)])
+    result = await report(sqlite_store)
+    # A call with a sha256 but no name is grouped by its sha256; the busiest group is the stable one.
+    names = [(v["name"], v["calls"]) for v in result["versions"]]
+    assert names == [("(unversioned)", 3), ("sha-v1", 1), ("v1", 1)]
+    assert result["versions"][0]["latency_ms"] is not None  # its percentiles found its rows
 
 
 async def test_named_sides_that_did_not_answer_show_as_zeros(sqlite_store: Store) -> None:

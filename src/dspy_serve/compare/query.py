@@ -7,7 +7,11 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func
 
-__all__ = ["in_window", "is_version", "version_key"]
+__all__ = ["UNVERSIONED", "in_window", "is_version", "version_key"]
+
+# Calls recorded with neither a version name nor a sha256 (before versions, or a program with no
+# artifact): one group of their own, under a name no version can take by accident.
+UNVERSIONED = "(unversioned)"
 
 
 def version_key(table: Any) -> ColumnElement[Any]:
@@ -16,9 +20,9 @@ def version_key(table: Any) -> ColumnElement[Any]:
     return func.coalesce(table.c.version_name, table.c.version)
 
 
-def is_version(table: Any, name: str | None) -> ColumnElement[bool]:
+def is_version(table: Any, name: str) -> ColumnElement[bool]:
     key = version_key(table)
-    return key.is_(None) if name is None else key == name
+    return key.is_(None) if name == UNVERSIONED else key == name
 
 
 def in_window(table: Any, program: str, since: float, until: float | None) -> ColumnElement[bool]:

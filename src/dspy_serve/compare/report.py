@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, case, func, select
 
 from dspy_serve.compare.pairs import DEFAULT_IGNORED, PairCounts, count_pairs
-from dspy_serve.compare.query import in_window, is_version, version_key
+from dspy_serve.compare.query import UNVERSIONED, in_window, is_version, version_key
 from dspy_serve.compare.stats import (
     Z95,
     Moments,
@@ -56,7 +56,7 @@ class Runs:
 
 @dataclass
 class Version:
-    name: str | None
+    name: str
     sha256: str | None
     served: Runs = field(default_factory=Runs)
     shadow: Runs = field(default_factory=Runs)
@@ -152,7 +152,7 @@ def _loc(name: str, msg: str) -> dict[str, Any]:
     return {"loc": ["query", name], "msg": msg}
 
 
-async def _versions(store: Store, window: ColumnElement[bool]) -> dict[str | None, Version]:
+async def _versions(store: Store, window: ColumnElement[bool]) -> dict[str, Version]:
     key = version_key(calls).label("key")
     # A bare IS NULL (no bound parameter), so PostgreSQL sees the same expression in GROUP BY.
     shadow = calls.c.shadow_of.is_not(None)
@@ -189,10 +189,11 @@ async def _versions(store: Store, window: ColumnElement[bool]) -> dict[str | Non
         .where(window, calls.c.shadow_of.is_(None))
         .group_by(version_key(calls))
     )
-    versions: dict[str | None, Version] = {}
+    versions: dict[str, Version] = {}
     async with store.engine.connect() as connection:
         for row in (await connection.execute(runs)).mappings():
-            version = versions.setdefault(row["key"], Version(row["key"], row["sha256"]))
+            name = row["key"] if row["key"] is not None else UNVERSIONED
+            version = versions.setdefault(name, Version(name, row["sha256"]))
             version.sha256 = version.sha256 or row["sha256"]
             target = Runs(
                 calls=int(row["calls"]),
@@ -205,14 +206,15 @@ async def _versions(store: Store, window: ColumnElement[bool]) -> dict[str | Non
             else:
                 version.served = target
         for row in (await connection.execute(scored)).mappings():
-            version = versions.setdefault(row["key"], Version(row["key"], None))
+            name = row["key"] if row["key"] is not None else UNVERSIONED
+            version = versions.setdefault(name, Version(name, None))
             version.scores = Moments(int(row["n"]), float(row["total"] or 0.0), float(row["total_sq"] or 0.0))
             version.binary = not row["non_binary"]
     return versions
 
 
 async def _latency(
-    store: Store, window: ColumnElement[bool], name: str | None, shadow: bool, n: int
+    store: Store, window: ColumnElement[bool], name: str, shadow: bool, n: int
 ) -> dict[str, float]:
     """Exact nearest-rank percentiles, one indexed-window sort each: no row leaves the database
     but the one asked for."""
@@ -233,24 +235,24 @@ async def _latency(
 
 
 def _pick(
-    versions: dict[str | None, Version], stable: str | None, candidate: str | None
+    versions: dict[str, Version], stable: str | None, candidate: str | None
 ) -> tuple[str | None, str | None]:
     """Unnamed sides: stable is the version serving the most calls, candidate the busiest other."""
-    by_served = sorted(versions.values(), key=lambda v: (-v.served.calls, str(v.name)))
+    by_served = sorted(versions.values(), key=lambda v: (-v.served.calls, v.name))
     if stable is None:
         stable = next((v.name for v in by_served if v.name != candidate), None)
     if candidate is None:
         others = [v for v in versions.values() if v.name != stable]
-        others.sort(key=lambda v: (-(v.served.calls + v.shadow.calls), str(v.name)))
+        others.sort(key=lambda v: (-(v.served.calls + v.shadow.calls), v.name))
         candidate = others[0].name if others else None
     return stable, candidate
 
 
-def _ordered(versions: dict[str | None, Version], stable: str | None, candidate: str | None) -> list[Version]:
+def _ordered(versions: dict[str, Version], stable: str | None, candidate: str | None) -> list[Version]:
     first = [versions[name] for name in (stable, candidate) if name in versions]
     rest = sorted(
         (v for v in versions.values() if v.name not in (stable, candidate)),
-        key=lambda v: (-v.served.calls, str(v.name)),
+        key=lambda v: (-v.served.calls, v.name),
     )
     return first + rest
 
