@@ -182,7 +182,8 @@ def compare_command(
         if value is not None:
             params[key] = value
     try:
-        report = admin_request(url, "GET", program_path(name, "compare"), params=params)
+        # A long window over a big store takes a while to aggregate: wait longer than for a change.
+        report = admin_request(url, "GET", program_path(name, "compare"), params=params, timeout=120.0)
     except AdminFailure as failure:
         failure.echo()
         sys.exit(EXIT_UNREACHABLE)
