@@ -25,17 +25,21 @@ class PolicyAction:
 def policy_action(
     report: Mapping[str, Any],
     *,
+    candidate: str | None,
     auto_rollback: bool = True,
     auto_promote: bool = False,
-    candidate: str | None = None,
 ) -> PolicyAction:
-    """The action a report calls for. ``candidate``, the rollout's candidate now: a report about
-    another version (the rollout moved on while it was computed) calls for nothing."""
+    """The action a report calls for. ``candidate`` is the rollout's candidate now, required: with
+    none (the rollout ended, by a rollback say) nothing is done, however the last candidate's
+    calls still read; a report about another version (the rollout moved on while it was
+    computed) calls for nothing either."""
     verdict, compared = report["verdict"], report["candidate"]
-    if compared is None:
-        return PolicyAction(None, "no candidate to act on")
-    if candidate is not None and candidate != compared:
-        return PolicyAction(None, f"the report is about {compared}, the candidate is now {candidate}")
+    if candidate is None:
+        return PolicyAction(None, "the rollout has no candidate")
+    if compared != candidate:
+        return PolicyAction(
+            None, f"the report is about {compared or 'no candidate'}, the candidate is {candidate}"
+        )
     why = f"{compared} is {verdict} than {report['stable']}: {report['reason']}"
     if verdict == "worse":
         if auto_rollback:
