@@ -32,6 +32,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     # Offline batch is a front end without HTTP: the pipeline, or the client for --url.
     "offline": ("web", "interop", "deploy", "app", "cli", "commands", "data", "optimize"),
     "interop": ("deploy", "app", "cli", "client"),
+    # Comparing versions (#27) reads the store; the admin API and the CLI sit above it.
+    "compare": ("web", "interop", "deploy", "app", "cli", "client", "commands", "jobs", "offline"),
 }
 
 

@@ -464,13 +464,16 @@ main.add_command(kuberay_command)
 
 
 def _add_data_loop_commands() -> None:
-    """`batch` (#28), `store`, `data` and `optimize` (#26) live in dspy_serve.commands."""
+    """`batch` (#28), `store`, `data` and `optimize` (#26), `admin` and `compare` (#27) live in
+    dspy_serve.commands."""
+    from dspy_serve.commands.admin import admin_group
     from dspy_serve.commands.batch import batch_command
+    from dspy_serve.commands.compare import compare_command
     from dspy_serve.commands.data import data_group
     from dspy_serve.commands.optimize import optimize_command
     from dspy_serve.commands.store import store_group
 
-    for command in (batch_command, store_group, data_group, optimize_command):
+    for command in (batch_command, store_group, data_group, optimize_command, admin_group, compare_command):
         main.add_command(command)
 
 
