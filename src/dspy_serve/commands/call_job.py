@@ -43,7 +43,8 @@ def file_items(path: Path) -> list[Any]:
 
 def submit_job(client: Client, name: str, items: list[Any], options: dict[str, Any]) -> str:
     job_id = RemoteProgram(client, name, **options).submit(items)
-    click.echo(f"dspy-serve: job {job_id}: {len(items)} items submitted", err=True)
+    count = f"{len(items)} item" + ("" if len(items) == 1 else "s")
+    click.echo(f"dspy-serve: job {job_id}: {count} submitted", err=True)
     return job_id
 
 
@@ -104,7 +105,8 @@ def follow_job(client: Client, url: str, job_id: str, output: Path | None, *, po
     if output is not None and offset:
         _check_continues(client, job_id, output, offset)
     following = _Following()
-    status: dict[str, Any] = {}
+    status = client.job(job_id)
+    following.update(status)  # the bar's total (and so its ETA) from the start
     try:
         with _Sink(output) as sink, BatchProgress(following.summary, label="job") as progress:
             for status in client.follow(job_id, poll=poll):
