@@ -264,3 +264,32 @@ def test_follow_yields_the_jobs_status_until_it_ends_and_wait_returns_the_last(
     assert [s["state"] for s in snapshots[:-1]] != [] and snapshots[-1]["state"] == "done"
     assert all(s["state"] in ("queued", "running") for s in snapshots[:-1])
     assert final == snapshots[-1] and final["done"] == 6
+
+
+def _losing_proxy(upstream: str, asked: list[str]) -> Starlette:
+    """A proxy in front that hands the request on, then loses the connection before the answer."""
+
+    async def forward(request: Request) -> Response:
+        asked.append(request.url.path)
+        async with httpx.AsyncClient(base_url=upstream) as http:
+            await http.post(request.url.path, content=await request.body(), headers=request.headers)
+
+        async def lost() -> AsyncIterator[bytes]:
+            raise ConnectionResetError("the network went away")
+            yield b""  # pragma: no cover
+
+        return StreamingResponse(lost(), media_type="application/json")
+
+    return Starlette(routes=[Route("/{path:path}", forward, methods=["POST"])])
+
+
+def test_a_submitted_job_is_not_sent_again_when_the_answer_is_lost(jobs_server: ServerThread) -> None:
+    asked: list[str] = []
+    with (
+        serving(_losing_proxy(jobs_server.base_url, asked)) as proxy,
+        Client(proxy.base_url, retries=3) as client,
+        pytest.raises(httpx.TransportError),
+    ):
+        client.program("qa").submit([{"question": "q1"}])
+    assert asked == ["/qa/jobs"]  # the server may have made the job: one job, not four
+    assert len(httpx.get(f"{jobs_server.base_url}/jobs", timeout=30).json()["jobs"]) == 1

@@ -80,6 +80,17 @@ def _retryable(error: errors.ServeError) -> bool:
     return error.status in _RETRYABLE or (isinstance(error, errors.ProxyError) and error.status >= 500)
 
 
+def _unsent(exc: Exception) -> bool:
+    """Whether a failed request surely had no effect on the server."""
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        return True
+    return (
+        isinstance(exc, errors.ServeError)
+        and not isinstance(exc, errors.ProxyError)
+        and exc.status in (429, 503)
+    )
+
+
 def _prediction(body: dict[str, Any]) -> dspy.Prediction:
     """Outputs as the Prediction's fields; usage where DSPy keeps it (``get_lm_usage()``),
     cost and model as private attributes, so they never mix with the outputs."""
@@ -208,7 +219,11 @@ class Client:
     # --- transport with retries -----------------------------------------------------------------
     # A call, its retries and the waits between them all fit in ``timeout``: a Retry-After that
     # would outlive it is raised at once (with its value) instead of slept through.
-    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def post(self, path: str, body: dict[str, Any], *, repeatable: bool = True) -> dict[str, Any]:
+        """POST with retries. A request that must not be done twice (``repeatable=False``:
+        submitting a job) is sent again only when it surely did nothing: no connection was
+        made, or the server itself refused it (429, 503); a connection lost after sending it,
+        or a proxy's error, is raised, since the server may have acted on it."""
         deadline = time.monotonic() + self.timeout
         for attempt in range(self.retries + 1):
             try:
@@ -216,7 +231,7 @@ class Client:
                 _raise_for(response)
                 return dict(response.json())
             except (errors.ServeError, httpx.TransportError) as exc:
-                delay = self._delay(exc, attempt, deadline)
+                delay = self._delay(exc, attempt, deadline) if repeatable or _unsent(exc) else None
                 if delay is None:
                     raise
             time.sleep(delay)
@@ -340,7 +355,7 @@ class RemoteProgram(dspy.Module):
         if webhook is not None:
             body["webhook"] = webhook
         try:
-            return str(self.client.post(f"/{self.name}/jobs", body)["id"])
+            return str(self.client.post(f"/{self.name}/jobs", body, repeatable=False)["id"])
         except errors.HTTPProblem as exc:
             if exc.status == 404 and self._is_served():  # the program is there, its jobs route is not
                 raise errors.HTTPProblem(
