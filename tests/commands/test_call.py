@@ -134,6 +134,9 @@ def test_ctrl_c_stops_following_and_follow_writes_the_rest_once(
     wrong.write_text(json.dumps({"index": 0, "call_id": "not-this-jobs"}) + "\n")
     refused = call(url, "--follow", ident, "--output", str(wrong))
     assert refused.returncode == 2 and "are not job" in refused.stderr
+    wrong.write_text("not a result line\n")
+    garbage = call(url, "--follow", ident, "--output", str(wrong))
+    assert garbage.returncode == 2 and "are not job" in garbage.stderr
 
 
 def test_cancel_stops_the_job_and_its_results_say_so(

@@ -140,10 +140,14 @@ def _write_finished(client: Client, job_id: str, offset: int, sink: _Sink, follo
 def _check_continues(client: Client, job_id: str, output: Path, done: int) -> None:
     """The file's last line must be this job's line ``done - 1``: --follow appends to its own
     results only."""
-    last: dict[str, Any] = {}
-    with output.open(encoding="utf-8") as lines:
+    last: Any = {}
+    with output.open(encoding="utf-8", errors="replace") as lines:
         for text in lines:
-            last = json.loads(text) if text.strip() else last
+            try:
+                last = json.loads(text) if text.strip() else last
+            except ValueError:
+                last = {}  # not a result line: no job's
+    last = last if isinstance(last, dict) else {}
     theirs = next(iter(client.job_results(job_id, offset=done - 1, follow=False)), {})
     if last.get("index") != done - 1 or last.get("call_id") != theirs.get("call_id"):
         raise click.UsageError(
