@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import dspy
 import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from dspy_serve import InvalidInput, ModelNotAllowed, ProgramNotFound, UpstreamError, create_app
@@ -197,3 +198,98 @@ async def test_async_retries_never_wait_past_the_timeout() -> None:
             with pytest.raises(ProxyError) as raised:
                 await asyncio.wait_for(client.program("qa").acall(question="q"), 30)
     assert raised.value.retry_after == 3 and asked == [1]
+
+
+# --- durable jobs (#28) ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def jobs_server(fake_lm: FakeLM, provider_key: str, tmp_path: Path) -> Iterator[ServerThread]:
+    fake_lm.answers = {"answer": "Paris"}
+    settings = fake_settings(
+        fake_lm, programs=[QA], store=f"sqlite:///{tmp_path / 'store.db'}", jobs=True, job_concurrency=2
+    )
+    with serving(create_app(settings)) as running:
+        yield running
+
+
+def _dropping_proxy(upstream: str, after_lines: int, asked: list[int]) -> Starlette:
+    """A proxy in front whose first results response breaks off after ``after_lines`` lines, as
+    a lost network does: the connection closes mid-body."""
+
+    async def forward(request: Request) -> Response:
+        async with httpx.AsyncClient(base_url=upstream) as http:
+            answer = await http.get(request.url.path, params=request.query_params)
+        if not request.url.path.endswith("/results"):
+            return Response(answer.content, answer.status_code, media_type=answer.headers["content-type"])
+        asked.append(int(request.query_params.get("offset", 0)))
+        lines = answer.content.splitlines(keepends=True)
+        breaks = len(asked) == 1
+
+        async def body() -> AsyncIterator[bytes]:
+            for number, line in enumerate(lines):
+                if breaks and number == after_lines:
+                    raise ConnectionResetError("the network went away")
+                yield line
+
+        headers = {k: v for k, v in answer.headers.items() if k.lower().startswith("x-")}
+        return StreamingResponse(body(), media_type="application/x-ndjson", headers=headers)
+
+    return Starlette(routes=[Route("/{path:path}", forward, methods=["GET"])])
+
+
+def test_job_results_go_on_after_the_last_line_when_the_connection_drops(jobs_server: ServerThread) -> None:
+    with Client(jobs_server.base_url) as client:
+        job_id = client.program("qa").submit([{"question": f"q{i}"} for i in range(6)])
+        assert client.wait(job_id, poll=0.1, timeout=120)["state"] == "done"
+    asked: list[int] = []
+    with serving(_dropping_proxy(jobs_server.base_url, 2, asked)) as proxy, Client(proxy.base_url) as client:
+        lines = list(client.job_results(job_id))
+    assert [line["index"] for line in lines] == list(range(6))  # none lost, none twice
+    assert asked == [0, 2]  # asked again from the line after the last one it had
+
+
+def test_follow_yields_the_jobs_status_until_it_ends_and_wait_returns_the_last(
+    jobs_server: ServerThread, fake_lm: FakeLM
+) -> None:
+    fake_lm.latency = 0.3
+    with Client(jobs_server.base_url) as client:
+        job_id = client.program("qa").submit([{"question": f"q{i}"} for i in range(6)])
+        with pytest.raises(TimeoutError):
+            client.wait(job_id, poll=0.05, timeout=0.1)  # it keeps running
+        snapshots = list(client.follow(job_id, poll=0.1))
+        final = client.wait(job_id)
+    finished = [snapshot["done"] + snapshot["failed"] for snapshot in snapshots]
+    assert finished == sorted(finished) and len(snapshots) > 1
+    assert [s["state"] for s in snapshots[:-1]] != [] and snapshots[-1]["state"] == "done"
+    assert all(s["state"] in ("queued", "running") for s in snapshots[:-1])
+    assert final == snapshots[-1] and final["done"] == 6
+
+
+def _losing_proxy(upstream: str, asked: list[str]) -> Starlette:
+    """A proxy in front that hands the request on, then loses the connection before the answer."""
+
+    async def forward(request: Request) -> Response:
+        asked.append(request.url.path)
+        async with httpx.AsyncClient(base_url=upstream) as http:
+            await http.post(request.url.path, content=await request.body(), headers=request.headers)
+
+        async def lost() -> AsyncIterator[bytes]:
+            raise ConnectionResetError("the network went away")
+            yield b""  # pragma: no cover
+
+        return StreamingResponse(lost(), media_type="application/json")
+
+    return Starlette(routes=[Route("/{path:path}", forward, methods=["POST"])])
+
+
+def test_a_submitted_job_is_not_sent_again_when_the_answer_is_lost(jobs_server: ServerThread) -> None:
+    asked: list[str] = []
+    with (
+        serving(_losing_proxy(jobs_server.base_url, asked)) as proxy,
+        Client(proxy.base_url, retries=3) as client,
+        pytest.raises(httpx.TransportError),
+    ):
+        client.program("qa").submit([{"question": "q1"}])
+    assert asked == ["/qa/jobs"]  # the server may have made the job: one job, not four
+    assert len(httpx.get(f"{jobs_server.base_url}/jobs", timeout=30).json()["jobs"]) == 1

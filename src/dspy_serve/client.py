@@ -23,9 +23,10 @@ import httpx
 
 from dspy_serve import errors
 
-__all__ = ["Client", "RemoteProgram", "StatusEvent", "TokenEvent"]
+__all__ = ["JOB_ENDED", "Client", "RemoteProgram", "StatusEvent", "TokenEvent"]
 
 _RETRYABLE = {429, 502, 503}
+JOB_ENDED = ("done", "failed", "cancelled")  # a job's states once it has stopped for good
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,17 @@ def _remaining(deadline: float) -> float:
 def _retryable(error: errors.ServeError) -> bool:
     # A proxy's 5xx means the program never answered (its replica died, say): try again.
     return error.status in _RETRYABLE or (isinstance(error, errors.ProxyError) and error.status >= 500)
+
+
+def _unsent(exc: Exception) -> bool:
+    """Whether a failed request surely had no effect on the server."""
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        return True
+    return (
+        isinstance(exc, errors.ServeError)
+        and not isinstance(exc, errors.ProxyError)
+        and exc.status in (429, 503)
+    )
 
 
 def _prediction(body: dict[str, Any]) -> dspy.Prediction:
@@ -138,22 +150,68 @@ class Client:
         _raise_for(response)
         return dict(response.json())
 
+    def follow(self, job_id: str, *, poll: float = 1.0) -> Iterator[dict[str, Any]]:
+        """A job's status (as :meth:`job`) every ``poll`` seconds until it has ended (``done``,
+        ``failed`` or ``cancelled``): the last one yielded is the final status. A dropped
+        connection is tried again (``retries`` times in a row, with backoff), not raised."""
+        failures = 0
+        while True:
+            try:
+                status = self.job(job_id)
+            except httpx.TransportError:
+                failures += 1
+                if failures > self.retries:
+                    raise
+                time.sleep(min(0.25 * 2**failures, 4.0))
+                continue
+            failures = 0
+            yield status
+            if status.get("state") in JOB_ENDED:
+                return
+            time.sleep(poll)
+
+    def wait(self, job_id: str, *, poll: float = 1.0, timeout: float | None = None) -> dict[str, Any]:
+        """Block until the job has ended; its final status. ``TimeoutError`` after ``timeout``
+        seconds (the job keeps running on the server)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for status in self.follow(job_id, poll=poll):
+            if status.get("state") in JOB_ENDED:
+                return status
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} is still {status.get('state')} after {timeout} s")
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def job_results(
         self, job_id: str, *, offset: int = 0, follow: bool = True, poll: float = 1.0
     ) -> Iterator[dict[str, Any]]:
         """A job's result lines in input order from ``offset`` (``index``, ``call_id``, then
         ``outputs`` or ``error``, ``usage``, ``cost``); with ``follow``, waits for the rest until the
-        job has none left to give. Resumable: pass the next index as ``offset``."""
+        job has none left to give. Resumable: pass the next index as ``offset``. A connection that
+        drops mid-way is opened again from the line after the last one yielded (``retries`` times
+        in a row, with backoff), so no line is lost or repeated."""
+        failures = 0
         while True:
-            with self._http.stream("GET", f"/jobs/{job_id}/results", params={"offset": offset}) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    _raise_for(response)
-                more = response.headers.get("X-More-Results") == "true"
-                for line in response.iter_lines():
-                    if line.strip():
-                        yield json.loads(line)
-                offset = int(response.headers.get("X-Next-Offset", offset))
+            try:
+                with self._http.stream(
+                    "GET", f"/jobs/{job_id}/results", params={"offset": offset}
+                ) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        _raise_for(response)
+                    more = response.headers.get("X-More-Results") == "true"
+                    for line in response.iter_lines():
+                        if line.strip():
+                            result = json.loads(line)
+                            yield result
+                            offset = int(result.get("index", offset)) + 1
+                            failures = 0
+                    offset = int(response.headers.get("X-Next-Offset", offset))
+            except httpx.TransportError:
+                failures += 1
+                if failures > self.retries:
+                    raise
+                time.sleep(min(0.25 * 2**failures, 4.0))
+                continue
             if not (follow and more):
                 return
             time.sleep(poll)
@@ -161,7 +219,11 @@ class Client:
     # --- transport with retries -----------------------------------------------------------------
     # A call, its retries and the waits between them all fit in ``timeout``: a Retry-After that
     # would outlive it is raised at once (with its value) instead of slept through.
-    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def post(self, path: str, body: dict[str, Any], *, repeatable: bool = True) -> dict[str, Any]:
+        """POST with retries. A request that must not be done twice (``repeatable=False``:
+        submitting a job) is sent again only when it surely did nothing: no connection was
+        made, or the server itself refused it (429, 503); a connection lost after sending it,
+        or a proxy's error, is raised, since the server may have acted on it."""
         deadline = time.monotonic() + self.timeout
         for attempt in range(self.retries + 1):
             try:
@@ -169,7 +231,7 @@ class Client:
                 _raise_for(response)
                 return dict(response.json())
             except (errors.ServeError, httpx.TransportError) as exc:
-                delay = self._delay(exc, attempt, deadline)
+                delay = self._delay(exc, attempt, deadline) if repeatable or _unsent(exc) else None
                 if delay is None:
                     raise
             time.sleep(delay)
@@ -293,8 +355,12 @@ class RemoteProgram(dspy.Module):
         if webhook is not None:
             body["webhook"] = webhook
         try:
-            return str(self.client.post(f"/{self.name}/jobs", body)["id"])
+            return str(self.client.post(f"/{self.name}/jobs", body, repeatable=False)["id"])
         except errors.HTTPProblem as exc:
+            if exc.status == 404 and self._is_served():  # the program is there, its jobs route is not
+                raise errors.HTTPProblem(
+                    404, "This server runs no durable jobs: start it with --jobs."
+                ) from None
             raise self._not_served(exc, self.client.programs) from None
 
     def describe(self) -> dict[str, Any]:
@@ -322,6 +388,12 @@ class RemoteProgram(dspy.Module):
                     yield item
         except errors.HTTPProblem as exc:
             raise self._not_served(exc, self.client.programs) from None
+
+    def _is_served(self) -> bool:
+        try:
+            return any(p.get("name") == self.name for p in self.client.programs())
+        except (errors.ServeError, httpx.HTTPError, AttributeError, TypeError):
+            return False
 
     def _not_served(self, exc: errors.ServeError, programs: Callable[[], list[dict[str, Any]]]) -> Exception:
         """A 404 on a program's own path means no such program: say what is served instead."""

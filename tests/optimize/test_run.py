@@ -124,3 +124,7 @@ def test_mipro_runs_on_the_captured_calls(fake_lm: FakeLM, provider_key: str, tm
         fake_lm, "--data", str(data), "--optimizer", "mipro", "--out", str(out), "--max-demos", "2"
     )
     assert "mipro: 12 calls" in said and json.loads(out.read_text())
+    # MIPROv2 works its trial count out inside compile(): examples and trials counted, no total.
+    search = json.loads((tmp_path / "m.provenance.json").read_text())["search"]
+    assert search["trials"] > 1 and search["best_score"] == 100.0
+    assert f"search: {search['examples_scored']} examples scored, {search['trials']} trials" in said

@@ -113,6 +113,59 @@ def test_the_feedback_token_lets_a_browser_rate_that_call_without_the_key(
     )
 
 
+def test_each_batch_item_carries_a_token_that_rates_that_item_and_no_other(
+    keyed: tuple[ServerThread, str],
+) -> None:
+    server, store = keyed
+    body = {"items": [{"question": "One?"}, {"question": "Two?"}, {"quest": "not an input"}]}
+    answered = httpx.post(f"{server.base_url}/qa/batch", json=body, headers=ALICE, timeout=30)
+    assert answered.status_code == 200, answered.text
+    first, second, invalid = answered.json()["items"]
+    assert first["outputs"] == {"answer": "Paris"} and invalid["error"]["code"] == "invalid_input"
+    tokens = {item["feedback_token"] for item in (first, second, invalid)}
+    assert len(tokens) == 3  # each item is its own call, with its own token
+    assert int(answered.headers["content-length"]) == len(answered.content)
+    as_first = {"X-Feedback-Token": first["feedback_token"]}
+    assert rate(server.base_url, {"call_id": second["call_id"], "score": 1}, as_first).status_code == 403
+    assert rate(server.base_url, {"call_id": first["call_id"], "score": 0.25}, as_first).status_code == 200
+    as_second = {"X-Feedback-Token": second["feedback_token"]}
+    assert rate(server.base_url, {"call_id": second["call_id"], "score": 1}, as_second).status_code == 200
+    rows = read_store(store, "SELECT call_id, key_name, score FROM feedback ORDER BY score")
+    assert rows == [
+        {"call_id": first["call_id"], "key_name": "alice", "score": 0.25},
+        {"call_id": second["call_id"], "key_name": "alice", "score": 1.0},
+    ]
+
+
+def test_the_openapi_document_describes_the_batch_items_token_and_the_answers_header(
+    keyed: tuple[ServerThread, str],
+) -> None:
+    server, _ = keyed
+    document = httpx.get(f"{server.base_url}/openapi.json", headers=ALICE, timeout=30).json()
+    batch = document["paths"]["/qa/batch"]["post"]["responses"]["200"]["content"]["application/json"]
+    response = document["components"]["schemas"][batch["schema"]["$ref"].rsplit("/", 1)[1]]
+    item = document["components"]["schemas"][
+        response["properties"]["items"]["items"]["$ref"].rsplit("/", 1)[1]
+    ]
+    assert item["properties"]["feedback_token"]["type"] == "string"
+    assert "feedback_token" not in item.get("required", [])
+    invoke_ok = document["paths"]["/qa/invoke"]["post"]["responses"]["200"]
+    assert "X-Feedback-Token" in invoke_ok["headers"]
+
+
+def test_without_feedback_tokens_batch_items_have_none(
+    fake_lm: FakeLM, provider_key: str, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    app = create_app(fake_settings(fake_lm, programs=[QA], capture=["*"], store=url))
+    with serving(app) as server:
+        body = {"items": [{"question": "One?"}]}
+        [item] = httpx.post(f"{server.base_url}/qa/batch", json=body, timeout=30).json()["items"]
+        document = httpx.get(f"{server.base_url}/openapi.json", timeout=30).json()
+    assert "call_id" in item and "feedback_token" not in item
+    assert "feedback_token" not in json.dumps(document)
+
+
 def test_an_expired_or_forged_token_is_refused(keyed: tuple[ServerThread, str]) -> None:
     server, _ = keyed
     call_id = invoke(server.base_url, ALICE).json()["call_id"]

@@ -29,9 +29,10 @@ def _optimize(
     **values: Any,
 ) -> None:
     from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from dspy_serve.optimize.budget import BudgetLM
+    from dspy_serve.optimize.progress import SearchProgress
     from dspy_serve.optimize.run import OptimizeJob, run_optimization
     from dspy_serve.serving.loader import ArtifactError, TargetError
 
@@ -50,23 +51,34 @@ def _optimize(
         max_calls=max_calls,
         max_cost=max_cost,
     )
+    # On a terminal, a live line on stderr; elsewhere (a pipe, CI) rich draws nothing, and the
+    # summary below says the same.
     console = Console(stderr=True)
     with Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
+        BarColumn(bar_width=20),
+        TextColumn("{task.fields[search]}"),
         TextColumn("[dim]{task.fields[spent]}"),
         TimeElapsedColumn(),
         console=console,
         transient=True,
     ) as progress:
-        task = progress.add_task("loading the program", spent="")
+        task = progress.add_task("loading the program", total=None, spent="", search="")
 
         def on_call(lm: BudgetLM) -> None:
             progress.update(task, spent=f"{lm.calls} LM calls, {lm.tokens} tokens, ${lm.cost:.4f}")
 
+        def on_search(search: SearchProgress) -> None:
+            progress.update(task, completed=search.scored, total=search.total, search=search.describe())
+
         try:
             outcome = run_optimization(
-                settings, job, step=lambda text: progress.update(task, description=text), on_call=on_call
+                settings,
+                job,
+                step=lambda text: progress.update(task, description=text),
+                on_call=on_call,
+                on_search=on_search,
             )
         except (ValueError, TargetError, ArtifactError) as exc:
             raise click.UsageError(str(exc)) from None
@@ -75,6 +87,8 @@ def _optimize(
         f"{optimizer}: {outcome.rows} calls ({outcome.train} to learn from, {outcome.heldout} held out)"
     )
     click.echo(f"held-out score: {before} before, {after} after")
+    if outcome.search is not None:
+        click.echo(f"search: {outcome.search.describe()}")
     click.echo(f"demos: {len(outcome.demos)} from captured calls")
     if outcome.lm is not None:
         click.echo(f"spent: {outcome.lm.calls} LM calls, {outcome.lm.tokens} tokens, ${outcome.lm.cost:.4f}")

@@ -48,15 +48,16 @@ def describe(summary: BatchSummary) -> str:
 
 
 class BatchProgress:
-    def __init__(self, summary: BatchSummary, stream: TextIO | None = None) -> None:
+    def __init__(self, summary: BatchSummary, stream: TextIO | None = None, *, label: str = "batch") -> None:
         self._stream = stream or sys.stderr
+        self._label = label  # what runs: a batch, or a job followed (`dspy-serve call`)
         self._summary = summary
         self._last_plain = time.monotonic()  # the first plain line after a few seconds, not at once
         self._bar: Progress | None = None
         self._task: TaskID | None = None
         if self._stream.isatty():
             self._bar = Progress(
-                TextColumn("[bold]batch"),
+                TextColumn(f"[bold]{label}"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]}"),
@@ -90,7 +91,7 @@ class BatchProgress:
             self._last_plain = now
             total = summary.total if summary.total is not None else "?"
             print(
-                f"batch: {summary.done}/{total} rows, {rate}, {_spent(summary)}",
+                f"{self._label}: {summary.done}/{total} rows, {rate}, {_spent(summary)}",
                 file=self._stream,
                 flush=True,
             )

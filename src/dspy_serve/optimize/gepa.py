@@ -12,6 +12,7 @@ from typing import Any
 import dspy
 
 from dspy_serve.optimize.metric import Metric
+from dspy_serve.optimize.progress import SearchProgress
 
 __all__ = ["feedback_metric", "run_gepa", "run_mipro"]
 
@@ -47,8 +48,11 @@ def run_gepa(
     metric: Metric,
     lm: dspy.LM,
     seed: int,
+    search: SearchProgress | None = None,
 ) -> dspy.Module:
     optimizer = dspy.GEPA(metric=metric, auto="light", reflection_lm=lm, track_stats=False, seed=seed)
+    if search is not None:  # GEPA's own budget of metric calls, which compile() works out
+        search.total_of = lambda: optimizer.max_metric_calls
     return optimizer.compile(student, trainset=trainset, valset=valset or None)
 
 

@@ -22,6 +22,7 @@ from dspy_serve.optimize.budget import BudgetExhausted, BudgetLM
 from dspy_serve.optimize.gepa import feedback_metric, run_gepa, run_mipro
 from dspy_serve.optimize.harvest import harvest
 from dspy_serve.optimize.metric import field_match, load_metric
+from dspy_serve.optimize.progress import SearchProgress
 from dspy_serve.optimize.provenance import write_provenance
 from dspy_serve.serving.programs import Program, load_programs
 from dspy_serve.settings import ServeSettings
@@ -59,6 +60,7 @@ class Outcome:
     demos: list[dict[str, Any]] = field(default_factory=list)
     stopped: str | None = None  # why the budget stopped it
     lm: BudgetLM | None = None
+    search: SearchProgress | None = None  # what the optimizer's search did (not for harvest)
 
 
 def run_optimization(
@@ -66,7 +68,11 @@ def run_optimization(
     job: OptimizeJob,
     step: Callable[[str], None] = lambda _: None,
     on_call: Any = None,
+    on_search: Callable[[SearchProgress], None] = lambda _: None,
 ) -> Outcome:
+    """Optimize ``job.target`` on its data and write the artifact and its provenance. ``step``
+    hears each phase, ``on_call`` each LM call (the :class:`BudgetLM`), ``on_search`` each
+    example scored and each candidate evaluated while the optimizer searches."""
     if job.optimizer not in OPTIMIZERS:
         raise ValueError(f"--optimizer {job.optimizer}: use one of {', '.join(OPTIMIZERS)}")
     settings, programs = load_programs(settings.model_copy(update={"programs": [job.target]}))
@@ -97,19 +103,14 @@ def run_optimization(
             if job.optimizer == "harvest":
                 harvested = harvest(student, train_rows, max_demos=job.max_demos, min_score=job.min_score)
                 outcome.demos = [{"predictor": d.predictor, "call_id": d.call_id} for d in harvested]
-            elif job.optimizer == "bootstrap":
-                student = _bootstrap(student, train_rows, inputs, metric, job)
+            else:
+                outcome.search = search = SearchProgress(on_search)
+                with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), search]):
+                    student = _search(
+                        student, job, (train_rows, labelled), (inputs, outputs), devset, metric, lm, search
+                    )
                 outcome.demos = _bootstrapped_sources(student, train_rows)
                 lm.check_exhausted()  # the demos found so far are kept
-            else:
-                trainset = [example_of(row, inputs) for row in train_rows]
-                if job.optimizer == "gepa":
-                    gepa_metric = feedback_metric(metric, labelled, outputs)
-                    student = run_gepa(student, trainset, devset, gepa_metric, lm, job.seed)
-                else:
-                    student = run_mipro(student, trainset, metric, job.max_demos, job.seed)
-                outcome.demos = _bootstrapped_sources(student, train_rows)
-                lm.check_exhausted()
             step("scoring the optimized program on the held-out calls")
             outcome.score_after = _score(student, devset, metric, lm)
         except BudgetExhausted as exc:
@@ -119,6 +120,29 @@ def run_optimization(
     student.save(str(job.out))
     outcome.provenance = write_provenance(job.out, _record(settings, job, program, rows, outcome))
     return outcome
+
+
+def _search(
+    student: dspy.Module,
+    job: OptimizeJob,
+    rows: tuple[list[dict[str, Any]], list[dict[str, Any]]],
+    fields: tuple[list[str], list[str]],
+    devset: list[dspy.Example],
+    metric: Any,
+    lm: BudgetLM,
+    search: SearchProgress,
+) -> dspy.Module:
+    """bootstrap, gepa or mipro on the training rows (``rows``: those and every labelled one;
+    ``fields``: the inputs and the outputs), their metric counted by ``search``."""
+    (train_rows, labelled), (inputs, outputs) = rows, fields
+    if job.optimizer == "bootstrap":
+        search.total = len(train_rows)  # one round: each training call scored at most once
+        return _bootstrap(student, train_rows, inputs, search.counted(metric), job)
+    trainset = [example_of(row, inputs) for row in train_rows]
+    if job.optimizer == "gepa":
+        gepa_metric = search.counted(feedback_metric(metric, labelled, outputs))
+        return run_gepa(student, trainset, devset, gepa_metric, lm, job.seed, search=search)
+    return run_mipro(student, trainset, search.counted(metric), job.max_demos, job.seed)
 
 
 def _rows(settings: ServeSettings, job: OptimizeJob, name: str) -> list[dict[str, Any]]:
@@ -199,6 +223,17 @@ def _strip_call_ids(student: dspy.Module) -> None:
         ]
 
 
+def _search_record(search: SearchProgress | None) -> dict[str, Any] | None:
+    if search is None:
+        return None
+    return {
+        "examples_scored": search.scored,
+        "trials": search.trials,
+        "best_score": search.best,
+        "best_on_examples": search.best_of,
+    }
+
+
 def _record(
     settings: ServeSettings, job: OptimizeJob, program: Program, rows: list[dict[str, Any]], outcome: Outcome
 ) -> dict[str, Any]:
@@ -228,6 +263,7 @@ def _record(
         },
         "model": settings.model,
         "scores": {"before": outcome.score_before, "after": outcome.score_after},
+        "search": _search_record(outcome.search),
         "budget": {
             "max_calls": job.max_calls,
             "max_cost": job.max_cost,

@@ -1,11 +1,14 @@
-"""``POST /NAME/feedback`` for every captured program, and the feedback token on each answer.
+"""``POST /NAME/feedback`` for every captured program, and the feedback token on each answer:
+the ``X-Feedback-Token`` header of an answer that names its call (``X-Call-Id``), and a
+``feedback_token`` on each ``/NAME/batch`` item, which names its own call.
 
 The capture observer is built and registered here, so a server without ``--capture`` has
 neither routes nor store. (No ``from __future__ import annotations``: FastAPI reads the body
 model from the handler's annotation at runtime.)
 """
 
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,9 +27,13 @@ from dspy_serve.serving.service import Service
 from dspy_serve.web.program_routes import _JSON_ONLY, ERROR_RESPONSES
 from dspy_serve.web.request_state import caller_of
 
-__all__ = ["FeedbackTokenMiddleware", "add_feedback", "feedback_paths"]
+__all__ = ["FeedbackTokenMiddleware", "add_feedback", "document_feedback_tokens", "feedback_paths"]
 
 TOKEN_HEADER = "X-Feedback-Token"
+_TOKEN_DOC = (
+    "A token that rates this call without the API key (`X-Feedback-Token` on POST /NAME/feedback), "
+    "until it expires; sent when the server has feedback tokens on."
+)
 
 
 class FeedbackRequest(BaseModel):
@@ -66,12 +73,14 @@ def add_feedback(app: FastAPI, service: Service) -> Capture | None:
     app.include_router(router)
     secret = service.settings.feedback_token_secret
     if secret is not None:
+        captured = frozenset(name for name in service.programs if capture.captures(name))
         app.add_middleware(
             FeedbackTokenMiddleware,
             secret=secret.get_secret_value(),
             ttl=service.settings.feedback_token_ttl,
-            programs=frozenset(name for name in service.programs if capture.captures(name)),
+            programs=captured,
         )
+        document_feedback_tokens(app, captured)
     return capture
 
 
@@ -130,23 +139,123 @@ def _add_route(router: APIRouter, service: Service, capture: Capture, program: P
 
 class FeedbackTokenMiddleware:
     """Adds ``X-Feedback-Token`` to every answer that names its call (``X-Call-Id``) of a
-    captured program: pure ASGI, it reads only the response's headers."""
+    captured program, and a ``feedback_token`` to each item of a ``/NAME/batch`` answer (one
+    call per item, each with its own token): pure ASGI, so the call path knows nothing of tokens.
+
+    A batch answer is JSON of at most ``batch_max_items`` items, held whole to add the tokens; any
+    other answer passes as it comes, only its headers read."""
 
     def __init__(self, app: ASGIApp, secret: str, ttl: float, programs: frozenset[str]) -> None:
         self.app, self.secret, self.ttl, self.programs = app, secret, ttl, programs
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        program = scope["path"].strip("/").partition("/")[0] if scope["type"] == "http" else ""
+        program, _, rest = (
+            scope["path"].strip("/").partition("/") if scope["type"] == "http" else ("", "", "")
+        )
         if program not in self.programs:
             await self.app(scope, receive, send)
+            return
+        if rest == "batch":
+            await self.app(scope, receive, _BatchTokens(send, lambda call_id: self._mint(program, call_id)))
             return
 
         async def send_with_token(message: Message) -> None:
             if message["type"] == "http.response.start":
                 call_id = next((v for k, v in message.get("headers", []) if k == b"x-call-id"), None)
                 if call_id is not None:
-                    token = mint_token(self.secret, program, call_id.decode("latin-1"), self.ttl)
+                    token = self._mint(program, call_id.decode("latin-1"))
                     message["headers"] = [*message["headers"], (b"x-feedback-token", token.encode("ascii"))]
             await send(message)
 
         await self.app(scope, receive, send_with_token)
+
+    def _mint(self, program: str, call_id: str) -> str:
+        return mint_token(self.secret, program, call_id, self.ttl)
+
+
+class _BatchTokens:
+    """The ``send`` of a batch answer: a 200 JSON body is held until its last chunk, then sent
+    with each item that names its call (``call_id``) carrying that call's ``feedback_token``.
+    Errors (problem+json) and anything else pass untouched."""
+
+    def __init__(self, send: Send, mint: Callable[[str], str]) -> None:
+        self.send, self.mint = send, mint
+        self.start: Message | None = None
+        self.chunks: list[bytes] = []
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            media = next((v for k, v in message.get("headers", []) if k == b"content-type"), b"")
+            if message["status"] == 200 and media.partition(b";")[0].strip() == b"application/json":
+                self.start = message
+                return
+        elif message["type"] == "http.response.body" and self.start is not None:
+            self.chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            body = self._with_tokens(b"".join(self.chunks))
+            headers = [(k, v) for k, v in self.start.get("headers", []) if k != b"content-length"]
+            await self.send(
+                {**self.start, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
+            )
+            self.start = None
+            await self.send({"type": "http.response.body", "body": body, "more_body": False})
+            return
+        await self.send(message)
+
+    def _with_tokens(self, body: bytes) -> bytes:
+        try:
+            document = json.loads(body)
+        except ValueError:
+            return body
+        items = document.get("items") if isinstance(document, dict) else None
+        if not isinstance(items, list):
+            return body
+        for item in items:
+            if isinstance(item, dict) and isinstance(item.get("call_id"), str):
+                item["feedback_token"] = self.mint(item["call_id"])
+        # As FastAPI's JSONResponse writes it.
+        return json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+def document_feedback_tokens(app: FastAPI, programs: frozenset[str]) -> None:
+    """Describe the tokens in the OpenAPI document: ``feedback_token`` on each batch item of the
+    captured programs, and the ``X-Feedback-Token`` header of their answers. (The middleware adds
+    them after the response models, so FastAPI cannot see them.)"""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        spec = generate()
+        schemas = spec.get("components", {}).get("schemas", {})
+        for program in programs:
+            for route in ("invoke", "stream", "batch"):
+                operation = spec.get("paths", {}).get(f"/{program}/{route}", {}).get("post")
+                if operation is None:
+                    continue
+                ok = operation.get("responses", {}).get("200", {})
+                if route != "batch":
+                    ok.setdefault("headers", {})[TOKEN_HEADER] = {
+                        "description": _TOKEN_DOC,
+                        "schema": {"type": "string"},
+                    }
+                    continue
+                item = _batch_item_schema(schemas, ok)
+                if item is not None:
+                    item.setdefault("properties", {})["feedback_token"] = {
+                        "type": "string",
+                        "title": "Feedback Token",
+                        "description": _TOKEN_DOC,
+                    }
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _batch_item_schema(schemas: dict[str, Any], ok: dict[str, Any]) -> dict[str, Any] | None:
+    """The schema of one item of a batch answer, followed from the 200 response's references."""
+    try:
+        response = schemas[ok["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]]
+        item: dict[str, Any] = schemas[response["properties"]["items"]["items"]["$ref"].rsplit("/", 1)[1]]
+    except (KeyError, TypeError, AttributeError):
+        return None
+    return item
