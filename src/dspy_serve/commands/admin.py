@@ -17,6 +17,8 @@ from urllib.parse import quote
 
 import click
 
+from dspy_serve.commands.options import terminal_safe
+
 __all__ = ["ADMIN_KEY_ENV", "AdminFailure", "admin_group", "admin_request", "render_rollout", "safe_text"]
 
 ADMIN_KEY_ENV = "DSPY_SERVE_ADMIN_KEY"
@@ -37,8 +39,6 @@ class AdminFailure(Exception):
 
 def safe_text(text: str) -> str:
     """Server text fit for a terminal (escape sequences shown, not run), as ``call`` prints it."""
-    from dspy_serve.cli import _safe as terminal_safe  # cli imports this module: import late
-
     return terminal_safe(text)
 
 

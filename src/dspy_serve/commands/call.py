@@ -11,6 +11,8 @@ from typing import Any
 
 import click
 
+from dspy_serve.commands.options import terminal_safe
+
 __all__ = ["call_command"]
 
 
@@ -163,14 +165,14 @@ def _reported(url: str, api_key: str | None) -> Iterator[None]:
             fix = "it was refused" if api_key else "it is not set"
             detail = f"the server wants an API key: set DSPY_SERVE_CLIENT_KEY to one of its keys ({fix})"
         else:
-            detail = _safe(str(exc.detail))
+            detail = terminal_safe(str(exc.detail))
         click.echo(f"dspy-serve: {exc.status} {exc.code}: {detail}", err=True)
         for line in exc.field_errors():
-            click.echo(f"  {_safe(line)}", err=True)
+            click.echo(f"  {terminal_safe(line)}", err=True)
         sys.exit(1)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         reason = str(exc) or type(exc).__name__
-        click.echo(f"dspy-serve: cannot reach {_safe(url)}: {_safe(reason)}", err=True)
+        click.echo(f"dspy-serve: cannot reach {terminal_safe(url)}: {terminal_safe(reason)}", err=True)
         sys.exit(1)
 
 
@@ -251,15 +253,6 @@ def _call_body(body: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
     return inputs, options
 
 
-def _safe(text: str) -> str:
-    """Text from the server or an LM, fit for a terminal: control characters (escape sequences that
-    retitle the window, recolour or move the cursor) are shown escaped; newlines and tabs stay."""
-    return "".join(
-        char if char in "\n\t" or not (ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0) else repr(char)[1:-1]
-        for char in text
-    )
-
-
 def _print_stream(events: Iterator[Any]) -> Any:
     """Print tokens as they arrive, each field under its own label; return the prediction."""
     from dspy_serve.client import StatusEvent, TokenEvent
@@ -269,9 +262,9 @@ def _print_stream(events: Iterator[Any]) -> Any:
         if isinstance(event, TokenEvent):
             label = event.field if event.predictor in ("", "self") else f"{event.predictor}.{event.field}"
             if label != current:
-                click.echo(("\n" if current is not None else "") + f"{_safe(label)}: ", nl=False)
+                click.echo(("\n" if current is not None else "") + f"{terminal_safe(label)}: ", nl=False)
                 current = label
-            click.echo(_safe(event.chunk), nl=False)
+            click.echo(terminal_safe(event.chunk), nl=False)
         elif not isinstance(event, StatusEvent):
             prediction = event
     if current is not None:

@@ -27,6 +27,7 @@ __all__ = [
     "or_exit_3",
     "overrides",
     "settings_params",
+    "terminal_safe",
 ]
 
 
@@ -187,3 +188,12 @@ def friendly(exc: Exception, config: Path | None = None) -> str:
             for err in exc.errors(include_url=False)
         )
     return str(exc)
+
+
+def terminal_safe(text: str) -> str:
+    """Text from the server or an LM, fit for a terminal: control characters (escape sequences that
+    retitle the window, recolour or move the cursor) are shown escaped; newlines and tabs stay."""
+    return "".join(
+        char if char in "\n\t" or not (ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0) else repr(char)[1:-1]
+        for char in text
+    )
