@@ -84,6 +84,10 @@ def create_app(
 
                     await stack.enter_async_context(running_jobs(jobs))
                 stack.enter_context(_reload_on_sighup(service))
+                if admin_keys is not None:  # the automatic rollout policy (#27)
+                    from dspy_serve.compare.autopilot import running_autopilot
+
+                    await stack.enter_async_context(running_autopilot(service))
                 yield
         finally:
             await service.stop()

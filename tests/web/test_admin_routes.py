@@ -236,5 +236,11 @@ def test_every_wire_names_the_version(server: ServerThread) -> None:
     batch = httpx.post(f"{url}/qa/batch", json={"items": [{"question": "a"}, {"question": "b"}]}, timeout=30)
     assert batch.headers["x-program-version"] == "v1"
     assert [item["version"] for item in batch.json()["items"]] == ["v1", "v1"]
+    chat = httpx.post(
+        f"{url}/v1/chat/completions",
+        json={"model": "qa", "messages": [{"role": "user", "content": "q"}]},
+        timeout=30,
+    )
+    assert chat.status_code == 200 and chat.headers["x-program-version"] == "v1"
     described = httpx.get(f"{url}/programs/qa", timeout=30).json()
     assert [(v["name"], v["state"]) for v in described["versions"]] == [("v1", "stable")]

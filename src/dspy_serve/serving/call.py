@@ -172,6 +172,7 @@ class Call:
         # The version that answers, chosen now: it is the one the call finishes on, whatever
         # a promote or a rollback does meanwhile (X-Program-Version names it).
         self.version = version if version is not None else _routed(program, caller, inputs)
+        caller.version = self.version.name
         self.shadow_of = shadow_of  # a shadow run: the call whose inputs it runs on, unseen
         self._service = service
         self._ran = False

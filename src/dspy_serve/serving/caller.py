@@ -48,6 +48,7 @@ class Caller:
     # flight, charged nothing) or "miss" (run for this request); None when reuse was not possible.
     cache: str | None = None
     coalesced: bool = False  # the answer (or one of a batch's) came from an identical call in flight
+    version: str | None = None  # the program version its (last) call ran on: X-Program-Version, #27
     # Tasks that must live as long as the request (the loop keeps only weak references).
     held: list[object] = field(default_factory=list, repr=False)
     # The request's raw headers (ASGI's lower-case name/value pairs): a split may be sticky by one.

@@ -13,8 +13,9 @@ every worker and replica. Only the pointers and weights are shared (through the 
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from dspy_serve.errors import InvalidInput, RolloutConflict
@@ -64,8 +65,7 @@ class Rollout:
     split: Split | None = None
     shadow: Shadow | None = None
     revision: int = 0
-    changed_at: float = 0.0
-    history: tuple[Mapping[str, Any], ...] = field(default=(), compare=False)
+    changed_at: float = 0.0  # when this revision was made (time.time()); a rollout's window starts there
 
     # --- routing (on every call: cheap) ----------------------------------------------------------
     def version_for(self, sticky_key: str) -> str:
@@ -122,7 +122,7 @@ class Rollout:
         return self._next(stable=self.previous[-1], previous=self.previous[:-1])
 
     def at_revision(self, revision: int) -> Rollout:
-        return replace(self, revision=revision)
+        return replace(self, revision=revision, changed_at=time.time())
 
     def _not_stable(self, candidate: str) -> None:
         if candidate == self.stable:
@@ -131,7 +131,7 @@ class Rollout:
             )
 
     def _next(self, **changes: Any) -> Rollout:
-        return replace(self, revision=self.revision + 1, **changes)
+        return replace(self, revision=self.revision + 1, changed_at=time.time(), **changes)
 
     # --- as stored and shown ------------------------------------------------------------------------
     def to_data(self) -> dict[str, Any]:
@@ -146,6 +146,7 @@ class Rollout:
             if self.shadow is None
             else {"candidate": self.candidate, "rate": self.shadow.rate},
             "revision": self.revision,
+            "changed_at": self.changed_at,
         }
 
     @classmethod
@@ -159,6 +160,7 @@ class Rollout:
             split=Split(float(split["weight"]), str(split.get("sticky", "key"))) if split else None,
             shadow=Shadow(float(shadow["rate"])) if shadow else None,
             revision=revision,
+            changed_at=float(data.get("changed_at") or 0.0),
         )
 
     def versions(self) -> set[str]:

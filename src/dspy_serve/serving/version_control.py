@@ -67,6 +67,11 @@ class VersionControl:
         if self._store is not None:
             await self._store.close()
 
+    @property
+    def store(self) -> Store | None:
+        """The shared store (with the admin API on): where the comparison reads captured calls."""
+        return self._store
+
     # --- changes -------------------------------------------------------------------------------------
     async def load(self, program: Program, name: str, artifact: str | Path) -> tuple[ProgramVersion, bool]:
         """Load ``artifact`` as version ``name`` of ``program`` (from the allowed directory only);
@@ -97,14 +102,12 @@ class VersionControl:
         return version, True
 
     async def promote(self, program: Program, version: str) -> Rollout:
-        program.version(version)
         return await self._change(program, lambda rollout: rollout.promoted(version), f"promoted {version}")
 
     async def rollback(self, program: Program) -> Rollout:
         return await self._change(program, lambda rollout: rollout.rolled_back(), "rolled back")
 
     async def split(self, program: Program, candidate: str, weight: float, sticky: str) -> Rollout:
-        program.version(candidate)
         return await self._change(
             program,
             lambda rollout: rollout.with_split(candidate, weight, sticky),
@@ -112,7 +115,6 @@ class VersionControl:
         )
 
     async def shadow(self, program: Program, candidate: str, rate: float) -> Rollout:
-        program.version(candidate)
         return await self._change(
             program, lambda rollout: rollout.with_shadow(candidate, rate), f"shadow {rate:g} on {candidate}"
         )
@@ -159,8 +161,8 @@ class VersionControl:
             if self._store is not None:
                 await self._adopt_shared()  # change the newest rollout, not this worker's copy
             rollout = how(program.rollout)
-            for name in rollout.versions():
-                program.version(name)
+            for name in rollout.versions() - set(program.versions):
+                await self._load_shared(program, name)
             await self._publish(program, rollout)
             program.rollout = rollout
         logger.info("%s: %s (revision %d): %s", program.name, what, rollout.revision, _summary(rollout))
@@ -216,20 +218,13 @@ class VersionControl:
                 await self._follow_rollout(program, Rollout.from_data(name, state, revision), first=first)
 
     async def _follow_rollout(self, program: Program, rollout: Rollout, *, first: bool) -> None:
-        from dspy_serve.store.rollouts import read_version
 
         assert self._store is not None
         try:
             for name in rollout.versions() - set(program.versions):
-                row = await read_version(self._store, program.name, name)
-                if row is None or not row.get("artifact"):
-                    raise ValueError(f"version {name!r} is not in the store's program_versions")
-                version = await self._load_file(program, name, Path(row["artifact"]))
-                if row.get("sha256") and version.sha256 != row["sha256"]:
-                    raise ValueError(f"version {name!r}: {row['artifact']} changed since it was loaded")
-                self._add(program, version)
-        except (ServeError, ValueError) as exc:
-            why = getattr(exc, "detail", None) or str(exc)
+                await self._load_shared(program, name)
+        except ServeError as exc:
+            why = exc.detail
             if self._failed.get((program.name, rollout.revision)) != why:
                 self._failed[(program.name, rollout.revision)] = why
                 logger.error(
@@ -242,6 +237,20 @@ class VersionControl:
         program.rollout = rollout
         verb = "adopted the shared rollout" if first else "followed a change"
         logger.info("%s: %s (revision %d): %s", program.name, verb, rollout.revision, _summary(rollout))
+
+    async def _load_shared(self, program: Program, name: str) -> None:
+        """Load version ``name`` as another worker loaded it (the store has its file), or say
+        it does not exist."""
+        from dspy_serve.store.rollouts import read_version
+
+        row = await read_version(self._store, program.name, name) if self._store is not None else None
+        if row is None or not row.get("artifact"):
+            program.version(name)  # raises VersionNotFound, naming the versions there are
+            return
+        version = await self._load_file(program, name, Path(row["artifact"]))
+        if row.get("sha256") and version.sha256 != row["sha256"]:
+            raise VersionLoadFailed(f"version {name!r}: {row['artifact']} changed since it was loaded")
+        self._add(program, version)
 
     async def _load_file(self, program: Program, name: str, path: Path) -> ProgramVersion:
         settings = self._settings

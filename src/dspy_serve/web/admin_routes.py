@@ -6,12 +6,13 @@ else. Never in the callers' OpenAPI document. Every change goes through the serv
 :class:`~dspy_serve.serving.version_control.VersionControl`.
 """
 
+import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from dspy_serve.errors import ProgramNotFound, Unauthorized
+from dspy_serve.errors import ProgramNotFound, ServiceUnavailable, Unauthorized
 from dspy_serve.serving.keys import KeyRing
 from dspy_serve.serving.programs import Program
 from dspy_serve.serving.service import Service
@@ -94,6 +95,38 @@ def add_admin(app: FastAPI, service: Service, keys: KeyRing) -> None:
     async def shadow(program: ProgramArg, body: ShadowBody) -> dict[str, Any]:
         await control.shadow(program, body.candidate, body.rate)
         return program.describe()
+
+    @router.get("/programs/{name}/compare")
+    async def compare(
+        program: ProgramArg,
+        since: Annotated[float | None, Query(gt=0, description="Seconds back from now.")] = None,
+        min_sample: Annotated[int | None, Query(ge=1)] = None,
+        stable: Annotated[str | None, Query(max_length=100)] = None,
+        candidate: Annotated[str | None, Query(max_length=100)] = None,
+    ) -> dict[str, Any]:
+        """Per version over the window (default: since the rollout last changed), with a verdict
+        (docs/compare.md). Reads the captured calls: a program that is not captured has none."""
+        from dspy_serve.compare.report import compare_report
+
+        store = control.store
+        if store is None:
+            raise ServiceUnavailable("The store is not open yet.", retry_after=1)
+        rollout = program.rollout
+        report = await compare_report(
+            store,
+            program.name,
+            since=time.time() - since if since is not None else rollout.changed_at,
+            stable=stable or (rollout.stable if candidate is None or candidate != rollout.stable else None),
+            candidate=candidate or rollout.candidate,
+            min_sample=min_sample or service.settings.compare_min_sample,
+        )
+        capture = service.settings.capture
+        report["captured"] = "*" in capture or program.name in capture
+        if not report["captured"]:
+            report["reason"] = (
+                f"{program.name} is not captured: start the server with --capture {program.name}"
+            )
+        return report
 
     @router.post("/reload")
     async def reload() -> dict[str, Any]:

@@ -40,10 +40,13 @@ def problem_body(caller: Caller, error: ServeError, instance: str | None = None)
 def problem_response(
     request: Request, error: ServeError, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
+    caller = caller_of(request)
+    # A call that failed still names the version it ran on (#27).
+    version = {"X-Program-Version": caller.version} if caller.version is not None else {}
     return JSONResponse(
-        problem_body(caller_of(request), error, request.url.path),
+        problem_body(caller, error, request.url.path),
         status_code=error.status,
-        headers={**error.headers(), **(headers or {})},
+        headers={**error.headers(), **version, **(headers or {})},
         media_type=PROBLEM_CONTENT_TYPE,
     )
 
