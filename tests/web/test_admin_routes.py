@@ -244,3 +244,29 @@ def test_every_wire_names_the_version(server: ServerThread) -> None:
     assert chat.status_code == 200 and chat.headers["x-program-version"] == "v1"
     described = httpx.get(f"{url}/programs/qa", timeout=30).json()
     assert [(v["name"], v["state"]) for v in described["versions"]] == [("v1", "stable")]
+
+
+def test_the_response_cache_keeps_each_versions_answers_apart(
+    fake_lm: FakeLM, provider_key: str, artifacts: Path, tmp_path: Path
+) -> None:
+    fake_lm.answers = {"answer": "Paris"}
+    fake_lm.when("[V2]", Answer({"answer": "Lyon"}))
+    settings = fake_settings(
+        fake_lm,
+        programs=[QA],
+        artifacts=[f"qa={artifacts / 'v1.json'}"],
+        candidates=[f"qa={artifacts / 'v2.json'}"],
+        admin_keys=["ops:admin-secret"],
+        store=f"sqlite:///{tmp_path / 'store.db'}",
+        response_cache="memory",
+        temperature=0,
+    )
+    with serving(create_app(settings)) as running:
+        ask = {"inputs": {"question": "Same question"}}
+        first = httpx.post(f"{running.base_url}/qa/invoke", json=ask, timeout=30)
+        again = httpx.post(f"{running.base_url}/qa/invoke", json=ask, timeout=30)
+        assert (first.json()["outputs"], again.headers["x-cache"]) == ({"answer": "Paris"}, "hit")
+        admin(running, "POST", "/promote", {"version": "v2"})
+        promoted = httpx.post(f"{running.base_url}/qa/invoke", json=ask, timeout=30)
+        assert promoted.headers["x-cache"] == "miss" and promoted.json()["outputs"] == {"answer": "Lyon"}
+        assert promoted.headers["x-program-version"] == "v2"

@@ -132,7 +132,25 @@ def load_version(
 
 
 def _fields(schema: dict[str, object]) -> str:
-    return json.dumps(schema.get("properties", {}), sort_keys=True)
+    """The schema's shape (names, types, required fields), without the words: a version may
+    reword a field's description, which is a prompt change, not an interface change."""
+    return json.dumps(_shape(schema), sort_keys=True)
+
+
+_WORDS = ("description", "title", "examples")
+
+
+def _shape(value: object, *, names: bool = False) -> object:
+    """``value`` without its words; ``names`` is a mapping of field or definition names, kept."""
+    if isinstance(value, dict):
+        return {
+            key: _shape(item, names=key in ("properties", "$defs") and not names)
+            for key, item in value.items()
+            if names or key not in _WORDS
+        }
+    if isinstance(value, list):
+        return [_shape(item) for item in value]
+    return value
 
 
 def _describe(schema: dict[str, object]) -> str:

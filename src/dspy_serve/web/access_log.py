@@ -68,6 +68,7 @@ class AccessLogMiddleware:
                     "tokens": caller.tokens,
                     "cost_usd": caller.cost_usd,
                     "key": caller.api_key.name if caller.api_key is not None else None,
+                    "version": caller.version,  # the program version that answered (#27)
                     "error_code": code,
                 },
             )
