@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import dspy
+import pytest
 from click.testing import CliRunner
 
 from dspy_serve.cli import main
@@ -128,3 +129,26 @@ def test_mipro_runs_on_the_captured_calls(fake_lm: FakeLM, provider_key: str, tm
     search = json.loads((tmp_path / "m.provenance.json").read_text())["search"]
     assert search["trials"] > 1 and search["best_score"] == 100.0
     assert f"search: {search['examples_scored']} examples scored, {search['trials']} trials" in said
+
+
+def test_optimize_on_the_embedded_model_uses_it_with_the_adapter_run_would() -> None:
+    """`--model local` is the embedded model, as for `run` (LiteLLM knows no provider 'local'),
+    under the JSON adapter that `run` picks for it."""
+    from dspy_serve.optimize.run import _adapter
+    from dspy_serve.settings import ServeSettings
+
+    assert isinstance(_adapter(ServeSettings(model="local"))["adapter"], dspy.JSONAdapter)
+    assert _adapter(ServeSettings(model="openai/gpt-4o-mini")) == {}
+    assert isinstance(_adapter(ServeSettings(model="local", adapter="chat"))["adapter"], dspy.ChatAdapter)
+
+
+@pytest.mark.local_model
+def test_the_optimize_lm_for_local_runs_in_this_process() -> None:
+    from dspy_serve.optimize.run import OptimizeJob, _lm
+    from dspy_serve.settings import ServeSettings
+
+    job = OptimizeJob("qa.py:program", "store:program", "harvest", Path("out.json"))
+    lm = _lm(ServeSettings(model="local", max_tokens=8), job, None)
+    assert lm.model.startswith("local/")
+    assert lm("Say hi")  # answered by the embedded engine, no provider
+    assert lm.calls == 1

@@ -18,6 +18,7 @@ import dspy
 from dspy_serve._version import VERSION
 from dspy_serve.data.dataset import DataQuery
 from dspy_serve.data.examples import aload_rows, example_of, read_rows
+from dspy_serve.lm.registry import is_local_model
 from dspy_serve.optimize.budget import BudgetExhausted, BudgetLM
 from dspy_serve.optimize.gepa import feedback_metric, run_gepa, run_mipro
 from dspy_serve.optimize.harvest import harvest
@@ -163,13 +164,25 @@ def _lm(settings: ServeSettings, job: OptimizeJob, on_call: Any) -> BudgetLM:
         kwargs["api_base"] = settings.api_base
     if settings.temperature is not None:
         kwargs["temperature"] = settings.temperature
-    if settings.max_tokens is not None:
+    model = settings.model
+    if is_local_model(model):
+        # The embedded model, in this process, as `run --model local` serves it.
+        from dspy_serve.lm.local import local_engines
+
+        model, kwargs["engine"], kwargs["async_engine"] = local_engines(
+            None if model == "local" else model,
+            max_tokens=settings.max_tokens or 256,
+            runtime=settings.local_runtime,
+        )
+        kwargs["num_retries"] = 0
+    elif settings.max_tokens is not None:
         kwargs["max_tokens"] = settings.max_tokens
-    return BudgetLM(settings.model, max_calls=job.max_calls, max_cost=job.max_cost, on_call=on_call, **kwargs)
+    return BudgetLM(model, max_calls=job.max_calls, max_cost=job.max_cost, on_call=on_call, **kwargs)
 
 
 def _adapter(settings: ServeSettings) -> dict[str, Any]:
-    if settings.adapter == "json":
+    """The adapter ``run`` would serve with: JSON for the embedded model under ``auto``."""
+    if settings.adapter == "json" or (settings.adapter == "auto" and is_local_model(settings.model)):
         return {"adapter": dspy.JSONAdapter()}
     if settings.adapter == "chat":
         return {"adapter": dspy.ChatAdapter()}
