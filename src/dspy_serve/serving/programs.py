@@ -25,7 +25,7 @@ from dspy_serve.serving.schema import ProgramInterface, derive_interface
 from dspy_serve.serving.versions import BASE_VERSION, ProgramVersion, load_version, parse_version_spec
 from dspy_serve.settings import ServeSettings
 
-__all__ = ["Program", "ProgramsArg", "configured_rollout", "load_programs"]
+__all__ = ["Program", "ProgramsArg", "load_programs"]
 
 ProgramsArg = Mapping[str, "dspy.Module | str | type[dspy.Signature]"]
 
@@ -159,10 +159,10 @@ def _add_candidates(settings: ServeSettings, programs: dict[str, Program]) -> No
             max_input_chars=settings.max_input_chars,
         )
     for program in programs.values():
-        program.rollout = configured_rollout(settings, program.name, names, program.rollout.stable)
+        program.rollout = _configured_rollout(settings, program.name, names, program.rollout.stable)
 
 
-def configured_rollout(settings: ServeSettings, program: str, names: list[str], stable: str) -> Rollout:
+def _configured_rollout(settings: ServeSettings, program: str, names: list[str], stable: str) -> Rollout:
     """The rollout the settings give ``program``: ``stable``, its last ``--candidate``, and the
     ``--split`` (sticky by ``--sticky``) and ``--shadow`` that send the candidate calls."""
     candidate = None

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from dspy_serve.errors import RolloutConflict, ServeError, VersionLoadFailed
-from dspy_serve.serving.programs import Program, configured_rollout
+from dspy_serve.serving.programs import Program
 from dspy_serve.serving.rollout import Rollout
 from dspy_serve.serving.versions import ProgramVersion, check_version_name, load_version, parse_version_spec
 from dspy_serve.settings import ServeSettings
@@ -119,40 +119,28 @@ class VersionControl:
             program, lambda rollout: rollout.with_shadow(candidate, rate), f"shadow {rate:g} on {candidate}"
         )
 
-    async def reload(self, settings: ServeSettings | None = None) -> list[str]:
-        """Apply the configuration again (SIGHUP): load the configured versions' files afresh
-        (a changed file becomes the version of that name again, in-flight calls finish on the
-        old one) and set each program's configured rollout. Everything or nothing: a failure
-        leaves every program as it was. Returns what changed, one line per program."""
-        settings = settings or self._settings
+    async def reload(self) -> list[str]:
+        """Load the configured versions' files again (SIGHUP): a file whose content changed
+        becomes that version's content for new calls (calls in flight finish on the old one).
+        The rollout is left as it is: promote, rollback, split and shadow are the admin API's.
+        Everything or nothing: a file that fails to load leaves every version as it was.
+        Returns what changed, one line per reloaded version."""
         programs = self._service.programs
-        names = list(programs)
         async with self._lock:
-            staged: dict[str, tuple[dict[str, ProgramVersion], Rollout]] = {}
-            for name, program in programs.items():
-                versions: dict[str, ProgramVersion] = {}
-                stable = program.rollout.stable if program.stable.sha256 is None else None
-                for flag, _, version_name, path in (
-                    s for s in _version_specs(settings, names) if s[1] == name
-                ):
-                    versions[version_name] = await self._load_file(program, version_name, Path(path))
-                    stable = version_name if flag == "--artifact" else stable
-                if stable is None:
-                    raise VersionLoadFailed(f"{name!r}: the configuration names no artifact for it any more")
-                staged[name] = versions, configured_rollout(settings, name, names, stable)
-            changed = []
-            for name, (versions, rollout) in staged.items():
+            staged = []
+            for _, name, version_name, path in _version_specs(self._settings, list(programs)):
                 program = programs[name]
-                for version in versions.values():
-                    current = program.versions.get(version.name)
-                    if current is None or current.sha256 != version.sha256:
-                        self._add(program, version)
-                next_rollout = rollout.at_revision(program.rollout.revision + 1)
-                await self._publish(program, next_rollout)
-                program.rollout = next_rollout
-                changed.append(f"{name}: {_summary(next_rollout)}")
-        for line in changed:
-            logger.info("reloaded the configuration: %s", line)
+                version = await self._load_file(program, version_name, Path(path))
+                current = program.versions.get(version_name)
+                if current is None or current.sha256 != version.sha256:
+                    staged.append((program, version, current))
+            for program, version, _ in staged:
+                self._add(program, version)
+        changed = [
+            f"{program.name} {version.name}: sha256 {old.sha256 if old else None} -> {version.sha256}"
+            for program, version, old in staged
+        ]
+        logger.info("SIGHUP: reloaded the configured versions: %s", "; ".join(changed) or "none changed")
         return changed
 
     # --- internals --------------------------------------------------------------------------------------
