@@ -10,6 +10,8 @@ round's capture variants against capture off: the target is a throughput ratio o
 
 from __future__ import annotations
 
+import collections
+import statistics
 import tempfile
 
 from bench.ab import ab_arguments, run_ab
@@ -20,18 +22,22 @@ OFF = "capture off"
 
 
 def ratios(table: str) -> str:
-    """Per round, each variant's req/s over capture off's, and its CPU ms per request beside it."""
+    """Per round, each variant's req/s over capture off's, and its CPU ms per request beside it;
+    then each variant's median ratio (the machine's noise moves single rounds by several %)."""
     measured: dict[tuple[str, str], tuple[float, str]] = {}
     for line in table.splitlines():
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         if len(cells) == 8 and cells[0].isdigit():
             measured[cells[0], cells[1]] = (float(cells[2]), cells[6])
-    rows = []
+    rows, by_variant = [], collections.defaultdict(list)
     for (round_, label), (throughput, cpu) in measured.items():
         off = measured.get((round_, OFF))
         if label == OFF or off is None or label.startswith("ceiling") or not off[0]:
             continue
+        by_variant[label].append(throughput / off[0])
         rows.append(f"| {round_} | {label} | {throughput / off[0]:.3f} | {off[1]} -> {cpu} |")
+    for label, found in by_variant.items():
+        rows.append(f"| median | {label} | {statistics.median(found):.3f} | |")
     return "\n".join(
         ["| round | variant | req/s / capture off | CPU ms/req off -> on |", "|---:|:---|---:|:---|", *rows]
     )
