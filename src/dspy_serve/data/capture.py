@@ -5,8 +5,8 @@ counts them), and a dropped row is never retried.
 
 The writer lets rows gather for :data:`BATCH_SECONDS` before it writes them: a batch costs a
 transaction, a thread hop to build its rows and a few to the database (~0.7 ms of CPU with
-aiosqlite), a row ~30 us. Written as they came (a few rows per batch at 900 calls/s), capture
-cost 7-13 % of the server's throughput; gathered, under 5 % (docs/benchmarks.md).
+aiosqlite), a row ~25 us all told. Written as they came (a few rows per batch at 900 calls/s),
+capture cost 7-13 % of the server's throughput; gathered, 2-3 % (docs/benchmarks.md, capture).
 """
 
 from __future__ import annotations
