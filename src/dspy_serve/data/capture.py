@@ -118,6 +118,8 @@ class Capture:
     # --- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._stopping = False
+        self._wake.clear()
         settings = self.settings
         logger.info(
             "capture: on for %s (rate %g%s) into %s",
