@@ -262,3 +262,28 @@ async def test_calls_that_finish_together_are_written_in_one_batch(tmp_path: Pat
         assert database.execute("SELECT count(*) FROM calls").fetchone() == (20,)
     finally:
         database.close()
+
+
+async def test_a_queue_smaller_than_a_batch_is_written_before_it_fills(tmp_path: Path) -> None:
+    """Rows gather only while the queue has room: a small --capture-queue drops nothing at a
+    rate the store keeps up with."""
+    from dspy_serve.data.capture import Capture
+    from dspy_serve.serving.metrics import Metrics
+    from dspy_serve.settings import ServeSettings
+    from tests.support.stores import finished_call
+
+    settings = ServeSettings(capture=["*"], data_dir=str(tmp_path), capture_queue=2)
+    metrics = Metrics()
+    capture = Capture(settings, metrics)
+    await capture.start()
+    for i in range(8):
+        capture.observe(finished_call(f"c{i}"))
+        await asyncio.sleep(0.1)
+    await capture.stop()
+    labels = {"result": "dropped", "reason": "queue_full"}
+    assert not metrics.registry.get_sample_value("dspy_serve_capture_rows_total", labels)
+    database = sqlite3.connect(tmp_path / "store.db")
+    try:
+        assert database.execute("SELECT count(*) FROM calls").fetchone() == (8,)
+    finally:
+        database.close()

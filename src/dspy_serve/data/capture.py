@@ -35,7 +35,7 @@ __all__ = ["Capture", "is_sampled"]
 logger = logging.getLogger("dspy_serve")
 
 BATCH_ROWS = 500
-# Seconds rows gather before a batch is written (less when BATCH_ROWS are waiting, or at stop).
+# Seconds rows gather before a batch is written (less when a batch is waiting, or at stop).
 BATCH_SECONDS = 0.5
 # After the store failed to open, rows are dropped at once for this long before trying again.
 _REOPEN_AFTER = 5.0
@@ -62,8 +62,10 @@ class Capture:
         self._everything = "*" in settings.capture
         self._programs = frozenset(settings.capture)
         self._queue: asyncio.Queue[FinishedCall] = asyncio.Queue(settings.capture_queue)
-        # Ends the writer's wait for a batch: BATCH_ROWS are queued, or the capture is stopping.
+        # Ends the writer's wait for a batch: a batch is queued, or the capture is stopping. A
+        # batch is BATCH_ROWS, or half the queue when it is smaller: it never fills while waiting.
         self._wake = asyncio.Event()
+        self._batch = min(BATCH_ROWS, max(1, settings.capture_queue // 2))
         self._stopping = False
         self._store: Store | None = None
         self._opening = asyncio.Lock()
@@ -112,7 +114,7 @@ class Capture:
         except asyncio.QueueFull:
             self.counted.labels("dropped", "queue_full").inc()
             return
-        if self._queue.qsize() >= BATCH_ROWS:
+        if self._queue.qsize() >= self._batch:
             self._wake.set()
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -181,7 +183,7 @@ class Capture:
 
     async def _gather(self) -> None:
         """Wait up to :data:`BATCH_SECONDS` for more rows: one batch instead of many small ones."""
-        if self._queue.qsize() < BATCH_ROWS - 1:
+        if self._queue.qsize() < self._batch - 1:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), BATCH_SECONDS)
         if not self._stopping:
