@@ -169,3 +169,25 @@ def test_components_ab_tabulates_the_median_of_each_component_per_system() -> No
     assert table[0] == "| component | before | ceiling |"
     assert "| HTTP | 0.300 | 0.000 |" in table and "| LM client | 0.200 | 0.400 |" in table
     assert not any(line.startswith("| validation ") for line in table), "all-zero rows are left out"
+
+
+def test_capture_ab_gives_each_rounds_ratio_to_capture_off_and_their_median() -> None:
+    from bench.capture_ab import ratios
+
+    table = "\n".join(
+        [
+            "| round | variant | req/s | p50 ms | p99 ms | errors | CPU ms/req | RSS MB |",
+            "| 1 | capture off | 1000.0 | 120 | 170 | 0 | 0.90 | 130 |",
+            "| 1 | capture on, rate 1.0 | 980.0 | 121 | 171 | 0 | 0.92 | 170 |",
+            "| 1 | ceiling (in-process) | 800.0 | 140 | 300 | 0 | 1.00 | 120 |",
+            "| 2 | capture on, rate 1.0 | 900.0 | 121 | 171 | 0 | 0.95 | 170 |",
+            "| 2 | capture off | 1000.0 | 120 | 170 | 0 | 0.91 | 130 |",
+            "| 3 | capture off | 800.0 | 120 | 170 | 0 | 0.93 | 130 |",
+            "| 3 | capture on, rate 1.0 | 784.0 | 121 | 171 | 0 | 0.94 | 170 |",
+        ]
+    )
+    lines = ratios(table).splitlines()
+    assert "| 1 | capture on, rate 1.0 | 0.980 | 0.90 -> 0.92 |" in lines
+    assert "| 2 | capture on, rate 1.0 | 0.900 | 0.91 -> 0.95 |" in lines
+    assert lines[-1] == "| median | capture on, rate 1.0 | 0.980 | |"
+    assert not any("ceiling" in line or "| capture off |" in line for line in lines[2:])

@@ -3,9 +3,11 @@ that is slow or down never failing a request."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -230,3 +232,58 @@ def test_a_streamed_call_is_captured_like_any_other(
         [row] = wait_for_rows(url, CALLS, 1)
     assert "event: prediction" in text
     assert (row["call_id"], row["wire"], _json(row["outputs"])) == (call_id, "stream", {"answer": "Paris"})
+
+
+async def test_calls_that_finish_together_are_written_in_one_batch(tmp_path: Path) -> None:
+    """Rows gather for a moment before they are written: a transaction per batch, not per call."""
+    from sqlalchemy import event
+
+    from dspy_serve.data.capture import Capture
+    from dspy_serve.serving.metrics import Metrics
+    from dspy_serve.settings import ServeSettings
+    from tests.support.stores import finished_call
+
+    capture = Capture(ServeSettings(capture=["*"], data_dir=str(tmp_path)), Metrics())
+    await capture.start()
+    inserts: list[int] = []
+
+    def count(_c: object, _cursor: object, statement: str, parameters: Any, _x: object, many: bool) -> None:
+        if statement.startswith("INSERT INTO calls"):
+            inserts.append(len(parameters) if many else 1)
+
+    event.listen((await capture.store()).engine.sync_engine, "before_cursor_execute", count)
+    for i in range(20):
+        capture.observe(finished_call(f"c{i}"))
+        await asyncio.sleep(0)  # the writer gets a turn after every call
+    await capture.stop()  # writes what is queued
+    assert inserts == [20]
+    database = sqlite3.connect(tmp_path / "store.db")
+    try:
+        assert database.execute("SELECT count(*) FROM calls").fetchone() == (20,)
+    finally:
+        database.close()
+
+
+async def test_a_queue_smaller_than_a_batch_is_written_before_it_fills(tmp_path: Path) -> None:
+    """Rows gather only while the queue has room: a small --capture-queue drops nothing at a
+    rate the store keeps up with."""
+    from dspy_serve.data.capture import Capture
+    from dspy_serve.serving.metrics import Metrics
+    from dspy_serve.settings import ServeSettings
+    from tests.support.stores import finished_call
+
+    settings = ServeSettings(capture=["*"], data_dir=str(tmp_path), capture_queue=2)
+    metrics = Metrics()
+    capture = Capture(settings, metrics)
+    await capture.start()
+    for i in range(8):
+        capture.observe(finished_call(f"c{i}"))
+        await asyncio.sleep(0.1)
+    await capture.stop()
+    labels = {"result": "dropped", "reason": "queue_full"}
+    assert not metrics.registry.get_sample_value("dspy_serve_capture_rows_total", labels)
+    database = sqlite3.connect(tmp_path / "store.db")
+    try:
+        assert database.execute("SELECT count(*) FROM calls").fetchone() == (8,)
+    finally:
+        database.close()

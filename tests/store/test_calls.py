@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from sqlalchemy import text
 
 from dspy_serve.settings import ServeSettings
 from dspy_serve.store import Store
@@ -59,3 +60,19 @@ async def test_deleting_by_key_removes_every_call_of_that_key_and_nothing_else(s
     assert await count_calls(store) == 1
     assert await delete_calls(store, call_id="b1") == ["b1"]
     assert await count_calls(store) == 0
+
+
+async def test_documents_are_stored_as_json_whatever_their_values(store: Store) -> None:
+    """Encoded by orjson, by json.dumps where orjson refuses (an integer past 64 bits, a key that
+    is no string); NaN is null (PostgreSQL's JSONB refuses NaN); None is SQL NULL."""
+    inputs = {"question": "Où est Zürich ☃?", "big": 2**70, 1: "one"}
+    await insert_calls(
+        store, [call_row("c1", inputs=inputs, outputs={"score": float("nan")}, options={"n": 1.5})]
+    )
+    row = await get_call(store, "c1")
+    assert row is not None
+    assert row["inputs"] == {"question": "Où est Zürich ☃?", "big": 2**70, "1": "one"}
+    assert (row["outputs"], row["options"], row["trace"]) == ({"score": None}, {"n": 1.5}, None)
+    async with store.engine.connect() as connection:
+        nulls = await connection.execute(text("SELECT trace IS NULL, shadow_of IS NULL FROM calls"))
+        assert nulls.one() == (True, True)  # a column the row does not name is NULL too

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import Any
 
+from dspy_serve.serving.observers import FinishedCall
 from tests.support.postgres_server import PostgresServer, create_database
 
 _numbers = itertools.count(1)
@@ -43,6 +45,30 @@ def call_row(call_id: str, **overrides: object) -> dict[str, object]:
     }
     row.update(overrides)
     return row
+
+
+def finished_call(call_id: str, **overrides: Any) -> FinishedCall:
+    """A finished call of the qa program, as the call pipeline publishes it to capture."""
+    import time
+
+    values: dict[str, Any] = {
+        "call_id": call_id,
+        "program": "qa",
+        "version": None,
+        "key_name": None,
+        "inputs": {"question": f"question {call_id}?"},
+        "options": {},
+        "outputs": {"answer": f"answer {call_id}"},
+        "error_code": None,
+        "model": "openai/fake-model",
+        "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12},
+        "cost_usd": None,
+        "latency_s": 0.01,
+        "started_at": time.time(),
+        "wire": "invoke",
+    }
+    values.update(overrides)
+    return FinishedCall(**values)
 
 
 def read_store(url: str, query: str) -> list[dict[str, object]]:

@@ -2,18 +2,38 @@
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Select, delete, func, select
+import orjson
+from sqlalchemy import JSON, Select, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
 from dspy_serve.store.database import Store
 from dspy_serve.store.tables import calls, feedback, feedback_history
 
-__all__ = ["delete_calls", "get_call", "insert_calls", "prune_calls"]
+__all__ = [
+    "EncodedCall",
+    "delete_calls",
+    "encode_calls",
+    "get_call",
+    "insert_calls",
+    "insert_encoded",
+    "prune_calls",
+]
+
+# A call row as the database driver takes it: the table's values in column order, its JSON
+# documents already as their text (SQL NULL for None).
+EncodedCall = tuple[Any, ...]
+
+_COLUMNS = tuple(column.key for column in calls.columns)
+# (column, holds a JSON document) in column order.
+_PLAN = tuple((column.key, isinstance(column.type, JSON)) for column in calls.columns)
+# The INSERT's SQL text per dialect, compiled once.
+_INSERT_SQL: dict[str, str] = {}
 
 
 def insert_ignoring_duplicates(store: Store, table: Any, *key: str) -> Insert:
@@ -26,10 +46,51 @@ def insert_ignoring_duplicates(store: Store, table: Any, *key: str) -> Insert:
 
 async def insert_calls(store: Store, rows: Sequence[Mapping[str, Any]]) -> None:
     """Write captured calls in one transaction; a call already stored is kept as it is."""
-    if not rows:
+    await insert_encoded(store, encode_calls(rows))
+
+
+def encode_calls(rows: Iterable[Mapping[str, Any]]) -> list[EncodedCall]:
+    """Rows for :func:`insert_encoded` (a column a row lacks is NULL; keys that are no column are
+    left out). Capture runs it in the worker thread that makes the rows: SQLAlchemy's own
+    parameter processing would encode every document on the event loop, at ~20 us a row
+    (docs/benchmarks.md, capture)."""
+    return [
+        tuple([_document(row.get(key)) if document else row.get(key) for key, document in _PLAN])
+        for row in rows
+    ]
+
+
+async def insert_encoded(store: Store, encoded: Sequence[EncodedCall]) -> None:
+    """Write encoded calls (:func:`encode_calls`) in one transaction, one driver ``executemany``;
+    a call already stored is kept as it is."""
+    if not encoded:
         return
     async with store.engine.begin() as connection:
-        await connection.execute(insert_ignoring_duplicates(store, calls, "call_id"), list(rows))
+        await connection.exec_driver_sql(_insert_sql(store), list(encoded))
+
+
+def _document(value: Any) -> str | None:
+    """A JSON column's value as its text (None is SQL NULL, as ``none_as_null`` says). orjson
+    (a dependency of DSPy) takes a twentieth of ``json.dumps``'s time; what it refuses (an
+    integer past 64 bits, a key that is no string) is written by ``json.dumps``, and NaN is
+    null, which PostgreSQL's JSONB takes (it refuses ``NaN``)."""
+    if value is None:
+        return None
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(value)
+
+
+def _insert_sql(store: Store) -> str:
+    sql = _INSERT_SQL.get(store.dialect)
+    if sql is None:
+        statement = insert_ignoring_duplicates(store, calls, "call_id")
+        compiled = statement.compile(dialect=store.engine.dialect, column_keys=list(_COLUMNS))
+        if tuple(compiled.positiontup or ()) != _COLUMNS:  # a driver with named parameters
+            raise RuntimeError(f"the {store.dialect} driver does not take positional parameters")
+        sql = _INSERT_SQL[store.dialect] = str(compiled)
+    return sql
 
 
 async def get_call(store: Store, call_id: str) -> dict[str, Any] | None:
