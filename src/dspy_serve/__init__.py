@@ -21,6 +21,7 @@ from dspy_serve.errors import (
     ProxyError,
     RateLimited,
     RequestTimeout,
+    RolloutConflict,
     ServeError,
     ServiceUnavailable,
     StoreUnavailable,
@@ -30,6 +31,8 @@ from dspy_serve.errors import (
     UnsupportedRequest,
     UpstreamError,
     UpstreamRateLimited,
+    VersionLoadFailed,
+    VersionNotFound,
 )
 from dspy_serve.serving.loader import ArtifactError, TargetError
 from dspy_serve.serving.schema import SchemaError
@@ -56,6 +59,7 @@ __all__ = [
     "RateLimited",
     "RemoteProgram",
     "RequestTimeout",
+    "RolloutConflict",
     "SchemaError",
     "ServeError",
     "ServeSettings",
@@ -68,6 +72,8 @@ __all__ = [
     "UnsupportedRequest",
     "UpstreamError",
     "UpstreamRateLimited",
+    "VersionLoadFailed",
+    "VersionNotFound",
     "__version__",
     "create_app",
     "install_error_handlers",
