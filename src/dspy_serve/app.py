@@ -192,21 +192,47 @@ def router(
     programs: ProgramsArg | None = None,
     lm: dspy.BaseLM | None = None,
 ) -> APIRouter:
-    """The same routes as an ``APIRouter`` with its own lifespan, to include in an existing app.
+    """The programs' routes (and, with capture on, capture and ``POST /NAME/feedback``) as an
+    ``APIRouter`` with its own lifespan, to include in an existing app.
 
-    Call :func:`install_error_handlers` on that app too, for problem+json errors.
+    Call :func:`install_error_handlers` on that app too, for problem+json errors. What needs
+    the whole app (API keys, jobs, the admin API, feedback tokens: middleware and their own
+    routes) is refused with a message: mount :func:`create_app` instead.
     """
-    service = Service(settings or ServeSettings(), programs, lm)
+    settings = settings or ServeSettings()
+    needs_app = {
+        "API keys": KeyRing.from_settings(settings) is not None,
+        "jobs": settings.jobs,
+        "the admin API": admin_ring(settings) is not None,
+        "feedback tokens": settings.feedback_token_secret is not None,
+    }
+    if wanted := [name for name, on in needs_app.items() if on]:
+        raise ValueError(
+            f"router() cannot serve {', '.join(wanted)} (they need the whole app): "
+            "mount the app instead, app.mount('/prefix', create_app(settings))"
+        )
+    service = Service(settings, programs, lm)
+    api = build_router(service)
+    capture: Capture | None = None
+    if settings.capture:  # captured calls and their feedback route, as create_app serves them (#26)
+        from dspy_serve.web.feedback_routes import capture_routes
+
+        capture, feedback = capture_routes(service)
+        api.include_router(feedback)
 
     @asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
         await service.start()
         try:
-            yield
+            async with AsyncExitStack() as stack:
+                if capture is not None:
+                    from dspy_serve.web.feedback_routes import running
+
+                    await stack.enter_async_context(running(capture))
+                yield
         finally:
             await service.stop()
 
-    api = build_router(service)
     api.lifespan_context = lifespan
     return api
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, Literal
 
+import anyio
 import dspy
 import httpx
 import pytest
@@ -195,10 +197,12 @@ def test_public_api_is_pinned() -> None:
         "HTTPProblem", "InvalidInput", "InvalidProgramOutput", "JobCancelled", "JobNotFound",
         "ModelNotAllowed", "Overloaded",
         "ProgramNotFound", "PromptsNotExposed", "ProxyError", "RateLimited", "RemoteProgram",
-        "RequestTimeout", "SchemaError", "ServeError", "ServeSettings", "ServiceUnavailable",
+        "RequestTimeout", "RolloutConflict", "SchemaError", "ServeError", "ServeSettings",
+        "ServiceUnavailable",
         "StoreUnavailable", "TargetError",
         "TraceNotExposed", "Unauthorized",
-        "UnsupportedMediaType", "UnsupportedRequest", "UpstreamError", "UpstreamRateLimited", "__version__",
+        "UnsupportedMediaType", "UnsupportedRequest", "UpstreamError", "UpstreamRateLimited",
+        "VersionLoadFailed", "VersionNotFound", "__version__",
         "create_app", "install_error_handlers", "load_settings", "router",
     ]  # fmt: skip
 
@@ -255,3 +259,41 @@ def test_an_undocumented_module_is_described_as_a_program_not_as_its_first_step(
     invoke = app.openapi()["paths"]["/bare/invoke"]["post"]
     assert invoke["description"] == "Run the DSPy program `bare`."
     assert "Only the first step." not in json.dumps(app.openapi())
+
+
+async def test_a_mounted_router_captures_calls_and_takes_feedback(tmp_path: Path) -> None:
+    """router() with capture on keeps the calls it serves and rates them, as create_app does."""
+    from tests.support.stores import wait_for_rows
+
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    host = FastAPI(lifespan=None)
+    api = router(
+        ServeSettings(capture=["*"], store=store),
+        programs={"qa": dspy.Signature("question -> answer")},
+        lm=DummyLM([{"answer": "ok"}] * 3),
+    )
+    host.include_router(api, prefix="/ai")
+    install_error_handlers(host)
+    async with (
+        host.router.lifespan_context(host),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=host), base_url="http://test") as http,
+    ):
+        answered = await http.post("/ai/qa/invoke", json={"inputs": {"question": "q"}})
+        call_id = answered.json()["call_id"]
+        rated = await http.post("/ai/qa/feedback", json={"call_id": call_id, "score": True})
+    assert rated.status_code == 200, rated.text
+    rows = await anyio.to_thread.run_sync(wait_for_rows, store, "SELECT score FROM feedback", 1)
+    assert [row["score"] for row in rows] == [1.0]
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"jobs": True}, "jobs"),
+        ({"admin_keys": ["ops:k"]}, "the admin API"),
+        ({"api_keys": ["k"]}, "API keys"),
+    ],
+)
+def test_router_refuses_what_needs_the_whole_app(settings: dict[str, Any], named: str) -> None:
+    with pytest.raises(ValueError, match=f"router\\(\\) cannot serve {named}.*create_app"):
+        router(ServeSettings(**settings), programs={"qa": dspy.Signature("question -> answer")})

@@ -57,19 +57,9 @@ class FeedbackResponse(BaseModel):
 def add_feedback(app: FastAPI, service: Service) -> Capture | None:
     """Capture and its feedback routes, when capture is on: returns the capture to run in the
     app's lifespan (:func:`running`)."""
-    unknown = sorted(set(service.settings.capture) - {"*", *service.programs})
-    if unknown:
-        raise ValueError(
-            f"--capture {', '.join(unknown)}: no such program (serving {', '.join(service.programs)})"
-        )
-    capture = Capture.of(service.settings, service.metrics)
+    capture, router = capture_routes(service)
     if capture is None:
         return None
-    service.observers.add(capture)
-    router = APIRouter()
-    for program in service.programs.values():
-        if capture.captures(program.name):
-            _add_route(router, service, capture, program)
     app.include_router(router)
     secret = service.settings.feedback_token_secret
     if secret is not None:
@@ -82,6 +72,25 @@ def add_feedback(app: FastAPI, service: Service) -> Capture | None:
         )
         document_feedback_tokens(app, captured)
     return capture
+
+
+def capture_routes(service: Service) -> tuple[Capture | None, APIRouter]:
+    """Capture, registered as an observer of ``service``'s calls, and ``POST /NAME/feedback``
+    for each captured program (no routes when capture is off)."""
+    unknown = sorted(set(service.settings.capture) - {"*", *service.programs})
+    if unknown:
+        raise ValueError(
+            f"--capture {', '.join(unknown)}: no such program (serving {', '.join(service.programs)})"
+        )
+    router = APIRouter()
+    capture = Capture.of(service.settings, service.metrics)
+    if capture is None:
+        return None, router
+    service.observers.add(capture)
+    for program in service.programs.values():
+        if capture.captures(program.name):
+            _add_route(router, service, capture, program)
+    return capture, router
 
 
 def feedback_paths(service: Service) -> frozenset[str]:
