@@ -160,15 +160,20 @@ class Client:
                 status = self.job(job_id)
             except httpx.TransportError:
                 failures += 1
-                if failures > self.retries:
-                    raise
-                time.sleep(min(0.25 * 2**failures, 4.0))
+                self._back_off(failures)
                 continue
             failures = 0
             yield status
             if status.get("state") in JOB_ENDED:
                 return
             time.sleep(poll)
+
+    def _back_off(self, failures: int) -> None:
+        """After the ``failures``-th dropped connection in a row: wait before trying again, or
+        re-raise the connection error being handled once ``retries`` were tried."""
+        if failures > self.retries:
+            raise  # called from the except block that handles the error: re-raises it
+        time.sleep(min(0.25 * 2**failures, 4.0))
 
     def wait(self, job_id: str, *, poll: float = 1.0, timeout: float | None = None) -> dict[str, Any]:
         """Block until the job has ended; its final status. ``TimeoutError`` after ``timeout``
@@ -208,9 +213,7 @@ class Client:
                     offset = int(response.headers.get("X-Next-Offset", offset))
             except httpx.TransportError:
                 failures += 1
-                if failures > self.retries:
-                    raise
-                time.sleep(min(0.25 * 2**failures, 4.0))
+                self._back_off(failures)
                 continue
             if not (follow and more):
                 return
