@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from dspy_serve import create_app
-from tests.support.browser import browser, offline_page
+from tests.support.browser import offline_page
 from tests.support.dspy_prompts import prompt_text
 from tests.support.fake_lm import AuthFailure, FakeLM, Hang, Slow
 from tests.support.servers import ServerThread, serving
@@ -34,19 +34,6 @@ KEY = "pg-test-key-1"
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 )
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    with browser() as launched:
-        yield launched
-
-
-@pytest.fixture(scope="module")
-def provider_env() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("OPENAI_API_KEY", FAKE_KEY)
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from dspy_serve import create_app
-from tests.support.browser import browser, offline_page
+from tests.support.browser import offline_page
 from tests.support.fake_lm import FakeLM
 from tests.support.servers import ServerThread, serving
 from tests.support.settings import FAKE_KEY, PROGRAMS, fake_settings
@@ -28,12 +28,6 @@ KEY = "key-alice"
 ANSWER = {"label": "pos", "score": 0.5, "count": 1, "flag": True, "person": {"name": "Ada", "age": 3}}
 
 expect = pytest.importorskip("playwright.sync_api").expect
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    with browser() as launched:
-        yield launched
 
 
 @contextmanager

@@ -15,30 +15,17 @@ import httpx
 import pytest
 
 from dspy_serve import create_app
-from tests.support.browser import browser, offline_page
+from tests.support.browser import offline_page
 from tests.support.dspy_prompts import Body, prompt_text
 from tests.support.fake_lm import FakeLM, Hang, Slow
 from tests.support.servers import ServerThread, serving
-from tests.support.settings import FAKE_KEY, PROGRAMS, fake_settings
+from tests.support.settings import PROGRAMS, fake_settings
 
 ECHO = f"echo={PROGRAMS / 'playground_programs.py'}:echo"
 CAP = 4  # batch_max_items: a file of more items runs as a job
 MAX = 1500  # job_max_items
 
 expect = pytest.importorskip("playwright.sync_api").expect
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    with browser() as launched:
-        yield launched
-
-
-@pytest.fixture(scope="module")
-def provider_env() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("OPENAI_API_KEY", FAKE_KEY)
-        yield
 
 
 @pytest.fixture(scope="module")
